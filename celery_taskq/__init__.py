@@ -1,0 +1,22 @@
+"""celery_taskq: an audited task queue for Celery users.
+
+Three tables — ``TaskQueue``, ``TaskRuns`` and ``TaskRunners`` — are the source of truth of
+what was queued, every attempt that ran, and which process ran it.
+"""
+
+from celery_taskq.api import enqueue, get_task
+from celery_taskq.context import RunContext
+from celery_taskq.exceptions import TaskqError
+from celery_taskq.handlers import TaskError, TaskHandler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RunContext",
+    "TaskError",
+    "TaskHandler",
+    "TaskqError",
+    "__version__",
+    "enqueue",
+    "get_task",
+]

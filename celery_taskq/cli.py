@@ -1,0 +1,262 @@
+"""The ``celery-taskq`` command: thin drivers over the queue service.
+
+Exit codes: 0 success, 1 a refused operation or a failure (one clear line on stderr, no
+traceback), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import click
+
+from celery_taskq import __version__, api, migrate
+from celery_taskq.db import Database
+from celery_taskq.exceptions import TaskqError
+from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
+from celery_taskq.render import render_task
+from celery_taskq.settings import Settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class JsonParamType(click.ParamType):  # type: ignore[type-arg]
+    """A JSON document given as text."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            self.fail(f"{value!r} is not valid JSON: {exc}", param, ctx)
+
+
+class AwareDateTimeParamType(click.ParamType):  # type: ignore[type-arg]
+    """An ISO 8601 date and time with a UTC offset, e.g. ``2026-01-31T08:00:00Z``."""
+
+    name = "iso8601"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date and time", param, ctx)
+        if parsed.tzinfo is None:
+            self.fail(
+                f"{value!r} has no UTC offset: write it like 2026-01-31T08:00:00Z or +02:00",
+                param,
+                ctx,
+            )
+        return parsed
+
+
+@dataclass
+class CliContext:
+    """Settings resolved once for the invocation, and the service built from them."""
+
+    settings: Settings
+    _service: TaskQueueService | None = None
+
+    @property
+    def service(self) -> TaskQueueService:
+        """The queue service in CLI mode (runners are started as detached processes)."""
+        if self._service is None:
+            self._service = TaskQueueService(
+                Database(self.settings.database_url), self.settings, cli_mode=True
+            )
+        return self._service
+
+
+pass_context = click.make_pass_decorator(CliContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    envvar="TASKQ_DATABASE_URL",
+    show_envvar=True,
+    help="SQLAlchemy URL of the database [default: sqlite:///celery_taskq.db].",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.version_option(__version__, prog_name="celery-taskq")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, verbose: int) -> None:
+    """celery_taskq: an audited task queue over the TaskQueue, TaskRuns and TaskRunners tables."""
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings.resolve()
+    if database_url:
+        settings = replace(settings, database_url=database_url)
+    ctx.obj = CliContext(settings)
+
+
+@cli.group()
+def db() -> None:
+    """Manage the database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@pass_context
+def db_upgrade(context: CliContext, revision: str) -> None:
+    """Create or upgrade the tables with Alembic."""
+    migrate.upgrade_database(context.settings.database_url, revision)
+    click.echo(f"database at revision {migrate.current_revision(context.settings.database_url)}")
+
+
+@cli.command()
+@click.argument("handler")
+@click.argument("data", required=False, type=JsonParamType())
+@click.option(
+    "--at",
+    "scheduled_on",
+    type=AwareDateTimeParamType(),
+    help="When the task is due (default: now).",
+)
+@click.option("--max-retries", type=int, help="Failed runs before giving up [default: 5].")
+@click.option("--queued-by", help="Who queued the task (QueuedById).")
+@pass_context
+def enqueue(
+    context: CliContext,
+    handler: str,
+    data: Any,
+    scheduled_on: datetime | None,
+    max_retries: int | None,
+    queued_by: str | None,
+) -> None:
+    """Queue a task for HANDLER (a dotted path) with DATA (JSON); print the new task id."""
+    task_id = context.service.add_task(
+        handler, data, scheduled_on=scheduled_on, max_retries=max_retries, queued_by=queued_by
+    )
+    click.echo(task_id)
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@pass_context
+def show(context: CliContext, task_id: int) -> None:
+    """Print a task and every one of its runs."""
+    snapshot = api.get_task(task_id, database_url=context.settings.database_url)
+    click.echo(render_task(snapshot))
+
+
+@cli.command()
+@pass_context
+def process(context: CliContext) -> None:
+    """OnProcess: time out dead runners, then create runs for due tasks."""
+    report = on_process(context.service)
+    click.echo(
+        f"timed out runners: {len(report.timed_out_runners)}; "
+        f"tasks given a run: {report.tasks_given_runs}"
+    )
+
+
+def runner_options(function: Any) -> Any:
+    """The loop-exit options shared by ``runner`` and ``create-runners``."""
+    options = [
+        click.option("--burst", is_flag=True, help="Leave when no run is waiting."),
+        click.option("--max-runs", type=click.IntRange(min=1), help="Leave after N runs."),
+        click.option(
+            "--max-idle", type=click.FloatRange(min=0), help="Leave after S seconds without work."
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _runner_args(burst: bool, max_runs: int | None, max_idle: float | None) -> list[str]:
+    args = ["--burst"] if burst else []
+    if max_runs is not None:
+        args += ["--max-runs", str(max_runs)]
+    if max_idle is not None:
+        args += ["--max-idle", str(max_idle)]
+    return args
+
+
+@cli.command("create-runners")
+@runner_options
+@pass_context
+def create_runners(
+    context: CliContext, burst: bool, max_runs: int | None, max_idle: float | None
+) -> None:
+    """OnCreateTaskRunners: start TaskRunnerLimit minus live runners as detached processes."""
+    started = on_create_task_runners(context.service, _runner_args(burst, max_runs, max_idle))
+    click.echo(f"runners started: {started}")
+
+
+@cli.command()
+@pass_context
+def debug(context: CliContext) -> None:
+    """OnDebug: run one runner iteration in this process."""
+    ran = on_debug(context.service)
+    click.echo("ran one iteration" if ran else "TaskRunnerLimit reached: nothing ran")
+
+
+@cli.command()
+@runner_options
+@click.option(
+    "--memory-limit",
+    type=click.IntRange(min=1),
+    help="Leave when resident memory exceeds this many MiB "
+    "[env TASKQ_RUNNER_MEMORY_LIMIT_MB; default: 100].",
+)
+@pass_context
+def runner(
+    context: CliContext,
+    burst: bool,
+    max_runs: int | None,
+    max_idle: float | None,
+    memory_limit: int | None,
+) -> None:
+    """Work the queue until a signal, the memory limit, or an exit option."""
+    if memory_limit is not None:
+        context.settings = replace(context.settings, runner_memory_limit_mb=memory_limit)
+    task_runner = context.service.get_task_runner()
+    if task_runner is None:
+        raise click.ClickException(
+            f"TaskRunnerLimit ({context.settings.task_runner_limit}) runners are already running"
+        )
+    reason = task_runner.run(
+        burst=burst, max_runs=max_runs, max_idle=max_idle, install_signal_handlers=True
+    )
+    runner_id, runs = task_runner.task_runner_id, task_runner.runs_done
+    click.echo(f"runner {runner_id} stopped: {reason.value}; runs: {runs}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the command, turning library errors into one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="celery-taskq", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_FAILURE
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_FAILURE
+    except TaskqError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

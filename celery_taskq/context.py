@@ -1,0 +1,58 @@
+"""What a handler receives: :class:`RunContext`, one run's data and its progress reporter."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+PROGRESS_MIN_INTERVAL_SECONDS = 0.25
+"""Progress is written at most this often; the latest value is always written at the end."""
+
+
+class RunContext:
+    """One run of a task, as its handler sees it."""
+
+    def __init__(
+        self,
+        *,
+        run_id: int,
+        task_queue_id: int,
+        handler: str,
+        data: Any,
+        write_progress: Callable[[int], None],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.id = run_id
+        self.task_queue_id = task_queue_id
+        self.handler = handler
+        self.data = data
+        self._write_progress = write_progress
+        self._monotonic = monotonic
+        self._percent = 0
+        self._written_percent = 0
+        self._last_write: float | None = None
+
+    @property
+    def percent(self) -> int:
+        """The latest progress reported, 0–100."""
+        return self._percent
+
+    def set_progress(self, percent: float) -> None:
+        """Report progress as a percentage from 0 to 100 (stored in ``PercentsCompleted``)."""
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or math.isnan(percent):
+            raise ValueError(f"progress must be a number from 0 to 100, not {percent!r}")
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress must be from 0 to 100, not {percent!r}")
+        self._percent = int(percent)
+        now = self._monotonic()
+        if self._last_write is None or now - self._last_write >= PROGRESS_MIN_INTERVAL_SECONDS:
+            self.flush_progress()
+
+    def flush_progress(self) -> None:
+        """Write the latest progress if it has not been written yet."""
+        if self._percent != self._written_percent:
+            self._write_progress(self._percent)
+            self._written_percent = self._percent
+        self._last_write = self._monotonic()

@@ -1,0 +1,99 @@
+"""Errors raised by celery_taskq.
+
+Every library error derives from :class:`TaskqError`; its docstring is its default message.
+:class:`celery_taskq.handlers.TaskError` is *not* part of this tree: handlers raise it to
+report a known failure of their own, and it is recorded on the run rather than propagated.
+
+.. code-block:: text
+
+    TaskqError
+    ├── ConfigurationError
+    ├── InvalidTaskError
+    │   ├── InvalidTaskDataError
+    │   ├── InvalidArgumentError
+    │   └── HandlerError
+    │       ├── HandlerModuleNotFoundError
+    │       ├── HandlerClassNotFoundError
+    │       ├── NotATaskHandlerError
+    │       └── HandlerNotAllowedError
+    ├── NotFoundError
+    │   ├── TaskNotFoundError
+    │   └── TaskRunNotFoundError
+    ├── InvalidRunStateError
+    └── StorageError
+        └── SchemaNotReadyError
+"""
+
+from __future__ import annotations
+
+
+class TaskqError(Exception):
+    """A celery_taskq error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        """The human-readable message."""
+        return str(self)
+
+
+class ConfigurationError(TaskqError):
+    """The configuration is not valid."""
+
+
+class InvalidTaskError(TaskqError):
+    """The task cannot be enqueued as given."""
+
+
+class InvalidTaskDataError(InvalidTaskError):
+    """The task data is not valid JSON."""
+
+
+class InvalidArgumentError(InvalidTaskError):
+    """An argument has a value that is not allowed."""
+
+
+class HandlerError(InvalidTaskError):
+    """The task handler cannot be loaded."""
+
+
+class HandlerModuleNotFoundError(HandlerError):
+    """The module of the task handler cannot be imported."""
+
+
+class HandlerClassNotFoundError(HandlerError):
+    """The module has no class of the given name."""
+
+
+class NotATaskHandlerError(HandlerError):
+    """The class is not a TaskHandler."""
+
+
+class HandlerNotAllowedError(HandlerError):
+    """The handler is outside the configured allow-list."""
+
+
+class NotFoundError(TaskqError):
+    """The record does not exist."""
+
+
+class TaskNotFoundError(NotFoundError):
+    """No task has this id."""
+
+
+class TaskRunNotFoundError(NotFoundError):
+    """No task run has this id."""
+
+
+class InvalidRunStateError(TaskqError):
+    """The task run is not in the state this operation needs."""
+
+
+class StorageError(TaskqError):
+    """The database refused the operation."""
+
+
+class SchemaNotReadyError(StorageError):
+    """The database schema is missing or out of date: run `celery-taskq db upgrade`."""

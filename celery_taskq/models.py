@@ -1,0 +1,245 @@
+"""The three tables: ``TaskQueue``, ``TaskRuns`` and ``TaskRunners``.
+
+Table and column names are the documented ones (a contract: reports and users' SQL depend on
+them). Python attributes are snake_case; columns keep their names. Models hold columns,
+constraints and indexes only: state changes live in :mod:`celery_taskq.queue` and
+:mod:`celery_taskq.runner`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Dialect,
+    Double,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import DateTime, TypeDecorator
+
+
+class RunStatus(enum.StrEnum):
+    """Status of a task run, and of ``TaskQueue.LastStatus``."""
+
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCESS = "success"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+
+FAILED_RUN_STATUSES = (RunStatus.ERROR, RunStatus.TIMEOUT)
+"""Statuses that count towards ``TaskRunsFailed``."""
+
+OPEN_RUN_STATUSES = (RunStatus.SCHEDULED, RunStatus.RUNNING)
+"""Statuses of a run that is not finished; a task has at most one such run."""
+
+
+class RunnerStatus(enum.StrEnum):
+    """Status of a task runner."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    TIMEOUT = "timeout"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back as an aware UTC datetime.
+
+    Naive datetimes are refused: a time without a zone cannot be stored in UTC honestly.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: give a timezone-aware datetime")
+        value = value.astimezone(UTC)
+        # SQLite has no zone type; a naive UTC text keeps comparisons lexicographic and exact.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+"""Primary keys: 64-bit where the database has it; SQLite's INTEGER is its 64-bit rowid."""
+
+JsonDocument = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+"""JSON text; ``None`` is stored as SQL NULL, not as the JSON literal ``null``."""
+
+
+def _status_enum(enum_class: type[enum.StrEnum], name: str) -> Enum:
+    return Enum(
+        enum_class,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+    )
+
+
+def _sql_in(column: str, statuses: tuple[enum.StrEnum, ...]) -> str:
+    values = ", ".join(f"'{status.value}'" for status in statuses)
+    return f'"{column}" IN ({values})'
+
+
+# Index predicates and the queries they serve share these SQL fragments: SQLite uses a partial
+# index only when the query repeats the predicate's terms, and PostgreSQL's ON CONFLICT
+# inference needs the same predicate too.
+TASK_OPEN_SQL = (
+    f'("LastStatus" IS NULL OR ({_sql_in("LastStatus", FAILED_RUN_STATUSES)}'
+    ' AND "TaskRunsFailed" < "MaxRetries"))'
+)
+"""A TaskQueue row that may get a new run: never run, or last run failed with retries left."""
+
+RUN_SCHEDULED_SQL = f"\"Status\" = '{RunStatus.SCHEDULED.value}'"
+RUN_RUNNING_SQL = f"\"Status\" = '{RunStatus.RUNNING.value}'"
+RUN_OPEN_SQL = _sql_in("Status", OPEN_RUN_STATUSES)
+RUNNER_RUNNING_SQL = f"\"Status\" = '{RunnerStatus.RUNNING.value}'"
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention for every constraint and index."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+
+
+class TaskQueue(Base):
+    """A queued task: what to run, with which data, when, and how it went last."""
+
+    __tablename__ = "TaskQueue"
+
+    id: Mapped[int] = mapped_column("Id", Id, primary_key=True, autoincrement=True)
+    task_handler_class: Mapped[str] = mapped_column("TaskHandlerClass", String(255))
+    task_data: Mapped[Any] = mapped_column("TaskData", JsonDocument)
+    scheduled_on: Mapped[datetime] = mapped_column("ScheduledOn")
+    queued_on: Mapped[datetime] = mapped_column("QueuedOn")
+    queued_by_id: Mapped[str | None] = mapped_column("QueuedById", String(255))
+    last_status: Mapped[RunStatus | None] = mapped_column(
+        "LastStatus", _status_enum(RunStatus, "last_status")
+    )
+    max_retries: Mapped[int] = mapped_column("MaxRetries", Integer)
+    task_runs_failed: Mapped[int] = mapped_column(
+        "TaskRunsFailed", Integer, server_default=text("0")
+    )
+
+    __table_args__ = (
+        CheckConstraint('"MaxRetries" >= 1', name="max_retries_positive"),
+        CheckConstraint('"TaskRunsFailed" >= 0', name="task_runs_failed_not_negative"),
+        Index(
+            "ix_TaskQueue_due",
+            "ScheduledOn",
+            postgresql_where=text(TASK_OPEN_SQL),
+            sqlite_where=text(TASK_OPEN_SQL),
+        ),
+    )
+
+
+class TaskRunner(Base):
+    """A process that claims and runs task runs."""
+
+    __tablename__ = "TaskRunners"
+
+    id: Mapped[int] = mapped_column("Id", Id, primary_key=True, autoincrement=True)
+    process_id: Mapped[int] = mapped_column("ProcessId", Integer)
+    started_on: Mapped[datetime] = mapped_column("StartedOn")
+    finished_on: Mapped[datetime | None] = mapped_column("FinishedOn")
+    status: Mapped[RunnerStatus] = mapped_column("Status", _status_enum(RunnerStatus, "status"))
+    hostname: Mapped[str] = mapped_column("Hostname", String(255))
+    process_create_time: Mapped[float | None] = mapped_column("ProcessCreateTime", Double)
+    heartbeat_on: Mapped[datetime | None] = mapped_column("HeartbeatOn")
+
+    __table_args__ = (
+        Index(
+            "ix_TaskRunners_running",
+            "Hostname",
+            postgresql_where=text(RUNNER_RUNNING_SQL),
+            sqlite_where=text(RUNNER_RUNNING_SQL),
+        ),
+    )
+
+
+class TaskRun(Base):
+    """One attempt at a queued task: its status, output, progress and result."""
+
+    __tablename__ = "TaskRuns"
+
+    id: Mapped[int] = mapped_column("Id", Id, primary_key=True, autoincrement=True)
+    task_queue_id: Mapped[int] = mapped_column(
+        "TaskQueueId", Id, ForeignKey("TaskQueue.Id", ondelete="CASCADE")
+    )
+    started_on: Mapped[datetime | None] = mapped_column("StartedOn")
+    percents_completed: Mapped[int] = mapped_column(
+        "PercentsCompleted", Integer, server_default=text("0")
+    )
+    finished_on: Mapped[datetime | None] = mapped_column("FinishedOn")
+    results: Mapped[Any | None] = mapped_column("Results", JsonDocument)
+    status: Mapped[RunStatus] = mapped_column("Status", _status_enum(RunStatus, "status"))
+    standard_output: Mapped[str | None] = mapped_column("StandardOutput", Text)
+    error_output: Mapped[str | None] = mapped_column("ErrorOutput", Text)
+    error_code: Mapped[str | None] = mapped_column("ErrorCode", String(255))
+    error_message: Mapped[str | None] = mapped_column("ErrorMessage", Text)
+    task_runner_id: Mapped[int | None] = mapped_column(
+        "TaskRunnerId", Id, ForeignKey("TaskRunners.Id", ondelete="SET NULL")
+    )
+
+    __table_args__ = (
+        CheckConstraint(
+            '"PercentsCompleted" >= 0 AND "PercentsCompleted" <= 100',
+            name="percents_completed_range",
+        ),
+        Index("ix_TaskRuns_TaskQueueId_Id", "TaskQueueId", "Id"),
+        Index(
+            "ix_TaskRuns_scheduled",
+            "Id",
+            postgresql_where=text(RUN_SCHEDULED_SQL),
+            sqlite_where=text(RUN_SCHEDULED_SQL),
+        ),
+        Index(
+            "uq_TaskRuns_one_open_run_per_task",
+            "TaskQueueId",
+            unique=True,
+            postgresql_where=text(RUN_OPEN_SQL),
+            sqlite_where=text(RUN_OPEN_SQL),
+        ),
+        Index(
+            "ix_TaskRuns_running_by_runner",
+            "TaskRunnerId",
+            postgresql_where=text(RUN_RUNNING_SQL),
+            sqlite_where=text(RUN_RUNNING_SQL),
+        ),
+    )
+
+
+ONE_OPEN_RUN_PER_TASK = "uq_TaskRuns_one_open_run_per_task"
+"""The unique index that lets a task have at most one scheduled or running run."""

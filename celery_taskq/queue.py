@@ -1,0 +1,306 @@
+"""The queue service (the seed's ``TaskQueue`` class) and its three events.
+
+=====================================  ==============================================
+seed step                              here
+=====================================  ==============================================
+``createTaskHandler``                  :meth:`TaskQueueService.create_task_handler`
+``addTask``                            :meth:`TaskQueueService.add_task`
+``refreshTaskRunnersStatus``           :meth:`TaskQueueService.refresh_task_runners_status`
+``createTaskRun``                      :meth:`TaskQueueService.create_task_run`
+``createMissingTaskRuns``              :meth:`TaskQueueService.create_missing_task_runs`
+``getTaskRunnerCount``                 :meth:`TaskQueueService.get_task_runner_count`
+``getMissingTaskRunnerCount``          :meth:`TaskQueueService.get_missing_task_runner_count`
+``getTaskRunner``                      :meth:`TaskQueueService.get_task_runner`
+``runStandalone``                      :meth:`TaskQueueService.run_standalone`
+``createMissingTaskRunners``           :meth:`TaskQueueService.create_missing_task_runners`
+``processQueue``                       :meth:`TaskQueueService.process_queue`
+``OnProcess`` / ``OnCreateTaskRunners``  :meth:`on_process` / :meth:`on_create_task_runners`
+``OnDebug``                            :meth:`on_debug`
+=====================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+
+from celery_taskq import transitions
+from celery_taskq.db import Database
+from celery_taskq.exceptions import InvalidArgumentError, InvalidTaskDataError, InvalidTaskError
+from celery_taskq.handlers import TaskHandler, create_task_handler
+from celery_taskq.liveness import judge_runner, process_start_time
+from celery_taskq.models import TaskQueue
+from celery_taskq.runner import Clock, TaskRunner, current_process_start_time, utc_now
+from celery_taskq.settings import DEFAULT_MAX_RETRIES, Settings
+
+logger = logging.getLogger(__name__)
+
+RUNNER_COMMAND = (sys.executable, "-m", "celery_taskq", "runner")
+"""How :meth:`TaskQueueService.create_missing_task_runners` starts a detached runner."""
+
+
+@dataclass(frozen=True)
+class ProcessReport:
+    """What one OnProcess tick did."""
+
+    timed_out_runners: tuple[int, ...]
+    tasks_given_runs: int
+
+
+class TaskQueueService:
+    """Adds tasks, oversees runners, creates runs and starts runners."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        *,
+        clock: Clock = utc_now,
+        cli_mode: bool = False,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.clock = clock
+        self.cli_mode = cli_mode
+
+    # -- adding tasks ----------------------------------------------------------------------
+
+    def create_task_handler(self, handler_path: str) -> TaskHandler:
+        """Instantiate a handler, refusing a missing module or class, or a non-handler."""
+        return create_task_handler(handler_path, self.settings.allowed_handler_prefixes)
+
+    def add_task(
+        self,
+        handler_path: str,
+        data: Any = None,
+        *,
+        scheduled_on: datetime | None = None,
+        max_retries: int | None = None,
+        queued_by: str | None = None,
+    ) -> int:
+        """Validate and queue a task; return its ``TaskQueue.Id``. Nothing is written on refusal."""
+        values = self.prepare_task(
+            handler_path,
+            data,
+            scheduled_on=scheduled_on,
+            max_retries=max_retries,
+            queued_by=queued_by,
+        )
+        with self.database.transaction() as connection:
+            task_id = int(
+                connection.execute(
+                    insert(TaskQueue).values(**values).returning(TaskQueue.id)
+                ).scalar_one()
+            )
+        logger.info(
+            "queued task %s (%s)",
+            task_id,
+            handler_path,
+            extra={"action": "task_queued", "queue_id": task_id},
+        )
+        return task_id
+
+    def prepare_task(
+        self,
+        handler_path: str,
+        data: Any = None,
+        *,
+        scheduled_on: datetime | None = None,
+        max_retries: int | None = None,
+        queued_by: str | None = None,
+    ) -> dict[str, Any]:
+        """Check every argument of :meth:`add_task` and return the row's column values."""
+        handler = self.create_task_handler(handler_path)
+        document = _json_document(data)
+        if max_retries is None:
+            max_retries = DEFAULT_MAX_RETRIES
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
+            raise InvalidArgumentError(
+                f"max_retries must be an integer of 1 or more, not {max_retries!r}"
+            )
+        now = self.clock()
+        if scheduled_on is None:
+            scheduled_on = now
+        elif not isinstance(scheduled_on, datetime) or scheduled_on.tzinfo is None:
+            raise InvalidArgumentError(
+                f"scheduled_on must be a timezone-aware datetime, not {scheduled_on!r}"
+            )
+        if queued_by is not None and (
+            not isinstance(queued_by, str | int) or len(str(queued_by)) > 255
+        ):
+            raise InvalidArgumentError("queued_by must be a string of at most 255 characters")
+        try:
+            handler.validate(document)
+        except Exception as exc:
+            raise InvalidTaskError(f"task data refused by {handler_path}: {exc}") from exc
+        return {
+            "task_handler_class": handler_path.strip(),
+            "task_data": document,
+            "scheduled_on": scheduled_on,
+            "queued_on": now,
+            "queued_by_id": None if queued_by is None else str(queued_by),
+            "max_retries": max_retries,
+            "task_runs_failed": 0,
+        }
+
+    # -- the overseer ----------------------------------------------------------------------
+
+    def refresh_task_runners_status(self) -> list[int]:
+        """Time out every ``running`` runner whose process is gone; return their ids."""
+        now = self.clock()
+        with self.database.transaction(read_only=True) as connection:
+            runners = transitions.running_runners(connection)
+        dead: list[int] = []
+        for runner in runners:
+            verdict = judge_runner(
+                runner,
+                this_host=self.settings.hostname,
+                now=now,
+                heartbeat_timeout=self.settings.heartbeat_timeout,
+                start_time_of=process_start_time,
+            )
+            if not verdict.alive:
+                logger.warning(
+                    "runner %s (pid %s on %s) is dead: %s",
+                    runner.id,
+                    runner.process_id,
+                    runner.hostname,
+                    verdict.reason,
+                    extra={"action": "runner_reaped", "runner_id": runner.id},
+                )
+                dead.append(runner.id)
+        if not dead:
+            return []
+        with self.database.transaction() as connection:
+            return transitions.time_out_runners(connection, dead, now)
+
+    def create_task_run(self, task_queue_id: int) -> int | None:
+        """Create a run for one queue row if the rules allow; return the run id or ``None``.
+
+        Rules: the task is due, it has no scheduled or running run, and it never ran or its
+        last run failed with ``TaskRunsFailed < MaxRetries``.
+        """
+        with self.database.transaction() as connection:
+            created = transitions.create_runs(connection, self.clock(), task_queue_id)
+            if not created:
+                return None
+            return transitions.open_run_id(connection, task_queue_id)
+
+    def create_missing_task_runs(self) -> int:
+        """Create runs for every due, unfinished task in one statement; return how many."""
+        with self.database.transaction() as connection:
+            created = transitions.create_runs(connection, self.clock())
+        if created:
+            logger.info("created %s task runs", len(created), extra={"action": "runs_created"})
+        return len(created)
+
+    def process_queue(self) -> ProcessReport:
+        """The seed's ``processQueue``: refresh runner status, then create missing runs."""
+        timed_out = self.refresh_task_runners_status()
+        created = self.create_missing_task_runs()
+        return ProcessReport(tuple(timed_out), created)
+
+    # -- runners ---------------------------------------------------------------------------
+
+    def get_task_runner_count(self) -> int:
+        """Runners in ``running`` status, on every host."""
+        with self.database.transaction(read_only=True) as connection:
+            return transitions.count_running_runners(connection)
+
+    def get_missing_task_runner_count(self) -> int:
+        """``TaskRunnerLimit`` minus running runners, never below 0."""
+        return max(self.settings.task_runner_limit - self.get_task_runner_count(), 0)
+
+    def get_task_runner(self) -> TaskRunner | None:
+        """Register a runner row for this process and return its runner, unless at the limit."""
+        with self.database.transaction() as connection:
+            runner_id = transitions.register_runner(
+                connection,
+                limit=self.settings.task_runner_limit,
+                process_id=os.getpid(),
+                hostname=self.settings.hostname,
+                process_create_time=current_process_start_time(),
+                now=self.clock(),
+            )
+        if runner_id is None:
+            logger.info(
+                "TaskRunnerLimit of %s reached: no runner started",
+                self.settings.task_runner_limit,
+                extra={"action": "runner_limit_reached"},
+            )
+            return None
+        logger.info(
+            "runner %s started (pid %s)",
+            runner_id,
+            os.getpid(),
+            extra={"action": "runner_started", "runner_id": runner_id},
+        )
+        return TaskRunner(self.database, runner_id, self.settings, clock=self.clock)
+
+    def run_standalone(self) -> bool:
+        """The seed's ``runStandalone``: get a runner and let it work one iteration."""
+        runner = self.get_task_runner()
+        if runner is None:
+            return False
+        runner.run(cli_mode=False)
+        return True
+
+    def create_missing_task_runners(self, runner_args: Sequence[str] = ()) -> int:
+        """Start the missing runners: detached processes in CLI mode, else one standalone run.
+
+        Returns the number of runner processes started (or 1/0 for the standalone case).
+        """
+        if not self.cli_mode:
+            return int(self.run_standalone())
+        missing = self.get_missing_task_runner_count()
+        environment = dict(os.environ, TASKQ_DATABASE_URL=self.settings.database_url)
+        for _ in range(missing):
+            subprocess.Popen(  # noqa: S603 - a fixed argv of this interpreter, no shell
+                [*RUNNER_COMMAND, *runner_args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                env=environment,
+            )
+        if missing:
+            logger.info("started %s runner processes", missing, extra={"action": "runners_spawned"})
+        return missing
+
+
+# -- the three events ----------------------------------------------------------------------
+
+
+def on_process(service: TaskQueueService) -> ProcessReport:
+    """``task-queue:OnProcess``: run on a schedule; refreshes runners and creates runs."""
+    return service.process_queue()
+
+
+def on_create_task_runners(service: TaskQueueService, runner_args: Sequence[str] = ()) -> int:
+    """``task-queue:OnCreateTaskRunners``: start the missing runners."""
+    return service.create_missing_task_runners(runner_args)
+
+
+def on_debug(service: TaskQueueService) -> bool:
+    """``task-queue:OnDebug``: work one iteration in this process."""
+    return service.run_standalone()
+
+
+def _json_document(data: Any) -> Any:
+    """Return ``data`` as a JSON document (``None`` becomes ``{}``); refuse what JSON can't hold."""
+    if data is None:
+        return {}
+    try:
+        return json.loads(json.dumps(data, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidTaskDataError(f"task data cannot be stored as JSON: {exc}") from exc

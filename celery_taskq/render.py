@@ -1,0 +1,50 @@
+"""Plain-text rendering of snapshots for the command line."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
+
+
+def _time(value: datetime | None) -> str:
+    return "-" if value is None else value.isoformat(timespec="seconds")
+
+
+def _block(title: str, text: str | None) -> list[str]:
+    if not text:
+        return []
+    return [f"    {title}:", *("      " + line for line in text.rstrip("\n").splitlines())]
+
+
+def render_run(run: RunSnapshot) -> list[str]:
+    """Lines describing one run."""
+    lines = [
+        f"  run {run.id}: {run.status.value}  {run.percents_completed}%  "
+        f"started {_time(run.started_on)}  finished {_time(run.finished_on)}  "
+        f"runner {run.task_runner_id if run.task_runner_id is not None else '-'}"
+    ]
+    if run.error_code or run.error_message:
+        lines.append(f"    error: [{run.error_code or '-'}] {run.error_message or ''}")
+    if run.results is not None:
+        lines.append(f"    results: {json.dumps(run.results, sort_keys=True)}")
+    lines += _block("stdout", run.standard_output)
+    lines += _block("stderr", run.error_output)
+    return lines
+
+
+def render_task(task: TaskSnapshot) -> str:
+    """A task and all its runs, oldest run first."""
+    lines = [
+        f"task {task.id}: {task.task_handler_class}",
+        f"  data: {json.dumps(task.task_data, sort_keys=True)}",
+        f"  queued {_time(task.queued_on)} by {task.queued_by_id or '-'}; "
+        f"scheduled {_time(task.scheduled_on)}",
+        f"  last status: {task.last_status.value if task.last_status else '-'}; "
+        f"failed runs: {task.task_runs_failed}/{task.max_retries}",
+        f"  runs: {len(task.runs)}",
+    ]
+    for run in task.runs:
+        lines += render_run(run)
+    return "\n".join(lines)

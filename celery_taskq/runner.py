@@ -1,0 +1,307 @@
+"""The task runner (the seed's ``TaskRunner``): claim a scheduled run, execute it, record it.
+
+The loop's exits are parameters (:meth:`TaskRunner.run`): a stop signal (SIGINT, SIGTERM,
+SIGHUP end the loop after the current run), resident memory over the limit, one iteration
+outside CLI mode (the seed's rule), and ``burst`` / ``max_runs`` / ``max_idle`` for scripts and
+tests. A runner that stops itself ends its row ``success``; a heartbeat thread keeps the row's
+``HeartbeatOn`` fresh while a long run works.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from celery_taskq import transitions
+from celery_taskq.capture import capture_output
+from celery_taskq.context import RunContext
+from celery_taskq.db import ClaimedRun, Database
+from celery_taskq.handlers import TaskError, create_task_handler
+from celery_taskq.models import RunStatus
+from celery_taskq.settings import Settings
+from celery_taskq.transitions import RunOutcome
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class StopReason(enum.StrEnum):
+    """Why a runner loop ended."""
+
+    STOP_REQUESTED = "stop requested (signal)"
+    MEMORY = "memory limit"
+    NOT_CLI = "one iteration outside CLI mode"
+    BURST = "queue empty (burst)"
+    MAX_RUNS = "max runs reached"
+    MAX_IDLE = "max idle time reached"
+    TIMED_OUT = "runner was timed out by the overseer"
+
+
+class TaskRunner:
+    """Works the queue as the runner row ``runner_id``."""
+
+    def __init__(
+        self,
+        database: Database,
+        runner_id: int,
+        settings: Settings,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.database = database
+        self.task_runner_id = runner_id
+        self.settings = settings
+        self.clock = clock
+        self.last_signal: int | None = None
+        self.runs_done = 0
+        self._stop = threading.Event()
+        self._timed_out = threading.Event()
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def signal_handler(self, signum: int, _frame: FrameType | None) -> None:
+        """Remember the signal; the loop ends after the current run."""
+        self.last_signal = signum
+        self._stop.set()
+        logger.info(
+            "runner %s got signal %s, stopping after the current run",
+            self.task_runner_id,
+            signum,
+            extra={"action": "runner_signal", "runner_id": self.task_runner_id},
+        )
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current run (thread-safe)."""
+        self._stop.set()
+
+    # -- one run ---------------------------------------------------------------------------
+
+    def get_next_task_run(self) -> ClaimedRun | None:
+        """Claim the oldest scheduled run (FIFO) in one atomic statement; ``None`` if none."""
+        with self.database.transaction() as connection:
+            claimed = self.database.claim_next_run(connection, self.task_runner_id, self.clock())
+            if claimed is not None:
+                transitions.rollup_tasks(connection, [claimed.task_queue_id])
+        if claimed is not None:
+            logger.info(
+                "runner %s claimed run %s of task %s",
+                self.task_runner_id,
+                claimed.run_id,
+                claimed.task_queue_id,
+                extra={
+                    "action": "run_claimed",
+                    "run_id": claimed.run_id,
+                    "queue_id": claimed.task_queue_id,
+                },
+            )
+        return claimed
+
+    def run_once(self) -> bool:
+        """Claim and process one run; ``False`` when there was nothing to do."""
+        claimed = self.get_next_task_run()
+        if claimed is None:
+            return False
+        self.process_task_run(claimed)
+        return True
+
+    def process_task_run(self, claimed: ClaimedRun) -> RunOutcome:
+        """Execute a claimed run with output captured and record its final state."""
+        with self.database.transaction(read_only=True) as connection:
+            task = transitions.load_task(connection, claimed.task_queue_id)
+        if task is None:  # the queue row was deleted after the claim (runs cascade with it)
+            return RunOutcome(RunStatus.ERROR, "", "", error_message="task was deleted")
+        handler_path, data = task
+        context = RunContext(
+            run_id=claimed.run_id,
+            task_queue_id=claimed.task_queue_id,
+            handler=handler_path,
+            data=data,
+            write_progress=lambda percent: self._write_progress(claimed.run_id, percent),
+        )
+        outcome = self._execute(context)
+        with self.database.transaction() as connection:
+            recorded = transitions.finish_run(
+                connection, claimed.run_id, self.task_runner_id, outcome, self.clock()
+            )
+        self.runs_done += 1
+        logger.info(
+            "run %s of task %s ended %s",
+            claimed.run_id,
+            claimed.task_queue_id,
+            outcome.status.value if recorded else "after the runner was timed out (not recorded)",
+            extra={
+                "action": "run_finished" if recorded else "run_outcome_discarded",
+                "run_id": claimed.run_id,
+                "queue_id": claimed.task_queue_id,
+                "status": outcome.status.value,
+            },
+        )
+        return outcome
+
+    def _write_progress(self, run_id: int, percent: int) -> None:
+        with self.database.transaction() as connection:
+            transitions.set_run_progress(connection, run_id, percent)
+
+    def _execute(self, context: RunContext) -> RunOutcome:
+        status = RunStatus.SUCCESS
+        results: Any = None
+        error_code: str | None = None
+        error_message: str | None = None
+        with capture_output(self.settings.output_cap_bytes) as captured:
+            try:
+                handler = create_task_handler(
+                    context.handler, self.settings.allowed_handler_prefixes
+                )
+                results = _as_json_document(handler.handle_task_run(context))
+            except TaskError as exc:
+                status, error_code, error_message = RunStatus.ERROR, exc.code, exc.message
+            except (Exception, SystemExit) as exc:  # a handler must never take the runner down
+                status = RunStatus.ERROR
+                error_code, error_message = type(exc).__name__, str(exc)
+                traceback.print_exc()
+        try:
+            context.flush_progress()
+        except Exception:  # progress is telemetry; the final status below matters more
+            logger.exception("could not write progress of run %s", context.id)
+        return RunOutcome(
+            status=status,
+            standard_output=captured.stdout,
+            error_output=captured.stderr,
+            results=results,
+            error_code=error_code,
+            error_message=error_message,
+            percents_completed=100 if status is RunStatus.SUCCESS else context.percent,
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        cli_mode: bool = True,
+        burst: bool = False,
+        max_runs: int | None = None,
+        max_idle: float | None = None,
+        install_signal_handlers: bool = False,
+    ) -> StopReason:
+        """The seed's ``process()``: claim and run until an exit condition holds."""
+        previous_handlers = self._install_signal_handlers() if install_signal_handlers else {}
+        heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat")
+        heartbeat.start()
+        idle_since = self.clock()
+        try:
+            while True:
+                if self._stop.is_set():
+                    return self._stop_reason()
+                did_work = self.run_once()
+                if did_work:
+                    idle_since = self.clock()
+                reason = self._exit_reason(
+                    cli_mode, burst, did_work, max_runs, max_idle, idle_since
+                )
+                if reason is not None:
+                    return reason
+                if not did_work:
+                    self._stop.wait(self.settings.poll_interval)
+        finally:
+            self._stop.set()
+            heartbeat.join(timeout=5)
+            with self.database.transaction() as connection:
+                transitions.finish_runner(connection, self.task_runner_id, self.clock())
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+
+    def _exit_reason(
+        self,
+        cli_mode: bool,
+        burst: bool,
+        did_work: bool,
+        max_runs: int | None,
+        max_idle: float | None,
+        idle_since: datetime,
+    ) -> StopReason | None:
+        if self._stop.is_set():
+            return self._stop_reason()
+        if self.memory_exceeded():
+            return StopReason.MEMORY
+        if not cli_mode:
+            return StopReason.NOT_CLI
+        if burst and not did_work:
+            return StopReason.BURST
+        if max_runs is not None and self.runs_done >= max_runs:
+            return StopReason.MAX_RUNS
+        if max_idle is not None and (self.clock() - idle_since).total_seconds() >= max_idle:
+            return StopReason.MAX_IDLE
+        return None
+
+    def _stop_reason(self) -> StopReason:
+        return StopReason.TIMED_OUT if self._timed_out.is_set() else StopReason.STOP_REQUESTED
+
+    def memory_exceeded(self) -> bool:
+        """Whether this process's resident memory is over the configured limit."""
+        rss = psutil.Process().memory_info().rss
+        return rss > self.settings.runner_memory_limit_mb * 1024 * 1024
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return previous
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, self.signal_handler)
+        return previous
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval):
+            try:
+                with self.database.transaction() as connection:
+                    alive = transitions.beat_heart(connection, self.task_runner_id, self.clock())
+            except Exception:
+                logger.exception(
+                    "heartbeat of runner %s failed",
+                    self.task_runner_id,
+                    extra={"action": "heartbeat_failed", "runner_id": self.task_runner_id},
+                )
+                continue
+            if not alive:
+                logger.warning(
+                    "runner %s was timed out by the overseer; stopping",
+                    self.task_runner_id,
+                    extra={"action": "runner_timed_out", "runner_id": self.task_runner_id},
+                )
+                self._timed_out.set()
+                self._stop.set()
+
+
+def _as_json_document(value: Any) -> Any:
+    """Check that a handler's return value can be stored as JSON, and return it."""
+    if value is None:
+        return None
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the handler returned a {type(value).__name__} that cannot be stored as JSON: {exc}"
+        ) from exc
+
+
+def current_process_start_time() -> float:
+    """This process's start time as psutil reports it (recorded on the runner row)."""
+    return float(psutil.Process(os.getpid()).create_time())

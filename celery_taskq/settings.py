@@ -1,0 +1,114 @@
+"""Settings, resolved once into a frozen :class:`Settings`.
+
+Order: ``TASKQ_*`` environment variables, then explicit overrides given by a driver (the
+Celery layer passes Celery config here), then the documented defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from celery_taskq.exceptions import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///celery_taskq.db"
+"""A SQLite file in the working directory: the embedded default."""
+
+DEFAULT_TASK_RUNNER_LIMIT = 8
+"""``TaskRunnerLimit``: most runners that may be ``running`` at once, across all hosts."""
+
+DEFAULT_MAX_RETRIES = 5
+"""A task whose failed runs reach this number is not retried."""
+
+DEFAULT_RUNNER_MEMORY_LIMIT_MB = 100
+"""A runner whose resident memory exceeds this many MiB leaves after its current run."""
+
+DEFAULT_OUTPUT_CAP_BYTES = 1024 * 1024
+"""Most bytes kept of each of a run's stdout and stderr; the rest is cut and marked."""
+
+DEFAULT_POLL_INTERVAL = 1.0
+"""Seconds an idle runner sleeps between claims."""
+
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+"""Seconds between a runner's heartbeats."""
+
+DEFAULT_HEARTBEAT_TIMEOUT = 60.0
+"""A runner whose heartbeat is older than this many seconds is judged dead."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting celery_taskq reads, each with its environment variable in ``env_names``."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    task_runner_limit: int = DEFAULT_TASK_RUNNER_LIMIT
+    runner_memory_limit_mb: int = DEFAULT_RUNNER_MEMORY_LIMIT_MB
+    output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    allowed_handler_prefixes: tuple[str, ...] = ()
+    hostname: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.hostname:
+            object.__setattr__(self, "hostname", socket.gethostname())
+        _require(self.task_runner_limit >= 0, "task_runner_limit must be 0 or more")
+        _require(self.runner_memory_limit_mb > 0, "runner_memory_limit_mb must be positive")
+        _require(self.output_cap_bytes > 0, "output_cap_bytes must be positive")
+        _require(self.poll_interval > 0, "poll_interval must be positive")
+        _require(self.heartbeat_interval > 0, "heartbeat_interval must be positive")
+        _require(
+            self.heartbeat_timeout > self.heartbeat_interval,
+            "heartbeat_timeout must be longer than heartbeat_interval",
+        )
+
+    @classmethod
+    def resolve(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Resolve from ``environ`` (default ``os.environ``), then ``overrides``, then defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            env_name = ENV_PREFIX + field.name.upper()
+            if env_name in environ:
+                values[field.name] = _parse(field.name, environ[env_name], env_name)
+            elif overrides is not None and overrides.get(field.name) is not None:
+                values[field.name] = _coerce(field.name, overrides[field.name])
+        return cls(**values)
+
+
+ENV_PREFIX = "TASKQ_"
+"""Every setting ``x`` is read from the environment variable ``TASKQ_X``."""
+
+_INT_FIELDS = {"task_runner_limit", "runner_memory_limit_mb", "output_cap_bytes"}
+_FLOAT_FIELDS = {"poll_interval", "heartbeat_interval", "heartbeat_timeout"}
+
+
+def _parse(name: str, raw: str, source: str) -> Any:
+    try:
+        return _coerce(name, raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"{source}={raw!r} is not valid: {exc}") from exc
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in _INT_FIELDS:
+        return int(value)
+    if name in _FLOAT_FIELDS:
+        return float(value)
+    if name == "allowed_handler_prefixes":
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(item.strip() for item in items if item.strip())
+    return str(value)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigurationError(message)

@@ -1,0 +1,298 @@
+"""Every state change of the three tables, as named set-based statements.
+
+Each function takes an open connection and runs inside the caller's transaction, so a run's
+status, its queue roll-up and its runner link always land together (DESIGN §3.7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, literal, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from celery_taskq.liveness import RunnerRecord
+from celery_taskq.models import (
+    FAILED_RUN_STATUSES,
+    RUN_OPEN_SQL,
+    RUN_RUNNING_SQL,
+    RUNNER_RUNNING_SQL,
+    TASK_OPEN_SQL,
+    RunnerStatus,
+    RunStatus,
+    TaskQueue,
+    TaskRun,
+    TaskRunner,
+)
+
+ROLLUP_BATCH_SIZE = 500
+"""Queue rows rolled up per statement, to keep parameter lists well inside driver limits."""
+
+RUNNER_REGISTRY_LOCK_KEY = 0x7461736B71
+"""PostgreSQL advisory lock serialising runner registration against TaskRunnerLimit."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The final state of a run, as the runner determined it."""
+
+    status: RunStatus
+    standard_output: str
+    error_output: str
+    results: Any = None
+    error_code: str | None = None
+    error_message: str | None = None
+    percents_completed: int | None = None
+
+
+def rollup_tasks(connection: Connection, task_queue_ids: Iterable[int]) -> None:
+    """Recompute ``LastStatus`` and ``TaskRunsFailed`` of the given queue rows from their runs.
+
+    The seed's ``task-run:OnAfterItemUpdate``: LastStatus is the status of the most recent run;
+    TaskRunsFailed counts the failed (``error``/``timeout``) runs since the last success, so a
+    success resets it to 0.
+    """
+    latest_status = (
+        select(TaskRun.status)
+        .where(TaskRun.task_queue_id == TaskQueue.id)
+        .order_by(TaskRun.id.desc())
+        .limit(1)
+        .correlate(TaskQueue)
+        .scalar_subquery()
+    )
+    last_success_id = (
+        select(func.max(TaskRun.id))
+        .where(TaskRun.task_queue_id == TaskQueue.id, TaskRun.status == RunStatus.SUCCESS)
+        .correlate(TaskQueue)
+        .scalar_subquery()
+    )
+    failed_since_success = (
+        select(func.count())
+        .select_from(TaskRun)
+        .where(
+            TaskRun.task_queue_id == TaskQueue.id,
+            TaskRun.status.in_(FAILED_RUN_STATUSES),
+            TaskRun.id > func.coalesce(last_success_id, 0),
+        )
+        .correlate(TaskQueue)
+        .scalar_subquery()
+    )
+    ids = sorted(set(task_queue_ids))
+    for start in range(0, len(ids), ROLLUP_BATCH_SIZE):
+        connection.execute(
+            update(TaskQueue)
+            .where(TaskQueue.id.in_(ids[start : start + ROLLUP_BATCH_SIZE]))
+            .values(last_status=latest_status, task_runs_failed=failed_since_success)
+        )
+
+
+def create_runs(
+    connection: Connection, now: datetime, task_queue_id: int | None = None
+) -> list[int]:
+    """Create a ``scheduled`` run for every due, unfinished queue row (or just ``task_queue_id``).
+
+    One ``INSERT … SELECT``: a row qualifies when ``ScheduledOn <= now`` and it never ran, or its
+    last run failed with retries left. The partial unique index allows one open run per task;
+    ``ON CONFLICT DO NOTHING`` makes concurrent callers skip rows another caller just took.
+    Returns the ids of the queue rows that got a run.
+    """
+    due = select(TaskQueue.id, literal(RunStatus.SCHEDULED.value)).where(
+        TaskQueue.scheduled_on <= now, text(TASK_OPEN_SQL)
+    )
+    if task_queue_id is not None:
+        due = due.where(TaskQueue.id == task_queue_id)
+    columns = ["TaskQueueId", "Status"]
+    statement: Any
+    if connection.dialect.name == "postgresql":
+        statement = (
+            postgresql_insert(TaskRun)
+            .from_select(columns, due)
+            .on_conflict_do_nothing(index_elements=["TaskQueueId"], index_where=text(RUN_OPEN_SQL))
+        )
+    elif connection.dialect.name == "sqlite":
+        statement = (
+            sqlite_insert(TaskRun)
+            .from_select(columns, due)
+            .on_conflict_do_nothing(index_elements=["TaskQueueId"], index_where=text(RUN_OPEN_SQL))
+        )
+    else:  # pragma: no cover - Database refuses other dialects
+        statement = insert(TaskRun).from_select(columns, due)
+    task_ids = list(connection.execute(statement.returning(TaskRun.task_queue_id)).scalars())
+    rollup_tasks(connection, task_ids)
+    return task_ids
+
+
+def load_task(connection: Connection, task_queue_id: int) -> tuple[str, Any] | None:
+    """The handler path and data of a queue row."""
+    row = connection.execute(
+        select(TaskQueue.task_handler_class, TaskQueue.task_data).where(
+            TaskQueue.id == task_queue_id
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def finish_run(
+    connection: Connection, run_id: int, runner_id: int, outcome: RunOutcome, now: datetime
+) -> bool:
+    """Record a run's final state and roll it up; ``False`` if it was no longer this runner's.
+
+    A run stops being the runner's when the overseer timed the runner out meanwhile; that
+    verdict stands and the late outcome is not written.
+    """
+    values: dict[str, Any] = {
+        "status": outcome.status,
+        "finished_on": now,
+        "standard_output": outcome.standard_output,
+        "error_output": outcome.error_output,
+        "results": outcome.results,
+        "error_code": outcome.error_code,
+        "error_message": outcome.error_message,
+    }
+    if outcome.percents_completed is not None:
+        values["percents_completed"] = outcome.percents_completed
+    task_queue_id = connection.execute(
+        update(TaskRun)
+        .where(TaskRun.id == run_id, TaskRun.task_runner_id == runner_id, text(RUN_RUNNING_SQL))
+        .values(**values)
+        .returning(TaskRun.task_queue_id)
+    ).scalar()
+    if task_queue_id is None:
+        return False
+    rollup_tasks(connection, [task_queue_id])
+    return True
+
+
+def set_run_progress(connection: Connection, run_id: int, percent: int) -> None:
+    """Store ``PercentsCompleted`` of a running run."""
+    connection.execute(
+        update(TaskRun)
+        .where(TaskRun.id == run_id, text(RUN_RUNNING_SQL))
+        .values(percents_completed=percent)
+    )
+
+
+def count_running_runners(connection: Connection) -> int:
+    """Runners in ``running`` status, on every host."""
+    return int(
+        connection.execute(
+            select(func.count()).select_from(TaskRunner).where(text(RUNNER_RUNNING_SQL))
+        ).scalar_one()
+    )
+
+
+def register_runner(
+    connection: Connection,
+    *,
+    limit: int,
+    process_id: int,
+    hostname: str,
+    process_create_time: float | None,
+    now: datetime,
+) -> int | None:
+    """Insert a ``running`` runner row unless ``limit`` runners are already running.
+
+    Registrations are serialised (an advisory lock on PostgreSQL, the write lock on SQLite) so
+    concurrent starters never overshoot the limit.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(RUNNER_REGISTRY_LOCK_KEY)))
+    if count_running_runners(connection) >= limit:
+        return None
+    return int(
+        connection.execute(
+            insert(TaskRunner)
+            .values(
+                process_id=process_id,
+                hostname=hostname,
+                process_create_time=process_create_time,
+                started_on=now,
+                heartbeat_on=now,
+                status=RunnerStatus.RUNNING,
+            )
+            .returning(TaskRunner.id)
+        ).scalar_one()
+    )
+
+
+def beat_heart(connection: Connection, runner_id: int, now: datetime) -> bool:
+    """Refresh a runner's heartbeat; ``False`` if the runner is no longer ``running``."""
+    updated = connection.execute(
+        update(TaskRunner)
+        .where(TaskRunner.id == runner_id, text(RUNNER_RUNNING_SQL))
+        .values(heartbeat_on=now)
+        .returning(TaskRunner.id)
+    ).first()
+    return updated is not None
+
+
+def finish_runner(connection: Connection, runner_id: int, now: datetime) -> bool:
+    """A runner that stops itself ends ``success`` with ``FinishedOn``."""
+    updated = connection.execute(
+        update(TaskRunner)
+        .where(TaskRunner.id == runner_id, text(RUNNER_RUNNING_SQL))
+        .values(status=RunnerStatus.SUCCESS, finished_on=now)
+        .returning(TaskRunner.id)
+    ).first()
+    return updated is not None
+
+
+def running_runners(connection: Connection) -> list[RunnerRecord]:
+    """Every runner row in ``running`` status."""
+    return [
+        RunnerRecord(*row)
+        for row in connection.execute(
+            select(
+                TaskRunner.id,
+                TaskRunner.process_id,
+                TaskRunner.hostname,
+                TaskRunner.process_create_time,
+                TaskRunner.started_on,
+                TaskRunner.heartbeat_on,
+            ).where(text(RUNNER_RUNNING_SQL))
+        )
+    ]
+
+
+def time_out_runners(connection: Connection, runner_ids: Iterable[int], now: datetime) -> list[int]:
+    """Move runners to ``timeout``; their ``running`` runs follow, and their tasks roll up.
+
+    The seed's ``task-runner:OnAfterItemUpdate``. Returns the ids actually timed out (a runner
+    that finished meanwhile is left alone).
+    """
+    ids = sorted(set(runner_ids))
+    if not ids:
+        return []
+    timed_out = list(
+        connection.execute(
+            update(TaskRunner)
+            .where(TaskRunner.id.in_(ids), text(RUNNER_RUNNING_SQL))
+            .values(status=RunnerStatus.TIMEOUT, finished_on=now)
+            .returning(TaskRunner.id)
+        ).scalars()
+    )
+    if not timed_out:
+        return []
+    task_ids = connection.execute(
+        update(TaskRun)
+        .where(TaskRun.task_runner_id.in_(timed_out), text(RUN_RUNNING_SQL))
+        .values(
+            status=RunStatus.TIMEOUT,
+            finished_on=now,
+            error_message="the task runner stopped while this run was running",
+        )
+        .returning(TaskRun.task_queue_id)
+    ).scalars()
+    rollup_tasks(connection, task_ids)
+    return timed_out
+
+
+def open_run_id(connection: Connection, task_queue_id: int) -> int | None:
+    """The id of a queue row's scheduled or running run, if it has one."""
+    return connection.execute(
+        select(TaskRun.id).where(TaskRun.task_queue_id == task_queue_id, text(RUN_OPEN_SQL))
+    ).scalar()
