@@ -13,15 +13,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from celery_taskq.db import Database
-from celery_taskq.exceptions import TaskNotFoundError
-from celery_taskq.models import TaskQueue, TaskRun
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
-from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
+from celery_taskq.snapshots import TaskSnapshot
 
 _services: dict[tuple[int, str], TaskQueueService] = {}
 _services_lock = threading.Lock()
@@ -65,12 +60,12 @@ def enqueue(
 
 def get_task(task_id: int, *, database_url: str | None = None) -> TaskSnapshot:
     """A frozen snapshot of a task and all its runs, oldest run first."""
-    database = get_service(database_url).database
-    with database.transaction(read_only=True) as connection, Session(bind=connection) as session:
-        row = session.get(TaskQueue, task_id)
-        if row is None:
-            raise TaskNotFoundError(f"no task with id {task_id}")
-        runs = session.scalars(
-            select(TaskRun).where(TaskRun.task_queue_id == task_id).order_by(TaskRun.id)
-        ).all()
-        return TaskSnapshot.from_row(row, tuple(RunSnapshot.from_row(run) for run in runs))
+    return get_service(database_url).get_task(task_id)
+
+
+def close_all() -> None:
+    """Dispose every engine the API opened in this process (tests, clean shutdown)."""
+    with _services_lock:
+        for service in _services.values():
+            service.database.close()
+        _services.clear()

@@ -1,13 +1,17 @@
 """Capture of a run's stdout and stderr at the file-descriptor level.
 
 File descriptors 1 and 2 are pointed at temporary files for the duration of a run, so output
-from the handler, from C extensions and from child processes (``os.system``, ``subprocess``) is
-all caught. Each stream keeps at most ``cap`` bytes; a stream that was cut says so at its end.
+from the handler, from C extensions and from child processes (``os.system``, ``subprocess``)
+is all caught. ``sys.stdout`` and ``sys.stderr`` are swapped for streams on those descriptors
+too, because hosts such as Celery (``worker_redirect_stdouts``) or pytest replace them with
+objects that never reach fd 1 or 2. Each stream keeps at most ``cap`` bytes; a stream that was
+cut says so at its end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -55,6 +59,11 @@ def _flush_python_streams() -> None:
             stream.flush()
 
 
+def _text_stream(fd: int) -> io.TextIOWrapper:
+    raw = io.FileIO(fd, mode="w", closefd=False)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", write_through=True)
+
+
 @contextmanager
 def capture_output(cap: int) -> Iterator[CapturedOutput]:
     """Redirect fds 1 and 2 into temporary files; fill the yielded object when done."""
@@ -63,12 +72,15 @@ def capture_output(cap: int) -> Iterator[CapturedOutput]:
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
         saved_stdout = os.dup(1)
         saved_stderr = os.dup(2)
+        saved_streams = (sys.stdout, sys.stderr)
         try:
             os.dup2(out_file.fileno(), 1)
             os.dup2(err_file.fileno(), 2)
+            sys.stdout, sys.stderr = _text_stream(1), _text_stream(2)
             yield captured
         finally:
             _flush_python_streams()
+            sys.stdout, sys.stderr = saved_streams
             os.dup2(saved_stdout, 1)
             os.dup2(saved_stderr, 2)
             os.close(saved_stdout)

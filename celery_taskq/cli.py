@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from celery_taskq import __version__, api, migrate
+from celery_taskq import __version__, migrate
 from celery_taskq.db import Database
 from celery_taskq.exceptions import TaskqError
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
@@ -80,6 +80,11 @@ class CliContext:
             )
         return self._service
 
+    def close(self) -> None:
+        """Release the database connections."""
+        if self._service is not None:
+            self._service.database.close()
+
 
 pass_context = click.make_pass_decorator(CliContext)
 
@@ -104,6 +109,7 @@ def cli(ctx: click.Context, database_url: str | None, verbose: int) -> None:
     if database_url:
         settings = replace(settings, database_url=database_url)
     ctx.obj = CliContext(settings)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @cli.group()
@@ -152,7 +158,7 @@ def enqueue(
 @pass_context
 def show(context: CliContext, task_id: int) -> None:
     """Print a task and every one of its runs."""
-    snapshot = api.get_task(task_id, database_url=context.settings.database_url)
+    snapshot = context.service.get_task(task_id)
     click.echo(render_task(snapshot))
 
 

@@ -31,16 +31,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
 
 from celery_taskq import transitions
 from celery_taskq.db import Database
-from celery_taskq.exceptions import InvalidArgumentError, InvalidTaskDataError, InvalidTaskError
+from celery_taskq.exceptions import (
+    InvalidArgumentError,
+    InvalidTaskDataError,
+    InvalidTaskError,
+    TaskNotFoundError,
+)
 from celery_taskq.handlers import TaskHandler, create_task_handler
 from celery_taskq.liveness import judge_runner, process_start_time
-from celery_taskq.models import TaskQueue
+from celery_taskq.models import TaskQueue, TaskRun
 from celery_taskq.runner import Clock, TaskRunner, current_process_start_time, utc_now
 from celery_taskq.settings import DEFAULT_MAX_RETRIES, Settings
+from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +159,20 @@ class TaskQueueService:
             "task_runs_failed": 0,
         }
 
+    def get_task(self, task_id: int) -> TaskSnapshot:
+        """A frozen snapshot of a task and all its runs, oldest run first."""
+        with (
+            self.database.transaction(read_only=True) as connection,
+            Session(bind=connection) as session,
+        ):
+            row = session.get(TaskQueue, task_id)
+            if row is None:
+                raise TaskNotFoundError(f"no task with id {task_id}")
+            runs = session.scalars(
+                select(TaskRun).where(TaskRun.task_queue_id == task_id).order_by(TaskRun.id)
+            ).all()
+            return TaskSnapshot.from_row(row, tuple(RunSnapshot.from_row(run) for run in runs))
+
     # -- the overseer ----------------------------------------------------------------------
 
     def refresh_task_runners_status(self) -> list[int]:
@@ -261,10 +282,11 @@ class TaskQueueService:
         """
         if not self.cli_mode:
             return int(self.run_standalone())
+        _reap_spawned_runners()
         missing = self.get_missing_task_runner_count()
         environment = dict(os.environ, TASKQ_DATABASE_URL=self.settings.database_url)
         for _ in range(missing):
-            subprocess.Popen(  # noqa: S603 - a fixed argv of this interpreter, no shell
+            process = subprocess.Popen(  # noqa: S603 - a fixed argv of this interpreter, no shell
                 [*RUNNER_COMMAND, *runner_args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -273,9 +295,18 @@ class TaskQueueService:
                 close_fds=True,
                 env=environment,
             )
+            _spawned_runners.append(process)
         if missing:
             logger.info("started %s runner processes", missing, extra={"action": "runners_spawned"})
         return missing
+
+
+_spawned_runners: list[subprocess.Popen[bytes]] = []
+"""Runner processes this process started; kept so that they are reaped, never left zombies."""
+
+
+def _reap_spawned_runners() -> None:
+    _spawned_runners[:] = [process for process in _spawned_runners if process.poll() is None]
 
 
 # -- the three events ----------------------------------------------------------------------

@@ -1,0 +1,114 @@
+"""Shared fixtures: every service test runs once on SQLite and once on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from celery_taskq.db import Database
+from celery_taskq.migrate import upgrade_database
+from celery_taskq.queue import TaskQueueService
+from celery_taskq.settings import Settings
+
+pytest_plugins = ["tests.fixtures.postgres"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEST_HOST = "test-host"
+
+
+class FakeClock:
+    """A clock the test moves by hand: services never read the wall clock in tests."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per session; tests get copies."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
+    """URL of a migrated, empty database: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        path = tmp_path / "taskq.db"
+        shutil.copyfile(sqlite_template, path)
+        return f"sqlite:///{path}"
+    return str(request.getfixturevalue("postgresql_schema_url"))
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings for one test: quick polling, a fixed host name."""
+    return Settings(
+        database_url=database_url,
+        hostname=TEST_HOST,
+        poll_interval=0.05,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=60.0,
+    )
+
+
+@pytest.fixture
+def database(settings: Settings) -> Iterator[Database]:
+    """The engine for the test's database."""
+    database = Database(settings.database_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A hand-moved clock."""
+    return FakeClock()
+
+
+@pytest.fixture
+def service(database: Database, settings: Settings, clock: FakeClock) -> TaskQueueService:
+    """The queue service on the test database, with the fake clock."""
+    return TaskQueueService(database, settings, clock=clock)
+
+
+@pytest.fixture
+def subprocess_env(database_url: str) -> dict[str, str]:
+    """Environment for child processes: the test database and the tests package importable."""
+    python_path = os.pathsep.join(
+        [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    return {
+        **os.environ,
+        "TASKQ_DATABASE_URL": database_url,
+        "TASKQ_POLL_INTERVAL": "0.05",
+        "TASKQ_HEARTBEAT_INTERVAL": "0.5",
+        "PYTHONPATH": python_path,
+    }
+
+
+CLI = (sys.executable, "-m", "celery_taskq")
+"""The command line, run as a child process."""
+
+
+@pytest.fixture(autouse=True)
+def _close_api_engines() -> Iterator[None]:
+    """The API keeps one engine per process and URL; drop them after each test."""
+    yield
+    from celery_taskq import api
+
+    api.close_all()

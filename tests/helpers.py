@@ -1,0 +1,55 @@
+"""Small helpers for reading the tables in assertions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from celery_taskq.db import Database
+from celery_taskq.models import Base, TaskQueue, TaskRun, TaskRunner
+
+
+def count(database: Database, model: type[Base]) -> int:
+    """Rows in a table."""
+    with database.transaction(read_only=True) as connection:
+        return int(connection.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def task_row(database: Database, task_id: int) -> TaskQueue:
+    """A detached copy of a TaskQueue row."""
+    with Session(database.engine, expire_on_commit=False) as session:
+        row = session.get(TaskQueue, task_id)
+        assert row is not None
+        return row
+
+
+def runs_of(database: Database, task_id: int) -> list[TaskRun]:
+    """Runs of a task, oldest first (detached)."""
+    with Session(database.engine, expire_on_commit=False) as session:
+        return list(
+            session.scalars(
+                select(TaskRun).where(TaskRun.task_queue_id == task_id).order_by(TaskRun.id)
+            )
+        )
+
+
+def runners(database: Database) -> list[TaskRunner]:
+    """All runner rows (detached)."""
+    with Session(database.engine, expire_on_commit=False) as session:
+        return list(session.scalars(select(TaskRunner).order_by(TaskRunner.id)))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

@@ -1,0 +1,80 @@
+"""The schema: Alembic is the only way it is made, and it matches the models exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from celery_taskq.migrate import current_revision, upgrade_database
+from celery_taskq.models import Base
+
+DOCUMENTED_COLUMNS = {
+    "TaskQueue": [
+        "Id",
+        "TaskHandlerClass",
+        "TaskData",
+        "ScheduledOn",
+        "QueuedOn",
+        "QueuedById",
+        "LastStatus",
+        "MaxRetries",
+        "TaskRunsFailed",
+    ],
+    "TaskRuns": [
+        "Id",
+        "TaskQueueId",
+        "StartedOn",
+        "PercentsCompleted",
+        "FinishedOn",
+        "Results",
+        "Status",
+        "StandardOutput",
+        "ErrorOutput",
+        "ErrorCode",
+        "ErrorMessage",
+        "TaskRunnerId",
+    ],
+    "TaskRunners": ["Id", "ProcessId", "StartedOn", "FinishedOn", "Status"],
+}
+ADDED_RUNNER_COLUMNS = ["Hostname", "ProcessCreateTime", "HeartbeatOn"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    return str(request.getfixturevalue("postgresql_empty_url"))
+
+
+def test_upgrade_of_an_empty_database_matches_the_models(empty_database_url: str) -> None:
+    # Given an empty database, When it is upgraded to head
+    assert current_revision(empty_database_url) is None
+    upgrade_database(empty_database_url)
+    # Then Alembic finds no difference between the database and the models
+    engine = create_engine(empty_database_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            inspector = inspect(connection)
+            for table, columns in DOCUMENTED_COLUMNS.items():
+                present = [column["name"] for column in inspector.get_columns(table)]
+                assert present[: len(columns)] == columns
+            runner_columns = [column["name"] for column in inspector.get_columns("TaskRunners")]
+            assert runner_columns[len(DOCUMENTED_COLUMNS["TaskRunners"]) :] == ADDED_RUNNER_COLUMNS
+            index_names = {index["name"] for index in inspector.get_indexes("TaskRuns")}
+            assert "uq_TaskRuns_one_open_run_per_task" in index_names
+            assert "ix_TaskRuns_scheduled" in index_names
+    finally:
+        engine.dispose()
+    assert current_revision(empty_database_url) == "0001"
+
+
+def test_upgrade_twice_is_harmless(empty_database_url: str) -> None:
+    upgrade_database(empty_database_url)
+    upgrade_database(empty_database_url)
+    assert current_revision(empty_database_url) == "0001"
