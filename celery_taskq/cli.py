@@ -246,6 +246,36 @@ def runner(
     click.echo(f"runner {runner_id} stopped: {reason.value}; runs: {runs}")
 
 
+@cli.command()
+@click.option("--cycles", type=click.IntRange(min=1), default=5, show_default=True)
+@pass_context
+def demo(context: CliContext, cycles: int) -> None:
+    """Create the tables, queue sample tasks, work them with a runner, and show the record."""
+    migrate.upgrade_database(context.settings.database_url)
+    service = context.service
+    task_ids = [
+        service.add_task("celery_taskq.examples.Greet", {"name": "world"}, queued_by="demo"),
+        service.add_task(
+            "celery_taskq.examples.CheckInbox",
+            {"server": "mail.example.invalid"},
+            max_retries=2,
+            queued_by="demo",
+        ),
+    ]
+    click.echo(f"queued tasks {task_ids} in {context.settings.database_url}")
+    for _ in range(cycles):
+        report = on_process(service)
+        if report.tasks_given_runs == 0:
+            break
+        task_runner = service.get_task_runner()
+        if task_runner is None:
+            raise click.ClickException("TaskRunnerLimit reached: stop other runners first")
+        task_runner.run(burst=True)
+    for task_id in task_ids:
+        click.echo("")
+        click.echo(render_task(service.get_task(task_id)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command, turning library errors into one line and an exit code."""
     try:

@@ -17,9 +17,7 @@ report a known failure of their own, and it is recorded on the run rather than p
     │       ├── NotATaskHandlerError
     │       └── HandlerNotAllowedError
     ├── NotFoundError
-    │   ├── TaskNotFoundError
-    │   └── TaskRunNotFoundError
-    ├── InvalidRunStateError
+    │   └── TaskNotFoundError
     └── StorageError
         └── SchemaNotReadyError
 """
@@ -81,14 +79,6 @@ class NotFoundError(TaskqError):
 
 class TaskNotFoundError(NotFoundError):
     """No task has this id."""
-
-
-class TaskRunNotFoundError(NotFoundError):
-    """No task run has this id."""
-
-
-class InvalidRunStateError(TaskqError):
-    """The task run is not in the state this operation needs."""
 
 
 class StorageError(TaskqError):

@@ -117,3 +117,21 @@ def test_schema_missing_gives_a_clear_hint(
 def test_db_upgrade(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--database-url", f"sqlite:///{tmp_path / 'new.db'}", "db", "upgrade"]) == 0
     assert "database at revision 0001" in capsys.readouterr().out
+
+
+def test_demo_runs_the_main_job_on_the_embedded_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given no configuration at all, in an empty directory
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TASKQ_DATABASE_URL", raising=False)
+    # When the demo runs
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    # Then the SQLite file in the working directory holds the record it prints
+    assert (tmp_path / "celery_taskq.db").exists()
+    assert "run 1: success  100%" in out
+    assert "Hello, world!" in out
+    assert "a child process writes here too" in out
+    assert out.count("error: [E_MAIL_DOWN] the mail server did not answer") == 2
+    assert "failed runs: 2/2" in out

@@ -1,0 +1,34 @@
+"""The core never imports Celery, click or a web framework."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CORE_MODULES = [
+    "celery_taskq",
+    "celery_taskq.models",
+    "celery_taskq.db",
+    "celery_taskq.transitions",
+    "celery_taskq.liveness",
+    "celery_taskq.handlers",
+    "celery_taskq.capture",
+    "celery_taskq.queue",
+    "celery_taskq.runner",
+    "celery_taskq.api",
+]
+FORBIDDEN = ["celery", "kombu", "click", "flask", "starlette", "fastapi", "django"]
+
+
+def test_core_imports_without_celery_click_or_web() -> None:
+    # Given the forbidden packages made unimportable, When every core module is imported
+    program = "\n".join(
+        [
+            "import sys",
+            *(f"sys.modules[{name!r}] = None" for name in FORBIDDEN),
+            *(f"import {module}" for module in CORE_MODULES),
+        ]
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    # Then nothing fails to import
+    assert result.returncode == 0, result.stderr
