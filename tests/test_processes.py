@@ -86,7 +86,9 @@ def test_sigkilled_runner_is_timed_out_and_the_task_retried(
     assert (row.last_status, row.task_runs_failed) == (RunStatus.SUCCESS, 0)
 
 
-def test_sigterm_lets_the_current_run_finish(
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_stop_signal_lets_the_current_run_finish(
+    stop_signal: signal.Signals,
     live: TaskQueueService,
     database: Database,
     subprocess_env: dict[str, str],
@@ -99,7 +101,7 @@ def test_sigterm_lets_the_current_run_finish(
     wait_for(
         lambda: runs_of(database, slow)[0].status is RunStatus.RUNNING, what="the run to start"
     )
-    runner.send_signal(signal.SIGTERM)
+    runner.send_signal(stop_signal)
     stdout, stderr = runner.communicate(timeout=60)
     assert runner.returncode == 0, stderr
     assert "stop requested" in stdout
