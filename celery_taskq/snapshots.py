@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from celery_taskq.models import RunnerStatus, RunStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.models import Base, RunStatus
+
+
+def _columns(snapshot_class: type[Any], row: Base, **extra: Any) -> dict[str, Any]:
+    """The row's attributes named like the snapshot's fields (fields in ``extra`` excepted)."""
+    return {
+        field.name: extra[field.name] if field.name in extra else getattr(row, field.name)
+        for field in fields(snapshot_class)
+    }
 
 
 @dataclass(frozen=True)
@@ -27,22 +35,9 @@ class RunSnapshot:
     task_runner_id: int | None
 
     @classmethod
-    def from_row(cls, row: TaskRun) -> RunSnapshot:
-        """Copy an ORM row."""
-        return cls(
-            id=row.id,
-            task_queue_id=row.task_queue_id,
-            status=row.status,
-            started_on=row.started_on,
-            finished_on=row.finished_on,
-            percents_completed=row.percents_completed,
-            results=row.results,
-            standard_output=row.standard_output,
-            error_output=row.error_output,
-            error_code=row.error_code,
-            error_message=row.error_message,
-            task_runner_id=row.task_runner_id,
-        )
+    def from_row(cls, row: Base) -> RunSnapshot:
+        """Copy an ORM ``TaskRun``."""
+        return cls(**_columns(cls, row))
 
 
 @dataclass(frozen=True)
@@ -61,43 +56,6 @@ class TaskSnapshot:
     runs: tuple[RunSnapshot, ...]
 
     @classmethod
-    def from_row(cls, row: TaskQueue, runs: tuple[RunSnapshot, ...]) -> TaskSnapshot:
-        """Copy an ORM row and its runs."""
-        return cls(
-            id=row.id,
-            task_handler_class=row.task_handler_class,
-            task_data=row.task_data,
-            scheduled_on=row.scheduled_on,
-            queued_on=row.queued_on,
-            queued_by_id=row.queued_by_id,
-            last_status=row.last_status,
-            max_retries=row.max_retries,
-            task_runs_failed=row.task_runs_failed,
-            runs=runs,
-        )
-
-
-@dataclass(frozen=True)
-class RunnerSnapshot:
-    """One ``TaskRunners`` row."""
-
-    id: int
-    process_id: int
-    hostname: str
-    status: RunnerStatus
-    started_on: datetime
-    finished_on: datetime | None
-    heartbeat_on: datetime | None
-
-    @classmethod
-    def from_row(cls, row: TaskRunner) -> RunnerSnapshot:
-        """Copy an ORM row."""
-        return cls(
-            id=row.id,
-            process_id=row.process_id,
-            hostname=row.hostname,
-            status=row.status,
-            started_on=row.started_on,
-            finished_on=row.finished_on,
-            heartbeat_on=row.heartbeat_on,
-        )
+    def from_row(cls, row: Base, runs: tuple[RunSnapshot, ...]) -> TaskSnapshot:
+        """Copy an ORM ``TaskQueue`` and its runs."""
+        return cls(**_columns(cls, row, runs=runs))
