@@ -43,7 +43,7 @@ DOCUMENTED_COLUMNS = {
 ADDED_RUNNER_COLUMNS = ["Hostname", "ProcessCreateTime", "HeartbeatOn"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'empty.db'}"
