@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+import pytest
 from sqlalchemy import insert
 
 from celery_taskq.db import Database
@@ -288,3 +289,24 @@ def test_alternating_runners_never_share_a_run(
     assert len(set(claims)) == 10
     assert first.get_next_task_run() is None
     assert sorted(runs_of(database, i)[0].id for i in ids) == sorted(claims)
+
+
+def test_final_status_and_roll_up_land_in_one_transaction(
+    service: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = queued(service, "Succeed")
+    runner = new_runner(service)
+    claimed = runner.get_next_task_run()
+    assert claimed is not None
+
+    # Given the roll-up fails after the run's own UPDATE has been sent
+    def broken_rollup(*_args: object) -> None:
+        raise RuntimeError("roll-up failed")
+
+    monkeypatch.setattr("celery_taskq.transitions.rollup_tasks", broken_rollup)
+    with pytest.raises(RuntimeError, match="roll-up failed"):
+        runner.process_task_run(claimed)
+    # Then neither the run's final status nor anything else of it was written
+    (run,) = runs_of(database, task_id)
+    assert (run.status, run.finished_on, run.standard_output) == (RunStatus.RUNNING, None, None)
+    assert task_row(database, task_id).last_status is RunStatus.RUNNING
