@@ -178,6 +178,7 @@ class TaskRunner(Base):
     hostname: Mapped[str] = mapped_column("Hostname", String(255))
     process_create_time: Mapped[float | None] = mapped_column("ProcessCreateTime", Double)
     heartbeat_on: Mapped[datetime | None] = mapped_column("HeartbeatOn")
+    worker_hostname: Mapped[str | None] = mapped_column("WorkerHostname", String(255))
 
     __table_args__ = (
         Index(
@@ -212,6 +213,7 @@ class TaskRun(Base):
     task_runner_id: Mapped[int | None] = mapped_column(
         "TaskRunnerId", Id, ForeignKey("TaskRunners.Id", ondelete="SET NULL")
     )
+    celery_task_id: Mapped[str | None] = mapped_column("CeleryTaskId", String(255))
 
     __table_args__ = (
         CheckConstraint(
@@ -239,6 +241,16 @@ class TaskRun(Base):
             sqlite_where=text(RUN_RUNNING_SQL),
         ),
     )
+
+
+class BeatTick(Base):
+    """One periodic event tick that was carried out; the key makes a second beat's tick a no-op."""
+
+    __tablename__ = "TaskqBeatTicks"
+
+    event: Mapped[str] = mapped_column("Event", String(64), primary_key=True)
+    slot: Mapped[int] = mapped_column("Slot", BigInteger, primary_key=True)
+    ticked_on: Mapped[datetime] = mapped_column("TickedOn")
 
 
 ONE_OPEN_RUN_PER_TASK = "uq_TaskRuns_one_open_run_per_task"

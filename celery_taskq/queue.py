@@ -216,6 +216,14 @@ class TaskQueueService:
                 return None
             return transitions.open_run_id(connection, task_queue_id)
 
+    def claim_beat_tick(self, event: str, interval: float) -> bool:
+        """Whether this process carries out ``event``'s current tick (first caller wins)."""
+        now = self.clock()
+        with self.database.transaction() as connection:
+            return transitions.claim_beat_tick(
+                connection, event, int(now.timestamp() // interval), now
+            )
+
     def create_missing_task_runs(self) -> int:
         """Create runs for every due, unfinished task in one statement; return how many."""
         with self.database.transaction() as connection:
@@ -241,8 +249,14 @@ class TaskQueueService:
         """``TaskRunnerLimit`` minus running runners, never below 0."""
         return max(self.settings.task_runner_limit - self.get_task_runner_count(), 0)
 
-    def get_task_runner(self) -> TaskRunner | None:
-        """Register a runner row for this process and return its runner, unless at the limit."""
+    def get_task_runner(
+        self, *, worker_hostname: str | None = None, worker_limit: int | None = None
+    ) -> TaskRunner | None:
+        """Register a runner row for this process and return its runner, unless at the limit.
+
+        A Celery worker process passes its worker's name and how many runners that worker may
+        hold, so runners never take every pool process.
+        """
         with self.database.transaction() as connection:
             runner_id = transitions.register_runner(
                 connection,
@@ -251,6 +265,8 @@ class TaskQueueService:
                 hostname=self.settings.hostname,
                 process_create_time=current_process_start_time(),
                 now=self.clock(),
+                worker_hostname=worker_hostname,
+                worker_limit=worker_limit,
             )
         if runner_id is None:
             logger.info(

@@ -52,6 +52,7 @@ class StopReason(enum.StrEnum):
     BURST = "queue empty (burst)"
     MAX_RUNS = "max runs reached"
     MAX_IDLE = "max idle time reached"
+    MAX_LIFETIME = "max lifetime reached"
     TIMED_OUT = "runner was timed out by the overseer"
 
 
@@ -200,15 +201,24 @@ class TaskRunner:
         burst: bool = False,
         max_runs: int | None = None,
         max_idle: float | None = None,
+        max_lifetime: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
         install_signal_handlers: bool = False,
     ) -> StopReason:
-        """The seed's ``process()``: claim and run until an exit condition holds."""
+        """The seed's ``process()``: claim and run until an exit condition holds.
+
+        ``max_lifetime`` (seconds) ends the loop after the run in progress once the runner has
+        lived that long; :meth:`stop` from another thread, or ``should_stop`` returning true (it
+        is asked between runs), ends it after the run in progress.
+        """
         previous_handlers = self._install_signal_handlers() if install_signal_handlers else {}
         heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat")
         heartbeat.start()
-        idle_since = self.clock()
+        idle_since = started = self.clock()
         try:
             while True:
+                if should_stop is not None and should_stop():
+                    self._stop.set()
                 if self._stop.is_set():
                     return self._stop_reason()
                 did_work = self.run_once()
@@ -217,10 +227,15 @@ class TaskRunner:
                 reason = self._exit_reason(
                     cli_mode, burst, did_work, max_runs, max_idle, idle_since
                 )
+                lived = (self.clock() - started).total_seconds()
+                if reason is None and max_lifetime is not None and lived >= max_lifetime:
+                    reason = StopReason.MAX_LIFETIME
                 if reason is not None:
                     return reason
                 if not did_work:
                     self._stop.wait(self.settings.poll_interval)
+                elif should_stop is not None and should_stop():
+                    self._stop.set()
         finally:
             self._stop.set()
             heartbeat.join(timeout=5)

@@ -29,7 +29,7 @@ DEFAULT_RUNNER_MEMORY_LIMIT_MB = 100
 DEFAULT_OUTPUT_CAP_BYTES = 1024 * 1024
 """Most bytes kept of each of a run's stdout and stderr; the rest is cut and marked."""
 
-DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_POLL_INTERVAL = 0.2
 """Seconds an idle runner sleeps between claims."""
 
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
@@ -37,6 +37,21 @@ DEFAULT_HEARTBEAT_INTERVAL = 10.0
 
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0
 """A runner whose heartbeat is older than this many seconds is judged dead."""
+
+DEFAULT_BROKER_URL = "sqla+sqlite:///celery_taskq-broker.db"
+"""Celery broker when none is configured: kombu's SQLAlchemy transport on a SQLite file."""
+
+DEFAULT_PROCESS_INTERVAL = 2.0
+"""Seconds between beat's OnProcess ticks."""
+
+DEFAULT_CREATE_RUNNERS_INTERVAL = 5.0
+"""Seconds between beat's OnCreateTaskRunners ticks."""
+
+DEFAULT_RUNNER_MAX_IDLE = 30.0
+"""A runner started as a Celery task leaves after this many seconds without work."""
+
+DEFAULT_RUNNER_MAX_LIFETIME = 600.0
+"""A runner started as a Celery task leaves after this many seconds (after its current run)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,11 @@ class Settings:
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     allowed_handler_prefixes: tuple[str, ...] = ()
     hostname: str = ""
+    broker_url: str = DEFAULT_BROKER_URL
+    process_interval: float = DEFAULT_PROCESS_INTERVAL
+    create_runners_interval: float = DEFAULT_CREATE_RUNNERS_INTERVAL
+    runner_max_idle: float = DEFAULT_RUNNER_MAX_IDLE
+    runner_max_lifetime: float = DEFAULT_RUNNER_MAX_LIFETIME
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -61,6 +81,10 @@ class Settings:
         _require(self.output_cap_bytes > 0, "output_cap_bytes must be positive")
         _require(self.poll_interval > 0, "poll_interval must be positive")
         _require(self.heartbeat_interval > 0, "heartbeat_interval must be positive")
+        _require(self.process_interval > 0, "process_interval must be positive")
+        _require(self.create_runners_interval > 0, "create_runners_interval must be positive")
+        _require(self.runner_max_idle >= 0, "runner_max_idle must be 0 or more")
+        _require(self.runner_max_lifetime > 0, "runner_max_lifetime must be positive")
         _require(
             self.heartbeat_timeout > self.heartbeat_interval,
             "heartbeat_timeout must be longer than heartbeat_interval",
@@ -88,7 +112,15 @@ ENV_PREFIX = "TASKQ_"
 """Every setting ``x`` is read from the environment variable ``TASKQ_X``."""
 
 _INT_FIELDS = {"task_runner_limit", "runner_memory_limit_mb", "output_cap_bytes"}
-_FLOAT_FIELDS = {"poll_interval", "heartbeat_interval", "heartbeat_timeout"}
+_FLOAT_FIELDS = {
+    "poll_interval",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "process_interval",
+    "create_runners_interval",
+    "runner_max_idle",
+    "runner_max_lifetime",
+}
 
 
 def _parse(name: str, raw: str, source: str) -> Any:

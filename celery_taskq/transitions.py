@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, literal, select, text, update
+from sqlalchemy import Connection, delete, func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -22,6 +22,7 @@ from celery_taskq.models import (
     RUN_RUNNING_SQL,
     RUNNER_RUNNING_SQL,
     TASK_OPEN_SQL,
+    BeatTick,
     RunnerStatus,
     RunStatus,
     TaskQueue,
@@ -47,6 +48,13 @@ class RunOutcome:
     error_code: str | None = None
     error_message: str | None = None
     percents_completed: int | None = None
+
+
+def _upsert(connection: Connection, model: type[Any]) -> Any:
+    """The dialect's ``INSERT`` construct, which knows ``ON CONFLICT``."""
+    if connection.dialect.name == "postgresql":
+        return postgresql_insert(model)
+    return sqlite_insert(model)
 
 
 def rollup_tasks(connection: Connection, task_queue_ids: Iterable[int]) -> None:
@@ -105,22 +113,11 @@ def create_runs(
     )
     if task_queue_id is not None:
         due = due.where(TaskQueue.id == task_queue_id)
-    columns = ["TaskQueueId", "Status"]
-    statement: Any
-    if connection.dialect.name == "postgresql":
-        statement = (
-            postgresql_insert(TaskRun)
-            .from_select(columns, due)
-            .on_conflict_do_nothing(index_elements=["TaskQueueId"], index_where=text(RUN_OPEN_SQL))
-        )
-    elif connection.dialect.name == "sqlite":
-        statement = (
-            sqlite_insert(TaskRun)
-            .from_select(columns, due)
-            .on_conflict_do_nothing(index_elements=["TaskQueueId"], index_where=text(RUN_OPEN_SQL))
-        )
-    else:  # pragma: no cover - Database refuses other dialects
-        statement = insert(TaskRun).from_select(columns, due)
+    statement = (
+        _upsert(connection, TaskRun)
+        .from_select(["TaskQueueId", "Status"], due)
+        .on_conflict_do_nothing(index_elements=["TaskQueueId"], index_where=text(RUN_OPEN_SQL))
+    )
     task_ids = list(connection.execute(statement.returning(TaskRun.task_queue_id)).scalars())
     rollup_tasks(connection, task_ids)
     return task_ids
@@ -176,13 +173,12 @@ def set_run_progress(connection: Connection, run_id: int, percent: int) -> None:
     )
 
 
-def count_running_runners(connection: Connection) -> int:
-    """Runners in ``running`` status, on every host."""
-    return int(
-        connection.execute(
-            select(func.count()).select_from(TaskRunner).where(text(RUNNER_RUNNING_SQL))
-        ).scalar_one()
-    )
+def count_running_runners(connection: Connection, worker_hostname: str | None = None) -> int:
+    """Runners in ``running`` status, on every host (or in one Celery worker)."""
+    query = select(func.count()).select_from(TaskRunner).where(text(RUNNER_RUNNING_SQL))
+    if worker_hostname is not None:
+        query = query.where(TaskRunner.worker_hostname == worker_hostname)
+    return int(connection.execute(query).scalar_one())
 
 
 def register_runner(
@@ -193,15 +189,24 @@ def register_runner(
     hostname: str,
     process_create_time: float | None,
     now: datetime,
+    worker_hostname: str | None = None,
+    worker_limit: int | None = None,
 ) -> int | None:
     """Insert a ``running`` runner row unless ``limit`` runners are already running.
 
-    Registrations are serialised (an advisory lock on PostgreSQL, the write lock on SQLite) so
-    concurrent starters never overshoot the limit.
+    With ``worker_hostname`` the row belongs to a Celery worker, which may hold at most
+    ``worker_limit`` running runners. Registrations are serialised (an advisory lock on
+    PostgreSQL, the write lock on SQLite) so concurrent starters never overshoot a limit.
     """
     if connection.dialect.name == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(RUNNER_REGISTRY_LOCK_KEY)))
     if count_running_runners(connection) >= limit:
+        return None
+    if (
+        worker_hostname is not None
+        and worker_limit is not None
+        and count_running_runners(connection, worker_hostname) >= worker_limit
+    ):
         return None
     return int(
         connection.execute(
@@ -213,6 +218,7 @@ def register_runner(
                 started_on=now,
                 heartbeat_on=now,
                 status=RunnerStatus.RUNNING,
+                worker_hostname=worker_hostname,
             )
             .returning(TaskRunner.id)
         ).scalar_one()
@@ -296,3 +302,22 @@ def open_run_id(connection: Connection, task_queue_id: int) -> int | None:
     return connection.execute(
         select(TaskRun.id).where(TaskRun.task_queue_id == task_queue_id, text(RUN_OPEN_SQL))
     ).scalar()
+
+
+BEAT_TICKS_KEPT = 1000
+"""Tick rows kept per event; older ones are pruned as new ones are claimed."""
+
+
+def claim_beat_tick(connection: Connection, event: str, slot: int, now: datetime) -> bool:
+    """Record that ``event`` ran in time ``slot``; ``False`` if another beat's tick already did."""
+    statement = (
+        _upsert(connection, BeatTick)
+        .values(event=event, slot=slot, ticked_on=now)
+        .on_conflict_do_nothing()
+    )
+    claimed = connection.execute(statement.returning(BeatTick.slot)).first() is not None
+    if claimed:
+        connection.execute(
+            delete(BeatTick).where(BeatTick.event == event, BeatTick.slot < slot - BEAT_TICKS_KEPT)
+        )
+    return claimed

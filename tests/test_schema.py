@@ -12,6 +12,8 @@ from sqlalchemy import create_engine, inspect
 from celery_taskq.migrate import current_revision, upgrade_database
 from celery_taskq.models import Base
 
+HEAD_REVISION = "0002"
+
 DOCUMENTED_COLUMNS = {
     "TaskQueue": [
         "Id",
@@ -40,7 +42,7 @@ DOCUMENTED_COLUMNS = {
     ],
     "TaskRunners": ["Id", "ProcessId", "StartedOn", "FinishedOn", "Status"],
 }
-ADDED_RUNNER_COLUMNS = ["Hostname", "ProcessCreateTime", "HeartbeatOn"]
+ADDED_RUNNER_COLUMNS = ["Hostname", "ProcessCreateTime", "HeartbeatOn", "WorkerHostname"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
@@ -71,10 +73,10 @@ def test_upgrade_of_an_empty_database_matches_the_models(empty_database_url: str
             assert "ix_TaskRuns_scheduled" in index_names
     finally:
         engine.dispose()
-    assert current_revision(empty_database_url) == "0001"
+    assert current_revision(empty_database_url) == HEAD_REVISION
 
 
 def test_upgrade_twice_is_harmless(empty_database_url: str) -> None:
     upgrade_database(empty_database_url)
     upgrade_database(empty_database_url)
-    assert current_revision(empty_database_url) == "0001"
+    assert current_revision(empty_database_url) == HEAD_REVISION
