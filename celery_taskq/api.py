@@ -7,8 +7,10 @@ process and URL.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -18,8 +20,13 @@ from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import TaskSnapshot
 
+EnqueueHook = Callable[[TaskQueueService, int, bool], None]
+"""Called after :func:`enqueue` with the service, the new task id and whether a run was made."""
+
+_enqueue_hooks: list[EnqueueHook] = []
 _services: dict[tuple[int, str], TaskQueueService] = {}
 _services_lock = threading.Lock()
+logger = logging.getLogger(__name__)
 
 
 def get_service(
@@ -52,10 +59,31 @@ def enqueue(
     The handler is loaded and checked, ``data`` must be JSON-serialisable, ``max_retries``
     (default 5) must be at least 1 and ``scheduled_on`` (default now) timezone-aware. Any
     refusal raises a :class:`~celery_taskq.exceptions.InvalidTaskError` and writes nothing.
+
+    A task that is due gets its run in the same transaction, so a runner can start it at once
+    rather than at the next OnProcess tick.
     """
-    return get_service(database_url).add_task(
+    service = get_service(database_url)
+    task_id, run_id = service.add_task_and_run(
         handler, data, scheduled_on=scheduled_on, max_retries=max_retries, queued_by=queued_by
     )
+    for hook in list(_enqueue_hooks):
+        try:
+            hook(service, task_id, run_id is not None)
+        except Exception:  # the task is recorded; a hook only speeds its start up
+            logger.exception(
+                "enqueue hook %r failed for task %s",
+                hook,
+                task_id,
+                extra={"action": "enqueue_hook_failed", "queue_id": task_id},
+            )
+    return task_id
+
+
+def add_enqueue_hook(hook: EnqueueHook) -> None:
+    """Call ``hook`` after every :func:`enqueue` in this process (the Celery layer uses it)."""
+    if hook not in _enqueue_hooks:
+        _enqueue_hooks.append(hook)
 
 
 def get_task(task_id: int, *, database_url: str | None = None) -> TaskSnapshot:

@@ -246,6 +246,19 @@ def runner(
     click.echo(f"runner {runner_id} stopped: {reason.value}; runs: {runs}")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--beat", is_flag=True, help="Embed Celery beat (the periodic events).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def worker(context: CliContext, beat: bool, celery_args: tuple[str, ...]) -> None:
+    """A Celery worker serving celery_taskq's queues; extra arguments go to `celery worker`."""
+    from celery_taskq.celery import create_app, worker_queues
+
+    app = create_app(context.settings)
+    argv = ["worker", "-Q", worker_queues(app), *(["--beat"] if beat else []), *celery_args]
+    app.worker_main(argv)
+
+
 @cli.command()
 @click.option("--cycles", type=click.IntRange(min=1), default=5, show_default=True)
 @pass_context

@@ -16,7 +16,7 @@ from celery_taskq.migrate import upgrade_database
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
 
-pytest_plugins = ["tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.redis", "tests.celery_stack"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_HOST = "test-host"

@@ -1,0 +1,282 @@
+"""The Celery layer: beat drives the periodic events, worker processes are task runners.
+
+:func:`install` adds celery_taskq to an existing Celery app; :data:`app` (resolved lazily) is
+a ready one, so ``celery -A celery_taskq worker -B`` works with no user code.
+
+Queues and routing:
+
+``taskq.events``
+    the beat ticks (OnProcess, OnCreateTaskRunners): short tasks.
+``taskq.runners``
+    runner tasks: each holds a pool process while its runner loop works the queue, leaving
+    after ``runner_max_idle`` seconds without work or ``runner_max_lifetime`` seconds.
+
+A worker holds at most ``concurrency - 1`` runners (at least 1), so one pool process always
+stays free for the event tasks and the app's own tasks: runners cannot starve them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery, signals
+from kombu.entity import Queue
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from celery_taskq import api
+from celery_taskq.broker import TRANSPORT_PATH, split_sql_broker_url
+from celery_taskq.db import Database
+from celery_taskq.queue import TaskQueueService, on_process
+from celery_taskq.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EVENTS_QUEUE = "taskq.events"
+"""Queue of the beat-driven event tasks."""
+
+RUNNERS_QUEUE = "taskq.runners"
+"""Queue of the runner tasks."""
+
+PROCESS_TASK = "taskq.on_process"
+CREATE_RUNNERS_TASK = "taskq.on_create_task_runners"
+RUNNER_TASK = "taskq.runner"
+
+DUPLICATE_TICK = "skipped: this tick already ran"
+"""Result of an event task whose tick another beat already carried out."""
+
+SETTINGS_PREFIX = "taskq_"
+"""Celery config keys ``taskq_<setting>`` configure celery_taskq (below ``TASKQ_*`` env vars)."""
+
+BROKER_MESSAGES_KEPT_FOR = timedelta(minutes=10)
+"""Delivered messages of the SQLAlchemy broker older than this are deleted by OnProcess."""
+
+
+@dataclass
+class TaskqCelery:
+    """What :func:`install` added to an app, and the per-process state its tasks share."""
+
+    app: Celery
+    settings: Settings
+    _service: TaskQueueService | None = None
+    _service_lock: threading.Lock = field(default_factory=threading.Lock)
+    worker: Any = None
+    shutting_down: Any = None
+
+    @property
+    def service(self) -> TaskQueueService:
+        """This process's queue service (created on first use, so never shared across fork)."""
+        with self._service_lock:
+            if self._service is None:
+                self._service = TaskQueueService(
+                    Database(self.settings.database_url), self.settings
+                )
+            return self._service
+
+    def after_fork(self) -> None:
+        """Drop database connections inherited from the parent process."""
+        if self._service is not None:
+            self._service.database.dispose_after_fork()
+
+    def worker_runner_limit(self) -> int:
+        """Runners one worker may hold: all pool processes but one, and at least one."""
+        concurrency = getattr(self.worker, "concurrency", None) or 1
+        return max(int(concurrency) - 1, 1)
+
+    def stop_requested(self) -> bool:
+        """Whether this worker is shutting down (warm): runners leave after their run."""
+        return self.shutting_down is not None and self.shutting_down.is_set()
+
+
+def settings_from_celery(
+    conf: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Resolve settings: ``TASKQ_*`` env vars, then ``taskq_*`` Celery config, then defaults."""
+    overrides = {
+        setting.name: conf.get(SETTINGS_PREFIX + setting.name)
+        for setting in fields(Settings)
+        if conf.get(SETTINGS_PREFIX + setting.name) is not None
+    }
+    return Settings.resolve(overrides=overrides, environ=environ)
+
+
+def install(app: Celery, *, settings: Settings | None = None) -> TaskqCelery:
+    """Add celery_taskq's event tasks, runner task, beat entries, routes and signals to ``app``."""
+    settings = settings or settings_from_celery(app.conf)
+    state = TaskqCelery(app=app, settings=settings)
+    _configure(app, settings)
+    _register_tasks(app, state)
+    _connect_signals(app, state)
+    api.add_enqueue_hook(_runner_request_hook(app, state))
+    app.taskq = state
+    return state
+
+
+def _configure(app: Celery, settings: Settings) -> None:
+    routes = {
+        PROCESS_TASK: {"queue": EVENTS_QUEUE},
+        CREATE_RUNNERS_TASK: {"queue": EVENTS_QUEUE},
+        RUNNER_TASK: {"queue": RUNNERS_QUEUE},
+    }
+    if not app.conf.task_queues:
+        # Workers started without -Q then consume the app's default queue and both of ours.
+        app.conf.task_queues = [
+            Queue(name)  # type: ignore[no-untyped-call]
+            for name in (app.conf.task_default_queue, EVENTS_QUEUE, RUNNERS_QUEUE)
+        ]
+    existing_routes = app.conf.task_routes
+    app.conf.task_routes = [routes, existing_routes] if existing_routes else routes
+    app.conf.beat_schedule = {
+        **(app.conf.beat_schedule or {}),
+        PROCESS_TASK: {
+            "task": PROCESS_TASK,
+            "schedule": settings.process_interval,
+            "options": {"expires": settings.process_interval * 2},
+        },
+        CREATE_RUNNERS_TASK: {
+            "task": CREATE_RUNNERS_TASK,
+            "schedule": settings.create_runners_interval,
+            "options": {"expires": settings.create_runners_interval * 2},
+        },
+    }
+    # Flower and `celery events` see workers, runner tasks and their states.
+    app.conf.worker_send_task_events = True
+    app.conf.task_send_sent_event = True
+    app.conf.task_track_started = True
+    app.conf.worker_prefetch_multiplier = 1
+    sql_database = split_sql_broker_url(str(app.conf.broker_url or settings.broker_url))
+    if sql_database is not None:
+        app.conf.broker_url = sql_database
+        app.conf.broker_transport = TRANSPORT_PATH
+
+
+def _register_tasks(app: Celery, state: TaskqCelery) -> None:
+    settings = state.settings
+
+    @app.task(name=PROCESS_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    def process_task() -> str:
+        """OnProcess: time out dead runners, create due runs; prune the SQL broker."""
+        if not state.service.claim_beat_tick("process", settings.process_interval):
+            return DUPLICATE_TICK
+        report = on_process(state.service)
+        if app.conf.broker_transport == TRANSPORT_PATH:
+            _prune_sql_broker(str(app.conf.broker_url))
+        return f"timed out {len(report.timed_out_runners)}; runs created {report.tasks_given_runs}"
+
+    @app.task(name=CREATE_RUNNERS_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    def create_runners_task() -> str:
+        """OnCreateTaskRunners: send one runner task per missing runner."""
+        if not state.service.claim_beat_tick("create_runners", settings.create_runners_interval):
+            return DUPLICATE_TICK
+        missing = state.service.get_missing_task_runner_count()
+        for _ in range(missing):
+            runner_task.apply_async(expires=settings.create_runners_interval * 2)
+        return f"runner tasks sent: {missing}"
+
+    @app.task(name=RUNNER_TASK, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    def runner_task(self: Any) -> str:
+        """Register this worker process as a task runner and work the queue until it may leave."""
+        runner = state.service.get_task_runner(
+            worker_hostname=self.request.hostname, worker_limit=state.worker_runner_limit()
+        )
+        if runner is None:
+            return "no runner started: a limit is reached"
+        reason = runner.run(
+            max_idle=settings.runner_max_idle,
+            max_lifetime=settings.runner_max_lifetime,
+            should_stop=state.stop_requested,
+        )
+        return f"runner {runner.task_runner_id} left: {reason.value}; runs: {runner.runs_done}"
+
+
+def _connect_signals(app: Celery, state: TaskqCelery) -> None:
+    uid = f"celery_taskq-{id(app)}"
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        # Created before the pool forks, so every child shares it.
+        state.worker = sender
+        state.shutting_down = multiprocessing.Event()
+
+    def on_worker_process_init(**_: Any) -> None:
+        state.after_fork()
+
+    def on_worker_shutting_down(**_: Any) -> None:
+        if state.shutting_down is not None:
+            state.shutting_down.set()
+
+    signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid=uid + "-init")
+    signals.worker_process_init.connect(
+        on_worker_process_init, weak=False, dispatch_uid=uid + "-process-init"
+    )
+    signals.worker_shutting_down.connect(
+        on_worker_shutting_down, weak=False, dispatch_uid=uid + "-shutdown"
+    )
+
+
+RUNNER_REQUEST_MIN_INTERVAL = 1.0
+"""Seconds between two runner requests made by enqueue() in one process."""
+
+
+def _runner_request_hook(app: Celery, state: TaskqCelery) -> api.EnqueueHook:
+    last_request = [float("-inf")]
+
+    def request_runner(service: TaskQueueService, task_id: int, run_created: bool) -> None:
+        """Ask for a runner when a due task was queued and no runner is live."""
+        now = time.monotonic()
+        if not run_created or now - last_request[0] < RUNNER_REQUEST_MIN_INTERVAL:
+            return
+        if service.get_task_runner_count() == 0:
+            last_request[0] = now
+            app.send_task(RUNNER_TASK, queue=RUNNERS_QUEUE, expires=state.settings.runner_max_idle)
+
+    return request_runner
+
+
+def _prune_sql_broker(database_url: str) -> None:
+    """Delete delivered messages of kombu's SQLAlchemy transport, which it never deletes."""
+    engine = create_engine(make_url(database_url))
+    cutoff = datetime.now() - BROKER_MESSAGES_KEPT_FOR  # kombu stores naive local time
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("DELETE FROM kombu_message WHERE visible = :false AND timestamp < :cutoff"),
+                {"false": False, "cutoff": cutoff},
+            )
+    except Exception:
+        logger.exception("pruning the SQL broker failed", extra={"action": "broker_prune_failed"})
+    finally:
+        engine.dispose()
+
+
+def worker_queues(app: Celery) -> str:
+    """The ``-Q`` value for a worker that serves the app's default queue and celery_taskq's."""
+    return ",".join((app.conf.task_default_queue, EVENTS_QUEUE, RUNNERS_QUEUE))
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app configured from the environment, with celery_taskq installed."""
+    settings = settings or Settings.resolve()
+    celery_app = Celery("celery_taskq", broker=settings.broker_url)
+    celery_app.conf.task_ignore_result = True
+    install(celery_app, settings=settings)
+    return celery_app
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A celery_taskq` imports this module and reads `app`: build it on first access.
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(name)
