@@ -49,6 +49,15 @@ OPEN_RUN_STATUSES = (RunStatus.SCHEDULED, RunStatus.RUNNING)
 """Statuses of a run that is not finished; a task has at most one such run."""
 
 
+class RunnerRole(enum.StrEnum):
+    """What a runner row stands for."""
+
+    RUNNER = "runner"
+    """A runner loop claiming handler runs; counts against ``TaskRunnerLimit``."""
+    CELERY_WORKER = "celery-worker"
+    """A Celery worker process whose native tasks are audited; not counted against the limit."""
+
+
 class RunnerStatus(enum.StrEnum):
     """Status of a task runner."""
 
@@ -115,16 +124,23 @@ def _sql_in(column: str, statuses: tuple[enum.StrEnum, ...]) -> str:
 # Index predicates and the queries they serve share these SQL fragments: SQLite uses a partial
 # index only when the query repeats the predicate's terms, and PostgreSQL's ON CONFLICT
 # inference needs the same predicate too.
+CELERY_HANDLER_PREFIX = "celery:"
+"""``TaskHandlerClass`` of an audited native Celery task: ``celery:<task name>``."""
+
 TASK_OPEN_SQL = (
     f'("LastStatus" IS NULL OR ({_sql_in("LastStatus", FAILED_RUN_STATUSES)}'
     ' AND "TaskRunsFailed" < "MaxRetries"))'
+    f" AND \"TaskHandlerClass\" NOT LIKE '{CELERY_HANDLER_PREFIX}%'"
 )
-"""A TaskQueue row that may get a new run: never run, or last run failed with retries left."""
+"""A TaskQueue row that may get a new run: never run, or last run failed with retries left.
+
+Audited native Celery tasks never do: Celery delivers and retries them itself."""
 
 RUN_SCHEDULED_SQL = f"\"Status\" = '{RunStatus.SCHEDULED.value}'"
 RUN_RUNNING_SQL = f"\"Status\" = '{RunStatus.RUNNING.value}'"
 RUN_OPEN_SQL = _sql_in("Status", OPEN_RUN_STATUSES)
 RUNNER_RUNNING_SQL = f"\"Status\" = '{RunnerStatus.RUNNING.value}'"
+RUNNER_ROLE_RUNNER_SQL = f"\"Role\" = '{RunnerRole.RUNNER.value}'"
 
 
 class Base(DeclarativeBase):
@@ -179,6 +195,11 @@ class TaskRunner(Base):
     process_create_time: Mapped[float | None] = mapped_column("ProcessCreateTime", Double)
     heartbeat_on: Mapped[datetime | None] = mapped_column("HeartbeatOn")
     worker_hostname: Mapped[str | None] = mapped_column("WorkerHostname", String(255))
+    role: Mapped[RunnerRole] = mapped_column(
+        "Role",
+        _status_enum(RunnerRole, "role"),
+        server_default=text(f"'{RunnerRole.RUNNER.value}'"),
+    )
 
     __table_args__ = (
         Index(
@@ -221,6 +242,7 @@ class TaskRun(Base):
             name="percents_completed_range",
         ),
         Index("ix_TaskRuns_TaskQueueId_Id", "TaskQueueId", "Id"),
+        Index("ix_TaskRuns_CeleryTaskId", "CeleryTaskId"),
         Index(
             "ix_TaskRuns_scheduled",
             "Id",

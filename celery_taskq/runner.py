@@ -212,7 +212,13 @@ class TaskRunner:
         is asked between runs), ends it after the run in progress.
         """
         previous_handlers = self._install_signal_handlers() if install_signal_handlers else {}
-        heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat")
+        heartbeat = Heartbeat(
+            self.database,
+            self.task_runner_id,
+            self.settings.heartbeat_interval,
+            clock=self.clock,
+            on_lost=self._on_timed_out,
+        )
         heartbeat.start()
         idle_since = started = self.clock()
         try:
@@ -238,7 +244,7 @@ class TaskRunner:
                     self._stop.set()
         finally:
             self._stop.set()
-            heartbeat.join(timeout=5)
+            heartbeat.stop()
             with self.database.transaction() as connection:
                 transitions.finish_runner(connection, self.task_runner_id, self.clock())
             for signum, handler in previous_handlers.items():
@@ -283,26 +289,64 @@ class TaskRunner:
             previous[signum] = signal.signal(signum, self.signal_handler)
         return previous
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval):
+    def _on_timed_out(self) -> None:
+        self._timed_out.set()
+        self._stop.set()
+
+
+class Heartbeat:
+    """A daemon thread refreshing a runner row's ``HeartbeatOn`` every ``interval`` seconds.
+
+    ``on_lost`` is called once if the row is no longer ``running`` (the overseer timed it out).
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        runner_id: int,
+        interval: float,
+        *,
+        clock: Clock = utc_now,
+        on_lost: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.database = database
+        self.runner_id = runner_id
+        self.interval = interval
+        self.clock = clock
+        self.on_lost = on_lost
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="taskq-heartbeat")
+
+    def start(self) -> None:
+        """Start beating."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and wait briefly for the thread."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.interval):
             try:
                 with self.database.transaction() as connection:
-                    alive = transitions.beat_heart(connection, self.task_runner_id, self.clock())
+                    alive = transitions.beat_heart(connection, self.runner_id, self.clock())
             except Exception:
                 logger.exception(
                     "heartbeat of runner %s failed",
-                    self.task_runner_id,
-                    extra={"action": "heartbeat_failed", "runner_id": self.task_runner_id},
+                    self.runner_id,
+                    extra={"action": "heartbeat_failed", "runner_id": self.runner_id},
                 )
                 continue
             if not alive:
                 logger.warning(
-                    "runner %s was timed out by the overseer; stopping",
-                    self.task_runner_id,
-                    extra={"action": "runner_timed_out", "runner_id": self.task_runner_id},
+                    "runner %s was timed out by the overseer",
+                    self.runner_id,
+                    extra={"action": "runner_timed_out", "runner_id": self.runner_id},
                 )
-                self._timed_out.set()
-                self._stop.set()
+                self.on_lost()
+                return
 
 
 def _as_json_document(value: Any) -> Any:

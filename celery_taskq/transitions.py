@@ -20,9 +20,11 @@ from celery_taskq.models import (
     FAILED_RUN_STATUSES,
     RUN_OPEN_SQL,
     RUN_RUNNING_SQL,
+    RUNNER_ROLE_RUNNER_SQL,
     RUNNER_RUNNING_SQL,
     TASK_OPEN_SQL,
     BeatTick,
+    RunnerRole,
     RunnerStatus,
     RunStatus,
     TaskQueue,
@@ -164,6 +166,22 @@ def finish_run(
     return True
 
 
+def amend_ended_run(
+    connection: Connection, run_id: int, runner_id: int, outcome: RunOutcome
+) -> None:
+    """Fill in the output and error of a run that already ended (its status stays)."""
+    connection.execute(
+        update(TaskRun)
+        .where(TaskRun.id == run_id, TaskRun.task_runner_id == runner_id)
+        .values(
+            standard_output=outcome.standard_output,
+            error_output=outcome.error_output,
+            error_code=outcome.error_code,
+            error_message=outcome.error_message,
+        )
+    )
+
+
 def set_run_progress(connection: Connection, run_id: int, percent: int) -> None:
     """Store ``PercentsCompleted`` of a running run."""
     connection.execute(
@@ -174,8 +192,12 @@ def set_run_progress(connection: Connection, run_id: int, percent: int) -> None:
 
 
 def count_running_runners(connection: Connection, worker_hostname: str | None = None) -> int:
-    """Runners in ``running`` status, on every host (or in one Celery worker)."""
-    query = select(func.count()).select_from(TaskRunner).where(text(RUNNER_RUNNING_SQL))
+    """Runner loops in ``running`` status, on every host (or in one Celery worker)."""
+    query = (
+        select(func.count())
+        .select_from(TaskRunner)
+        .where(text(RUNNER_RUNNING_SQL), text(RUNNER_ROLE_RUNNER_SQL))
+    )
     if worker_hostname is not None:
         query = query.where(TaskRunner.worker_hostname == worker_hostname)
     return int(connection.execute(query).scalar_one())
@@ -321,3 +343,64 @@ def claim_beat_tick(connection: Connection, event: str, slot: int, now: datetime
             delete(BeatTick).where(BeatTick.event == event, BeatTick.slot < slot - BEAT_TICKS_KEPT)
         )
     return claimed
+
+
+def register_celery_worker_process(
+    connection: Connection,
+    *,
+    process_id: int,
+    hostname: str,
+    process_create_time: float | None,
+    worker_hostname: str,
+    now: datetime,
+) -> int:
+    """A runner row for a Celery worker process running audited native tasks (no limit)."""
+    return int(
+        connection.execute(
+            insert(TaskRunner)
+            .values(
+                process_id=process_id,
+                hostname=hostname,
+                process_create_time=process_create_time,
+                started_on=now,
+                heartbeat_on=now,
+                status=RunnerStatus.RUNNING,
+                worker_hostname=worker_hostname,
+                role=RunnerRole.CELERY_WORKER,
+            )
+            .returning(TaskRunner.id)
+        ).scalar_one()
+    )
+
+
+def task_of_celery_id(connection: Connection, celery_task_id: str) -> int | None:
+    """The queue row an audited Celery task id belongs to, if any run of it was recorded."""
+    return connection.execute(
+        select(TaskRun.task_queue_id).where(TaskRun.celery_task_id == celery_task_id).limit(1)
+    ).scalar()
+
+
+def start_native_run(
+    connection: Connection,
+    *,
+    task_queue_id: int,
+    celery_task_id: str,
+    runner_id: int | None,
+    now: datetime,
+) -> int:
+    """Record one execution attempt of a native Celery task as a ``running`` run."""
+    run_id = int(
+        connection.execute(
+            insert(TaskRun)
+            .values(
+                task_queue_id=task_queue_id,
+                status=RunStatus.RUNNING,
+                started_on=now,
+                celery_task_id=celery_task_id,
+                task_runner_id=runner_id,
+            )
+            .returning(TaskRun.id)
+        ).scalar_one()
+    )
+    rollup_tasks(connection, [task_queue_id])
+    return run_id

@@ -25,6 +25,7 @@ class CeleryStack:
     broker_url: str
     directory: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -41,6 +42,7 @@ class CeleryStack:
             "TASKQ_RUNNER_MAX_IDLE": "3",
             "TASKQ_POLL_INTERVAL": "0.1",
             "TASKQ_HEARTBEAT_INTERVAL": "0.5",
+            **self.extra_env,
         }
 
     def start(self, *args: str, log_name: str) -> subprocess.Popen[bytes]:

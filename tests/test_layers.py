@@ -16,6 +16,7 @@ CORE_MODULES = [
     "celery_taskq.queue",
     "celery_taskq.runner",
     "celery_taskq.api",
+    "celery_taskq.audit",
 ]
 FORBIDDEN = ["celery", "kombu", "click", "flask", "starlette", "fastapi", "django"]
 

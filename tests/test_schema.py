@@ -42,7 +42,7 @@ DOCUMENTED_COLUMNS = {
     ],
     "TaskRunners": ["Id", "ProcessId", "StartedOn", "FinishedOn", "Status"],
 }
-ADDED_RUNNER_COLUMNS = ["Hostname", "ProcessCreateTime", "HeartbeatOn", "WorkerHostname"]
+ADDED_RUNNER_COLUMNS = ["Hostname", "ProcessCreateTime", "HeartbeatOn", "WorkerHostname", "Role"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])

@@ -1,0 +1,64 @@
+"""The native-task auditor without Celery: a failing audit never breaks the task."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from celery_taskq.audit import NativeTaskAuditor, json_safe
+from celery_taskq.queue import TaskQueueService
+
+
+def broken_service() -> TaskQueueService:
+    raise ConnectionError("database is down")
+
+
+def test_audit_failures_are_logged_counted_and_swallowed(caplog: pytest.LogCaptureFixture) -> None:
+    auditor = NativeTaskAuditor(get_service=broken_service, should_audit=lambda _: True)
+    headers: dict[str, object] = {}
+    with caplog.at_level(logging.ERROR, logger="celery_taskq.audit"):
+        auditor.on_publish(
+            task_id="abc-123",
+            task_name="app.send",
+            args=(1,),
+            kwargs={},
+            headers=headers,
+            eta=None,
+            max_retries=3,
+        )
+        auditor.on_prerun(
+            task_id="abc-123",
+            task_name="app.send",
+            args=(1,),
+            kwargs={},
+            headers={},
+            worker_hostname="w@h",
+        )
+    assert auditor.failures == 2
+    assert headers == {}
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "audit of Celery task abc-123 failed in on_publish",
+        "audit of Celery task abc-123 failed in on_prerun",
+    ]
+    assert all(getattr(r, "action", None) == "audit_failed" for r in caplog.records)
+
+
+def test_tasks_not_audited_are_left_alone() -> None:
+    auditor = NativeTaskAuditor(get_service=broken_service, should_audit=lambda _: False)
+    auditor.on_publish(
+        task_id="x",
+        task_name="app.other",
+        args=(),
+        kwargs={},
+        headers={},
+        eta=None,
+        max_retries=None,
+    )
+    assert auditor.failures == 0
+
+
+def test_json_safe_keeps_json_and_reprs_the_rest() -> None:
+    assert json_safe({"a": [1, "b"], "c": None}) == {"a": [1, "b"], "c": None}
+    assert json_safe({"when": {1, 2}}) == {"when": "{1, 2}"}

@@ -1,0 +1,154 @@
+"""Flower sees celery_taskq's workers and tasks: the task events config works end to end.
+
+A real ``celery-taskq worker --beat`` on a Redis broker (database: SQLite) and a real Flower
+process; the test reads Flower's HTTP API on 127.0.0.1. It does not settle for Flower answering
+200: it checks what Flower can only know from events. With ``worker_send_task_events`` off
+Flower never learns that a runner task was received or started; with ``task_send_sent_event``
+off no OnProcess task has a ``sent`` time. (Both checked by hand by switching each setting off.)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import port_for
+import pytest
+
+from celery_taskq.api import enqueue
+from celery_taskq.celery import PROCESS_TASK, RUNNER_TASK
+from celery_taskq.db import Database
+from celery_taskq.models import RunStatus
+from tests.celery_stack import CeleryStack
+from tests.helpers import runs_of, wait_for
+
+pytestmark = pytest.mark.slow
+
+FLOWER_HOST = "127.0.0.1"
+
+# Flower 2.x answers 401 on /api/* unless auth is configured or this is set.
+UNAUTHENTICATED_API = ("FLOWER_UNAUTHENTICATED_API", "true")
+
+# urllib honours http_proxy & co.; Flower is local, so never go through a proxy.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture
+def redis_stack(
+    tmp_path: Path, sqlite_template: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[CeleryStack]:
+    """SQLite database, real Redis broker; every process started is stopped at the end."""
+    monkeypatch.setenv(*UNAUTHENTICATED_API)  # CeleryStack.env copies os.environ
+    database_path = tmp_path / "taskq.db"
+    shutil.copyfile(sqlite_template, database_path)
+    stack = CeleryStack(f"sqlite:///{database_path}", redis_url, tmp_path)
+    yield stack
+    stack.stop_all()
+
+
+class Flower:
+    """Client of one Flower process's HTTP API."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://{FLOWER_HOST}:{port}"
+
+    def get(self, path: str) -> Any:
+        """The decoded JSON of ``GET path``; ``None`` while Flower is not answering yet."""
+        try:
+            with _opener.open(self.base + path, timeout=10) as response:
+                return json.loads(response.read())
+        except (ConnectionError, urllib.error.URLError, TimeoutError):
+            return None
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """Every task Flower has seen events of."""
+        found = self.get("/api/tasks")
+        return list(found.values()) if isinstance(found, dict) else []
+
+
+def start_flower(stack: CeleryStack) -> Flower:
+    port = port_for.select_random()
+    stack.start(
+        "-m",
+        "celery",
+        "-A",
+        "celery_taskq",
+        "flower",
+        f"--port={port}",
+        f"--address={FLOWER_HOST}",
+        log_name="flower.log",
+    )
+    return Flower(port)
+
+
+def is_ours(worker: Any) -> bool:
+    return isinstance(worker, str) and worker.startswith("worker@")
+
+
+def test_flower_sees_the_worker_and_the_runner_and_event_tasks(
+    redis_stack: CeleryStack,
+) -> None:
+    stack = redis_stack
+    flower = start_flower(stack)
+    stack.start_worker()
+    task_ids = [
+        enqueue("tests.handlers.Succeed", {"n": n}, database_url=stack.database_url)
+        for n in range(3)
+    ]
+    db = Database(stack.database_url)
+    try:
+        wait_for(
+            lambda: all(
+                [run.status for run in runs_of(db, task_id)] == [RunStatus.SUCCESS]
+                for task_id in task_ids
+            ),
+            timeout=90,
+            what="the worker to run the enqueued tasks",
+        )
+    finally:
+        db.close()
+
+    # The worker answers Flower's inspect broadcast ...
+    workers = wait_for(
+        lambda: [name for name in flower.get("/api/workers?refresh=1") or {} if is_ours(name)],
+        timeout=60,
+        what=f"Flower to list the worker (see {stack.directory / 'flower.log'})",
+    )
+    # ... and its heartbeats reach Flower's event state, where it is alive.
+    status = wait_for(
+        lambda: flower.get("/api/workers?status=1"),
+        timeout=30,
+        what="Flower's worker status",
+    )
+    assert status.get(workers[0]) is True, status
+
+    def seen(name: str, states: set[str]) -> list[dict[str, Any]]:
+        return [
+            task
+            for task in flower.tasks()
+            if task.get("name") == name and task.get("state") in states and is_ours(task["worker"])
+        ]
+
+    # Task events: a runner task was received and started (or finished) by our worker ...
+    (runner, *_) = wait_for(
+        lambda: seen(RUNNER_TASK, {"STARTED", "SUCCESS"}),
+        timeout=60,
+        what=f"Flower to show a started {RUNNER_TASK} task",
+    )
+    # (With worker_send_task_events off, Flower still learns of a runner task's success, but
+    # never that it was received or started.)
+    assert runner["received"] is not None, runner
+    assert runner["started"] is not None, runner
+    # ... and beat's OnProcess ticks succeeded, with their result, and were sent with a
+    # task-sent event (task_send_sent_event).
+    processed = wait_for(
+        lambda: [task for task in seen(PROCESS_TASK, {"SUCCESS"}) if task.get("sent")],
+        timeout=60,
+        what=f"Flower to show a succeeded {PROCESS_TASK} task with its task-sent event",
+    )
+    assert any("runs created" in str(task.get("result")) for task in processed), processed
