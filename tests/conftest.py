@@ -63,6 +63,8 @@ def settings(database_url: str) -> Settings:
         poll_interval=0.05,
         heartbeat_interval=0.2,
         heartbeat_timeout=60.0,
+        # The test process itself outgrows the 100 MiB default; only the memory test lowers it.
+        runner_memory_limit_mb=4096,
     )
 
 

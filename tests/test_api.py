@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -27,7 +28,8 @@ def test_enqueue_and_get_task(database_url: str, database: Database, settings: S
     snapshot = get_task(task_id, database_url=database_url)
     assert (snapshot.id, snapshot.task_data, snapshot.max_retries) == (task_id, {"to": "a@b.c"}, 2)
     assert snapshot.queued_by_id == "user-7"
-    assert snapshot.runs == ()
+    # A due task gets its run at once, without waiting for OnProcess
+    assert [run.status for run in snapshot.runs] == [RunStatus.SCHEDULED]
     with pytest.raises(dataclasses.FrozenInstanceError):
         snapshot.max_retries = 9  # type: ignore[misc]
     service.process_queue()
@@ -56,3 +58,9 @@ def test_enqueue_reads_the_environment(database_url: str, monkeypatch: pytest.Mo
     monkeypatch.setenv("TASKQ_DATABASE_URL", database_url)
     task_id = enqueue("tests.handlers.Succeed")
     assert get_task(task_id).task_handler_class == "tests.handlers.Succeed"
+
+
+def test_enqueue_of_a_future_task_creates_no_run_yet(database_url: str) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    task_id = enqueue("tests.handlers.Succeed", scheduled_on=later, database_url=database_url)
+    assert get_task(task_id, database_url=database_url).runs == ()
