@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -140,4 +142,36 @@ def test_two_beats_do_no_work_twice(stack: CeleryStack, db: Database) -> None:
         lambda: DUPLICATE_TICK in stack.log("worker.log"),
         timeout=30,
         what="a duplicate tick to be skipped",
+    )
+
+
+ENQUEUE_FROM_CELERY_PROCESS = """
+from celery_taskq.celery import app  # installs the Celery layer, and with it enqueue's hook
+from celery_taskq import enqueue
+print(enqueue("tests.handlers.Succeed", {"n": 1}))
+"""
+
+
+def test_a_due_task_does_not_wait_for_beat(stack: CeleryStack, db: Database) -> None:
+    # Given beat ticks so rare that none falls within the test
+    stack.extra_env.update(TASKQ_PROCESS_INTERVAL="120", TASKQ_CREATE_RUNNERS_INTERVAL="120")
+    stack.start_worker()
+    wait_for(lambda: "ready." in stack.log("worker.log"), timeout=60, what="the worker to start")
+    assert running_runner_count(db) == 0
+    # When a process with the Celery layer enqueues a due task
+    caller = subprocess.run(
+        [sys.executable, "-c", ENQUEUE_FROM_CELERY_PROCESS],
+        env=stack.env,
+        cwd=stack.directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert caller.returncode == 0, caller.stderr
+    task_id = int(caller.stdout.strip())
+    # Then its run exists at once, a runner is asked for, and the task runs long before a tick
+    wait_for(
+        lambda: [r.status for r in runs_of(db, task_id)] == [RunStatus.SUCCESS],
+        timeout=30,
+        what="the task to run without a beat tick",
     )
