@@ -21,7 +21,7 @@ from celery_taskq.settings import Settings
 from celery_taskq.snapshots import TaskSnapshot
 
 EnqueueHook = Callable[[TaskQueueService, int, bool], None]
-"""Called after :func:`enqueue` with the service, the new task id and whether a run was made."""
+"""Called after :func:`enqueue` with the service, the new task id and whether it is due now."""
 
 _enqueue_hooks: list[EnqueueHook] = []
 _services: dict[tuple[int, str], TaskQueueService] = {}
@@ -64,12 +64,18 @@ def enqueue(
     rather than at the next OnProcess tick.
     """
     service = get_service(database_url)
-    task_id, run_id = service.add_task_and_run(
-        handler, data, scheduled_on=scheduled_on, max_retries=max_retries, queued_by=queued_by
+    task_id = service.add_task(
+        handler,
+        data,
+        scheduled_on=scheduled_on,
+        max_retries=max_retries,
+        queued_by=queued_by,
+        create_run=True,
     )
+    due = scheduled_on is None or scheduled_on <= service.clock()
     for hook in list(_enqueue_hooks):
         try:
-            hook(service, task_id, run_id is not None)
+            hook(service, task_id, due)
         except Exception:  # the task is recorded; a hook only speeds its start up
             logger.exception(
                 "enqueue hook %r failed for task %s",

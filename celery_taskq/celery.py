@@ -322,10 +322,10 @@ def _parse_eta(value: Any) -> datetime | None:
 def _runner_request_hook(app: Celery, state: TaskqCelery) -> api.EnqueueHook:
     last_request = [float("-inf")]
 
-    def request_runner(service: TaskQueueService, task_id: int, run_created: bool) -> None:
+    def request_runner(service: TaskQueueService, task_id: int, due: bool) -> None:
         """Ask for a runner when a due task was queued and no runner is live."""
         now = time.monotonic()
-        if not run_created or now - last_request[0] < RUNNER_REQUEST_MIN_INTERVAL:
+        if not due or now - last_request[0] < RUNNER_REQUEST_MIN_INTERVAL:
             return
         if service.get_task_runner_count() == 0:
             last_request[0] = now

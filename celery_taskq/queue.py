@@ -93,29 +93,12 @@ class TaskQueueService:
         scheduled_on: datetime | None = None,
         max_retries: int | None = None,
         queued_by: str | None = None,
+        create_run: bool = False,
     ) -> int:
-        """Validate and queue a task; return its ``TaskQueue.Id``. Nothing is written on refusal."""
-        values = self.prepare_task(
-            handler_path,
-            data,
-            scheduled_on=scheduled_on,
-            max_retries=max_retries,
-            queued_by=queued_by,
-        )
-        return self._insert_task(values, with_run=False)[0]
+        """Validate and queue a task; return its ``TaskQueue.Id``. Nothing is written on refusal.
 
-    def add_task_and_run(
-        self,
-        handler_path: str,
-        data: Any = None,
-        *,
-        scheduled_on: datetime | None = None,
-        max_retries: int | None = None,
-        queued_by: str | None = None,
-    ) -> tuple[int, int | None]:
-        """:meth:`add_task`, and if the task is already due its first run, in one transaction.
-
-        Returns the task id and the run id (``None`` for a task due later).
+        With ``create_run`` a task that is already due gets its first run in the same
+        transaction, so a runner can start it before the next OnProcess tick.
         """
         values = self.prepare_task(
             handler_path,
@@ -124,25 +107,24 @@ class TaskQueueService:
             max_retries=max_retries,
             queued_by=queued_by,
         )
-        return self._insert_task(values, with_run=True)
+        return self._insert_task(values, with_run=create_run)
 
-    def _insert_task(self, values: dict[str, Any], *, with_run: bool) -> tuple[int, int | None]:
+    def _insert_task(self, values: dict[str, Any], *, with_run: bool) -> int:
         with self.database.transaction() as connection:
             task_id = int(
                 connection.execute(
                     insert(TaskQueue).values(**values).returning(TaskQueue.id)
                 ).scalar_one()
             )
-            run_id = None
-            if with_run and transitions.create_runs(connection, values["queued_on"], task_id):
-                run_id = transitions.open_run_id(connection, task_id)
+            if with_run:
+                transitions.create_runs(connection, values["queued_on"], task_id)
         logger.info(
             "queued task %s (%s)",
             task_id,
             values["task_handler_class"],
             extra={"action": "task_queued", "queue_id": task_id},
         )
-        return task_id, run_id
+        return task_id
 
     def prepare_task(
         self,

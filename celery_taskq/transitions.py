@@ -230,6 +230,27 @@ def register_runner(
         and count_running_runners(connection, worker_hostname) >= worker_limit
     ):
         return None
+    return _insert_runner(
+        connection,
+        role=RunnerRole.RUNNER,
+        process_id=process_id,
+        hostname=hostname,
+        process_create_time=process_create_time,
+        worker_hostname=worker_hostname,
+        now=now,
+    )
+
+
+def _insert_runner(
+    connection: Connection,
+    *,
+    role: RunnerRole,
+    process_id: int,
+    hostname: str,
+    process_create_time: float | None,
+    worker_hostname: str | None,
+    now: datetime,
+) -> int:
     return int(
         connection.execute(
             insert(TaskRunner)
@@ -241,6 +262,7 @@ def register_runner(
                 heartbeat_on=now,
                 status=RunnerStatus.RUNNING,
                 worker_hostname=worker_hostname,
+                role=role,
             )
             .returning(TaskRunner.id)
         ).scalar_one()
@@ -355,21 +377,14 @@ def register_celery_worker_process(
     now: datetime,
 ) -> int:
     """A runner row for a Celery worker process running audited native tasks (no limit)."""
-    return int(
-        connection.execute(
-            insert(TaskRunner)
-            .values(
-                process_id=process_id,
-                hostname=hostname,
-                process_create_time=process_create_time,
-                started_on=now,
-                heartbeat_on=now,
-                status=RunnerStatus.RUNNING,
-                worker_hostname=worker_hostname,
-                role=RunnerRole.CELERY_WORKER,
-            )
-            .returning(TaskRunner.id)
-        ).scalar_one()
+    return _insert_runner(
+        connection,
+        role=RunnerRole.CELERY_WORKER,
+        process_id=process_id,
+        hostname=hostname,
+        process_create_time=process_create_time,
+        worker_hostname=worker_hostname,
+        now=now,
     )
 
 
