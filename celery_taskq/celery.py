@@ -170,10 +170,14 @@ def _configure(app: Celery, settings: Settings) -> None:
     app.conf.task_send_sent_event = True
     app.conf.task_track_started = True
     app.conf.worker_prefetch_multiplier = 1
-    sql_database = split_sql_broker_url(str(app.conf.broker_url or settings.broker_url))
+    # The app's own broker wins; an app without one takes celery_taskq's setting.
+    broker_url = str(app.conf.broker_url or settings.broker_url)
+    sql_database = split_sql_broker_url(broker_url)
     if sql_database is not None:
         app.conf.broker_url = sql_database
         app.conf.broker_transport = TRANSPORT_PATH
+    else:
+        app.conf.broker_url = broker_url
 
 
 def _register_tasks(app: Celery, state: TaskqCelery) -> None:

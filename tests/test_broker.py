@@ -55,3 +55,15 @@ def test_prune_deletes_only_old_delivered_messages(tmp_path: Path) -> None:
         left = connection.execute(text("SELECT id, visible FROM kombu_message ORDER BY id")).all()
     engine.dispose()
     assert [(message_id, bool(visible)) for message_id, visible in left] == [(2, False), (3, True)]
+
+
+def test_an_app_without_a_broker_takes_the_taskq_broker_setting(tmp_path: Path) -> None:
+    app = Celery("t")
+    install(app, settings=Settings(broker_url="redis://127.0.0.1:6399/3"))
+    assert app.conf.broker_url == "redis://127.0.0.1:6399/3"
+
+
+def test_the_apps_own_broker_wins(tmp_path: Path) -> None:
+    app = Celery("t", broker="redis://127.0.0.1:6399/1")
+    install(app, settings=Settings(broker_url="redis://127.0.0.1:6399/3"))
+    assert app.conf.broker_url == "redis://127.0.0.1:6399/1"

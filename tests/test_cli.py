@@ -125,6 +125,8 @@ def test_demo_runs_the_main_job_on_the_embedded_default(
     # Given no configuration at all, in an empty directory
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TASKQ_DATABASE_URL", raising=False)
+    # the in-process runner would leave at once: the test process outgrows the 100 MiB default
+    monkeypatch.setenv("TASKQ_RUNNER_MEMORY_LIMIT_MB", "4096")
     # When the demo runs
     assert main(["demo"]) == 0
     out = capsys.readouterr().out

@@ -14,8 +14,12 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
@@ -26,14 +30,11 @@ from urllib.parse import urlsplit
 
 import click
 import pytest
-import tornado.options
 import yaml
 from celery import Celery, signals
 from celery.app.utils import find_app
 from celery.bin.base import CLIContext
-from celery.bin.celery import celery as celery_main
 from celery.utils.dispatch.signal import Signal
-from celery.worker.control import Panel
 
 from celery_taskq import api
 from celery_taskq import celery as taskq_celery
@@ -225,10 +226,10 @@ class ComposeCommand:
 
 
 def app_commands() -> list[ComposeCommand]:
-    """Every command and healthcheck command of the services running the image built here."""
+    """The image's default command, and every command and healthcheck of its services."""
     services = compose_services()
     defaults = image_defaults(dockerfile_path(services))
-    commands = []
+    commands = [ComposeCommand("image", "default", [*defaults.entrypoint, *defaults.cmd], {})]
     for name in sorted(built_image_services(services)):
         service = services[name]
         environment = environment_of(service)
@@ -332,12 +333,29 @@ def check_taskq_command(args: Sequence[str], monkeypatch: pytest.MonkeyPatch) ->
         check_celery_command(celery_argv, app=app)
 
 
+def celery_cli() -> click.Group:
+    """Celery's click group, imported only when a test needs it.
+
+    Importing it loads every ``celery`` plugin (Flower, tornado, ...): some 20 MiB that would
+    otherwise join every test process at collection, where tests running a runner in-process
+    with the 100 MiB default memory limit (``celery-taskq demo``) would see it.
+    """
+    from celery.bin.celery import celery
+
+    assert isinstance(celery, click.Group)
+    return celery
+
+
 def check_celery_command(args: Sequence[str], app: Any = None) -> None:
     """A ``celery`` command: the app loads, the subcommand exists, its options are accepted."""
+    from celery.worker.control import Panel
+
+    celery_main = celery_cli()
     context, rest = parse_group(celery_main, CELERY_PROGRAM, args)
     if app is None:
         app_name = context.params["app"]
         assert app_name, f"`celery {shlex.join(args)}` does not name its app with -A"
+        check_app_in_fresh_process(app_name)
         app = find_app(app_name)
     assert isinstance(app, Celery), f"-A {context.params['app']!r} is not a Celery app"
     assert isinstance(getattr(app, "taskq", None), TaskqCelery), (
@@ -352,9 +370,37 @@ def check_celery_command(args: Sequence[str], app: Any = None) -> None:
     elif name in {"inspect", "control"}:
         meta = Panel.meta.get(leaf.params["command"])
         assert meta is not None, f"no remote control command {leaf.params['command']!r}"
-        assert meta.type == name, f"{leaf.params['command']!r} is not an {name} command"
+        assert meta.type == name, f"{leaf.params['command']!r} is not a `{name}` command"
     elif name == "flower":
         check_flower_options(leaf.params["tornado_argv"])
+
+
+FIND_APP_SCRIPT = """
+import sys
+from celery.app.utils import find_app
+from celery_taskq.celery import TaskqCelery
+app = find_app(sys.argv[1])
+assert isinstance(getattr(app, "taskq", None), TaskqCelery), f"{app!r} has no celery_taskq"
+"""
+
+
+def check_app_in_fresh_process(app_name: str) -> None:
+    """``-A app_name`` finds an app with celery_taskq installed, as in a new container.
+
+    In this process an app made by an earlier check is Celery's current app, and ``find_app``
+    can fall back to it; a new interpreter, in an empty directory, cannot.
+    """
+    with tempfile.TemporaryDirectory() as empty_directory:
+        result = subprocess.run(
+            [sys.executable, "-c", FIND_APP_SCRIPT, app_name],
+            cwd=empty_directory,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+    assert result.returncode == 0, f"-A {app_name} does not load:\n{result.stderr}"
 
 
 def check_worker_queues(app: Any, queues: Sequence[str] | None) -> None:
@@ -366,6 +412,8 @@ def check_worker_queues(app: Any, queues: Sequence[str] | None) -> None:
 
 def check_flower_options(tornado_argv: Sequence[str]) -> None:
     """Flower's own options (parsed by tornado) exist and their values convert."""
+    import tornado.options
+
     options = tornado.options.options
     names = [arg[2:].partition("=")[0] for arg in tornado_argv if arg.startswith("--")]
     unknown = [name for name in names if name not in options]
@@ -385,7 +433,11 @@ def check_command(command: ComposeCommand, monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setenv(name, value)
     program, *args = command.argv
     if program == TASKQ_PROGRAM:
-        check_taskq_command(args, monkeypatch)
+        try:
+            check_taskq_command(args, monkeypatch)
+        except click.exceptions.Exit as exit_:  # --help, --version: accepted once parsed
+            if exit_.exit_code != 0:
+                raise
     elif program == CELERY_PROGRAM:
         check_celery_command(args)
     elif program == PYTHON_PROGRAM and args[:1] == ["-c"]:
@@ -493,6 +545,7 @@ def test_urls_name_services_that_are_waited_for() -> None:
     postgres = environment_of(services["postgres"])
     for name in built_image_services(services):
         environment = environment_of(services[name])
+        assert "TASKQ_DATABASE_URL" in environment, f"{name} has no TASKQ_DATABASE_URL"
         for variable in ("TASKQ_DATABASE_URL", "TASKQ_BROKER_URL"):
             if variable not in environment or (
                 variable == "TASKQ_BROKER_URL" and name == MIGRATE_SERVICE
@@ -571,8 +624,10 @@ def test_celeryconfig_values_are_the_defaults() -> None:
 
 
 def test_celeryconfig_names_the_worker_queues() -> None:
-    """The ``-Q`` it tells workers to use is the one celery_taskq's own worker uses."""
-    assert f"-Q {worker_queues(Celery('queues'))}" in CELERYCONFIG_FILE.read_text()
+    """Every ``-Q`` it tells workers to use is the one celery_taskq's own worker uses."""
+    queues = re.findall(r"-Q\s+([\w.,-]+)", CELERYCONFIG_FILE.read_text())
+    assert queues, "celeryconfig.py does not show the worker's -Q"
+    assert set(queues) == {worker_queues(Celery("queues"))}
 
 
 @pytest.mark.usefixtures("isolated_celery_apps")

@@ -1,0 +1,122 @@
+"""Example Celery configuration for running celery_taskq inside a Celery app of your own.
+
+Copy this file next to your code as ``celeryconfig.py``, adjust it, and load it *before*
+installing celery_taskq: :func:`celery_taskq.celery.install` reads the ``taskq_*`` keys once,
+when it is called::
+
+    # myapp/celery.py
+    from celery import Celery
+
+    from celery_taskq.celery import install
+
+    app = Celery("myapp")
+    app.config_from_object("celeryconfig")
+    install(app)  # event tasks, runner task, beat entries, routes and signals
+
+Then start one beat and any number of workers; each worker must consume your own queue(s) and
+both celery_taskq queues::
+
+    celery -A myapp worker -Q celery,taskq.events,taskq.runners --concurrency 4 --loglevel INFO
+    celery -A myapp beat --loglevel INFO
+
+No app of your own? ``celery-taskq worker --beat`` (or ``celery -A celery_taskq worker -B``)
+runs a ready-made one, configured from ``TASKQ_*`` environment variables alone.
+
+Where each celery_taskq setting comes from, first match wins: the environment variable
+``TASKQ_<NAME>``, then the ``taskq_<name>`` key below, then the default in
+:mod:`celery_taskq.settings`. Every ``taskq_*`` value below *is* that default: change the ones
+you need and delete the rest.
+"""
+
+# --- Broker and results ------------------------------------------------------------------------
+
+# The broker only carries beat's ticks and the runner tasks; the TaskQueue, TaskRuns and
+# TaskRunners tables remain the record of what was queued and what ran. Use Redis or RabbitMQ in
+# production. Left unset, celery_taskq falls back to a broker needing no server: kombu's
+# SQLAlchemy transport on a SQLite file ("sqla+sqlite:///celery_taskq-broker.db"); any
+# "sqla+<database URL>" broker gets celery_taskq's faster-polling SQL transport.
+broker_url = "redis://localhost:6379/0"
+
+# Optional. celery_taskq's tasks store no results (TaskRuns is their record); configure a result
+# backend only if your own tasks need one.
+# result_backend = "redis://localhost:6379/1"
+
+# --- Queues and routing ------------------------------------------------------------------------
+
+# install() routes celery_taskq's tasks itself:
+#
+#   taskq.on_process, taskq.on_create_task_runners  ->  queue "taskq.events"
+#       beat's ticks (OnProcess, OnCreateTaskRunners): short tasks.
+#   taskq.runner                                     ->  queue "taskq.runners"
+#       one task per runner; it holds a pool process while its runner works the queue, and
+#       leaves after taskq_runner_max_idle seconds without work or taskq_runner_max_lifetime.
+#
+# A worker holds at most concurrency - 1 runners, so one pool process stays free for the ticks
+# and your own tasks. A worker that does not consume both queues leaves ticks or runners
+# unserved: start workers with -Q celery,taskq.events,taskq.runners (plus your own queues).
+#
+# A worker started with no queue option (-Q) consumes every queue in task_queues. When
+# task_queues is unset, install() sets it to the default queue ("celery") and both celery_taskq
+# queues. If you declare your own, list celery_taskq's too:
+#
+# from kombu import Queue
+# task_queues = [Queue("celery"), Queue("taskq.events"), Queue("taskq.runners")]
+#
+# Your own routes are kept (install() puts its routes in front of them), and so are your own
+# beat_schedule entries:
+#
+# task_routes = {"myapp.tasks.*": {"queue": "celery"}}
+#
+# install() also sets worker_prefetch_multiplier = 1 and turns on worker_send_task_events,
+# task_send_sent_event and task_track_started, so that Flower and `celery events` see the
+# runner tasks; values given here for those four are overwritten.
+
+# --- celery_taskq ------------------------------------------------------------------------------
+
+# SQLAlchemy URL of the database holding TaskQueue, TaskRuns and TaskRunners (create or upgrade
+# the tables with `celery-taskq db upgrade`). The default is a SQLite file in the working
+# directory; for several hosts use a server, e.g.
+# "postgresql+psycopg://taskq:secret@db.example.com:5432/taskq".
+taskq_database_url = "sqlite:///celery_taskq.db"
+
+# TaskRunnerLimit: most runners "running" at once, across all hosts and workers.
+taskq_task_runner_limit = 8
+
+# A runner leaves after its current run once its resident memory exceeds this many MiB.
+taskq_runner_memory_limit_mb = 100
+
+# Bytes kept of each of a run's stdout and stderr; the rest is cut and marked.
+taskq_output_cap_bytes = 1024 * 1024
+
+# Seconds an idle runner sleeps between claims.
+taskq_poll_interval = 0.2
+
+# Runner heartbeat period, and the silence after which OnProcess judges a runner dead
+# (must be longer than the period).
+taskq_heartbeat_interval = 10.0
+taskq_heartbeat_timeout = 60.0
+
+# Module prefixes; when not empty, only handlers under them can be enqueued or run.
+# (A comma-separated string works too, as in TASKQ_ALLOWED_HANDLER_PREFIXES.)
+taskq_allowed_handler_prefixes: tuple[str, ...] = ()
+# taskq_allowed_handler_prefixes = ("myapp.tasks", "reports")
+
+# Name recorded on this host's runner rows. Default: the machine's host name.
+# taskq_hostname = "worker-1"
+
+# Seconds between beat's OnProcess ticks (time out dead runners, create runs for due tasks).
+taskq_process_interval = 2.0
+
+# Seconds between beat's OnCreateTaskRunners ticks (send one runner task per missing runner).
+taskq_create_runners_interval = 5.0
+
+# A runner task leaves after this many seconds without work...
+taskq_runner_max_idle = 30.0
+# ...and after this many seconds in all (once its current run is over), freeing the pool
+# process; OnCreateTaskRunners sends a new runner task when one is missing.
+taskq_runner_max_lifetime = 600.0
+
+# The broker of the ready-made app (`celery -A celery_taskq`, `celery-taskq worker`). In your own
+# app set broker_url above instead: when broker_url is unset, install() applies this one only if
+# it is a "sqla+<database URL>" (as the default, "sqla+sqlite:///celery_taskq-broker.db", is).
+# taskq_broker_url = "sqla+sqlite:///celery_taskq-broker.db"
