@@ -108,9 +108,10 @@ CLI = (sys.executable, "-m", "celery_taskq")
 
 
 @pytest.fixture(autouse=True)
-def _close_api_engines() -> Iterator[None]:
-    """The API keeps one engine per process and URL; drop them after each test."""
-    yield
+def _isolate_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Per test: no enqueue hooks left by an earlier install(), and no engines kept after."""
     from celery_taskq import api
 
+    monkeypatch.setattr(api, "_enqueue_hooks", [])
+    yield
     api.close_all()

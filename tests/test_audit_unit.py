@@ -62,3 +62,32 @@ def test_tasks_not_audited_are_left_alone() -> None:
 def test_json_safe_keeps_json_and_reprs_the_rest() -> None:
     assert json_safe({"a": [1, "b"], "c": None}) == {"a": [1, "b"], "c": None}
     assert json_safe({"when": {1, 2}}) == {"when": "{1, 2}"}
+
+
+def test_which_tasks_are_audited() -> None:
+    from celery import Celery
+
+    from celery_taskq.celery import AuditedTask, install
+    from celery_taskq.settings import Settings
+
+    chosen_only = Celery("chosen", broker="memory://")
+    state = install(chosen_only, settings=Settings())
+
+    @chosen_only.task(name="chosen", base=AuditedTask)  # type: ignore[untyped-decorator]
+    def chosen() -> None:
+        """Audited: its base is AuditedTask."""
+
+    @chosen_only.task(name="plain")  # type: ignore[untyped-decorator]
+    def plain() -> None:
+        """Not audited."""
+
+    assert state.auditor is not None
+    assert state.auditor.should_audit("chosen")
+    assert not state.auditor.should_audit("plain")
+    assert not state.auditor.should_audit("taskq.runner")
+
+    everything = Celery("everything", broker="memory://")
+    all_state = install(everything, settings=Settings(), audit_celery_tasks=True)
+    assert all_state.auditor is not None
+    assert all_state.auditor.should_audit("plain")
+    assert not all_state.auditor.should_audit("taskq.on_process")
