@@ -15,7 +15,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from celery_taskq import listing
 from celery_taskq.db import Database
+from celery_taskq.listing import TaskFilter, TaskPage, parse_status
+from celery_taskq.models import RunStatus
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import TaskSnapshot
@@ -95,6 +98,37 @@ def add_enqueue_hook(hook: EnqueueHook) -> None:
 def get_task(task_id: int, *, database_url: str | None = None) -> TaskSnapshot:
     """A frozen snapshot of a task and all its runs, oldest run first."""
     return get_service(database_url).get_task(task_id)
+
+
+def list_tasks(
+    *,
+    status: str | RunStatus | None = None,
+    handler: str | None = None,
+    queued_by: str | None = None,
+    queued_since: datetime | None = None,
+    queued_until: datetime | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+    database_url: str | None = None,
+) -> TaskPage:
+    """Tasks, newest first, filtered by last status, handler, queued-by and queue time.
+
+    Returns one page; pass its ``next_before_id`` as ``before_id`` for the next one.
+    """
+    task_filter = TaskFilter(
+        status=parse_status(status),
+        handler=handler,
+        queued_by=queued_by,
+        queued_since=queued_since,
+        queued_until=queued_until,
+    )
+    database = get_service(database_url).database
+    return listing.list_tasks(database, task_filter, limit=limit, before_id=before_id)
+
+
+def retry(task_id: int, *, database_url: str | None = None) -> int:
+    """Give a finished task one more run now, even past its retries; return the run id."""
+    return get_service(database_url).retry_task(task_id)
 
 
 def close_all() -> None:

@@ -18,8 +18,10 @@ import click
 from celery_taskq import __version__, migrate
 from celery_taskq.db import Database
 from celery_taskq.exceptions import TaskqError
+from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
+from celery_taskq.models import RunStatus
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
-from celery_taskq.render import render_task
+from celery_taskq.render import render_page, render_page_json, render_task
 from celery_taskq.settings import Settings
 
 EXIT_OK = 0
@@ -160,6 +162,49 @@ def show(context: CliContext, task_id: int) -> None:
     """Print a task and every one of its runs."""
     snapshot = context.service.get_task(task_id)
     click.echo(render_task(snapshot))
+
+
+@cli.command("list")
+@click.option(
+    "--status", type=click.Choice([status.value for status in RunStatus]), help="Last status."
+)
+@click.option("--handler", help="Exact TaskHandlerClass.")
+@click.option("--queued-by", help="QueuedById.")
+@click.option("--since", type=AwareDateTimeParamType(), help="Queued at or after (ISO 8601).")
+@click.option("--until", type=AwareDateTimeParamType(), help="Queued before (ISO 8601).")
+@click.option("--limit", type=click.IntRange(1, MAX_PAGE_SIZE), default=50, show_default=True)
+@click.option("--before", "before_id", type=int, help="Page cursor: tasks older than this id.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@pass_context
+def list_command(
+    context: CliContext,
+    status: str | None,
+    handler: str | None,
+    queued_by: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    before_id: int | None,
+    as_json: bool,
+) -> None:
+    """List tasks, newest first."""
+    task_filter = TaskFilter(
+        status=parse_status(status),
+        handler=handler,
+        queued_by=queued_by,
+        queued_since=since,
+        queued_until=until,
+    )
+    page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
+    click.echo(render_page_json(page) if as_json else render_page(page))
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@pass_context
+def retry(context: CliContext, task_id: int) -> None:
+    """Give a finished task one more run now, even past its retries; print the run id."""
+    click.echo(context.service.retry_task(task_id))
 
 
 @cli.command()

@@ -44,7 +44,7 @@ from celery_taskq.exceptions import (
 )
 from celery_taskq.handlers import TaskHandler, create_task_handler
 from celery_taskq.liveness import judge_runner, process_start_time
-from celery_taskq.models import TaskQueue, TaskRun
+from celery_taskq.models import CELERY_HANDLER_PREFIX, TaskQueue, TaskRun
 from celery_taskq.runner import Clock, TaskRunner, current_process_start_time, utc_now
 from celery_taskq.settings import DEFAULT_MAX_RETRIES, Settings
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
@@ -182,6 +182,31 @@ class TaskQueueService:
                 select(TaskRun).where(TaskRun.task_queue_id == task_id).order_by(TaskRun.id)
             ).all()
             return TaskSnapshot.from_row(row, tuple(RunSnapshot.from_row(run) for run in runs))
+
+    def retry_task(self, task_id: int) -> int:
+        """Give a finished task (even one out of retries) one more run now; return its id.
+
+        The run does not reset the task's retry count: if it fails too, the task stays
+        exhausted. Audited native Celery tasks are refused: Celery delivers and retries them.
+        """
+        with self.database.transaction() as connection:
+            task = transitions.load_task(connection, task_id)
+            if task is None:
+                raise TaskNotFoundError(f"no task with id {task_id}")
+            if task[0].startswith(CELERY_HANDLER_PREFIX):
+                raise InvalidArgumentError(
+                    f"task {task_id} is a native Celery task: retry it through Celery"
+                )
+            run_id = transitions.create_manual_run(connection, task_id)
+            if run_id is None:
+                raise InvalidArgumentError(f"task {task_id} already has a run in progress")
+        logger.info(
+            "task %s retried by hand: run %s",
+            task_id,
+            run_id,
+            extra={"action": "task_retried", "queue_id": task_id, "run_id": run_id},
+        )
+        return run_id
 
     # -- the overseer ----------------------------------------------------------------------
 

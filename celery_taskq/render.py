@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from celery_taskq.listing import TaskPage
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
 
 
@@ -48,3 +49,51 @@ def render_task(task: TaskSnapshot) -> str:
     for run in task.runs:
         lines += render_run(run)
     return "\n".join(lines)
+
+
+def render_page(page: TaskPage) -> str:
+    """A page of tasks as an aligned table, with the cursor of the next page."""
+    header = ("ID", "STATUS", "FAILED", "HANDLER", "QUEUED", "BY")
+    rows = [
+        (
+            str(task.id),
+            task.last_status.value if task.last_status else "-",
+            f"{task.task_runs_failed}/{task.max_retries}",
+            task.task_handler_class,
+            _time(task.queued_on),
+            task.queued_by_id or "-",
+        )
+        for task in page.tasks
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    if page.next_before_id is not None:
+        lines.append(f"more: --before {page.next_before_id}")
+    return "\n".join(lines)
+
+
+def render_page_json(page: TaskPage) -> str:
+    """A page of tasks as one JSON document."""
+    return json.dumps(
+        {
+            "tasks": [
+                {
+                    "id": task.id,
+                    "handler": task.task_handler_class,
+                    "data": task.task_data,
+                    "last_status": task.last_status.value if task.last_status else None,
+                    "task_runs_failed": task.task_runs_failed,
+                    "max_retries": task.max_retries,
+                    "queued_on": task.queued_on.isoformat(),
+                    "scheduled_on": task.scheduled_on.isoformat(),
+                    "queued_by": task.queued_by_id,
+                }
+                for task in page.tasks
+            ],
+            "next_before_id": page.next_before_id,
+        },
+        sort_keys=True,
+    )

@@ -41,8 +41,8 @@ class RunSnapshot:
 
 
 @dataclass(frozen=True)
-class TaskSnapshot:
-    """One ``TaskQueue`` row with all its runs, oldest first."""
+class TaskSummary:
+    """One ``TaskQueue`` row."""
 
     id: int
     task_handler_class: str
@@ -53,9 +53,20 @@ class TaskSnapshot:
     last_status: RunStatus | None
     max_retries: int
     task_runs_failed: int
-    runs: tuple[RunSnapshot, ...]
 
     @classmethod
-    def from_row(cls, row: Base, runs: tuple[RunSnapshot, ...]) -> TaskSnapshot:
+    def from_row(cls, row: Base) -> TaskSummary:
+        """Copy an ORM ``TaskQueue``."""
+        return cls(**_columns(cls, row))
+
+
+@dataclass(frozen=True)
+class TaskSnapshot(TaskSummary):
+    """One ``TaskQueue`` row with all its runs, oldest first."""
+
+    runs: tuple[RunSnapshot, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: Base, runs: tuple[RunSnapshot, ...] = ()) -> TaskSnapshot:
         """Copy an ORM ``TaskQueue`` and its runs."""
         return cls(**_columns(cls, row, runs=runs))

@@ -419,3 +419,17 @@ def start_native_run(
     )
     rollup_tasks(connection, [task_queue_id])
     return run_id
+
+
+def create_manual_run(connection: Connection, task_queue_id: int) -> int | None:
+    """A ``scheduled`` run for a task whatever its retries, unless it has an open run."""
+    statement = (
+        _upsert(connection, TaskRun)
+        .values(task_queue_id=task_queue_id, status=RunStatus.SCHEDULED)
+        .on_conflict_do_nothing(index_elements=["TaskQueueId"], index_where=text(RUN_OPEN_SQL))
+        .returning(TaskRun.id)
+    )
+    run_id = connection.execute(statement).scalar()
+    if run_id is not None:
+        rollup_tasks(connection, [task_queue_id])
+    return run_id
