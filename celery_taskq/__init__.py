@@ -4,7 +4,7 @@ Three tables — ``TaskQueue``, ``TaskRuns`` and ``TaskRunners`` — are the sou
 what was queued, every attempt that ran, and which process ran it.
 """
 
-from celery_taskq.api import enqueue, get_task, list_tasks, retry
+from celery_taskq.api import cancel, enqueue, get_task, list_tasks, retry
 from celery_taskq.context import RunContext
 from celery_taskq.exceptions import TaskqError
 from celery_taskq.handlers import TaskError, TaskHandler
@@ -17,6 +17,7 @@ __all__ = [
     "TaskHandler",
     "TaskqError",
     "__version__",
+    "cancel",
     "enqueue",
     "get_task",
     "list_tasks",

@@ -55,6 +55,9 @@ def enqueue(
     scheduled_on: datetime | None = None,
     max_retries: int | None = None,
     queued_by: str | None = None,
+    title: str | None = None,
+    unique_key: str | None = None,
+    on_duplicate: str = "return",
     database_url: str | None = None,
 ) -> int:
     """Queue a task for ``handler`` with JSON ``data``; return its ``TaskQueue.Id``.
@@ -64,7 +67,9 @@ def enqueue(
     refusal raises a :class:`~celery_taskq.exceptions.InvalidTaskError` and writes nothing.
 
     A task that is due gets its run in the same transaction, so a runner can start it at once
-    rather than at the next OnProcess tick.
+    rather than at the next OnProcess tick. While a task with the same ``unique_key`` is
+    unfinished, its id is returned instead (or, with ``on_duplicate="raise"``,
+    :class:`~celery_taskq.exceptions.DuplicateTaskError` is raised).
     """
     service = get_service(database_url)
     task_id = service.add_task(
@@ -73,6 +78,9 @@ def enqueue(
         scheduled_on=scheduled_on,
         max_retries=max_retries,
         queued_by=queued_by,
+        title=title,
+        unique_key=unique_key,
+        on_duplicate=on_duplicate,
         create_run=True,
     )
     due = scheduled_on is None or scheduled_on <= service.clock()
@@ -124,6 +132,15 @@ def list_tasks(
     )
     database = get_service(database_url).database
     return listing.list_tasks(database, task_filter, limit=limit, before_id=before_id)
+
+
+def cancel(task_id: int, *, database_url: str | None = None) -> bool:
+    """Cancel a task: a queued one never runs; a running one is asked to stop cooperatively.
+
+    Returns whether a run is still running (it ends ``error`` with code ``cancelled`` when its
+    handler next reports progress or calls ``run.raise_if_cancelled()``).
+    """
+    return get_service(database_url).cancel_task(task_id)
 
 
 def retry(task_id: int, *, database_url: str | None = None) -> int:

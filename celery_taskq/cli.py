@@ -139,6 +139,11 @@ def db_upgrade(context: CliContext, revision: str) -> None:
 )
 @click.option("--max-retries", type=int, help="Failed runs before giving up [default: 5].")
 @click.option("--queued-by", help="Who queued the task (QueuedById).")
+@click.option("--title", help="A human-readable title.")
+@click.option(
+    "--unique-key",
+    help="While a task with this key is unfinished, print its id instead of queuing another.",
+)
 @pass_context
 def enqueue(
     context: CliContext,
@@ -147,10 +152,18 @@ def enqueue(
     scheduled_on: datetime | None,
     max_retries: int | None,
     queued_by: str | None,
+    title: str | None,
+    unique_key: str | None,
 ) -> None:
-    """Queue a task for HANDLER (a dotted path) with DATA (JSON); print the new task id."""
+    """Queue a task for HANDLER (a dotted path) with DATA (JSON); print the task id."""
     task_id = context.service.add_task(
-        handler, data, scheduled_on=scheduled_on, max_retries=max_retries, queued_by=queued_by
+        handler,
+        data,
+        scheduled_on=scheduled_on,
+        max_retries=max_retries,
+        queued_by=queued_by,
+        title=title,
+        unique_key=unique_key,
     )
     click.echo(task_id)
 
@@ -197,6 +210,18 @@ def list_command(
     )
     page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
     click.echo(render_page_json(page) if as_json else render_page(page))
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@pass_context
+def cancel(context: CliContext, task_id: int) -> None:
+    """Cancel a task: a queued one never runs; a running one is asked to stop."""
+    still_running = context.service.cancel_task(task_id)
+    click.echo(
+        f"task {task_id} cancelled"
+        + ("; its running run is asked to stop" if still_running else "")
+    )
 
 
 @cli.command()

@@ -7,6 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from celery_taskq.handlers import TaskCancelledError
+
+CANCEL_CHECK_INTERVAL_SECONDS = 0.5
+"""A running handler looks up whether its task was cancelled at most this often."""
+
 PROGRESS_MIN_INTERVAL_SECONDS = 0.25
 """Progress is written at most this often; the latest value is always written at the end."""
 
@@ -22,6 +27,7 @@ class RunContext:
         handler: str,
         data: Any,
         write_progress: Callable[[int], None],
+        is_cancelled: Callable[[], bool] = lambda: False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = run_id
@@ -33,6 +39,9 @@ class RunContext:
         self._percent = 0
         self._written_percent = 0
         self._last_write: float | None = None
+        self._is_cancelled = is_cancelled
+        self._cancelled = False
+        self._last_cancel_check: float | None = None
 
     @property
     def percent(self) -> int:
@@ -46,6 +55,7 @@ class RunContext:
         if not 0 <= percent <= 100:
             raise ValueError(f"progress must be from 0 to 100, not {percent!r}")
         self._percent = int(percent)
+        self.raise_if_cancelled()
         now = self._monotonic()
         if self._last_write is None or now - self._last_write >= PROGRESS_MIN_INTERVAL_SECONDS:
             self.flush_progress()
@@ -56,3 +66,24 @@ class RunContext:
             self._write_progress(self._percent)
             self._written_percent = self._percent
         self._last_write = self._monotonic()
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether the task was cancelled; looked up at most every ``CANCEL_CHECK_INTERVAL``."""
+        now = self._monotonic()
+        if not self._cancelled and (
+            self._last_cancel_check is None
+            or now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL_SECONDS
+        ):
+            self._last_cancel_check = now
+            self._cancelled = self._is_cancelled()
+        return self._cancelled
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`~celery_taskq.handlers.TaskCancelledError` if the task was cancelled.
+
+        Long handlers call it (or :meth:`set_progress`, which does) between steps, so a
+        cancelled task stops cooperatively.
+        """
+        if self.cancel_requested:
+            raise TaskCancelledError()

@@ -11,6 +11,7 @@ report a known failure of their own, and it is recorded on the run rather than p
     ├── InvalidTaskError
     │   ├── InvalidTaskDataError
     │   ├── InvalidArgumentError
+│   ├── DuplicateTaskError
     │   └── HandlerError
     │       ├── HandlerModuleNotFoundError
     │       ├── HandlerClassNotFoundError
@@ -51,6 +52,14 @@ class InvalidTaskDataError(InvalidTaskError):
 
 class InvalidArgumentError(InvalidTaskError):
     """An argument has a value that is not allowed."""
+
+
+class DuplicateTaskError(InvalidTaskError):
+    """An unfinished task with this unique key exists."""
+
+    def __init__(self, message: str | None = None, existing_id: int | None = None) -> None:
+        super().__init__(message)
+        self.existing_id = existing_id
 
 
 class HandlerError(InvalidTaskError):

@@ -33,6 +33,18 @@ class TaskError(Exception):
         self.code = code
 
 
+CANCELLED_CODE = "cancelled"
+"""``ErrorCode`` of a run that stopped because its task was cancelled."""
+
+
+class TaskCancelledError(TaskError):
+    """Raised inside a handler (by ``run.set_progress`` or ``run.raise_if_cancelled``) once the
+    task was cancelled; the run ends ``error`` with code ``cancelled``."""
+
+    def __init__(self, message: str = "the task was cancelled") -> None:
+        super().__init__(message, code=CANCELLED_CODE)
+
+
 class TaskHandler:
     """Base class of every task handler (the seed's ``ITaskHandler``).
 

@@ -131,10 +131,19 @@ TASK_OPEN_SQL = (
     f'("LastStatus" IS NULL OR ({_sql_in("LastStatus", FAILED_RUN_STATUSES)}'
     ' AND "TaskRunsFailed" < "MaxRetries"))'
     f" AND \"TaskHandlerClass\" NOT LIKE '{CELERY_HANDLER_PREFIX}%'"
+    ' AND "CancelRequestedOn" IS NULL'
 )
 """A TaskQueue row that may get a new run: never run, or last run failed with retries left.
 
-Audited native Celery tasks never do: Celery delivers and retries them itself."""
+Audited native Celery tasks never do (Celery delivers and retries them), nor cancelled tasks."""
+
+TASK_UNFINISHED_SQL = (
+    '"UniqueKey" IS NOT NULL AND "CancelRequestedOn" IS NULL AND ("LastStatus" IS NULL'
+    f" OR {_sql_in('LastStatus', OPEN_RUN_STATUSES)}"
+    f" OR ({_sql_in('LastStatus', FAILED_RUN_STATUSES)}"
+    ' AND "TaskRunsFailed" < "MaxRetries"))'
+)
+"""A task with a unique key that is not finished: not succeeded, exhausted or cancelled."""
 
 RUN_SCHEDULED_SQL = f"\"Status\" = '{RunStatus.SCHEDULED.value}'"
 RUN_RUNNING_SQL = f"\"Status\" = '{RunStatus.RUNNING.value}'"
@@ -168,6 +177,9 @@ class TaskQueue(Base):
     task_runs_failed: Mapped[int] = mapped_column(
         "TaskRunsFailed", Integer, server_default=text("0")
     )
+    title: Mapped[str | None] = mapped_column("Title", String(255))
+    unique_key: Mapped[str | None] = mapped_column("UniqueKey", String(255))
+    cancel_requested_on: Mapped[datetime | None] = mapped_column("CancelRequestedOn")
 
     __table_args__ = (
         CheckConstraint('"MaxRetries" >= 1', name="max_retries_positive"),
@@ -177,6 +189,13 @@ class TaskQueue(Base):
             "ScheduledOn",
             postgresql_where=text(TASK_OPEN_SQL),
             sqlite_where=text(TASK_OPEN_SQL),
+        ),
+        Index(
+            "uq_TaskQueue_UniqueKey_unfinished",
+            "UniqueKey",
+            unique=True,
+            postgresql_where=text(TASK_UNFINISHED_SQL),
+            sqlite_where=text(TASK_UNFINISHED_SQL),
         ),
     )
 

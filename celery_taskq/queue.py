@@ -31,25 +31,36 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from celery_taskq import transitions
 from celery_taskq.db import Database
 from celery_taskq.exceptions import (
+    DuplicateTaskError,
     InvalidArgumentError,
     InvalidTaskDataError,
     InvalidTaskError,
+    StorageError,
     TaskNotFoundError,
 )
 from celery_taskq.handlers import TaskHandler, create_task_handler
 from celery_taskq.liveness import judge_runner, process_start_time
-from celery_taskq.models import CELERY_HANDLER_PREFIX, TaskQueue, TaskRun
+from celery_taskq.models import (
+    CELERY_HANDLER_PREFIX,
+    FAILED_RUN_STATUSES,
+    RunStatus,
+    TaskQueue,
+    TaskRun,
+)
 from celery_taskq.runner import Clock, TaskRunner, current_process_start_time, utc_now
 from celery_taskq.settings import DEFAULT_MAX_RETRIES, Settings
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
 
 logger = logging.getLogger(__name__)
+
+UNIQUE_INSERT_ATTEMPTS = 3
+"""Tries to queue a task whose unique key's holder finishes during the attempt."""
 
 RUNNER_COMMAND = (sys.executable, "-m", "celery_taskq", "runner")
 """How :meth:`TaskQueueService.create_missing_task_runners` starts a detached runner."""
@@ -93,13 +104,20 @@ class TaskQueueService:
         scheduled_on: datetime | None = None,
         max_retries: int | None = None,
         queued_by: str | None = None,
+        title: str | None = None,
+        unique_key: str | None = None,
+        on_duplicate: str = "return",
         create_run: bool = False,
     ) -> int:
         """Validate and queue a task; return its ``TaskQueue.Id``. Nothing is written on refusal.
 
-        With ``create_run`` a task that is already due gets its first run in the same
-        transaction, so a runner can start it before the next OnProcess tick.
+        While a task with the same ``unique_key`` is unfinished, the existing task's id is
+        returned (``on_duplicate="return"``) or :class:`DuplicateTaskError` raised
+        (``"raise"``). With ``create_run`` a task that is already due gets its first run in
+        the same transaction, so a runner can start it before the next OnProcess tick.
         """
+        if on_duplicate not in ("return", "raise"):
+            raise InvalidArgumentError("on_duplicate must be 'return' or 'raise'")
         values = self.prepare_task(
             handler_path,
             data,
@@ -107,24 +125,82 @@ class TaskQueueService:
             max_retries=max_retries,
             queued_by=queued_by,
         )
-        return self._insert_task(values, with_run=create_run)
-
-    def _insert_task(self, values: dict[str, Any], *, with_run: bool) -> int:
-        with self.database.transaction() as connection:
-            task_id = int(
-                connection.execute(
-                    insert(TaskQueue).values(**values).returning(TaskQueue.id)
-                ).scalar_one()
-            )
-            if with_run:
-                transitions.create_runs(connection, values["queued_on"], task_id)
-        logger.info(
-            "queued task %s (%s)",
-            task_id,
-            values["task_handler_class"],
-            extra={"action": "task_queued", "queue_id": task_id},
+        values["title"] = _optional_text("title", title)
+        values["unique_key"] = _optional_text("unique_key", unique_key)
+        return self._insert_task(
+            values, with_run=create_run, raise_duplicate=on_duplicate == "raise"
         )
-        return task_id
+
+    def _insert_task(self, values: dict[str, Any], *, with_run: bool, raise_duplicate: bool) -> int:
+        for _ in range(UNIQUE_INSERT_ATTEMPTS):
+            with self.database.transaction() as connection:
+                task_id = transitions.insert_task(connection, values)
+                if task_id is None:
+                    existing = transitions.unfinished_task_with_key(
+                        connection, values["unique_key"]
+                    )
+                    if existing is None:
+                        continue  # the holder of the key finished meanwhile: insert again
+                    if raise_duplicate:
+                        raise DuplicateTaskError(
+                            f"task {existing} with unique key {values['unique_key']!r}"
+                            " is not finished yet",
+                            existing_id=existing,
+                        )
+                    return int(existing)
+                if with_run:
+                    transitions.create_runs(connection, values["queued_on"], task_id)
+            logger.info(
+                "queued task %s (%s)",
+                task_id,
+                values["task_handler_class"],
+                extra={"action": "task_queued", "queue_id": task_id},
+            )
+            return task_id
+        raise StorageError(f"could not queue the task with unique key {values['unique_key']!r}")
+
+    def cancel_task(self, task_id: int) -> bool:
+        """Cancel a task: a run not yet started never runs; a running one is asked to stop.
+
+        Returns whether a run is still running (it stops when its handler next calls
+        ``run.set_progress`` or ``run.raise_if_cancelled``, and ends ``error``/``cancelled``).
+        """
+        with self.database.transaction() as connection:
+            task = self._finished_or_refused(connection, task_id)
+            transitions.cancel_task(connection, task_id, self.clock())
+            still_running = transitions.open_run_id(connection, task_id) is not None
+        logger.info(
+            "task %s cancelled%s",
+            task_id,
+            " (its running run is asked to stop)" if still_running else "",
+            extra={"action": "task_cancelled", "queue_id": task_id, "handler": task},
+        )
+        return still_running
+
+    def _finished_or_refused(self, connection: Any, task_id: int) -> str:
+        row = connection.execute(
+            select(
+                TaskQueue.task_handler_class,
+                TaskQueue.last_status,
+                TaskQueue.task_runs_failed,
+                TaskQueue.max_retries,
+                TaskQueue.cancel_requested_on,
+            ).where(TaskQueue.id == task_id)
+        ).first()
+        if row is None:
+            raise TaskNotFoundError(f"no task with id {task_id}")
+        handler, last_status, failed, max_retries, cancelled_on = row
+        if handler.startswith(CELERY_HANDLER_PREFIX):
+            raise InvalidArgumentError(
+                f"task {task_id} is a native Celery task: revoke it in Celery"
+            )
+        if cancelled_on is not None:
+            raise InvalidArgumentError(f"task {task_id} is already cancelled")
+        if last_status is RunStatus.SUCCESS or (
+            last_status in FAILED_RUN_STATUSES and failed >= max_retries
+        ):
+            raise InvalidArgumentError(f"task {task_id} has already finished")
+        return str(handler)
 
     def prepare_task(
         self,
@@ -386,3 +462,12 @@ def _json_document(data: Any) -> Any:
         return json.loads(json.dumps(data, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidTaskDataError(f"task data cannot be stored as JSON: {exc}") from exc
+
+
+def _optional_text(name: str, value: str | None) -> str | None:
+    """A short optional text argument, checked."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 255:
+        raise InvalidArgumentError(f"{name} must be a non-empty string of at most 255 characters")
+    return value

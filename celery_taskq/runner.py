@@ -136,6 +136,7 @@ class TaskRunner:
             handler=handler_path,
             data=data,
             write_progress=lambda percent: self._write_progress(claimed.run_id, percent),
+            is_cancelled=lambda: self._is_cancelled(claimed.task_queue_id),
         )
         outcome = self._execute(context)
         with self.database.transaction() as connection:
@@ -156,6 +157,10 @@ class TaskRunner:
             },
         )
         return outcome
+
+    def _is_cancelled(self, task_queue_id: int) -> bool:
+        with self.database.transaction(read_only=True) as connection:
+            return transitions.is_cancelled(connection, task_queue_id)
 
     def _write_progress(self, run_id: int, percent: int) -> None:
         with self.database.transaction() as connection:

@@ -15,14 +15,17 @@ from sqlalchemy import Connection, delete, func, insert, literal, select, text, 
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from celery_taskq.handlers import CANCELLED_CODE
 from celery_taskq.liveness import RunnerRecord
 from celery_taskq.models import (
     FAILED_RUN_STATUSES,
     RUN_OPEN_SQL,
     RUN_RUNNING_SQL,
+    RUN_SCHEDULED_SQL,
     RUNNER_ROLE_RUNNER_SQL,
     RUNNER_RUNNING_SQL,
     TASK_OPEN_SQL,
+    TASK_UNFINISHED_SQL,
     BeatTick,
     RunnerRole,
     RunnerStatus,
@@ -431,5 +434,67 @@ def create_manual_run(connection: Connection, task_queue_id: int) -> int | None:
     )
     run_id = connection.execute(statement).scalar()
     if run_id is not None:
+        connection.execute(
+            update(TaskQueue).where(TaskQueue.id == task_queue_id).values(cancel_requested_on=None)
+        )
         rollup_tasks(connection, [task_queue_id])
     return run_id
+
+
+def insert_task(connection: Connection, values: dict[str, Any]) -> int | None:
+    """Insert a queue row; ``None`` if its unique key belongs to an unfinished task already.
+
+    The partial unique index decides, so concurrent callers with one key get one row.
+    """
+    statement = _upsert(connection, TaskQueue).values(**values)
+    if values.get("unique_key") is not None:
+        statement = statement.on_conflict_do_nothing(
+            index_elements=["UniqueKey"], index_where=text(TASK_UNFINISHED_SQL)
+        )
+    task_id = connection.execute(statement.returning(TaskQueue.id)).scalar()
+    return None if task_id is None else int(task_id)
+
+
+def unfinished_task_with_key(connection: Connection, unique_key: str) -> int | None:
+    """The unfinished task holding ``unique_key``, if any."""
+    return connection.execute(
+        select(TaskQueue.id).where(TaskQueue.unique_key == unique_key, text(TASK_UNFINISHED_SQL))
+    ).scalar()
+
+
+def cancel_task(connection: Connection, task_queue_id: int, now: datetime) -> list[int]:
+    """Mark a task cancelled and end its not-yet-started run; return the ended run ids.
+
+    A running run is left to its handler, which stops cooperatively.
+    """
+    connection.execute(
+        update(TaskQueue)
+        .where(TaskQueue.id == task_queue_id, TaskQueue.cancel_requested_on.is_(None))
+        .values(cancel_requested_on=now)
+    )
+    ended = list(
+        connection.execute(
+            update(TaskRun)
+            .where(TaskRun.task_queue_id == task_queue_id, text(RUN_SCHEDULED_SQL))
+            .values(
+                status=RunStatus.ERROR,
+                finished_on=now,
+                error_code=CANCELLED_CODE,
+                error_message="the task was cancelled before this run started",
+            )
+            .returning(TaskRun.id)
+        ).scalars()
+    )
+    if ended:
+        rollup_tasks(connection, [task_queue_id])
+    return ended
+
+
+def is_cancelled(connection: Connection, task_queue_id: int) -> bool:
+    """Whether cancellation of the task was requested."""
+    return (
+        connection.execute(
+            select(TaskQueue.cancel_requested_on).where(TaskQueue.id == task_queue_id)
+        ).scalar()
+        is not None
+    )

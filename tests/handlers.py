@@ -97,3 +97,17 @@ class RefuseNegative(TaskHandler):
 
 class NotAHandler:
     """A class that is not a TaskHandler."""
+
+
+class WorkUntilCancelled(TaskHandler):
+    """Reports progress in small steps for up to 30 s; stops when the task is cancelled."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        print("working", flush=True)
+        deadline = time.monotonic() + 30
+        step = 0
+        while time.monotonic() < deadline:
+            step += 1
+            run.set_progress(step % 100)  # raises TaskCancelledError once cancelled
+            time.sleep(0.05)
+        return {"steps": step}
