@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -19,10 +20,11 @@ from celery_taskq import __version__, migrate
 from celery_taskq.db import Database
 from celery_taskq.exceptions import TaskqError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
-from celery_taskq.models import RunStatus
+from celery_taskq.models import FAILED_RUN_STATUSES, RunStatus
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
 from celery_taskq.render import render_page, render_page_json, render_task
 from celery_taskq.settings import Settings
+from celery_taskq.snapshots import TaskSnapshot
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -330,9 +332,15 @@ def worker(context: CliContext, beat: bool, celery_args: tuple[str, ...]) -> Non
 
 
 @cli.command()
-@click.option("--cycles", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds to wait for the sample tasks (the failing one backs off between retries).",
+)
 @pass_context
-def demo(context: CliContext, cycles: int) -> None:
+def demo(context: CliContext, timeout: float) -> None:
     """Create the tables, queue sample tasks, work them with a runner, and show the record."""
     migrate.upgrade_database(context.settings.database_url)
     service = context.service
@@ -346,10 +354,13 @@ def demo(context: CliContext, cycles: int) -> None:
         ),
     ]
     click.echo(f"queued tasks {task_ids} in {context.settings.database_url}")
-    for _ in range(cycles):
-        report = on_process(service)
-        if report.tasks_given_runs == 0:
-            break
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(
+        _finished(service.get_task(task_id)) for task_id in task_ids
+    ):
+        if on_process(service).tasks_given_runs == 0:
+            time.sleep(0.2)  # a failed task waits out its retry backoff
+            continue
         task_runner = service.get_task_runner()
         if task_runner is None:
             raise click.ClickException("TaskRunnerLimit reached: stop other runners first")
@@ -357,6 +368,12 @@ def demo(context: CliContext, cycles: int) -> None:
     for task_id in task_ids:
         click.echo("")
         click.echo(render_task(service.get_task(task_id)))
+
+
+def _finished(task: TaskSnapshot) -> bool:
+    if task.last_status is RunStatus.SUCCESS:
+        return True
+    return task.last_status in FAILED_RUN_STATUSES and task.task_runs_failed >= task.max_retries
 
 
 def main(argv: list[str] | None = None) -> int:

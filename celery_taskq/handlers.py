@@ -51,7 +51,13 @@ class TaskHandler:
     Subclasses implement :meth:`handle_task_run`; its return value is stored as JSON in the
     run's ``Results``. Whatever the handler prints is captured into ``StandardOutput`` and
     ``ErrorOutput``.
+
+    ``retry_backoff_base`` / ``retry_backoff_max`` (seconds), when set on a subclass, override
+    the configured retry backoff for its tasks.
     """
+
+    retry_backoff_base: float | None = None
+    retry_backoff_max: float | None = None
 
     def validate(self, data: Any) -> None:
         """Refuse ``data`` before it is enqueued by raising an exception; accepts all by default."""

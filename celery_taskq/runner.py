@@ -24,10 +24,11 @@ from typing import Any
 import psutil
 
 from celery_taskq import transitions
+from celery_taskq.backoff import Backoff
 from celery_taskq.capture import capture_output
 from celery_taskq.context import RunContext
 from celery_taskq.db import ClaimedRun, Database
-from celery_taskq.handlers import TaskError, create_task_handler
+from celery_taskq.handlers import TaskError, TaskHandler, create_task_handler
 from celery_taskq.models import RunStatus
 from celery_taskq.settings import Settings
 from celery_taskq.transitions import RunOutcome
@@ -138,11 +139,14 @@ class TaskRunner:
             write_progress=lambda percent: self._write_progress(claimed.run_id, percent),
             is_cancelled=lambda: self._is_cancelled(claimed.task_queue_id),
         )
-        outcome = self._execute(context)
+        outcome, backoff = self._execute(context)
         with self.database.transaction() as connection:
+            now = self.clock()
             recorded = transitions.finish_run(
-                connection, claimed.run_id, self.task_runner_id, outcome, self.clock()
+                connection, claimed.run_id, self.task_runner_id, outcome, now
             )
+            if recorded and outcome.status is RunStatus.ERROR:
+                transitions.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
         self.runs_done += 1
         logger.info(
             "run %s of task %s ended %s",
@@ -166,7 +170,8 @@ class TaskRunner:
         with self.database.transaction() as connection:
             transitions.set_run_progress(connection, run_id, percent)
 
-    def _execute(self, context: RunContext) -> RunOutcome:
+    def _execute(self, context: RunContext) -> tuple[RunOutcome, Backoff]:
+        backoff = self.default_backoff()
         status = RunStatus.SUCCESS
         results: Any = None
         error_code: str | None = None
@@ -176,6 +181,7 @@ class TaskRunner:
                 handler = create_task_handler(
                     context.handler, self.settings.allowed_handler_prefixes
                 )
+                backoff = self.handler_backoff(handler)
                 results = _as_json_document(handler.handle_task_run(context))
             except TaskError as exc:
                 status, error_code, error_message = RunStatus.ERROR, exc.code, exc.message
@@ -187,7 +193,7 @@ class TaskRunner:
             context.flush_progress()
         except Exception:  # progress is telemetry; the final status below matters more
             logger.exception("could not write progress of run %s", context.id)
-        return RunOutcome(
+        outcome = RunOutcome(
             status=status,
             standard_output=captured.stdout,
             error_output=captured.stderr,
@@ -195,6 +201,24 @@ class TaskRunner:
             error_code=error_code,
             error_message=error_message,
             percents_completed=100 if status is RunStatus.SUCCESS else context.percent,
+        )
+        return outcome, backoff
+
+    def default_backoff(self) -> Backoff:
+        """The configured retry backoff."""
+        return Backoff(
+            self.settings.retry_backoff_base,
+            self.settings.retry_backoff_max,
+            self.settings.retry_jitter,
+        )
+
+    def handler_backoff(self, handler: TaskHandler) -> Backoff:
+        """The retry backoff for a handler's tasks: its own base and maximum where it sets them."""
+        default = self.default_backoff()
+        return Backoff(
+            default.base if handler.retry_backoff_base is None else handler.retry_backoff_base,
+            default.maximum if handler.retry_backoff_max is None else handler.retry_backoff_max,
+            default.jitter,
         )
 
     # -- the loop --------------------------------------------------------------------------

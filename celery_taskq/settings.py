@@ -38,6 +38,15 @@ DEFAULT_HEARTBEAT_INTERVAL = 10.0
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0
 """A runner whose heartbeat is older than this many seconds is judged dead."""
 
+DEFAULT_RETRY_BACKOFF_BASE = 2.0
+"""Seconds before the retry after a first failure; each further failure doubles it (0: none)."""
+
+DEFAULT_RETRY_BACKOFF_MAX = 600.0
+"""The longest retry delay, in seconds."""
+
+DEFAULT_RETRY_JITTER = 0.1
+"""Retry delays vary randomly by up to this fraction either way."""
+
 DEFAULT_BROKER_URL = "sqla+sqlite:///celery_taskq-broker.db"
 """Celery broker when none is configured: kombu's SQLAlchemy transport on a SQLite file."""
 
@@ -72,6 +81,9 @@ class Settings:
     create_runners_interval: float = DEFAULT_CREATE_RUNNERS_INTERVAL
     runner_max_idle: float = DEFAULT_RUNNER_MAX_IDLE
     runner_max_lifetime: float = DEFAULT_RUNNER_MAX_LIFETIME
+    retry_backoff_base: float = DEFAULT_RETRY_BACKOFF_BASE
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    retry_jitter: float = DEFAULT_RETRY_JITTER
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -85,6 +97,9 @@ class Settings:
         _require(self.create_runners_interval > 0, "create_runners_interval must be positive")
         _require(self.runner_max_idle >= 0, "runner_max_idle must be 0 or more")
         _require(self.runner_max_lifetime > 0, "runner_max_lifetime must be positive")
+        _require(self.retry_backoff_base >= 0, "retry_backoff_base must be 0 or more")
+        _require(self.retry_backoff_max >= 0, "retry_backoff_max must be 0 or more")
+        _require(0 <= self.retry_jitter <= 1, "retry_jitter must be from 0 to 1")
         _require(
             self.heartbeat_timeout > self.heartbeat_interval,
             "heartbeat_timeout must be longer than heartbeat_interval",
@@ -120,6 +135,9 @@ _FLOAT_FIELDS = {
     "create_runners_interval",
     "runner_max_idle",
     "runner_max_lifetime",
+    "retry_backoff_base",
+    "retry_backoff_max",
+    "retry_jitter",
 }
 
 

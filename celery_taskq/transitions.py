@@ -6,9 +6,9 @@ status, its queue roll-up and its runner link always land together (DESIGN §3.7
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, literal, select, text, update
@@ -498,3 +498,19 @@ def is_cancelled(connection: Connection, task_queue_id: int) -> bool:
         ).scalar()
         is not None
     )
+
+
+def defer_retry(
+    connection: Connection, task_queue_id: int, now: datetime, delay_for: Callable[[int], float]
+) -> datetime | None:
+    """After a failed run, move a task that has retries left to ``now + delay_for(failures)``."""
+    row = connection.execute(
+        select(TaskQueue.task_runs_failed).where(TaskQueue.id == task_queue_id, text(TASK_OPEN_SQL))
+    ).first()
+    if row is None:
+        return None
+    due = now + timedelta(seconds=delay_for(int(row[0])))
+    connection.execute(
+        update(TaskQueue).where(TaskQueue.id == task_queue_id).values(scheduled_on=due)
+    )
+    return due

@@ -65,6 +65,7 @@ def settings(database_url: str) -> Settings:
         heartbeat_timeout=60.0,
         # The test process itself outgrows the 100 MiB default; only the memory test lowers it.
         runner_memory_limit_mb=4096,
+        retry_backoff_base=0.0,  # retries due at once; the backoff tests set their own
     )
 
 

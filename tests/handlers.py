@@ -111,3 +111,9 @@ class WorkUntilCancelled(TaskHandler):
             run.set_progress(step % 100)  # raises TaskCancelledError once cancelled
             time.sleep(0.05)
         return {"steps": step}
+
+
+class FailFastRetry(AlwaysFail):
+    """Fails, with its own short retry backoff."""
+
+    retry_backoff_base = 5.0

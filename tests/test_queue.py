@@ -408,3 +408,44 @@ def test_process_queue_refreshes_then_creates_runs(
         RunStatus.TIMEOUT,
         RunStatus.SCHEDULED,
     ]
+
+
+# -- retry backoff -----------------------------------------------------------------------------
+
+
+def test_failed_task_waits_out_an_exponential_backoff(
+    database: Database, settings: Settings, clock: FakeClock
+) -> None:
+    from dataclasses import replace
+
+    backing_off = TaskQueueService(
+        database, replace(settings, retry_backoff_base=60.0, retry_jitter=0.0), clock=clock
+    )
+    task_id = backing_off.add_task("tests.handlers.AlwaysFail", max_retries=3)
+    drive(backing_off, cycles=1)
+    # After the first failure the task is due 60 s later, then 120 s after the second
+    assert task_row(database, task_id).scheduled_on == clock.now + timedelta(seconds=60)
+    clock.advance(59)
+    assert backing_off.create_missing_task_runs() == 0
+    clock.advance(1)
+    drive(backing_off, cycles=1)
+    assert len(runs_of(database, task_id)) == 2
+    assert task_row(database, task_id).scheduled_on == clock.now + timedelta(seconds=120)
+    # The last failure leaves the exhausted task where it is
+    clock.advance(120)
+    drive(backing_off, cycles=1)
+    assert len(runs_of(database, task_id)) == 3
+    assert task_row(database, task_id).scheduled_on == clock.now  # not moved: no retry left
+
+
+def test_a_handler_can_override_the_backoff(
+    database: Database, settings: Settings, clock: FakeClock
+) -> None:
+    from dataclasses import replace
+
+    backing_off = TaskQueueService(
+        database, replace(settings, retry_backoff_base=60.0, retry_jitter=0.0), clock=clock
+    )
+    task_id = backing_off.add_task("tests.handlers.FailFastRetry", max_retries=3)
+    drive(backing_off, cycles=1)
+    assert task_row(database, task_id).scheduled_on == clock.now + timedelta(seconds=5)
