@@ -116,7 +116,12 @@ taskq_runner_max_idle = 30.0
 # process; OnCreateTaskRunners sends a new runner task when one is missing.
 taskq_runner_max_lifetime = 600.0
 
-# The broker of the ready-made app (`celery -A celery_taskq`, `celery-taskq worker`). In your own
-# app set broker_url above instead: when broker_url is unset, install() applies this one only if
-# it is a "sqla+<database URL>" (as the default, "sqla+sqlite:///celery_taskq-broker.db", is).
+# Retry backoff after a failed handler run: base * 2 ** (failures - 1) seconds, at most the
+# maximum, varied by +/- jitter. A handler class may set retry_backoff_base/_max itself.
+taskq_retry_backoff_base = 2.0
+taskq_retry_backoff_max = 600.0
+taskq_retry_jitter = 0.1
+
+# The broker of the ready-made app (`celery -A celery_taskq`, `celery-taskq worker`). In your
+# own app set broker_url above instead; when broker_url is unset, install() applies this one.
 # taskq_broker_url = "sqla+sqlite:///celery_taskq-broker.db"
