@@ -4,7 +4,7 @@ Three tables — ``TaskQueue``, ``TaskRuns`` and ``TaskRunners`` — are the sou
 what was queued, every attempt that ran, and which process ran it.
 """
 
-from celery_taskq.api import cancel, enqueue, get_task, list_tasks, retry
+from celery_taskq.api import cancel, enqueue, get_task, list_tasks, retry, watch
 from celery_taskq.context import RunContext
 from celery_taskq.exceptions import TaskqError
 from celery_taskq.handlers import TaskError, TaskHandler
@@ -22,4 +22,5 @@ __all__ = [
     "get_task",
     "list_tasks",
     "retry",
+    "watch",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -21,7 +21,7 @@ from celery_taskq.listing import TaskFilter, TaskPage, parse_status
 from celery_taskq.models import RunStatus
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
-from celery_taskq.snapshots import TaskSnapshot
+from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
 
 EnqueueHook = Callable[[TaskQueueService, int, bool], None]
 """Called after :func:`enqueue` with the service, the new task id and whether it is due now."""
@@ -132,6 +132,17 @@ def list_tasks(
     )
     database = get_service(database_url).database
     return listing.list_tasks(database, task_filter, limit=limit, before_id=before_id)
+
+
+def watch(
+    run_id: int,
+    *,
+    interval: float = 0.25,
+    timeout: float | None = None,
+    database_url: str | None = None,
+) -> Iterator[RunSnapshot]:
+    """Yield a run's snapshot each time it changes (progress, status), until it has finished."""
+    return get_service(database_url).watch_run(run_id, interval=interval, timeout=timeout)
 
 
 def cancel(task_id: int, *, database_url: str | None = None) -> bool:

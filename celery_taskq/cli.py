@@ -22,7 +22,7 @@ from celery_taskq.exceptions import TaskqError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
 from celery_taskq.models import FAILED_RUN_STATUSES, RunStatus
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
-from celery_taskq.render import render_page, render_page_json, render_task
+from celery_taskq.render import progress_bar, render_page, render_page_json, render_task
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import TaskSnapshot
 
@@ -212,6 +212,34 @@ def list_command(
     )
     page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
     click.echo(render_page_json(page) if as_json else render_page(page))
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after S seconds.")
+@pass_context
+def watch(context: CliContext, task_id: int, timeout: float | None) -> None:
+    """Show a live progress bar of a task's current run until it ends (exit 1 unless success)."""
+    service = context.service
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not (runs := service.get_task(task_id).runs):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise click.ClickException(f"task {task_id} has no run yet")
+        time.sleep(0.25)
+    remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    last = runs[-1]
+    for last in service.watch_run(runs[-1].id, timeout=remaining):
+        click.echo("\r" + progress_bar(last), nl=False)
+    click.echo("")
+    if last.status is not RunStatus.SUCCESS:
+        message = (
+            f"run {last.id} ended {last.status.value}"
+            if last.status not in (RunStatus.SCHEDULED, RunStatus.RUNNING)
+            else f"run {last.id} is still {last.status.value}"
+        )
+        if last.error_code or last.error_message:
+            message += f": [{last.error_code or '-'}] {last.error_message or ''}"
+        raise click.ClickException(message)
 
 
 @cli.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from celery_taskq.handlers import TaskCancelledError
@@ -12,8 +13,21 @@ from celery_taskq.handlers import TaskCancelledError
 CANCEL_CHECK_INTERVAL_SECONDS = 0.5
 """A running handler looks up whether its task was cancelled at most this often."""
 
+PROGRESS_STATUS_MAX_LENGTH = 255
+"""Longest progress status text kept."""
+
 PROGRESS_MIN_INTERVAL_SECONDS = 0.25
 """Progress is written at most this often; the latest value is always written at the end."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run has got: percent, optionally step ``step`` of ``steps``, and a status text."""
+
+    percent: int = 0
+    step: int | None = None
+    steps: int | None = None
+    status: str | None = None
 
 
 class RunContext:
@@ -26,7 +40,7 @@ class RunContext:
         task_queue_id: int,
         handler: str,
         data: Any,
-        write_progress: Callable[[int], None],
+        write_progress: Callable[[Progress], None],
         is_cancelled: Callable[[], bool] = lambda: False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -36,8 +50,8 @@ class RunContext:
         self.data = data
         self._write_progress = write_progress
         self._monotonic = monotonic
-        self._percent = 0
-        self._written_percent = 0
+        self._progress = Progress()
+        self._written = Progress()
         self._last_write: float | None = None
         self._is_cancelled = is_cancelled
         self._cancelled = False
@@ -45,16 +59,48 @@ class RunContext:
 
     @property
     def percent(self) -> int:
-        """The latest progress reported, 0–100."""
-        return self._percent
+        """The latest progress percentage reported, 0–100."""
+        return self._progress.percent
 
-    def set_progress(self, percent: float) -> None:
-        """Report progress as a percentage from 0 to 100 (stored in ``PercentsCompleted``)."""
+    @property
+    def progress(self) -> Progress:
+        """The latest progress reported."""
+        return self._progress
+
+    def set_progress(
+        self,
+        percent: float,
+        *,
+        step: int | None = None,
+        steps: int | None = None,
+        status: str | None = None,
+    ) -> None:
+        """Report progress: a percentage from 0 to 100, optionally step of steps and a status.
+
+        Stored in ``PercentsCompleted``, ``ProgressStep``, ``ProgressSteps`` and
+        ``ProgressStatus``, written at most every ``PROGRESS_MIN_INTERVAL_SECONDS`` however
+        often it is called (the latest value is always written when the run ends). Raises
+        :class:`~celery_taskq.handlers.TaskCancelledError` once the task was cancelled.
+        """
         if isinstance(percent, bool) or not isinstance(percent, int | float) or math.isnan(percent):
             raise ValueError(f"progress must be a number from 0 to 100, not {percent!r}")
         if not 0 <= percent <= 100:
             raise ValueError(f"progress must be from 0 to 100, not {percent!r}")
-        self._percent = int(percent)
+        for name, value in (("step", step), ("steps", steps)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ValueError(f"{name} must be a whole number of 0 or more, not {value!r}")
+        if step is not None and steps is not None and step > steps:
+            raise ValueError(f"step {step} is beyond steps {steps}")
+        if status is not None and not isinstance(status, str):
+            raise ValueError(f"status must be text, not {status!r}")
+        self._progress = Progress(
+            int(percent),
+            step,
+            steps,
+            None if status is None else status[:PROGRESS_STATUS_MAX_LENGTH],
+        )
         self.raise_if_cancelled()
         now = self._monotonic()
         if self._last_write is None or now - self._last_write >= PROGRESS_MIN_INTERVAL_SECONDS:
@@ -62,9 +108,9 @@ class RunContext:
 
     def flush_progress(self) -> None:
         """Write the latest progress if it has not been written yet."""
-        if self._percent != self._written_percent:
-            self._write_progress(self._percent)
-            self._written_percent = self._percent
+        if self._progress != self._written:
+            self._write_progress(self._progress)
+            self._written = self._progress
         self._last_write = self._monotonic()
 
     @property

@@ -254,6 +254,9 @@ class TaskRun(Base):
         "TaskRunnerId", Id, ForeignKey("TaskRunners.Id", ondelete="SET NULL")
     )
     celery_task_id: Mapped[str | None] = mapped_column("CeleryTaskId", String(255))
+    progress_step: Mapped[int | None] = mapped_column("ProgressStep", Integer)
+    progress_steps: Mapped[int | None] = mapped_column("ProgressSteps", Integer)
+    progress_status: Mapped[str | None] = mapped_column("ProgressStatus", String(255))
 
     __table_args__ = (
         CheckConstraint(

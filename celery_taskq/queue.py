@@ -26,7 +26,8 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,6 +42,7 @@ from celery_taskq.exceptions import (
     InvalidArgumentError,
     InvalidTaskDataError,
     InvalidTaskError,
+    NotFoundError,
     StorageError,
     TaskNotFoundError,
 )
@@ -49,6 +51,7 @@ from celery_taskq.liveness import judge_runner, process_start_time
 from celery_taskq.models import (
     CELERY_HANDLER_PREFIX,
     FAILED_RUN_STATUSES,
+    OPEN_RUN_STATUSES,
     RunStatus,
     TaskQueue,
     TaskRun,
@@ -258,6 +261,34 @@ class TaskQueueService:
                 select(TaskRun).where(TaskRun.task_queue_id == task_id).order_by(TaskRun.id)
             ).all()
             return TaskSnapshot.from_row(row, tuple(RunSnapshot.from_row(run) for run in runs))
+
+    def get_run(self, run_id: int) -> RunSnapshot:
+        """A frozen snapshot of one run."""
+        with (
+            self.database.transaction(read_only=True) as connection,
+            Session(bind=connection) as session,
+        ):
+            row = session.get(TaskRun, run_id)
+            if row is None:
+                raise NotFoundError(f"no run with id {run_id}")
+            return RunSnapshot.from_row(row)
+
+    def watch_run(
+        self, run_id: int, *, interval: float = 0.25, timeout: float | None = None
+    ) -> Iterator[RunSnapshot]:
+        """Yield the run each time it changes, until it has finished (or ``timeout`` passes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: RunSnapshot | None = None
+        while True:
+            run = self.get_run(run_id)
+            if run != last:
+                yield run
+                last = run
+            if run.status not in OPEN_RUN_STATUSES:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(interval)
 
     def retry_task(self, task_id: int) -> int:
         """Give a finished task (even one out of retries) one more run now; return its id.

@@ -26,6 +26,8 @@ def render_run(run: RunSnapshot) -> list[str]:
         f"started {_time(run.started_on)}  finished {_time(run.finished_on)}  "
         f"runner {run.task_runner_id if run.task_runner_id is not None else '-'}"
     ]
+    if run.progress_step is not None or run.progress_status:
+        lines.append(f"    progress: {progress_text(run)}")
     if run.error_code or run.error_message:
         lines.append(f"    error: [{run.error_code or '-'}] {run.error_message or ''}")
     if run.results is not None:
@@ -96,4 +98,28 @@ def render_page_json(page: TaskPage) -> str:
             "next_before_id": page.next_before_id,
         },
         sort_keys=True,
+    )
+
+
+def progress_text(run: RunSnapshot) -> str:
+    """``step 2/5  rendering``-style text of a run's progress details."""
+    parts = []
+    if run.progress_step is not None:
+        total = "" if run.progress_steps is None else f"/{run.progress_steps}"
+        parts.append(f"step {run.progress_step}{total}")
+    if run.progress_status:
+        parts.append(run.progress_status)
+    return "  ".join(parts)
+
+
+PROGRESS_BAR_WIDTH = 30
+
+
+def progress_bar(run: RunSnapshot) -> str:
+    """One terminal line: a bar, the percentage, the run's status and progress details."""
+    filled = run.percents_completed * PROGRESS_BAR_WIDTH // 100
+    bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
+    details = progress_text(run)
+    return f"[{bar}] {run.percents_completed:3d}%  {run.status.value}" + (
+        f"  {details}" if details else ""
     )

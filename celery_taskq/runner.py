@@ -26,7 +26,7 @@ import psutil
 from celery_taskq import transitions
 from celery_taskq.backoff import Backoff
 from celery_taskq.capture import capture_output
-from celery_taskq.context import RunContext
+from celery_taskq.context import Progress, RunContext
 from celery_taskq.db import ClaimedRun, Database
 from celery_taskq.handlers import TaskError, TaskHandler, create_task_handler
 from celery_taskq.models import RunStatus
@@ -166,9 +166,9 @@ class TaskRunner:
         with self.database.transaction(read_only=True) as connection:
             return transitions.is_cancelled(connection, task_queue_id)
 
-    def _write_progress(self, run_id: int, percent: int) -> None:
+    def _write_progress(self, run_id: int, progress: Progress) -> None:
         with self.database.transaction() as connection:
-            transitions.set_run_progress(connection, run_id, percent)
+            transitions.set_run_progress(connection, run_id, progress)
 
     def _execute(self, context: RunContext) -> tuple[RunOutcome, Backoff]:
         backoff = self.default_backoff()

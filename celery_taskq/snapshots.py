@@ -33,6 +33,9 @@ class RunSnapshot:
     error_code: str | None
     error_message: str | None
     task_runner_id: int | None
+    progress_step: int | None
+    progress_steps: int | None
+    progress_status: str | None
 
     @classmethod
     def from_row(cls, row: Base) -> RunSnapshot:

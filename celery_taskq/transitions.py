@@ -15,6 +15,7 @@ from sqlalchemy import Connection, delete, func, insert, literal, select, text, 
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from celery_taskq.context import Progress
 from celery_taskq.handlers import CANCELLED_CODE
 from celery_taskq.liveness import RunnerRecord
 from celery_taskq.models import (
@@ -185,12 +186,17 @@ def amend_ended_run(
     )
 
 
-def set_run_progress(connection: Connection, run_id: int, percent: int) -> None:
-    """Store ``PercentsCompleted`` of a running run."""
+def set_run_progress(connection: Connection, run_id: int, progress: Progress) -> None:
+    """Store the progress of a running run."""
     connection.execute(
         update(TaskRun)
         .where(TaskRun.id == run_id, text(RUN_RUNNING_SQL))
-        .values(percents_completed=percent)
+        .values(
+            percents_completed=progress.percent,
+            progress_step=progress.step,
+            progress_steps=progress.steps,
+            progress_status=progress.status,
+        )
     )
 
 

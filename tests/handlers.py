@@ -117,3 +117,16 @@ class FailFastRetry(AlwaysFail):
     """Fails, with its own short retry backoff."""
 
     retry_backoff_base = 5.0
+
+
+class Steps(TaskHandler):
+    """Works through ``data["steps"]`` steps of ``data["pause"]`` seconds, reporting each."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        steps = int(run.data.get("steps", 4))
+        for step in range(1, steps + 1):
+            run.set_progress(
+                step * 100 // steps, step=step, steps=steps, status=f"doing step {step}"
+            )
+            time.sleep(float(run.data.get("pause", 0.3)))
+        return {"steps": steps}

@@ -116,7 +116,7 @@ def test_schema_missing_gives_a_clear_hint(
 
 def test_db_upgrade(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--database-url", f"sqlite:///{tmp_path / 'new.db'}", "db", "upgrade"]) == 0
-    assert "database at revision 0003" in capsys.readouterr().out
+    assert "database at revision 0004" in capsys.readouterr().out
 
 
 def test_demo_runs_the_main_job_on_the_embedded_default(

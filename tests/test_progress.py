@@ -1,0 +1,115 @@
+"""Progress: percent, step of steps and status, throttled writes, and watching a run live."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from celery_taskq.api import enqueue, watch
+from celery_taskq.cli import main
+from celery_taskq.context import PROGRESS_MIN_INTERVAL_SECONDS, Progress, RunContext
+from celery_taskq.db import Database
+from celery_taskq.models import RunStatus
+from celery_taskq.queue import TaskQueueService
+from celery_taskq.settings import Settings
+from tests.helpers import runs_of
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def context(writes: list[Progress], clock: FakeMonotonic) -> RunContext:
+    return RunContext(
+        run_id=1,
+        task_queue_id=1,
+        handler="x.Y",
+        data={},
+        write_progress=writes.append,
+        monotonic=clock,
+    )
+
+
+def test_progress_is_written_at_most_a_few_times_a_second() -> None:
+    writes: list[Progress] = []
+    clock = FakeMonotonic()
+    run = context(writes, clock)
+    for percent in range(1, 101):  # a hundred calls in the same instant
+        run.set_progress(percent, step=percent, steps=100, status="busy")
+    assert writes == [Progress(1, 1, 100, "busy")]
+    clock.now += PROGRESS_MIN_INTERVAL_SECONDS
+    run.set_progress(50, step=50, steps=100)
+    assert writes[-1] == Progress(50, 50, 100, None)
+    run.set_progress(60)
+    run.flush_progress()  # the runner flushes the latest value when the run ends
+    assert writes[-1] == Progress(60)
+    assert len(writes) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((101,), {}, "from 0 to 100"),
+        ((float("nan"),), {}, "number from 0 to 100"),
+        ((50,), {"step": -1}, "step must be a whole number"),
+        ((50,), {"step": 6, "steps": 5}, "step 6 is beyond steps 5"),
+        ((50,), {"status": 7}, "status must be text"),
+    ],
+)
+def test_bad_progress_is_refused(
+    args: tuple[float], kwargs: dict[str, object], message: str
+) -> None:
+    run = context([], FakeMonotonic())
+    with pytest.raises(ValueError, match=message):
+        run.set_progress(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_progress_details_are_visible_while_running_and_watch_follows_them(
+    database: Database, database_url: str, settings: Settings
+) -> None:
+    task_id = enqueue("tests.handlers.Steps", {"steps": 4, "pause": 0.4}, database_url=database_url)
+    run_id = runs_of(database, task_id)[0].id
+    service = TaskQueueService(database, settings)
+    runner = service.get_task_runner()
+    assert runner is not None
+    worker = threading.Thread(target=lambda: runner.run(burst=True))
+    worker.start()
+    seen = list(watch(run_id, interval=0.05, timeout=60, database_url=database_url))
+    worker.join(timeout=30)
+    # Then the watcher saw the steps go by in order, and the end
+    steps = [
+        run.progress_step for run in seen if run.status is RunStatus.RUNNING and run.progress_step
+    ]
+    assert steps == sorted(steps)
+    assert len(set(steps)) >= 3
+    assert any(run.progress_status == "doing step 2" for run in seen)
+    final = seen[-1]
+    assert (final.status, final.percents_completed) == (RunStatus.SUCCESS, 100)
+    assert (final.progress_step, final.progress_steps, final.progress_status) == (
+        4,
+        4,
+        "doing step 4",
+    )
+
+
+def test_cli_watch_and_show(
+    database: Database, database_url: str, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task_id = enqueue("tests.handlers.Steps", {"steps": 2, "pause": 0.1}, database_url=database_url)
+    failing = enqueue("tests.handlers.AlwaysFail", database_url=database_url)
+    runner = TaskQueueService(database, settings).get_task_runner()
+    assert runner is not None
+    runner.run(burst=True)
+    capsys.readouterr()
+    assert main(["--database-url", database_url, "watch", str(task_id)]) == 0
+    out = capsys.readouterr().out
+    assert "[##############################] 100%  success  step 2/2  doing step 2" in out
+    assert main(["--database-url", database_url, "watch", str(failing)]) == 1
+    assert "ended error: [E_SMTP] the mail server refused" in capsys.readouterr().err
+    assert main(["--database-url", database_url, "show", str(task_id)]) == 0
+    assert "progress: step 2/2  doing step 2" in capsys.readouterr().out
