@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from celery_taskq.exceptions import ConfigurationError, SchemaNotReadyError, StorageError
@@ -81,6 +82,12 @@ class Database:
                 connection = connection.execution_options(**{READ_ONLY: True})
             with connection.begin():
                 yield connection
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """An ORM session inside one read-only transaction, for building snapshots."""
+        with self.transaction(read_only=True) as connection, Session(bind=connection) as session:
+            yield session
 
     def dispose_after_fork(self) -> None:
         """Drop connections inherited from a parent process without closing the parent's."""

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from celery_taskq.db import Database
 from celery_taskq.exceptions import InvalidArgumentError
@@ -73,7 +72,7 @@ def list_tasks(
         query = query.where(TaskQueue.queued_on >= task_filter.queued_since)
     if task_filter.queued_until is not None:
         query = query.where(TaskQueue.queued_on < task_filter.queued_until)
-    with database.transaction(read_only=True) as connection, Session(bind=connection) as session:
+    with database.read_session() as session:
         rows = session.scalars(query).all()
         tasks = tuple(TaskSummary.from_row(row) for row in rows[:limit])
     next_before_id = tasks[-1].id if len(rows) > limit else None

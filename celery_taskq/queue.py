@@ -33,7 +33,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from celery_taskq import transitions
 from celery_taskq.db import Database
@@ -250,10 +249,7 @@ class TaskQueueService:
 
     def get_task(self, task_id: int) -> TaskSnapshot:
         """A frozen snapshot of a task and all its runs, oldest run first."""
-        with (
-            self.database.transaction(read_only=True) as connection,
-            Session(bind=connection) as session,
-        ):
+        with self.database.read_session() as session:
             row = session.get(TaskQueue, task_id)
             if row is None:
                 raise TaskNotFoundError(f"no task with id {task_id}")
@@ -264,10 +260,7 @@ class TaskQueueService:
 
     def get_run(self, run_id: int) -> RunSnapshot:
         """A frozen snapshot of one run."""
-        with (
-            self.database.transaction(read_only=True) as connection,
-            Session(bind=connection) as session,
-        ):
+        with self.database.read_session() as session:
             row = session.get(TaskRun, run_id)
             if row is None:
                 raise NotFoundError(f"no run with id {run_id}")
