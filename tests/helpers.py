@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from celery_taskq.db import Database
 from celery_taskq.models import Base, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.queue import TaskQueueService
 
 
 def count(database: Database, model: type[Base]) -> int:
@@ -53,3 +54,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def drive(service: TaskQueueService, cycles: int = 1) -> None:
+    """Run OnProcess, then a runner until the queue is empty, ``cycles`` times."""
+    for _ in range(cycles):
+        service.process_queue()
+        runner = service.get_task_runner()
+        assert runner is not None
+        runner.run(burst=True)

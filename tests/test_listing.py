@@ -15,15 +15,7 @@ from celery_taskq.exceptions import InvalidArgumentError, TaskNotFoundError
 from celery_taskq.models import RunStatus
 from celery_taskq.queue import TaskQueueService
 from tests.conftest import FakeClock
-from tests.helpers import runs_of, task_row
-
-
-def drive(service: TaskQueueService, cycles: int = 1) -> None:
-    for _ in range(cycles):
-        service.process_queue()
-        runner = service.get_task_runner()
-        assert runner is not None
-        runner.run(burst=True)
+from tests.helpers import drive, runs_of, task_row
 
 
 def test_filters_and_keyset_pages(

@@ -28,7 +28,7 @@ from celery_taskq.queue import TaskQueueService
 from celery_taskq.runner import current_process_start_time
 from celery_taskq.settings import Settings
 from tests.conftest import TEST_HOST, FakeClock
-from tests.helpers import count, runners, runs_of, task_row, wait_for
+from tests.helpers import count, drive, runners, runs_of, task_row, wait_for
 
 # -- addTask ---------------------------------------------------------------------------------
 
@@ -187,15 +187,6 @@ def test_open_run_is_enforced_by_the_database(
 
 
 # -- retries, success, roll-ups (with an in-process runner) ---------------------------------
-
-
-def drive(service: TaskQueueService, cycles: int) -> None:
-    """Run OnProcess then one runner iteration, ``cycles`` times."""
-    for _ in range(cycles):
-        service.process_queue()
-        runner = service.get_task_runner()
-        assert runner is not None
-        runner.run(burst=True)
 
 
 def test_always_failing_task_gets_exactly_max_retries_runs(

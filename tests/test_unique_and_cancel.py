@@ -16,14 +16,7 @@ from celery_taskq.exceptions import DuplicateTaskError, InvalidArgumentError
 from celery_taskq.models import RunStatus, TaskQueue
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
-from tests.helpers import count, runs_of, task_row, wait_for
-
-
-def drive(service: TaskQueueService) -> None:
-    service.process_queue()
-    runner = service.get_task_runner()
-    assert runner is not None
-    runner.run(burst=True)
+from tests.helpers import count, drive, runs_of, task_row, wait_for
 
 
 def test_unique_key_returns_the_unfinished_task(
