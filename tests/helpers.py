@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from celery_taskq.db import Database
@@ -63,3 +64,22 @@ def drive(service: TaskQueueService, cycles: int = 1) -> None:
         runner = service.get_task_runner()
         assert runner is not None
         runner.run(burst=True)
+
+
+def insert_task_row(database: Database, handler: str, now: datetime) -> int:
+    """A TaskQueue row written directly, bypassing every check (as a user's SQL could)."""
+    with database.transaction() as connection:
+        return int(
+            connection.execute(
+                insert(TaskQueue)
+                .values(
+                    task_handler_class=handler,
+                    task_data={},
+                    scheduled_on=now,
+                    queued_on=now,
+                    max_retries=1,
+                    task_runs_failed=0,
+                )
+                .returning(TaskQueue.id)
+            ).scalar_one()
+        )

@@ -15,7 +15,7 @@ from celery_taskq.exceptions import InvalidArgumentError, TaskNotFoundError
 from celery_taskq.models import RunStatus
 from celery_taskq.queue import TaskQueueService
 from tests.conftest import FakeClock
-from tests.helpers import drive, runs_of, task_row
+from tests.helpers import drive, insert_task_row, runs_of, task_row
 
 
 def test_filters_and_keyset_pages(
@@ -88,23 +88,8 @@ def test_retry_of_unknown_or_native_tasks_is_refused(
 ) -> None:
     with pytest.raises(TaskNotFoundError):
         retry(999, database_url=database_url)
-    from sqlalchemy import insert
 
-    from celery_taskq.models import TaskQueue
-
-    with database.transaction() as connection:
-        native = connection.execute(
-            insert(TaskQueue)
-            .values(
-                task_handler_class="celery:app.send",
-                task_data={},
-                scheduled_on=service.clock(),
-                queued_on=service.clock(),
-                max_retries=1,
-                task_runs_failed=0,
-            )
-            .returning(TaskQueue.id)
-        ).scalar_one()
+    native = insert_task_row(database, "celery:app.send", service.clock())
     with pytest.raises(InvalidArgumentError, match="native Celery task"):
         retry(native, database_url=database_url)
     assert runs_of(database, native) == []

@@ -6,16 +6,15 @@ import threading
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import insert
 
 from celery_taskq.db import Database
-from celery_taskq.models import RunnerStatus, RunStatus, TaskQueue
+from celery_taskq.models import RunnerStatus, RunStatus
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.runner import StopReason
 from celery_taskq.runner import TaskRunner as Runner
 from celery_taskq.settings import Settings
 from tests.conftest import FakeClock
-from tests.helpers import runners, runs_of, task_row, wait_for
+from tests.helpers import insert_task_row, runners, runs_of, task_row, wait_for
 
 
 def queued(service: TaskQueueService, handler: str, data: object = None, **kwargs: object) -> int:
@@ -114,21 +113,7 @@ def test_result_that_is_not_json_fails_the_run(
 
 
 def insert_by_hand(database: Database, service: TaskQueueService, handler: str) -> int:
-    with database.transaction() as connection:
-        task_id = int(
-            connection.execute(
-                insert(TaskQueue)
-                .values(
-                    task_handler_class=handler,
-                    task_data={},
-                    scheduled_on=service.clock(),
-                    queued_on=service.clock(),
-                    max_retries=1,
-                    task_runs_failed=0,
-                )
-                .returning(TaskQueue.id)
-            ).scalar_one()
-        )
+    task_id = insert_task_row(database, handler, service.clock())
     service.create_task_run(task_id)
     return task_id
 
