@@ -4,23 +4,41 @@ Three tables — ``TaskQueue``, ``TaskRuns`` and ``TaskRunners`` — are the sou
 what was queued, every attempt that ran, and which process ran it.
 """
 
-from celery_taskq.api import cancel, enqueue, get_task, list_tasks, retry, watch
+from celery_taskq.api import (
+    cancel,
+    enqueue,
+    enqueue_many,
+    enqueue_steps,
+    get_task,
+    list_tasks,
+    retry,
+    watch,
+)
 from celery_taskq.context import RunContext
 from celery_taskq.exceptions import TaskqError
-from celery_taskq.handlers import TaskError, TaskHandler
+from celery_taskq.handlers import Continue, TaskError, TaskHandler
+from celery_taskq.intake import TaskSpec
+from celery_taskq.registry import register
+from celery_taskq.steps import Step
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Continue",
     "RunContext",
+    "Step",
     "TaskError",
     "TaskHandler",
+    "TaskSpec",
     "TaskqError",
     "__version__",
     "cancel",
     "enqueue",
+    "enqueue_many",
+    "enqueue_steps",
     "get_task",
     "list_tasks",
+    "register",
     "retry",
     "watch",
 ]

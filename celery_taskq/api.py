@@ -1,4 +1,4 @@
-"""The public API: :func:`enqueue` and :func:`get_task`.
+"""The public API: enqueue (one, many, multi-step), get, list, watch, cancel and retry.
 
 Calls without an explicit ``database_url`` use the settings resolved from the environment
 (``TASKQ_DATABASE_URL``, default a SQLite file in the working directory); one engine is kept per
@@ -10,18 +10,24 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection, event
+from sqlalchemy.orm import Session
+
 from celery_taskq import listing
 from celery_taskq.db import Database
+from celery_taskq.exceptions import InvalidArgumentError
+from celery_taskq.intake import TaskSpec
 from celery_taskq.listing import TaskFilter, TaskPage, parse_status
 from celery_taskq.models import RunStatus
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
+from celery_taskq.steps import Step
 
 EnqueueHook = Callable[[TaskQueueService, int, bool], None]
 """Called after :func:`enqueue` with the service, the new task id and whether it is due now."""
@@ -58,20 +64,28 @@ def enqueue(
     title: str | None = None,
     unique_key: str | None = None,
     on_duplicate: str = "return",
+    session: Session | None = None,
+    connection: Connection | None = None,
     database_url: str | None = None,
 ) -> int:
     """Queue a task for ``handler`` with JSON ``data``; return its ``TaskQueue.Id``.
 
-    The handler is loaded and checked, ``data`` must be JSON-serialisable, ``max_retries``
-    (default 5) must be at least 1 and ``scheduled_on`` (default now) timezone-aware. Any
-    refusal raises a :class:`~celery_taskq.exceptions.InvalidTaskError` and writes nothing.
+    ``handler`` is a registered name or a dotted path. The handler is loaded and its
+    ``validate`` given the data, ``data`` must be JSON-serialisable, ``max_retries`` (default
+    5) must be at least 1 and ``scheduled_on`` (default now) timezone-aware. Any refusal raises
+    a :class:`~celery_taskq.exceptions.InvalidTaskError` and writes nothing.
 
     A task that is due gets its run in the same transaction, so a runner can start it at once
     rather than at the next OnProcess tick. While a task with the same ``unique_key`` is
     unfinished, its id is returned instead (or, with ``on_duplicate="raise"``,
     :class:`~celery_taskq.exceptions.DuplicateTaskError` is raised).
+
+    With ``session`` (an SQLAlchemy ORM session) or ``connection`` (a Core connection) on the
+    same database, the task is written in the caller's transaction: it commits with the
+    caller's own data, or not at all. Nothing is committed here.
     """
     service = get_service(database_url)
+    writer = _joined_connection(session, connection)
     task_id = service.add_task(
         handler,
         data,
@@ -82,8 +96,118 @@ def enqueue(
         unique_key=unique_key,
         on_duplicate=on_duplicate,
         create_run=True,
+        connection=writer,
     )
     due = scheduled_on is None or scheduled_on <= service.clock()
+    _after_commit(session, lambda: _run_enqueue_hooks(service, task_id, due))
+    return task_id
+
+
+def enqueue_many(
+    tasks: Sequence[TaskSpec | Mapping[str, Any]],
+    *,
+    on_duplicate: str = "return",
+    session: Session | None = None,
+    connection: Connection | None = None,
+    database_url: str | None = None,
+) -> list[int]:
+    """Queue many tasks in one transaction; return their ids, in order.
+
+    Each item is a :class:`TaskSpec` or a mapping with its keys (``handler``, ``data``,
+    ``scheduled_on``, ``max_retries``, ``queued_by``, ``title``, ``unique_key``). Every item is
+    checked as :func:`enqueue` checks it before anything is written; a refusal names the item
+    by position and writes none. Tasks go in with one multi-row insert. ``session`` and
+    ``connection`` join the caller's transaction as in :func:`enqueue`.
+    """
+    service = get_service(database_url)
+    writer = _joined_connection(session, connection)
+    ids = service.add_tasks(tasks, on_duplicate=on_duplicate, create_run=True, connection=writer)
+    if ids:
+        _after_commit(session, lambda: _run_enqueue_hooks(service, ids[0], True))
+    return ids
+
+
+def enqueue_steps(
+    steps: Sequence[Step | Mapping[str, Any]],
+    *,
+    scheduled_on: datetime | None = None,
+    max_retries: int | None = None,
+    queued_by: str | None = None,
+    title: str | None = None,
+    unique_key: str | None = None,
+    on_duplicate: str = "return",
+    session: Session | None = None,
+    connection: Connection | None = None,
+    database_url: str | None = None,
+) -> int:
+    """Queue a multi-step task: ``steps`` run in order in each run (see :mod:`celery_taskq.steps`).
+
+    Each step names a handler, its settings (the step's ``run.data``) and whether its failure
+    interrupts the task. Every step's handler is loaded and validates its settings before
+    anything is written. Other arguments as for :func:`enqueue`.
+    """
+    service = get_service(database_url)
+    writer = _joined_connection(session, connection)
+    task_id = service.add_steps_task(
+        steps,
+        scheduled_on=scheduled_on,
+        max_retries=max_retries,
+        queued_by=queued_by,
+        title=title,
+        unique_key=unique_key,
+        on_duplicate=on_duplicate,
+        create_run=True,
+        connection=writer,
+    )
+    due = scheduled_on is None or scheduled_on <= service.clock()
+    _after_commit(session, lambda: _run_enqueue_hooks(service, task_id, due))
+    return task_id
+
+
+def _joined_connection(session: Session | None, connection: Connection | None) -> Connection | None:
+    if session is not None and connection is not None:
+        raise InvalidArgumentError("pass session or connection, not both")
+    if session is not None:
+        if not isinstance(session, Session):
+            raise InvalidArgumentError(
+                f"session must be an SQLAlchemy Session, not {type(session).__name__}"
+            )
+        return session.connection()
+    if connection is not None and not isinstance(connection, Connection):
+        raise InvalidArgumentError(
+            f"connection must be an SQLAlchemy Connection, not {type(connection).__name__}"
+        )
+    return connection
+
+
+_PENDING_KEY = "celery_taskq.after_commit"
+
+
+def _after_commit(session: Session | None, callback: Callable[[], None]) -> None:
+    """Run ``callback`` now, or once ``session`` commits (dropped if it rolls back)."""
+    if session is None:
+        callback()
+        return
+    pending: list[Callable[[], None]] | None = session.info.get(_PENDING_KEY)
+    if pending is None:
+        pending = session.info[_PENDING_KEY] = []
+        event.listen(session, "after_commit", _run_pending)
+        event.listen(session, "after_rollback", _drop_pending)
+    pending.append(callback)
+
+
+def _run_pending(session: Session) -> None:
+    callbacks = session.info.get(_PENDING_KEY) or []
+    session.info[_PENDING_KEY] = []
+    for callback in callbacks:
+        callback()
+
+
+def _drop_pending(session: Session) -> None:
+    session.info[_PENDING_KEY] = []
+
+
+def _run_enqueue_hooks(service: TaskQueueService, task_id: int, due: bool) -> None:
     for hook in list(_enqueue_hooks):
         try:
             hook(service, task_id, due)
@@ -94,7 +218,6 @@ def enqueue(
                 task_id,
                 extra={"action": "enqueue_hook_failed", "queue_id": task_id},
             )
-    return task_id
 
 
 def add_enqueue_hook(hook: EnqueueHook) -> None:

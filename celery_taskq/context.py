@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from celery_taskq.handlers import TaskCancelledError
+
+if TYPE_CHECKING:
+    from celery_taskq.handlers import TaskHandler
 
 CANCEL_CHECK_INTERVAL_SECONDS = 0.5
 """A running handler looks up whether its task was cancelled at most this often."""
@@ -30,8 +35,22 @@ class Progress:
     status: str | None = None
 
 
+def _no_checkpoint_store(_value: Any) -> None:
+    raise RuntimeError("this run cannot save checkpoints")
+
+
+def _no_handlers(path: str) -> TaskHandler:
+    raise RuntimeError(f"this run cannot create handlers (asked for {path!r})")
+
+
 class RunContext:
-    """One run of a task, as its handler sees it."""
+    """One run of a task, as its handler sees it.
+
+    ``data`` is the task's data; ``checkpoint`` is where an earlier run of the task left off
+    (the latest checkpoint any run saved or returned with :class:`~celery_taskq.Continue`),
+    ``None`` on a first run; ``deadline`` is when this run's time budget ends — a resumable
+    handler checks :meth:`time_left` and returns ``Continue(checkpoint)`` before it.
+    """
 
     def __init__(
         self,
@@ -43,11 +62,21 @@ class RunContext:
         write_progress: Callable[[Progress], None],
         is_cancelled: Callable[[], bool] = lambda: False,
         monotonic: Callable[[], float] = time.monotonic,
+        checkpoint: Any = None,
+        deadline: datetime | None = None,
+        store_checkpoint: Callable[[Any], None] = _no_checkpoint_store,
+        create_handler: Callable[[str], TaskHandler] = _no_handlers,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.id = run_id
         self.task_queue_id = task_queue_id
         self.handler = handler
         self.data = data
+        self.checkpoint = checkpoint
+        self.deadline = deadline
+        self._store_checkpoint = store_checkpoint
+        self._create_handler = create_handler
+        self._wall_clock = wall_clock
         self._write_progress = write_progress
         self._monotonic = monotonic
         self._progress = Progress()
@@ -133,3 +162,33 @@ class RunContext:
         """
         if self.cancel_requested:
             raise TaskCancelledError()
+
+    # -- resumable work --------------------------------------------------------------------
+
+    def time_left(self) -> float:
+        """Seconds until :attr:`deadline` (negative once it passed; infinite without one)."""
+        if self.deadline is None:
+            return math.inf
+        return (self.deadline - self._wall_clock()).total_seconds()
+
+    @property
+    def out_of_time(self) -> bool:
+        """Whether the run's time budget is spent."""
+        return self.time_left() <= 0
+
+    def save_checkpoint(self, checkpoint: Any) -> None:
+        """Store ``checkpoint`` on the run now, so that even if this process dies the next run
+        of the task starts from it (it becomes that run's :attr:`checkpoint`)."""
+        try:
+            document = json.loads(json.dumps(checkpoint, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a checkpoint must be JSON: {exc}") from exc
+        self._store_checkpoint(document)
+        self.checkpoint = document
+
+    def create_handler(self, path: str) -> TaskHandler:
+        """Create another handler by name or path, under this runner's allow-list.
+
+        Used by handlers that compose others, such as the steps of a multi-step task.
+        """
+        return self._create_handler(path)

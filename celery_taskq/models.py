@@ -257,6 +257,7 @@ class TaskRun(Base):
     progress_step: Mapped[int | None] = mapped_column("ProgressStep", Integer)
     progress_steps: Mapped[int | None] = mapped_column("ProgressSteps", Integer)
     progress_status: Mapped[str | None] = mapped_column("ProgressStatus", String(255))
+    checkpoint: Mapped[Any | None] = mapped_column("Checkpoint", JsonDocument)
 
     __table_args__ = (
         CheckConstraint(

@@ -21,31 +21,29 @@ seed step                              here
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
-from celery_taskq import transitions
-from celery_taskq.db import Database
+from celery_taskq import intake, registry, transitions
+from celery_taskq.db import Database, translate_errors
 from celery_taskq.exceptions import (
-    DuplicateTaskError,
     InvalidArgumentError,
-    InvalidTaskDataError,
     InvalidTaskError,
     NotFoundError,
-    StorageError,
     TaskNotFoundError,
 )
 from celery_taskq.handlers import TaskHandler, create_task_handler
+from celery_taskq.intake import TaskSpec, check_on_duplicate
 from celery_taskq.liveness import judge_runner, process_start_time
 from celery_taskq.models import (
     CELERY_HANDLER_PREFIX,
@@ -56,13 +54,11 @@ from celery_taskq.models import (
     TaskRun,
 )
 from celery_taskq.runner import Clock, TaskRunner, current_process_start_time, utc_now
-from celery_taskq.settings import DEFAULT_MAX_RETRIES, Settings
+from celery_taskq.settings import Settings
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
+from celery_taskq.steps import STEPS_HANDLER, Step, parse_steps, steps_data
 
 logger = logging.getLogger(__name__)
-
-UNIQUE_INSERT_ATTEMPTS = 3
-"""Tries to queue a task whose unique key's holder finishes during the attempt."""
 
 RUNNER_COMMAND = (sys.executable, "-m", "celery_taskq", "runner")
 """How :meth:`TaskQueueService.create_missing_task_runners` starts a detached runner."""
@@ -91,6 +87,7 @@ class TaskQueueService:
         self.settings = settings
         self.clock = clock
         self.cli_mode = cli_mode
+        registry.import_modules(settings.imports)
 
     # -- adding tasks ----------------------------------------------------------------------
 
@@ -110,56 +107,80 @@ class TaskQueueService:
         unique_key: str | None = None,
         on_duplicate: str = "return",
         create_run: bool = False,
+        connection: Connection | None = None,
     ) -> int:
         """Validate and queue a task; return its ``TaskQueue.Id``. Nothing is written on refusal.
 
         While a task with the same ``unique_key`` is unfinished, the existing task's id is
         returned (``on_duplicate="return"``) or :class:`DuplicateTaskError` raised
         (``"raise"``). With ``create_run`` a task that is already due gets its first run in
-        the same transaction, so a runner can start it before the next OnProcess tick.
+        the same transaction, so a runner can start it before the next OnProcess tick. With
+        ``connection`` the rows are written in that connection's transaction, which the caller
+        commits or rolls back.
         """
-        if on_duplicate not in ("return", "raise"):
-            raise InvalidArgumentError("on_duplicate must be 'return' or 'raise'")
-        values = self.prepare_task(
-            handler_path,
-            data,
-            scheduled_on=scheduled_on,
-            max_retries=max_retries,
-            queued_by=queued_by,
-        )
-        values["title"] = _optional_text("title", title)
-        values["unique_key"] = _optional_text("unique_key", unique_key)
-        return self._insert_task(
-            values, with_run=create_run, raise_duplicate=on_duplicate == "raise"
-        )
-
-    def _insert_task(self, values: dict[str, Any], *, with_run: bool, raise_duplicate: bool) -> int:
-        for _ in range(UNIQUE_INSERT_ATTEMPTS):
-            with self.database.transaction() as connection:
-                task_id = transitions.insert_task(connection, values)
-                if task_id is None:
-                    existing = transitions.unfinished_task_with_key(
-                        connection, values["unique_key"]
-                    )
-                    if existing is None:
-                        continue  # the holder of the key finished meanwhile: insert again
-                    if raise_duplicate:
-                        raise DuplicateTaskError(
-                            f"task {existing} with unique key {values['unique_key']!r}"
-                            " is not finished yet",
-                            existing_id=existing,
-                        )
-                    return int(existing)
-                if with_run:
-                    transitions.create_runs(connection, values["queued_on"], task_id)
+        check_on_duplicate(on_duplicate)
+        spec = TaskSpec(handler_path, data, scheduled_on, max_retries, queued_by, title, unique_key)
+        values = intake.prepare(spec, create_handler=self.create_task_handler, now=self.clock())
+        with self._writing(connection) as writer:
+            task_id, created = intake.insert_one(
+                writer, values, with_run=create_run, raise_duplicate=on_duplicate == "raise"
+            )
+        if created:
             logger.info(
                 "queued task %s (%s)",
                 task_id,
                 values["task_handler_class"],
                 extra={"action": "task_queued", "queue_id": task_id},
             )
-            return task_id
-        raise StorageError(f"could not queue the task with unique key {values['unique_key']!r}")
+        return task_id
+
+    def add_tasks(
+        self,
+        tasks: Sequence[TaskSpec | Mapping[str, Any]],
+        *,
+        on_duplicate: str = "return",
+        create_run: bool = False,
+        connection: Connection | None = None,
+    ) -> list[int]:
+        """Validate every task, then queue them all in one transaction; return their ids.
+
+        A refusal of any task (its error names it by position) writes none of them.
+        """
+        check_on_duplicate(on_duplicate)
+        rows = intake.prepare_many(tasks, create_handler=self.create_task_handler, now=self.clock())
+        with self._writing(connection) as writer:
+            ids = intake.insert_many(
+                writer, rows, with_run=create_run, raise_duplicate=on_duplicate == "raise"
+            )
+        logger.info("queued %s tasks", len(ids), extra={"action": "tasks_queued"})
+        return ids
+
+    def add_steps_task(self, steps: Sequence[Step | Mapping[str, Any]], **options: Any) -> int:
+        """Queue a multi-step task (see :mod:`celery_taskq.steps`); ``options`` as for
+        :meth:`add_task`. Each step's handler is loaded under the allow-list and its
+        ``validate`` is given the step's settings before anything is written."""
+        if isinstance(steps, str | bytes) or not isinstance(steps, Sequence):
+            raise InvalidArgumentError("steps must be a list of Step or mappings")
+        data = steps_data(steps)
+        for index, step in enumerate(parse_steps(data), start=1):
+            handler = self.create_task_handler(step.handler)
+            try:
+                handler.validate(step.settings)
+            except Exception as exc:
+                raise InvalidTaskError(
+                    f"step {index} ({step.handler}): settings refused: {exc}"
+                ) from exc
+        return self.add_task(STEPS_HANDLER, data, **options)
+
+    @contextmanager
+    def _writing(self, connection: Connection | None) -> Iterator[Connection]:
+        """The caller's connection (its transaction, not committed here), or a new transaction."""
+        if connection is None:
+            with self.database.transaction() as own:
+                yield own
+        else:
+            with translate_errors():
+                yield connection
 
     def cancel_task(self, task_id: int) -> bool:
         """Cancel a task: a run not yet started never runs; a running one is asked to stop.
@@ -214,38 +235,8 @@ class TaskQueueService:
         queued_by: str | None = None,
     ) -> dict[str, Any]:
         """Check every argument of :meth:`add_task` and return the row's column values."""
-        handler = self.create_task_handler(handler_path)
-        document = _json_document(data)
-        if max_retries is None:
-            max_retries = DEFAULT_MAX_RETRIES
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
-            raise InvalidArgumentError(
-                f"max_retries must be an integer of 1 or more, not {max_retries!r}"
-            )
-        now = self.clock()
-        if scheduled_on is None:
-            scheduled_on = now
-        elif not isinstance(scheduled_on, datetime) or scheduled_on.tzinfo is None:
-            raise InvalidArgumentError(
-                f"scheduled_on must be a timezone-aware datetime, not {scheduled_on!r}"
-            )
-        if queued_by is not None and (
-            not isinstance(queued_by, str | int) or len(str(queued_by)) > 255
-        ):
-            raise InvalidArgumentError("queued_by must be a string of at most 255 characters")
-        try:
-            handler.validate(document)
-        except Exception as exc:
-            raise InvalidTaskError(f"task data refused by {handler_path}: {exc}") from exc
-        return {
-            "task_handler_class": handler_path.strip(),
-            "task_data": document,
-            "scheduled_on": scheduled_on,
-            "queued_on": now,
-            "queued_by_id": None if queued_by is None else str(queued_by),
-            "max_retries": max_retries,
-            "task_runs_failed": 0,
-        }
+        spec = TaskSpec(handler_path, data, scheduled_on, max_retries, queued_by)
+        return intake.prepare(spec, create_handler=self.create_task_handler, now=self.clock())
 
     def get_task(self, task_id: int) -> TaskSnapshot:
         """A frozen snapshot of a task and all its runs, oldest run first."""
@@ -476,22 +467,3 @@ def on_create_task_runners(service: TaskQueueService, runner_args: Sequence[str]
 def on_debug(service: TaskQueueService) -> bool:
     """``task-queue:OnDebug``: work one iteration in this process."""
     return service.run_standalone()
-
-
-def _json_document(data: Any) -> Any:
-    """Return ``data`` as a JSON document (``None`` becomes ``{}``); refuse what JSON can't hold."""
-    if data is None:
-        return {}
-    try:
-        return json.loads(json.dumps(data, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise InvalidTaskDataError(f"task data cannot be stored as JSON: {exc}") from exc
-
-
-def _optional_text(name: str, value: str | None) -> str | None:
-    """A short optional text argument, checked."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > 255:
-        raise InvalidArgumentError(f"{name} must be a non-empty string of at most 255 characters")
-    return value

@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -28,7 +29,13 @@ from celery_taskq.backoff import Backoff
 from celery_taskq.capture import capture_output
 from celery_taskq.context import Progress, RunContext
 from celery_taskq.db import ClaimedRun, Database
-from celery_taskq.handlers import TaskError, TaskHandler, create_task_handler
+from celery_taskq.handlers import (
+    CANCELLED_CODE,
+    Continue,
+    TaskError,
+    TaskHandler,
+    create_task_handler,
+)
 from celery_taskq.models import RunStatus
 from celery_taskq.settings import Settings
 from celery_taskq.transitions import RunOutcome
@@ -128,6 +135,7 @@ class TaskRunner:
         """Execute a claimed run with output captured and record its final state."""
         with self.database.transaction(read_only=True) as connection:
             task = transitions.load_task(connection, claimed.task_queue_id)
+            checkpoint = transitions.latest_checkpoint(connection, claimed.task_queue_id)
         if task is None:  # the queue row was deleted after the claim (runs cascade with it)
             return RunOutcome(RunStatus.ERROR, "", "", error_message="task was deleted")
         handler_path, data = task
@@ -138,6 +146,10 @@ class TaskRunner:
             data=data,
             write_progress=lambda percent: self._write_progress(claimed.run_id, percent),
             is_cancelled=lambda: self._is_cancelled(claimed.task_queue_id),
+            checkpoint=checkpoint,
+            store_checkpoint=lambda value: self._save_checkpoint(claimed.run_id, value),
+            create_handler=self.create_handler,
+            wall_clock=self.clock,
         )
         outcome, backoff = self._execute(context)
         with self.database.transaction() as connection:
@@ -149,10 +161,11 @@ class TaskRunner:
                 transitions.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
         self.runs_done += 1
         logger.info(
-            "run %s of task %s ended %s",
+            "run %s of task %s ended %s%s",
             claimed.run_id,
             claimed.task_queue_id,
             outcome.status.value if recorded else "after the runner was timed out (not recorded)",
+            " and continues in a new run" if recorded and outcome.continues else "",
             extra={
                 "action": "run_finished" if recorded else "run_outcome_discarded",
                 "run_id": claimed.run_id,
@@ -161,6 +174,14 @@ class TaskRunner:
             },
         )
         return outcome
+
+    def create_handler(self, path: str) -> TaskHandler:
+        """A handler by name or path, under the configured allow-list."""
+        return create_task_handler(path, self.settings.allowed_handler_prefixes)
+
+    def _save_checkpoint(self, run_id: int, checkpoint: Any) -> None:
+        with self.database.transaction() as connection:
+            transitions.save_run_checkpoint(connection, run_id, checkpoint)
 
     def _is_cancelled(self, task_queue_id: int) -> bool:
         with self.database.transaction(read_only=True) as connection:
@@ -172,23 +193,36 @@ class TaskRunner:
 
     def _execute(self, context: RunContext) -> tuple[RunOutcome, Backoff]:
         backoff = self.default_backoff()
+        handler: TaskHandler | None = None
         status = RunStatus.SUCCESS
         results: Any = None
+        continuation: Continue | None = None
+        error: BaseException | None = None
         error_code: str | None = None
         error_message: str | None = None
+        new_data: tuple[Any] | None = None
         with capture_output(self.settings.output_cap_bytes) as captured:
             try:
-                handler = create_task_handler(
-                    context.handler, self.settings.allowed_handler_prefixes
-                )
+                handler = self.create_handler(context.handler)
                 backoff = self.handler_backoff(handler)
-                results = _as_json_document(handler.handle_task_run(context))
+                budget = handler.time_budget or self.settings.run_time_budget
+                context.deadline = self.clock() + timedelta(seconds=budget)
+                returned = handler.handle_task_run(context)
+                if isinstance(returned, Continue):
+                    continuation = returned
+                    returned = returned.results
+                    _as_json_document(continuation.checkpoint, "checkpoint")
+                results = _as_json_document(returned)
             except TaskError as exc:
                 status, error_code, error_message = RunStatus.ERROR, exc.code, exc.message
+                results, error = _json_or_none(exc.results), exc
             except (Exception, SystemExit) as exc:  # a handler must never take the runner down
-                status = RunStatus.ERROR
+                status, error = RunStatus.ERROR, exc
                 error_code, error_message = type(exc).__name__, str(exc)
+                continuation = None
                 traceback.print_exc()
+            if handler is not None and error is not None and error_code != CANCELLED_CODE:
+                new_data = _changed_data(handler, context, error)
         try:
             context.flush_progress()
         except Exception:  # progress is telemetry; the final status below matters more
@@ -200,7 +234,13 @@ class TaskRunner:
             results=results,
             error_code=error_code,
             error_message=error_message,
-            percents_completed=100 if status is RunStatus.SUCCESS else context.percent,
+            percents_completed=(
+                100 if status is RunStatus.SUCCESS and continuation is None else context.percent
+            ),
+            checkpoint=None if continuation is None else continuation.checkpoint,
+            continues=continuation is not None,
+            replaces_task_data=new_data is not None,
+            task_data=None if new_data is None else new_data[0],
         )
         return outcome, backoff
 
@@ -378,7 +418,7 @@ class Heartbeat:
                 return
 
 
-def _as_json_document(value: Any) -> Any:
+def _as_json_document(value: Any, what: str = "value") -> Any:
     """Check that a handler's return value can be stored as JSON, and return it."""
     if value is None:
         return None
@@ -386,8 +426,42 @@ def _as_json_document(value: Any) -> Any:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"the handler returned a {type(value).__name__} that cannot be stored as JSON: {exc}"
+            f"the handler returned a {what} ({type(value).__name__}) that cannot be stored "
+            f"as JSON: {exc}"
         ) from exc
+
+
+def _json_or_none(value: Any) -> Any:
+    """``value`` as JSON, or ``None`` (with a note on stderr) when it cannot be stored."""
+    try:
+        return _as_json_document(value, "result")
+    except TypeError as exc:
+        print(f"results not stored: {exc}", file=sys.stderr)
+        return None
+
+
+def _changed_data(
+    handler: TaskHandler, context: RunContext, error: BaseException
+) -> tuple[Any] | None:
+    """The handler's new task data after ``error`` (Combodo's ChangeActionParamsOnError).
+
+    Returns a 1-tuple with the new data, or ``None`` to keep the data. Runs inside the output
+    capture, so whatever the hook prints, and why new data was refused, lands on the run.
+    """
+    try:
+        new_data = handler.change_data_on_error(context.data, error)
+        if new_data is None:
+            return None
+        new_data = _as_json_document(new_data, "new task data")
+        handler.validate(new_data)
+    except Exception as exc:
+        print(
+            f"change_data_on_error failed; the task data is kept: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return None
+    print("change_data_on_error: the task's data was changed for its next run")
+    return (new_data,)
 
 
 def current_process_start_time() -> float:

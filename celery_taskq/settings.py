@@ -62,6 +62,9 @@ DEFAULT_RUNNER_MAX_IDLE = 30.0
 DEFAULT_RUNNER_MAX_LIFETIME = 600.0
 """A runner started as a Celery task leaves after this many seconds (after its current run)."""
 
+DEFAULT_RUN_TIME_BUDGET = 60.0
+"""Seconds a run may work before its ``run.deadline``; a resumable handler stops there."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -75,6 +78,7 @@ class Settings:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     allowed_handler_prefixes: tuple[str, ...] = ()
+    imports: tuple[str, ...] = ()
     hostname: str = ""
     broker_url: str = DEFAULT_BROKER_URL
     process_interval: float = DEFAULT_PROCESS_INTERVAL
@@ -84,6 +88,7 @@ class Settings:
     retry_backoff_base: float = DEFAULT_RETRY_BACKOFF_BASE
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
     retry_jitter: float = DEFAULT_RETRY_JITTER
+    run_time_budget: float = DEFAULT_RUN_TIME_BUDGET
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -100,6 +105,7 @@ class Settings:
         _require(self.retry_backoff_base >= 0, "retry_backoff_base must be 0 or more")
         _require(self.retry_backoff_max >= 0, "retry_backoff_max must be 0 or more")
         _require(0 <= self.retry_jitter <= 1, "retry_jitter must be from 0 to 1")
+        _require(self.run_time_budget > 0, "run_time_budget must be positive")
         _require(
             self.heartbeat_timeout > self.heartbeat_interval,
             "heartbeat_timeout must be longer than heartbeat_interval",
@@ -138,7 +144,10 @@ _FLOAT_FIELDS = {
     "retry_backoff_base",
     "retry_backoff_max",
     "retry_jitter",
+    "run_time_budget",
 }
+
+_TUPLE_FIELDS = {"allowed_handler_prefixes", "imports"}
 
 
 def _parse(name: str, raw: str, source: str) -> Any:
@@ -153,7 +162,7 @@ def _coerce(name: str, value: Any) -> Any:
         return int(value)
     if name in _FLOAT_FIELDS:
         return float(value)
-    if name == "allowed_handler_prefixes":
+    if name in _TUPLE_FIELDS:
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(item.strip() for item in items if item.strip())
     return str(value)

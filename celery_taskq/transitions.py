@@ -54,6 +54,13 @@ class RunOutcome:
     error_code: str | None = None
     error_message: str | None = None
     percents_completed: int | None = None
+    checkpoint: Any = None
+    """Stored in ``Checkpoint`` when not ``None``."""
+    continues: bool = False
+    """The handler returned ``Continue``: the task gets its next run at once."""
+    replaces_task_data: bool = False
+    """``change_data_on_error`` gave new data: ``task_data`` replaces ``TaskData``."""
+    task_data: Any = None
 
 
 def _upsert(connection: Connection, model: type[Any]) -> Any:
@@ -158,6 +165,8 @@ def finish_run(
     }
     if outcome.percents_completed is not None:
         values["percents_completed"] = outcome.percents_completed
+    if outcome.checkpoint is not None:
+        values["checkpoint"] = outcome.checkpoint
     task_queue_id = connection.execute(
         update(TaskRun)
         .where(TaskRun.id == run_id, TaskRun.task_runner_id == runner_id, text(RUN_RUNNING_SQL))
@@ -166,8 +175,41 @@ def finish_run(
     ).scalar()
     if task_queue_id is None:
         return False
+    if outcome.replaces_task_data:
+        connection.execute(
+            update(TaskQueue)
+            .where(TaskQueue.id == task_queue_id)
+            .values(task_data=outcome.task_data)
+        )
+    if outcome.continues and not is_cancelled(connection, task_queue_id):
+        connection.execute(
+            insert(TaskRun).values(task_queue_id=task_queue_id, status=RunStatus.SCHEDULED)
+        )
     rollup_tasks(connection, [task_queue_id])
     return True
+
+
+def save_run_checkpoint(connection: Connection, run_id: int, checkpoint: Any) -> bool:
+    """Store a running run's checkpoint; ``False`` if the run is no longer running."""
+    return (
+        connection.execute(
+            update(TaskRun)
+            .where(TaskRun.id == run_id, text(RUN_RUNNING_SQL))
+            .values(checkpoint=checkpoint)
+            .returning(TaskRun.id)
+        ).first()
+        is not None
+    )
+
+
+def latest_checkpoint(connection: Connection, task_queue_id: int) -> Any:
+    """The checkpoint of the task's most recent run that has one (``None`` if none has)."""
+    return connection.execute(
+        select(TaskRun.checkpoint)
+        .where(TaskRun.task_queue_id == task_queue_id, TaskRun.checkpoint.is_not(None))
+        .order_by(TaskRun.id.desc())
+        .limit(1)
+    ).scalar()
 
 
 def amend_ended_run(

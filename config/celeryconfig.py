@@ -96,10 +96,15 @@ taskq_poll_interval = 0.2
 taskq_heartbeat_interval = 10.0
 taskq_heartbeat_timeout = 60.0
 
-# Module prefixes; when not empty, only handlers under them can be enqueued or run.
-# (A comma-separated string works too, as in TASKQ_ALLOWED_HANDLER_PREFIXES.)
+# Registered names or module prefixes; when not empty, only handlers equal to or under them
+# can be enqueued or run. (A comma-separated string works too, as in
+# TASKQ_ALLOWED_HANDLER_PREFIXES.)
 taskq_allowed_handler_prefixes: tuple[str, ...] = ()
 # taskq_allowed_handler_prefixes = ("myapp.tasks", "reports")
+
+# Modules every process imports at start, so that their @register("name") handlers are known.
+taskq_imports: tuple[str, ...] = ()
+# taskq_imports = ("myapp.tasks",)
 
 # Name recorded on this host's runner rows. Default: the machine's host name.
 # taskq_hostname = "worker-1"

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from celery_taskq import RunContext, TaskError, TaskHandler
+from celery_taskq import Continue, RunContext, TaskError, TaskHandler
 
 
 class Succeed(TaskHandler):
@@ -130,3 +130,101 @@ class Steps(TaskHandler):
             )
             time.sleep(float(run.data.get("pause", 0.3)))
         return {"steps": steps}
+
+
+class RecordStep(TaskHandler):
+    """A step: appends ``data["name"]`` to the file ``data["log"]``; fails as ``data`` says.
+
+    ``fail`` fails every time; ``fail_once`` (a marker file path) fails the first time only.
+    """
+
+    def validate(self, data: Any) -> None:
+        if not isinstance(data, dict) or "name" not in data or "log" not in data:
+            raise ValueError('a step needs "name" and "log"')
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        with open(run.data["log"], "a") as log:
+            log.write(run.data["name"] + "\n")
+        print(f"step {run.data['name']} ran")
+        run.set_progress(50)
+        if run.data.get("fail"):
+            raise TaskError(f"{run.data['name']} refused", code="E_STEP")
+        marker = run.data.get("fail_once")
+        if marker and not Path(marker).exists():
+            Path(marker).write_text("failed once")
+            raise TaskError(f"{run.data['name']} failed once", code="E_ONCE")
+        return {"name": run.data["name"]}
+
+
+class Chunked(TaskHandler):
+    """Handles items ``checkpoint["next"]`` onwards, ``data["per_run"]`` per run (or until the
+    run's deadline), logging each item to ``data["log"]``; continues until ``data["total"]``."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        start = run.checkpoint["next"] if run.checkpoint else 0
+        total = int(run.data["total"])
+        per_run = int(run.data.get("per_run", total))
+        item = start
+        while item < total and item - start < per_run:
+            if item > start and run.out_of_time:
+                break
+            with open(run.data["log"], "a") as log:
+                log.write(f"{item}\n")
+            time.sleep(float(run.data.get("pause", 0)))
+            item += 1
+        if item < total:
+            return Continue({"next": item}, results={"handled": [start, item]})
+        return {"done": total}
+
+
+class ChunkedFast(Chunked):
+    """Chunked with a short time budget."""
+
+    time_budget = 0.3
+
+
+class ResumeAfterCrash(TaskHandler):
+    """First run: saves a checkpoint, then fails. Later runs: return the checkpoint they got."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        if run.checkpoint is None:
+            run.save_checkpoint({"next": 2})
+            raise TaskError("crashed after the checkpoint", code="E_CRASH")
+        return {"resumed_from": run.checkpoint}
+
+
+class HalveBatchOnFailure(TaskHandler):
+    """Fails while ``data["batch"]`` is over 10; after each failure halves it for the retry."""
+
+    def validate(self, data: Any) -> None:
+        if not isinstance(data, dict) or not isinstance(data.get("batch"), int):
+            raise ValueError('"batch" must be an integer')
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        if run.data["batch"] > 10:
+            raise TaskError(f"batch of {run.data['batch']} is too big", code="E_TOO_BIG")
+        return {"batch": run.data["batch"]}
+
+    def change_data_on_error(self, data: Any, error: BaseException) -> Any:
+        return {"batch": data["batch"] // 2}
+
+
+class ChangeToInvalidData(HalveBatchOnFailure):
+    """Its change_data_on_error returns data its validate refuses."""
+
+    def change_data_on_error(self, data: Any, error: BaseException) -> Any:
+        return {"batch": "many"}
+
+
+class FailWithResults(TaskHandler):
+    """Fails, reporting what it did before the failure."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        raise TaskError("half done", code="E_HALF", results={"done": 5, "of": 10})
+
+
+class ContinueWithoutJson(TaskHandler):
+    """Returns a checkpoint that JSON cannot hold."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        return Continue({1, 2})

@@ -11,6 +11,7 @@ from celery_taskq.cli import main
 from celery_taskq.db import Database
 from celery_taskq.models import RunStatus, TaskQueue
 from tests.helpers import count, runners, runs_of, task_row
+from tests.test_schema import HEAD_REVISION
 
 RunCli = Callable[..., tuple[int, str, str]]
 
@@ -116,7 +117,7 @@ def test_schema_missing_gives_a_clear_hint(
 
 def test_db_upgrade(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--database-url", f"sqlite:///{tmp_path / 'new.db'}", "db", "upgrade"]) == 0
-    assert "database at revision 0004" in capsys.readouterr().out
+    assert f"database at revision {HEAD_REVISION}" in capsys.readouterr().out
 
 
 def test_demo_runs_the_main_job_on_the_embedded_default(

@@ -17,6 +17,12 @@ CORE_MODULES = [
     "celery_taskq.runner",
     "celery_taskq.api",
     "celery_taskq.audit",
+    "celery_taskq.registry",
+    "celery_taskq.intake",
+    "celery_taskq.steps",
+    "celery_taskq.context",
+    "celery_taskq.listing",
+    "celery_taskq.snapshots",
 ]
 FORBIDDEN = ["celery", "kombu", "click", "flask", "starlette", "fastapi", "django"]
 

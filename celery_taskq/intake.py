@@ -1,0 +1,263 @@
+"""New tasks: checking what is asked for, then inserting it into ``TaskQueue``.
+
+Checking (:func:`prepare`) reads nothing from the database and writes nothing, so every
+argument of a whole batch is checked before the first row is written. Inserting
+(:func:`insert_one`, :func:`insert_many`) runs inside a transaction the caller owns — the
+queue's own, or the application's, so that tasks commit together with the application's data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert
+
+from celery_taskq import transitions
+from celery_taskq.exceptions import (
+    DuplicateTaskError,
+    InvalidArgumentError,
+    InvalidTaskDataError,
+    InvalidTaskError,
+    StorageError,
+)
+from celery_taskq.handlers import TaskHandler
+from celery_taskq.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.settings import DEFAULT_MAX_RETRIES
+
+UNIQUE_INSERT_ATTEMPTS = 3
+"""Tries at inserting a task whose unique key is released by a task finishing meanwhile."""
+
+ON_DUPLICATE_CHOICES = ("return", "raise")
+"""What enqueue does while a task with the same unique key is unfinished."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to enqueue: the arguments of :func:`celery_taskq.enqueue` as a value."""
+
+    handler: str
+    data: Any = None
+    scheduled_on: datetime | None = None
+    max_retries: int | None = None
+    queued_by: str | None = None
+    title: str | None = None
+    unique_key: str | None = None
+
+    @classmethod
+    def of(cls, item: TaskSpec | Mapping[str, Any]) -> TaskSpec:
+        """A spec from a :class:`TaskSpec` or a mapping with the same keys."""
+        if isinstance(item, TaskSpec):
+            return item
+        if not isinstance(item, Mapping):
+            raise InvalidArgumentError(
+                f"a task must be a TaskSpec or a mapping, not {type(item).__name__}"
+            )
+        known = {field.name for field in fields(cls)}
+        unknown = set(item) - known
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown task keys: {', '.join(sorted(map(str, unknown)))}"
+                f" (known: {', '.join(sorted(known))})"
+            )
+        if "handler" not in item:
+            raise InvalidArgumentError("a task needs a 'handler'")
+        return cls(**item)
+
+
+def prepare(
+    spec: TaskSpec,
+    *,
+    create_handler: Callable[[str], TaskHandler],
+    now: datetime,
+) -> dict[str, Any]:
+    """Check every part of ``spec`` and return the ``TaskQueue`` row's values (attribute names).
+
+    Raises an :class:`~celery_taskq.exceptions.InvalidTaskError` for anything refused.
+    """
+    handler = create_handler(spec.handler)
+    document = json_document(spec.data)
+    max_retries = DEFAULT_MAX_RETRIES if spec.max_retries is None else spec.max_retries
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
+        raise InvalidArgumentError(
+            f"max_retries must be an integer of 1 or more, not {max_retries!r}"
+        )
+    scheduled_on = spec.scheduled_on
+    if scheduled_on is None:
+        scheduled_on = now
+    elif not isinstance(scheduled_on, datetime) or scheduled_on.tzinfo is None:
+        raise InvalidArgumentError(
+            f"scheduled_on must be a timezone-aware datetime, not {scheduled_on!r}"
+        )
+    queued_by = spec.queued_by
+    if queued_by is not None and (
+        not isinstance(queued_by, str | int)
+        or isinstance(queued_by, bool)
+        or len(str(queued_by)) > 255
+    ):
+        raise InvalidArgumentError("queued_by must be a string of at most 255 characters")
+    title = optional_text("title", spec.title)
+    unique_key = optional_text("unique_key", spec.unique_key)
+    try:
+        handler.validate(document)
+    except InvalidTaskError as exc:
+        raise type(exc)(f"task data refused by {spec.handler}: {exc}") from exc
+    except Exception as exc:
+        raise InvalidTaskError(f"task data refused by {spec.handler}: {exc}") from exc
+    return {
+        "task_handler_class": spec.handler.strip(),
+        "task_data": document,
+        "scheduled_on": scheduled_on,
+        "queued_on": now,
+        "queued_by_id": None if queued_by is None else str(queued_by),
+        "max_retries": max_retries,
+        "task_runs_failed": 0,
+        "title": title,
+        "unique_key": unique_key,
+    }
+
+
+def prepare_many(
+    items: Sequence[TaskSpec | Mapping[str, Any]],
+    *,
+    create_handler: Callable[[str], TaskHandler],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """:func:`prepare` each item; a refusal names the item (counting from 0)."""
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise InvalidArgumentError("tasks must be a list of TaskSpec or mappings")
+    rows = []
+    for index, item in enumerate(items):
+        try:
+            rows.append(prepare(TaskSpec.of(item), create_handler=create_handler, now=now))
+        except InvalidTaskError as exc:
+            raise type(exc)(f"task {index}: {exc}") from exc
+        except TypeError as exc:  # a mapping whose values TaskSpec cannot take
+            raise InvalidArgumentError(f"task {index}: {exc}") from exc
+    return rows
+
+
+def insert_one(
+    connection: Connection,
+    values: dict[str, Any],
+    *,
+    with_run: bool,
+    raise_duplicate: bool,
+) -> tuple[int, bool]:
+    """Insert one prepared task; return its id and whether it is new.
+
+    While a task with the same unique key is unfinished, that task's id is returned (or
+    :class:`DuplicateTaskError` raised). With ``with_run`` a task that is already due gets its
+    first run in the same transaction.
+    """
+    for _ in range(UNIQUE_INSERT_ATTEMPTS):
+        task_id = transitions.insert_task(connection, values)
+        if task_id is not None:
+            if with_run:
+                transitions.create_runs(connection, values["queued_on"], task_id)
+            return task_id, True
+        existing = transitions.unfinished_task_with_key(connection, values["unique_key"])
+        if existing is None:
+            continue  # the holder of the key finished meanwhile: insert again
+        if raise_duplicate:
+            raise DuplicateTaskError(
+                f"task {existing} with unique key {values['unique_key']!r} is not finished yet",
+                existing_id=existing,
+            )
+        return int(existing), False
+    raise StorageError(f"could not queue the task with unique key {values['unique_key']!r}")
+
+
+def insert_many(
+    connection: Connection,
+    rows: Sequence[dict[str, Any]],
+    *,
+    with_run: bool,
+    raise_duplicate: bool,
+) -> list[int]:
+    """Insert prepared tasks; return their ids in order.
+
+    Tasks without a unique key go in one multi-row ``INSERT … RETURNING`` (and, with
+    ``with_run``, the due ones' runs in one more), so a batch costs a few round trips
+    whatever its size. Tasks with a unique key go through :func:`insert_one`.
+    """
+    ids: list[int | None] = [None] * len(rows)
+    plain = [index for index, row in enumerate(rows) if row.get("unique_key") is None]
+    for index, row in enumerate(rows):
+        if row.get("unique_key") is not None:
+            ids[index], _ = insert_one(
+                connection, row, with_run=with_run, raise_duplicate=raise_duplicate
+            )
+    if plain:
+        due = [with_run and rows[i]["scheduled_on"] <= rows[i]["queued_on"] for i in plain]
+        values = [
+            _column_values(
+                TaskQueue, {**rows[i], "last_status": RunStatus.SCHEDULED if is_due else None}
+            )
+            for i, is_due in zip(plain, due, strict=True)
+        ]
+        new_ids = _insert_returning_ids(connection, values)
+        due_ids = []
+        for index, is_due, task_id in zip(plain, due, new_ids, strict=True):
+            ids[index] = int(task_id)
+            if is_due:
+                due_ids.append(int(task_id))
+        if due_ids:
+            connection.execute(
+                insert(TaskRun),
+                [
+                    _column_values(
+                        TaskRun, {"task_queue_id": task_id, "status": RunStatus.SCHEDULED}
+                    )
+                    for task_id in due_ids
+                ],
+            )
+    return [int(task_id) for task_id in ids if task_id is not None]
+
+
+def _insert_returning_ids(connection: Connection, values: list[dict[str, Any]]) -> list[int]:
+    """Insert ``TaskQueue`` rows in few statements; return their ids in the order given.
+
+    PostgreSQL returns them in order (``sort_by_parameter_order``). SQLAlchemy would insert
+    row by row on SQLite to do the same, so there the ids are sorted instead: the write lock is
+    held for the whole transaction and SQLite numbers the rows of an insert upwards in order.
+    """
+    if connection.dialect.name == "sqlite":
+        statement = insert(TaskQueue).returning(TaskQueue.id)
+        return sorted(int(i) for i in connection.execute(statement, values).scalars())
+    statement = insert(TaskQueue).returning(TaskQueue.id, sort_by_parameter_order=True)
+    return [int(i) for i in connection.execute(statement, values).scalars()]
+
+
+def json_document(data: Any) -> Any:
+    """Return ``data`` as a JSON document (``None`` becomes ``{}``); refuse what JSON can't hold."""
+    if data is None:
+        return {}
+    try:
+        return json.loads(json.dumps(data, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidTaskDataError(f"task data cannot be stored as JSON: {exc}") from exc
+
+
+def optional_text(name: str, value: str | None) -> str | None:
+    """A short optional text argument, checked."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 255:
+        raise InvalidArgumentError(f"{name} must be a non-empty string of at most 255 characters")
+    return value
+
+
+def check_on_duplicate(on_duplicate: str) -> None:
+    """Refuse an ``on_duplicate`` other than ``"return"`` or ``"raise"``."""
+    if on_duplicate not in ON_DUPLICATE_CHOICES:
+        raise InvalidArgumentError("on_duplicate must be 'return' or 'raise'")
+
+
+def _column_values(model: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Attribute-named values keyed by column name, as a multi-row Core insert needs them."""
+    mapper = model.__mapper__
+    return {mapper.attrs[name].columns[0].key: value for name, value in values.items()}

@@ -1,0 +1,185 @@
+"""enqueue_many in one transaction, and enqueue joining the caller's session or connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from celery_taskq import TaskSpec, api, enqueue, enqueue_many, enqueue_steps
+from celery_taskq.db import Database
+from celery_taskq.exceptions import InvalidArgumentError, InvalidTaskError
+from celery_taskq.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.queue import TaskQueueService
+from tests.conftest import FakeClock
+from tests.helpers import count, runs_of, task_row
+
+SUCCEED = "tests.handlers.Succeed"
+
+app_metadata = MetaData()
+orders = Table(
+    "app_orders",
+    app_metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item", String(50)),
+)
+
+
+def test_enqueue_many_writes_every_task_in_order(
+    service: TaskQueueService, database: Database, clock: FakeClock
+) -> None:
+    later = clock() + timedelta(hours=1)
+    specs: list[TaskSpec | dict[str, Any]] = [
+        TaskSpec(SUCCEED, {"n": 0}, queued_by="batch"),
+        {"handler": SUCCEED, "data": {"n": 1}, "title": "second", "max_retries": 2},
+        TaskSpec(SUCCEED, {"n": 2}, scheduled_on=later),
+    ]
+    ids = service.add_tasks(specs, create_run=True)
+    assert ids == sorted(ids)
+    assert len(ids) == 3
+    rows = [task_row(database, task_id) for task_id in ids]
+    assert [row.task_data for row in rows] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert (rows[0].queued_by_id, rows[1].title, rows[1].max_retries) == ("batch", "second", 2)
+    assert [row.last_status for row in rows] == [RunStatus.SCHEDULED, RunStatus.SCHEDULED, None]
+    assert [len(runs_of(database, task_id)) for task_id in ids] == [1, 1, 0]
+    assert rows[2].scheduled_on == later
+
+
+def test_one_bad_task_refuses_the_whole_batch(
+    service: TaskQueueService, database: Database
+) -> None:
+    batches: list[tuple[Any, str]] = [
+        ([TaskSpec(SUCCEED), TaskSpec("tests.nowhere.X")], "task 1: .*no module named"),
+        ([TaskSpec(SUCCEED), {"handler": SUCCEED, "data": {1, 2}}], "task 1: .*JSON"),
+        ([{"handler": SUCCEED, "colour": "red"}], "task 0: unknown task keys: colour"),
+        ([{"data": {}}], "task 0: a task needs a 'handler'"),
+        ([TaskSpec(SUCCEED, max_retries=0)], "task 0: max_retries"),
+        (["tests.handlers.Succeed"], "task 0: a task must be a TaskSpec or a mapping"),
+        ("tests.handlers.Succeed", "tasks must be a list"),
+    ]
+    for tasks, message in batches:
+        with pytest.raises(InvalidTaskError, match=message):
+            service.add_tasks(tasks, create_run=True)
+    assert (count(database, TaskQueue), count(database, TaskRun)) == (0, 0)
+
+
+def test_unique_keys_hold_within_a_batch_and_against_the_table(
+    service: TaskQueueService, database: Database
+) -> None:
+    existing = service.add_task(SUCCEED, unique_key="k1")
+    ids = service.add_tasks(
+        [
+            TaskSpec(SUCCEED, unique_key="k1"),
+            TaskSpec(SUCCEED, unique_key="k2"),
+            TaskSpec(SUCCEED, unique_key="k2"),
+            TaskSpec(SUCCEED),
+        ]
+    )
+    assert ids[0] == existing
+    assert ids[1] == ids[2] != existing
+    assert count(database, TaskQueue) == 3
+
+
+def test_a_batch_costs_two_inserts_whatever_its_size(
+    service: TaskQueueService, database: Database
+) -> None:
+    statements: list[str] = []
+
+    def record(_conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            statements.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", record)
+    try:
+        ids = service.add_tasks([TaskSpec(SUCCEED, {"n": n}) for n in range(500)], create_run=True)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", record)
+    assert len(ids) == len(set(ids)) == 500
+    assert len(statements) == 2
+    assert count(database, TaskRun) == 500
+
+
+# -- joining the caller's transaction ----------------------------------------------------------
+
+
+@pytest.fixture
+def app_engine(database_url: str) -> Iterator[Engine]:
+    """The application's own engine on the same database, with a table of its own."""
+    engine = create_engine(database_url)
+    app_metadata.create_all(engine)
+    yield engine
+    app_metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def wakeups() -> list[int]:
+    """Task ids the enqueue hooks were called with."""
+    called: list[int] = []
+    api.add_enqueue_hook(lambda _service, task_id, _due: called.append(task_id))
+    return called
+
+
+def app_orders(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return [row.item for row in connection.execute(orders.select())]
+
+
+def test_enqueue_in_a_session_commits_with_the_callers_data(
+    app_engine: Engine, database: Database, database_url: str, wakeups: list[int]
+) -> None:
+    with Session(app_engine) as session:
+        session.execute(orders.insert().values(item="book"))
+        task_id = enqueue(SUCCEED, {"order": "book"}, session=session, database_url=database_url)
+        assert wakeups == []  # nothing is visible before the commit
+        session.commit()
+    assert wakeups == [task_id]
+    assert app_orders(app_engine) == ["book"]
+    assert task_row(database, task_id).task_data == {"order": "book"}
+    assert runs_of(database, task_id)[0].status is RunStatus.SCHEDULED
+
+
+def test_a_rolled_back_session_leaves_neither_the_callers_data_nor_the_task(
+    app_engine: Engine, database: Database, database_url: str, wakeups: list[int]
+) -> None:
+    with Session(app_engine) as session:
+        session.execute(orders.insert().values(item="pen"))
+        enqueue(SUCCEED, session=session, database_url=database_url)
+        enqueue_many([TaskSpec(SUCCEED)] * 3, session=session, database_url=database_url)
+        enqueue_steps([{"handler": SUCCEED}], session=session, database_url=database_url)
+        session.rollback()
+        session.commit()  # a later commit does not run the dropped wake-ups
+    assert wakeups == []
+    assert app_orders(app_engine) == []
+    assert (count(database, TaskQueue), count(database, TaskRun)) == (0, 0)
+
+
+def test_enqueue_on_a_connection_joins_its_transaction(
+    app_engine: Engine, database: Database, database_url: str
+) -> None:
+    def fail_after_enqueueing() -> None:
+        with app_engine.begin() as connection:
+            connection.execute(orders.insert().values(item="lamp"))
+            enqueue_many([TaskSpec(SUCCEED)] * 2, connection=connection, database_url=database_url)
+            raise RuntimeError("the application fails after enqueueing")
+
+    with pytest.raises(RuntimeError):
+        fail_after_enqueueing()
+    assert (count(database, TaskQueue), app_orders(app_engine)) == (0, [])
+    with app_engine.begin() as connection:
+        ids = enqueue_many(
+            [TaskSpec(SUCCEED)] * 2, connection=connection, database_url=database_url
+        )
+    assert [task_row(database, task_id).last_status for task_id in ids] == [RunStatus.SCHEDULED] * 2
+
+
+def test_joining_refuses_what_is_not_a_session_or_connection(database_url: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="session must be an SQLAlchemy Session"):
+        enqueue(SUCCEED, session="db", database_url=database_url)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="connection must be an SQLAlchemy Connection"):
+        enqueue(SUCCEED, connection=object(), database_url=database_url)  # type: ignore[arg-type]
