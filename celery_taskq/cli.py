@@ -11,18 +11,19 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
 
-from celery_taskq import __version__, migrate
+from celery_taskq import __version__, migrate, reports
 from celery_taskq.db import Database
 from celery_taskq.exceptions import TaskqError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
 from celery_taskq.models import FAILED_RUN_STATUSES, RunStatus
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
 from celery_taskq.render import progress_bar, render_page, render_page_json, render_task
+from celery_taskq.report_render import render_report, render_report_csv, render_report_json
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import TaskSnapshot
 
@@ -212,6 +213,87 @@ def list_command(
     )
     page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
     click.echo(render_page_json(page) if as_json else render_page(page))
+
+
+class ReportTimeParamType(click.ParamType):  # type: ignore[type-arg]
+    """An ISO 8601 time with a UTC offset, or a duration back from now (``24h``, ``1h30m``)."""
+
+    name = "time"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime | timedelta:
+        if isinstance(value, datetime | timedelta):
+            return value
+        try:
+            return reports.parse_moment(str(value))
+        except TaskqError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@cli.command("report")
+@click.option(
+    "--since",
+    type=ReportTimeParamType(),
+    default="24h",
+    show_default=True,
+    help="Start of the window: ISO 8601 with an offset, or a duration back from now "
+    "(90s, 30m, 24h, 7d, 2w, 1h30m).",
+)
+@click.option(
+    "--until",
+    type=ReportTimeParamType(),
+    help="End of the window, excluded; same forms [default: open].",
+)
+@click.option("--handler", help="Exact TaskHandlerClass (every section but runners).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, reports.MAX_LIMIT),
+    default=reports.DEFAULT_LIMIT,
+    show_default=True,
+    help="Rows of slowest runs, recent failures, dead letters and runners.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables.")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="CSV instead of tables: per section a '# <section>' line (the JSON key), "
+    "a header row, the rows and an empty line.",
+)
+@pass_context
+def report_command(
+    context: CliContext,
+    since: datetime | timedelta,
+    until: datetime | timedelta | None,
+    handler: str | None,
+    limit: int,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
+    """Totals, failure rates, durations, slowest runs, failures, dead letters, runners, due work.
+
+    Tasks fall in the window by when they were queued; runs by when they ended (running runs:
+    started; scheduled runs: became due); dead letters by when their last run ended; runners
+    by their lifetime. Due work and heartbeat ages are as of now.
+    """
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv cannot be combined: choose one")
+    now = reports.utc_now()
+    report = reports.build_report(
+        context.service.database,
+        since=reports.resolve_moment(since, now),
+        until=reports.resolve_moment(until, now),
+        handler=handler,
+        now=now,
+        limit=limit,
+    )
+    if as_json:
+        click.echo(render_report_json(report))
+    elif as_csv:
+        click.echo(render_report_csv(report), nl=False)
+    else:
+        click.echo(render_report(report))
 
 
 @cli.command()

@@ -23,6 +23,8 @@ CORE_MODULES = [
     "celery_taskq.context",
     "celery_taskq.listing",
     "celery_taskq.snapshots",
+    "celery_taskq.reports",
+    "celery_taskq.report_render",
 ]
 FORBIDDEN = ["celery", "kombu", "click", "flask", "starlette", "fastapi", "django"]
 

@@ -1,0 +1,981 @@
+"""Reports: read-only roll-ups of the three tables, as frozen values.
+
+One module serves the command line (``celery-taskq report``), dashboards, an HTTP API and
+metrics exporters alike: every function takes a :class:`~celery_taskq.db.Database`, reads in
+one read-only transaction with SQLAlchemy ``select()`` expressions, and returns frozen
+dataclasses (no ORM object escapes). Times are timezone-aware UTC datetimes; durations and
+ages are seconds as ``float``.
+
+**The window.** A :class:`ReportWindow` is half-open, ``since <= t < until``; a missing bound
+is open. What ``t`` is:
+
+* a task: ``TaskQueue.QueuedOn`` (when it was queued);
+* a run: the time it reached its current status: ``FinishedOn`` for a finished run
+  (``success``, ``error``, ``timeout``), ``StartedOn`` for a ``running`` one, and its task's
+  ``ScheduledOn`` (when it became due) for a ``scheduled`` one. Every run is so counted in
+  exactly one window, and the finished runs of a window are the same set for the totals, the
+  failure rates, the durations, the slowest runs and the recent failures;
+* a dead letter: ``FinishedOn`` of its last run (when it ran out of retries);
+* a runner: its lifetime, ``StartedOn`` to ``FinishedOn`` (still running: open), overlaps the
+  window.
+
+Due work is a picture of *now* (the ``now`` passed in) and ignores the window.
+
+**The handler filter** is an exact ``TaskHandlerClass``; it narrows every section except the
+runners (a runner runs any handler).
+
+**Indexes.** Filters are plain comparisons on columns (never a function of a column), and
+the open/scheduled/running predicates are the SQL fragments of :mod:`celery_taskq.models`
+that the partial indexes are declared with, so SQLite and PostgreSQL use those indexes: due
+work (``ix_TaskRuns_scheduled``, ``ix_TaskRuns_running_by_runner``, ``ix_TaskQueue_due``),
+the "no open run" test of dead letters (``uq_TaskRuns_one_open_run_per_task``) and a task's
+last run (``ix_TaskRuns_TaskQueueId_Id``). The window columns (``QueuedOn``, ``FinishedOn``,
+``StartedOn``) carry no index in the current schema: windowed sections scan until one is
+added.
+
+**Durations** are ``FinishedOn - StartedOn`` of finished runs that started (a run cancelled
+before it started has none). Percentiles are continuous (linear interpolation between the
+closest ranks, SQL's ``percentile_cont``): computed by PostgreSQL in the database, and on
+SQLite in Python from the exact durations, with the same formula.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Double,
+    Select,
+    and_,
+    case,
+    cast,
+    exists,
+    extract,
+    func,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.orm import aliased
+
+from celery_taskq.db import Database
+from celery_taskq.exceptions import InvalidArgumentError
+from celery_taskq.models import (
+    FAILED_RUN_STATUSES,
+    RUN_OPEN_SQL,
+    RUN_RUNNING_SQL,
+    RUN_SCHEDULED_SQL,
+    TASK_OPEN_SQL,
+    RunnerRole,
+    RunnerStatus,
+    RunStatus,
+    TaskQueue,
+    TaskRun,
+    TaskRunner,
+)
+
+DEFAULT_LIMIT = 10
+"""Rows of the top-N sections (slowest runs, recent failures, dead letters, runners)."""
+
+MAX_LIMIT = 1000
+"""Most rows a top-N section may hold."""
+
+PERCENTILES = (0.5, 0.9, 0.99)
+"""The duration percentiles reported, as fractions."""
+
+_Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC (the default ``now`` of a report)."""
+    return datetime.now(UTC)
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportWindow:
+    """A half-open time window ``since <= t < until``; ``None`` leaves that side open."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("since", "until"):
+            moment = getattr(self, name)
+            if moment is not None and (not isinstance(moment, datetime) or moment.tzinfo is None):
+                raise InvalidArgumentError(f"{name} must be a timezone-aware datetime")
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise InvalidArgumentError(
+                f"since ({self.since.isoformat()}) must be before until ({self.until.isoformat()})"
+            )
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """Runs by ``TaskRuns.Status``; ``total`` is their sum."""
+
+    scheduled: int = 0
+    running: int = 0
+    success: int = 0
+    error: int = 0
+    timeout: int = 0
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        total = self.scheduled + self.running + self.success + self.error + self.timeout
+        object.__setattr__(self, "total", total)
+
+    @property
+    def finished(self) -> int:
+        """Runs that ended, whatever the outcome."""
+        return self.success + self.error + self.timeout
+
+    @property
+    def failed(self) -> int:
+        """Runs that ended ``error`` or ``timeout``."""
+        return self.error + self.timeout
+
+
+@dataclass(frozen=True)
+class TaskCounts:
+    """Tasks by ``TaskQueue.LastStatus``, never-run tasks (``NULL``) apart; ``total`` sums them."""
+
+    never_run: int = 0
+    scheduled: int = 0
+    running: int = 0
+    success: int = 0
+    error: int = 0
+    timeout: int = 0
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        total = (
+            self.never_run
+            + self.scheduled
+            + self.running
+            + self.success
+            + self.error
+            + self.timeout
+        )
+        object.__setattr__(self, "total", total)
+
+
+@dataclass(frozen=True)
+class HandlerTotals:
+    """Task and run counts of one handler."""
+
+    handler: str
+    tasks: TaskCounts
+    runs: RunCounts
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Task and run counts of the window, in all and per handler (sorted by handler)."""
+
+    tasks: TaskCounts
+    runs: RunCounts
+    by_handler: tuple[HandlerTotals, ...]
+
+
+@dataclass(frozen=True)
+class FailureRate:
+    """Failed (``error`` + ``timeout``) over finished runs; ``rate`` is ``None`` with none."""
+
+    handler: str | None
+    """``None`` for all handlers together."""
+    finished: int
+    failed: int
+    rate: float | None
+
+
+@dataclass(frozen=True)
+class FailureRates:
+    """The failure rate over all handlers, and per handler (sorted by handler)."""
+
+    overall: FailureRate
+    by_handler: tuple[FailureRate, ...]
+
+
+@dataclass(frozen=True)
+class DurationStats:
+    """Duration percentiles of one handler's finished runs, in seconds."""
+
+    handler: str
+    runs: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+@dataclass(frozen=True)
+class SlowRun:
+    """One of the slowest finished runs."""
+
+    run_id: int
+    task_id: int
+    handler: str
+    status: RunStatus
+    started_on: datetime
+    finished_on: datetime
+    duration: float
+    """Seconds from ``StartedOn`` to ``FinishedOn``."""
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """A run that ended ``error`` or ``timeout``."""
+
+    run_id: int
+    task_id: int
+    handler: str
+    status: RunStatus
+    error_code: str | None
+    error_message: str | None
+    finished_on: datetime
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A task out of retries: its last run failed, ``TaskRunsFailed >= MaxRetries``, no open run.
+
+    It gets no further run unless retried by hand. A cancelled task qualifies too when its
+    ended runs exhausted its retries (``cancel_requested_on`` tells).
+    """
+
+    task_id: int
+    handler: str
+    last_status: RunStatus
+    task_runs_failed: int
+    max_retries: int
+    queued_on: datetime
+    cancel_requested_on: datetime | None
+    last_run_id: int
+    last_finished_on: datetime
+    error_code: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True)
+class RunnerReport:
+    """A runner row, with its heartbeat age and the number of runs it took."""
+
+    runner_id: int
+    role: RunnerRole
+    hostname: str
+    process_id: int
+    status: RunnerStatus
+    started_on: datetime
+    finished_on: datetime | None
+    heartbeat_on: datetime | None
+    heartbeat_age: float | None
+    """Seconds from ``HeartbeatOn`` to the report's ``now``; ``None`` without a heartbeat."""
+    runs: int
+    """``TaskRuns`` rows whose ``TaskRunnerId`` is this runner (in any status, ever)."""
+
+
+@dataclass(frozen=True)
+class DueWork:
+    """Work waiting or in progress at ``now`` (not windowed).
+
+    A scheduled run is due when its task's ``ScheduledOn`` has come (runs have no time of
+    their own before they start).
+    """
+
+    due_scheduled_runs: int
+    """Scheduled runs a runner may claim now."""
+    future_scheduled_runs: int
+    """Scheduled runs whose task's ``ScheduledOn`` is still ahead."""
+    running_runs: int
+    """Runs in ``running`` status."""
+    oldest_due_age: float | None
+    """Seconds since the oldest due scheduled run became due; ``None`` if none is due."""
+    due_tasks_without_run: int
+    """Due tasks that OnProcess has not given a run yet (never run, or retries left)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """Every section of a report, for one window, handler filter and ``now``."""
+
+    now: datetime
+    window: ReportWindow
+    handler: str | None
+    limit: int
+    totals: Totals
+    failure_rates: FailureRates
+    durations: tuple[DurationStats, ...]
+    slowest_runs: tuple[SlowRun, ...]
+    recent_failures: tuple[FailedRun, ...]
+    dead_letters: tuple[DeadLetter, ...]
+    runners: tuple[RunnerReport, ...]
+    due_work: DueWork
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+)([smhdw])", re.IGNORECASE)
+_DURATION = re.compile(r"(?:\d+[smhdw])+", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_moment(value: str) -> datetime | timedelta:
+    """An ISO 8601 time with a UTC offset, or a duration back from now (``24h``, ``1h30m``).
+
+    Units: ``s``, ``m``, ``h``, ``d``, ``w``. Resolve a duration with :func:`resolve_moment`.
+    """
+    text_value = value.strip()
+    if _DURATION.fullmatch(text_value):
+        seconds = sum(
+            int(number) * _UNIT_SECONDS[unit.lower()]
+            for number, unit in _DURATION_PART.findall(text_value)
+        )
+        return timedelta(seconds=seconds)
+    try:
+        parsed = datetime.fromisoformat(text_value)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"{value!r} is neither an ISO 8601 time nor a duration like 24h, 30m or 7d"
+        ) from None
+    if parsed.tzinfo is None:
+        raise InvalidArgumentError(
+            f"{value!r} has no UTC offset: write it like 2026-01-31T08:00:00Z or +02:00"
+        )
+    return parsed.astimezone(UTC)
+
+
+def resolve_moment(value: datetime | timedelta | None, now: datetime) -> datetime | None:
+    """A parsed moment as a time: a duration counts back from ``now``."""
+    if isinstance(value, timedelta):
+        return now - value
+    return value
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return limit
+
+
+def _check_handler(handler: str | None) -> str | None:
+    if handler is not None and (not isinstance(handler, str) or not handler):
+        raise InvalidArgumentError("handler must be a non-empty TaskHandlerClass")
+    return handler
+
+
+def _check_now(now: datetime | None) -> datetime:
+    if now is None:
+        return utc_now()
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise InvalidArgumentError("now must be a timezone-aware datetime")
+    return now.astimezone(UTC)
+
+
+# -- percentiles ----------------------------------------------------------------------------
+
+
+def percentile_cont(sorted_values: Sequence[float], fraction: float) -> float:
+    """SQL's ``percentile_cont``: linear interpolation between the closest ranks.
+
+    ``sorted_values`` is ascending and not empty; ``fraction`` is from 0 to 1. The formula is
+    PostgreSQL's, so both databases report the same value.
+    """
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    position = fraction * (len(sorted_values) - 1)
+    lower = sorted_values[math.floor(position)]
+    upper = sorted_values[math.ceil(position)]
+    return lower + (upper - lower) * (position - math.floor(position))
+
+
+# -- SQL pieces -----------------------------------------------------------------------------
+
+
+def _within(column: Any, window: ReportWindow) -> ColumnElement[bool]:
+    """``column`` is set and inside the window (plain comparisons: an index can serve them)."""
+    conditions: list[ColumnElement[bool]] = [column.is_not(None)]
+    if window.since is not None:
+        conditions.append(column >= window.since)
+    if window.until is not None:
+        conditions.append(column < window.until)
+    return and_(*conditions)
+
+
+def _run_in_window(window: ReportWindow) -> ColumnElement[bool]:
+    """A run reached its current status inside the window (see the module's docstring)."""
+    return or_(
+        _within(TaskRun.finished_on, window),
+        and_(text(RUN_RUNNING_SQL), _within(TaskRun.started_on, window)),
+        and_(text(RUN_SCHEDULED_SQL), _within(TaskQueue.scheduled_on, window)),
+    )
+
+
+def _finished_in_window(window: ReportWindow) -> ColumnElement[bool]:
+    """A run ended inside the window, after it started (so it has a duration)."""
+    return and_(_within(TaskRun.finished_on, window), TaskRun.started_on.is_not(None))
+
+
+def _runs_with_handler(*columns: Any) -> Select[*tuple[Any, ...]]:
+    """``SELECT columns FROM TaskRuns JOIN TaskQueue`` (by the task's primary key)."""
+    return select(*columns).join_from(TaskRun, TaskQueue, TaskRun.task_queue_id == TaskQueue.id)
+
+
+def _for_handler(query: _Query, handler: str | None) -> _Query:
+    return query if handler is None else query.where(TaskQueue.task_handler_class == handler)
+
+
+_T = TypeVar("_T")
+
+
+def _required(value: _T | None) -> _T:
+    """A value the query's filter guarantees is set."""
+    if value is None:  # pragma: no cover - excluded by the WHERE clause
+        raise AssertionError("a filtered column is NULL")
+    return value
+
+
+def _seconds(delta: timedelta) -> float:
+    return delta.total_seconds()
+
+
+def _read(database: Database, read: Callable[[Connection], _T]) -> _T:
+    with database.transaction(read_only=True) as connection:
+        return read(connection)
+
+
+# -- totals and failure rates ---------------------------------------------------------------
+
+
+def _task_counts(
+    connection: Connection, window: ReportWindow, handler: str | None
+) -> dict[str, dict[str, int]]:
+    query = _for_handler(
+        select(TaskQueue.task_handler_class, TaskQueue.last_status, func.count())
+        .where(_within(TaskQueue.queued_on, window))
+        .group_by(TaskQueue.task_handler_class, TaskQueue.last_status),
+        handler,
+    )
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for handler_class, status, number in connection.execute(query):
+        counts[handler_class]["never_run" if status is None else RunStatus(status).value] = number
+    return counts
+
+
+def _run_counts(
+    connection: Connection, window: ReportWindow, handler: str | None
+) -> dict[str, dict[str, int]]:
+    query = _for_handler(
+        _runs_with_handler(TaskQueue.task_handler_class, TaskRun.status, func.count())
+        .where(_run_in_window(window))
+        .group_by(TaskQueue.task_handler_class, TaskRun.status),
+        handler,
+    )
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for handler_class, status, number in connection.execute(query):
+        counts[handler_class][RunStatus(status).value] = number
+    return counts
+
+
+def _sum_counts(per_handler: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = defaultdict(int)
+    for counts in per_handler:
+        for key, number in counts.items():
+            total[key] += number
+    return total
+
+
+def _totals(connection: Connection, window: ReportWindow, handler: str | None) -> Totals:
+    tasks = _task_counts(connection, window, handler)
+    runs = _run_counts(connection, window, handler)
+    return Totals(
+        tasks=TaskCounts(**_sum_counts(tasks.values())),
+        runs=RunCounts(**_sum_counts(runs.values())),
+        by_handler=tuple(
+            HandlerTotals(
+                handler=name,
+                tasks=TaskCounts(**tasks.get(name, {})),
+                runs=RunCounts(**runs.get(name, {})),
+            )
+            for name in sorted(set(tasks) | set(runs))
+        ),
+    )
+
+
+def _failure_rate(handler: str | None, runs: RunCounts) -> FailureRate:
+    finished, failed = runs.finished, runs.failed
+    return FailureRate(
+        handler=handler,
+        finished=finished,
+        failed=failed,
+        rate=failed / finished if finished else None,
+    )
+
+
+def _failure_rates_of(counted: Totals) -> FailureRates:
+    return FailureRates(
+        overall=_failure_rate(None, counted.runs),
+        by_handler=tuple(
+            _failure_rate(row.handler, row.runs) for row in counted.by_handler if row.runs.finished
+        ),
+    )
+
+
+def totals(database: Database, window: ReportWindow, *, handler: str | None = None) -> Totals:
+    """Tasks by ``LastStatus`` (queued in the window) and runs by ``Status``, per handler too.
+
+    Tasks that never ran (``LastStatus`` NULL) count as ``never_run``. A run counts in the
+    window in which it reached its current status (see the module's docstring).
+    """
+    handler = _check_handler(handler)
+    return _read(database, lambda connection: _totals(connection, window, handler))
+
+
+def failure_rates(
+    database: Database, window: ReportWindow, *, handler: str | None = None
+) -> FailureRates:
+    """Failed (``error`` + ``timeout``) over finished runs that ended in the window.
+
+    Overall, and per handler for the handlers with a finished run.
+    """
+    return _failure_rates_of(totals(database, window, handler=handler))
+
+
+# -- durations ------------------------------------------------------------------------------
+
+
+def _duration_stats_postgresql(
+    connection: Connection, window: ReportWindow, handler: str | None
+) -> tuple[DurationStats, ...]:
+    seconds = cast(extract("epoch", TaskRun.finished_on - TaskRun.started_on), Double)
+    query = _for_handler(
+        _runs_with_handler(
+            TaskQueue.task_handler_class,
+            func.count(),
+            *(
+                func.percentile_cont(cast(fraction, Double)).within_group(seconds)
+                for fraction in PERCENTILES
+            ),
+            func.max(seconds),
+        )
+        .where(_finished_in_window(window))
+        .group_by(TaskQueue.task_handler_class)
+        .order_by(TaskQueue.task_handler_class),
+        handler,
+    )
+    return tuple(
+        DurationStats(
+            handler=name,
+            runs=runs,
+            p50=float(p50),
+            p90=float(p90),
+            p99=float(p99),
+            max=float(longest),
+        )
+        for name, runs, p50, p90, p99, longest in connection.execute(query)
+    )
+
+
+def _duration_stats_python(
+    connection: Connection, window: ReportWindow, handler: str | None
+) -> tuple[DurationStats, ...]:
+    query = _for_handler(
+        _runs_with_handler(
+            TaskQueue.task_handler_class, TaskRun.started_on, TaskRun.finished_on
+        ).where(_finished_in_window(window)),
+        handler,
+    )
+    durations: dict[str, list[float]] = defaultdict(list)
+    for name, started_on, finished_on in connection.execute(query):
+        durations[name].append(_seconds(finished_on - started_on))
+    stats = []
+    for name in sorted(durations):
+        values = sorted(durations[name])
+        p50, p90, p99 = (percentile_cont(values, fraction) for fraction in PERCENTILES)
+        stats.append(
+            DurationStats(handler=name, runs=len(values), p50=p50, p90=p90, p99=p99, max=values[-1])
+        )
+    return tuple(stats)
+
+
+def _duration_stats(
+    connection: Connection, window: ReportWindow, handler: str | None
+) -> tuple[DurationStats, ...]:
+    if connection.dialect.name == "postgresql":
+        return _duration_stats_postgresql(connection, window, handler)
+    return _duration_stats_python(connection, window, handler)
+
+
+def duration_stats(
+    database: Database, window: ReportWindow, *, handler: str | None = None
+) -> tuple[DurationStats, ...]:
+    """p50, p90, p99 and max duration per handler of the runs that ended in the window.
+
+    Only runs that started count (``FinishedOn - StartedOn``); sorted by handler.
+    """
+    handler = _check_handler(handler)
+    return _read(database, lambda connection: _duration_stats(connection, window, handler))
+
+
+# -- slowest runs and recent failures -------------------------------------------------------
+
+
+def _duration_order(connection: Connection) -> ColumnElement[Any]:
+    if connection.dialect.name == "postgresql":
+        return TaskRun.finished_on - TaskRun.started_on  # an exact interval
+    # SQLite has no interval type: Julian days, exact to the millisecond, order the rows; the
+    # reported durations are exact (computed from the datetimes).
+    return func.julianday(TaskRun.finished_on) - func.julianday(TaskRun.started_on)
+
+
+def _slowest_runs(
+    connection: Connection, window: ReportWindow, handler: str | None, limit: int
+) -> tuple[SlowRun, ...]:
+    query = _for_handler(
+        _runs_with_handler(
+            TaskRun.id,
+            TaskRun.task_queue_id,
+            TaskQueue.task_handler_class,
+            TaskRun.status,
+            TaskRun.started_on,
+            TaskRun.finished_on,
+        )
+        .where(_finished_in_window(window))
+        .order_by(_duration_order(connection).desc(), TaskRun.id)
+        .limit(limit),
+        handler,
+    )
+    runs = [
+        SlowRun(
+            run_id=run_id,
+            task_id=task_id,
+            handler=name,
+            status=RunStatus(status),
+            started_on=started_on,
+            finished_on=finished_on,
+            duration=_seconds(finished_on - started_on),
+        )
+        for run_id, task_id, name, status, started_on, finished_on in connection.execute(query)
+    ]
+    return tuple(sorted(runs, key=lambda run: (-run.duration, run.run_id)))
+
+
+def slowest_runs(
+    database: Database,
+    window: ReportWindow,
+    *,
+    handler: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[SlowRun, ...]:
+    """The ``limit`` longest runs that ended in the window, longest first (then by run id)."""
+    handler, limit = _check_handler(handler), _check_limit(limit)
+    return _read(database, lambda connection: _slowest_runs(connection, window, handler, limit))
+
+
+def _recent_failures(
+    connection: Connection, window: ReportWindow, handler: str | None, limit: int
+) -> tuple[FailedRun, ...]:
+    query = _for_handler(
+        _runs_with_handler(
+            TaskRun.id,
+            TaskRun.task_queue_id,
+            TaskQueue.task_handler_class,
+            TaskRun.status,
+            TaskRun.error_code,
+            TaskRun.error_message,
+            TaskRun.finished_on,
+        )
+        .where(_within(TaskRun.finished_on, window), TaskRun.status.in_(FAILED_RUN_STATUSES))
+        .order_by(TaskRun.finished_on.desc(), TaskRun.id.desc())
+        .limit(limit),
+        handler,
+    )
+    return tuple(
+        FailedRun(
+            run_id=run_id,
+            task_id=task_id,
+            handler=name,
+            status=RunStatus(status),
+            error_code=error_code,
+            error_message=error_message,
+            finished_on=finished_on,
+        )
+        for run_id, task_id, name, status, error_code, error_message, finished_on in (
+            connection.execute(query)
+        )
+    )
+
+
+def recent_failures(
+    database: Database,
+    window: ReportWindow,
+    *,
+    handler: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[FailedRun, ...]:
+    """The ``limit`` newest runs that ended ``error`` or ``timeout`` in the window."""
+    handler, limit = _check_handler(handler), _check_limit(limit)
+    return _read(database, lambda connection: _recent_failures(connection, window, handler, limit))
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+
+def _dead_letters(
+    connection: Connection, window: ReportWindow, handler: str | None, limit: int
+) -> tuple[DeadLetter, ...]:
+    last_run = aliased(TaskRun, name="LastRun")
+    last_run_id = (
+        select(func.max(TaskRun.id))
+        .where(TaskRun.task_queue_id == TaskQueue.id)
+        .correlate(TaskQueue)
+        .scalar_subquery()
+    )
+    open_run = (
+        select(TaskRun.id)
+        .where(TaskRun.task_queue_id == TaskQueue.id, text(RUN_OPEN_SQL))
+        .correlate(TaskQueue)
+    )
+    query = _for_handler(
+        select(
+            TaskQueue.id,
+            TaskQueue.task_handler_class,
+            TaskQueue.last_status,
+            TaskQueue.task_runs_failed,
+            TaskQueue.max_retries,
+            TaskQueue.queued_on,
+            TaskQueue.cancel_requested_on,
+            last_run.id,
+            last_run.finished_on,
+            last_run.error_code,
+            last_run.error_message,
+        )
+        .join(last_run, last_run.id == last_run_id)
+        .where(
+            TaskQueue.last_status.in_(FAILED_RUN_STATUSES),
+            TaskQueue.task_runs_failed >= TaskQueue.max_retries,
+            ~exists(open_run),
+            _within(last_run.finished_on, window),
+        )
+        .order_by(last_run.finished_on.desc(), TaskQueue.id.desc())
+        .limit(limit),
+        handler,
+    )
+    return tuple(
+        DeadLetter(
+            task_id=row[0],
+            handler=row[1],
+            last_status=RunStatus(_required(row[2])),
+            task_runs_failed=row[3],
+            max_retries=row[4],
+            queued_on=row[5],
+            cancel_requested_on=row[6],
+            last_run_id=row[7],
+            last_finished_on=_required(row[8]),
+            error_code=row[9],
+            error_message=row[10],
+        )
+        for row in connection.execute(query)
+    )
+
+
+def dead_letters(
+    database: Database,
+    window: ReportWindow,
+    *,
+    handler: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[DeadLetter, ...]:
+    """Tasks out of retries whose last run ended in the window, newest first.
+
+    Out of retries: the last run failed (``LastStatus`` ``error``/``timeout``),
+    ``TaskRunsFailed >= MaxRetries``, and the task has no open (scheduled or running) run.
+    """
+    handler, limit = _check_handler(handler), _check_limit(limit)
+    return _read(database, lambda connection: _dead_letters(connection, window, handler, limit))
+
+
+# -- runners --------------------------------------------------------------------------------
+
+
+def _runners(
+    connection: Connection, window: ReportWindow, now: datetime, limit: int
+) -> tuple[RunnerReport, ...]:
+    query = select(
+        TaskRunner.id,
+        TaskRunner.role,
+        TaskRunner.hostname,
+        TaskRunner.process_id,
+        TaskRunner.status,
+        TaskRunner.started_on,
+        TaskRunner.finished_on,
+        TaskRunner.heartbeat_on,
+    )
+    if window.until is not None:
+        query = query.where(TaskRunner.started_on < window.until)
+    if window.since is not None:
+        query = query.where(
+            or_(TaskRunner.finished_on.is_(None), TaskRunner.finished_on >= window.since)
+        )
+    running_first = case((TaskRunner.status == RunnerStatus.RUNNING, 0), else_=1)
+    rows = connection.execute(
+        query.order_by(running_first, TaskRunner.id.desc()).limit(limit)
+    ).all()
+    ids = [row[0] for row in rows]
+    runs: dict[int, int] = {}
+    if ids:
+        counts = connection.execute(
+            select(TaskRun.task_runner_id, func.count())
+            .where(TaskRun.task_runner_id.in_(ids))
+            .group_by(TaskRun.task_runner_id)
+        )
+        for runner_id, number in counts:
+            if runner_id is not None:
+                runs[runner_id] = number
+    reported = []
+    for runner_id, role, host, pid, status, started_on, finished_on, heartbeat_on in rows:
+        reported.append(
+            RunnerReport(
+                runner_id=runner_id,
+                role=RunnerRole(role),
+                hostname=host,
+                process_id=pid,
+                status=RunnerStatus(status),
+                started_on=started_on,
+                finished_on=finished_on,
+                heartbeat_on=heartbeat_on,
+                heartbeat_age=None if heartbeat_on is None else _seconds(now - heartbeat_on),
+                runs=runs.get(runner_id, 0),
+            )
+        )
+    return tuple(reported)
+
+
+def runners(
+    database: Database,
+    window: ReportWindow,
+    *,
+    now: datetime | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[RunnerReport, ...]:
+    """Runners alive at some time in the window: running ones first, then newest first.
+
+    ``heartbeat_age`` is measured against ``now`` (default: the current time).
+    """
+    now, limit = _check_now(now), _check_limit(limit)
+    return _read(database, lambda connection: _runners(connection, window, now, limit))
+
+
+# -- due work -------------------------------------------------------------------------------
+
+
+def _due_work(connection: Connection, now: datetime, handler: str | None) -> DueWork:
+    is_due = TaskQueue.scheduled_on <= now
+    scheduled = connection.execute(
+        _for_handler(
+            _runs_with_handler(
+                func.count().filter(is_due),
+                func.count().filter(TaskQueue.scheduled_on > now),
+                func.min(TaskQueue.scheduled_on).filter(is_due),
+            ).where(text(RUN_SCHEDULED_SQL)),
+            handler,
+        )
+    ).one()
+    running_query = select(func.count()).select_from(TaskRun).where(text(RUN_RUNNING_SQL))
+    if handler is not None:
+        running_query = _for_handler(
+            _runs_with_handler(func.count()).where(text(RUN_RUNNING_SQL)), handler
+        )
+    running = connection.execute(running_query).scalar_one()
+    waiting = connection.execute(
+        _for_handler(
+            select(func.count()).select_from(TaskQueue).where(is_due, text(TASK_OPEN_SQL)),
+            handler,
+        )
+    ).scalar_one()
+    due, future, oldest = scheduled
+    return DueWork(
+        due_scheduled_runs=due,
+        future_scheduled_runs=future,
+        running_runs=running,
+        oldest_due_age=None if oldest is None else _seconds(now - oldest),
+        due_tasks_without_run=waiting,
+    )
+
+
+def due_work(
+    database: Database, *, now: datetime | None = None, handler: str | None = None
+) -> DueWork:
+    """Scheduled runs due and not yet due, running runs, and how long the oldest has waited."""
+    now, handler = _check_now(now), _check_handler(handler)
+    return _read(database, lambda connection: _due_work(connection, now, handler))
+
+
+# -- the whole report -----------------------------------------------------------------------
+
+
+def build_report(
+    database: Database,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    handler: str | None = None,
+    now: datetime | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> Report:
+    """Every section for one window, read in one read-only transaction.
+
+    ``now`` (default: the current time) is what heartbeat ages and due work are measured
+    against; ``limit`` bounds each top-N section.
+    """
+    window = ReportWindow(since, until)
+    now, handler, limit = _check_now(now), _check_handler(handler), _check_limit(limit)
+    with database.transaction(read_only=True) as connection:
+        report_totals = _totals(connection, window, handler)
+        return Report(
+            now=now,
+            window=window,
+            handler=handler,
+            limit=limit,
+            totals=report_totals,
+            failure_rates=_failure_rates_of(report_totals),
+            durations=_duration_stats(connection, window, handler),
+            slowest_runs=_slowest_runs(connection, window, handler, limit),
+            recent_failures=_recent_failures(connection, window, handler, limit),
+            dead_letters=_dead_letters(connection, window, handler, limit),
+            runners=_runners(connection, window, now, limit),
+            due_work=_due_work(connection, now, handler),
+        )
+
+
+def _json_safe(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            item.name: _json_safe(getattr(value, item.name)) for item in dataclasses.fields(value)
+        }
+    if isinstance(value, tuple | list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def report_as_dict(report: Report) -> dict[str, Any]:
+    """The report as JSON-safe data: dataclasses become objects (keyed by field name), tuples
+    lists, times ISO 8601 strings with their offset, statuses and roles their values."""
+    result: dict[str, Any] = _json_safe(report)
+    return result
