@@ -27,6 +27,7 @@ from celery_taskq.exceptions import (
 from celery_taskq.handlers import TaskHandler
 from celery_taskq.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.settings import DEFAULT_MAX_RETRIES
+from celery_taskq.steps import MultiStepTask, check_steps
 
 UNIQUE_INSERT_ATTEMPTS = 3
 """Tries at inserting a task whose unique key is released by a task finishing meanwhile."""
@@ -107,6 +108,8 @@ def prepare(
         raise type(exc)(f"task data refused by {spec.handler}: {exc}") from exc
     except Exception as exc:
         raise InvalidTaskError(f"task data refused by {spec.handler}: {exc}") from exc
+    if isinstance(handler, MultiStepTask):
+        check_steps(document, create_handler)
     return {
         "task_handler_class": spec.handler.strip(),
         "task_data": document,

@@ -38,7 +38,6 @@ from celery_taskq import intake, registry, transitions
 from celery_taskq.db import Database, translate_errors
 from celery_taskq.exceptions import (
     InvalidArgumentError,
-    InvalidTaskError,
     NotFoundError,
     TaskNotFoundError,
 )
@@ -56,7 +55,7 @@ from celery_taskq.models import (
 from celery_taskq.runner import Clock, TaskRunner, current_process_start_time, utc_now
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
-from celery_taskq.steps import STEPS_HANDLER, Step, parse_steps, steps_data
+from celery_taskq.steps import STEPS_HANDLER, Step, steps_data
 
 logger = logging.getLogger(__name__)
 
@@ -161,16 +160,7 @@ class TaskQueueService:
         ``validate`` is given the step's settings before anything is written."""
         if isinstance(steps, str | bytes) or not isinstance(steps, Sequence):
             raise InvalidArgumentError("steps must be a list of Step or mappings")
-        data = steps_data(steps)
-        for index, step in enumerate(parse_steps(data), start=1):
-            handler = self.create_task_handler(step.handler)
-            try:
-                handler.validate(step.settings)
-            except Exception as exc:
-                raise InvalidTaskError(
-                    f"step {index} ({step.handler}): settings refused: {exc}"
-                ) from exc
-        return self.add_task(STEPS_HANDLER, data, **options)
+        return self.add_task(STEPS_HANDLER, steps_data(steps), **options)
 
     @contextmanager
     def _writing(self, connection: Connection | None) -> Iterator[Connection]:

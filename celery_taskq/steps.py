@@ -27,12 +27,12 @@ checkpoint. A failing step without the flag is reported in ``failed_steps`` and 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from celery_taskq.context import Progress, RunContext
-from celery_taskq.exceptions import InvalidTaskDataError
+from celery_taskq.exceptions import InvalidTaskDataError, InvalidTaskError
 from celery_taskq.handlers import Continue, TaskCancelledError, TaskError, TaskHandler
 from celery_taskq.registry import register
 
@@ -109,13 +109,29 @@ def _parse_step(index: int, raw: Any) -> Step:
     return Step(handler.strip(), raw.get("settings"), interrupt, title)
 
 
+def check_steps(data: Any, create_handler: Callable[[str], TaskHandler]) -> None:
+    """Check a multi-step task's data before it is enqueued: its shape, and every step's
+    handler (loaded by ``create_handler``, so under the allow-list) with its ``validate``."""
+    for index, step in enumerate(parse_steps(data), start=1):
+        try:
+            handler = create_handler(step.handler)
+        except InvalidTaskError as exc:
+            raise type(exc)(f"step {index}: {exc}") from exc
+        try:
+            handler.validate(step.settings)
+        except Exception as exc:
+            raise InvalidTaskError(
+                f"step {index} ({step.handler}): settings refused: {exc}"
+            ) from exc
+
+
 @register(STEPS_HANDLER)
 class MultiStepTask(TaskHandler):
     """Runs the steps in the task's data in order (see the module documentation)."""
 
     def validate(self, data: Any) -> None:
-        """Check the shape of the step list (each step's handler is checked at enqueue by
-        :meth:`celery_taskq.queue.TaskQueueService.add_steps_task`)."""
+        """Check the shape of the step list (each step's handler and settings are checked at
+        enqueue too, by :func:`check_steps`)."""
         parse_steps(data)
 
     def handle_task_run(self, run: RunContext) -> Any:

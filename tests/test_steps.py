@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from celery_taskq import Step
+from celery_taskq import Step, TaskSpec
 from celery_taskq.context import Progress, RunContext
 from celery_taskq.db import Database
 from celery_taskq.exceptions import HandlerNotAllowedError, InvalidTaskError
@@ -21,6 +21,7 @@ from tests.conftest import FakeClock
 from tests.helpers import count, drive, results, runs_of, task_row
 
 RECORD = "tests.handlers.RecordStep"
+SUCCEED_STEP = "tests.handlers.Succeed"
 
 
 def step(log: Path, name: str, **options: Any) -> Step:
@@ -119,6 +120,22 @@ def test_steps_are_checked_before_anything_is_written(
         with pytest.raises(InvalidTaskError, match=message):
             service.add_steps_task(steps)
     assert count(database, TaskQueue) == 0
+
+
+def test_steps_enqueued_by_the_plain_name_are_checked_too(
+    service: TaskQueueService, database: Database, tmp_path: Path
+) -> None:
+    bad_step = {"steps": [{"handler": "tests.nowhere.Gone"}]}
+    with pytest.raises(InvalidTaskError, match=r"step 1: .*no module named 'tests\.nowhere'"):
+        service.add_task(STEPS_HANDLER, bad_step)
+    with pytest.raises(InvalidTaskError, match=r"task 1: step 1: .*no module named"):
+        service.add_tasks([TaskSpec(SUCCEED_STEP), TaskSpec(STEPS_HANDLER, bad_step)])
+    refused_settings = {"steps": [{"handler": RECORD, "settings": {"name": "no log"}}]}
+    with pytest.raises(InvalidTaskError, match=r"step 1 .*settings refused"):
+        service.add_task(STEPS_HANDLER, refused_settings)
+    assert count(database, TaskQueue) == 0
+    good = {"steps": [step(tmp_path / "log", "a").as_data()]}
+    assert service.add_task(STEPS_HANDLER, good) > 0
 
 
 def test_the_allow_list_applies_to_every_step(
