@@ -20,7 +20,7 @@ from celery_taskq import __version__, migrate, reports
 from celery_taskq.db import Database
 from celery_taskq.exceptions import TaskqError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
-from celery_taskq.models import FAILED_RUN_STATUSES, RunStatus
+from celery_taskq.models import FAILED_RUN_STATUSES, OPEN_RUN_STATUSES, RunStatus
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
 from celery_taskq.render import progress_bar, render_page, render_page_json, render_task
 from celery_taskq.report_render import render_report, render_report_csv, render_report_json
@@ -301,17 +301,27 @@ def report_command(
 @click.option("--timeout", type=click.FloatRange(min=0), help="Give up after S seconds.")
 @pass_context
 def watch(context: CliContext, task_id: int, timeout: float | None) -> None:
-    """Show a live progress bar of a task's current run until it ends (exit 1 unless success)."""
+    """Show a live progress bar of a task's current run until it ends (exit 1 unless success).
+
+    A resumable task's next run, or a retry already scheduled, is followed in turn.
+    """
     service = context.service
     deadline = None if timeout is None else time.monotonic() + timeout
     while not (runs := service.get_task(task_id).runs):
         if deadline is not None and time.monotonic() >= deadline:
             raise click.ClickException(f"task {task_id} has no run yet")
         time.sleep(0.25)
-    remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
     last = runs[-1]
-    for last in service.watch_run(runs[-1].id, timeout=remaining):
-        click.echo("\r" + progress_bar(last), nl=False)
+    while True:
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        watched = last.id
+        for last in service.watch_run(watched, timeout=remaining):
+            click.echo("\r" + progress_bar(last), nl=False)
+        following = service.get_task(task_id).runs[-1]
+        if following.id == last.id or following.status not in OPEN_RUN_STATUSES:
+            break
+        click.echo("")
+        last = following
     click.echo("")
     if last.status is not RunStatus.SUCCESS:
         message = (

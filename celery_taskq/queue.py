@@ -52,6 +52,7 @@ from celery_taskq.models import (
     TaskQueue,
     TaskRun,
 )
+from celery_taskq.notify import notifier_for
 from celery_taskq.runner import Clock, TaskRunner, current_process_start_time, utc_now
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
@@ -87,6 +88,7 @@ class TaskQueueService:
         self.clock = clock
         self.cli_mode = cli_mode
         registry.import_modules(settings.imports)
+        self.notifier = notifier_for(settings)
 
     # -- adding tasks ----------------------------------------------------------------------
 
@@ -250,19 +252,27 @@ class TaskQueueService:
     def watch_run(
         self, run_id: int, *, interval: float = 0.25, timeout: float | None = None
     ) -> Iterator[RunSnapshot]:
-        """Yield the run each time it changes, until it has finished (or ``timeout`` passes)."""
+        """Yield the run each time it changes, until it has finished (or ``timeout`` passes).
+
+        With Redis pub/sub configured (see :mod:`celery_taskq.notify`) a change is read as soon
+        as the runner announces it; the table is read every ``interval`` seconds regardless.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         last: RunSnapshot | None = None
-        while True:
-            run = self.get_run(run_id)
-            if run != last:
-                yield run
-                last = run
-            if run.status not in OPEN_RUN_STATUSES:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-            time.sleep(interval)
+        with self.notifier.listen(run_id) as listener:
+            while True:
+                run = self.get_run(run_id)
+                if run != last:
+                    yield run
+                    last = run
+                if run.status not in OPEN_RUN_STATUSES:
+                    return
+                wait = interval
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        return
+                listener.wait(wait)
 
     def retry_task(self, task_id: int) -> int:
         """Give a finished task (even one out of retries) one more run now; return its id.
@@ -397,7 +407,9 @@ class TaskQueueService:
             os.getpid(),
             extra={"action": "runner_started", "runner_id": runner_id},
         )
-        return TaskRunner(self.database, runner_id, self.settings, clock=self.clock)
+        return TaskRunner(
+            self.database, runner_id, self.settings, clock=self.clock, notifier=self.notifier
+        )
 
     def run_standalone(self) -> bool:
         """The seed's ``runStandalone``: get a runner and let it work one iteration."""

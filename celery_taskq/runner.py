@@ -37,6 +37,7 @@ from celery_taskq.handlers import (
     create_task_handler,
 )
 from celery_taskq.models import RunStatus
+from celery_taskq.notify import RunNotifier, notifier_for
 from celery_taskq.settings import Settings
 from celery_taskq.transitions import RunOutcome
 
@@ -74,11 +75,13 @@ class TaskRunner:
         settings: Settings,
         *,
         clock: Clock = utc_now,
+        notifier: RunNotifier | None = None,
     ) -> None:
         self.database = database
         self.task_runner_id = runner_id
         self.settings = settings
         self.clock = clock
+        self.notifier = notifier_for(settings) if notifier is None else notifier
         self.last_signal: int | None = None
         self.runs_done = 0
         self._stop = threading.Event()
@@ -159,6 +162,7 @@ class TaskRunner:
             )
             if recorded and outcome.status is RunStatus.ERROR:
                 transitions.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
+        self.notifier.publish(claimed.run_id)
         self.runs_done += 1
         logger.info(
             "run %s of task %s ended %s%s",
@@ -190,6 +194,7 @@ class TaskRunner:
     def _write_progress(self, run_id: int, progress: Progress) -> None:
         with self.database.transaction() as connection:
             transitions.set_run_progress(connection, run_id, progress)
+        self.notifier.publish(run_id)
 
     def _execute(self, context: RunContext) -> tuple[RunOutcome, Backoff]:
         backoff = self.default_backoff()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from celery_taskq.exceptions import ConfigurationError
@@ -89,6 +89,12 @@ class Settings:
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
     retry_jitter: float = DEFAULT_RETRY_JITTER
     run_time_budget: float = DEFAULT_RUN_TIME_BUDGET
+    pubsub_url: str = ""
+    dashboard_token: str = field(default="", repr=False)
+    """Bearer token that allows enqueue, cancel and retry over HTTP (empty: read-only).
+    Left out of ``repr`` so that logging the settings never shows it."""
+    flower_url: str = ""
+    """Base URL of Flower; the dashboard links runs and workers to it (empty: no links)."""
 
     def __post_init__(self) -> None:
         if not self.hostname:

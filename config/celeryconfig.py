@@ -127,6 +127,12 @@ taskq_retry_backoff_base = 2.0
 taskq_retry_backoff_max = 600.0
 taskq_retry_jitter = 0.1
 
+# Seconds a run may work before run.deadline (resumable handlers return Continue by then).
+taskq_run_time_budget = 60.0
+
+# Redis URL for live run-change notices; default the broker URL when it is Redis, "none": off.
+# taskq_pubsub_url = "redis://localhost:6379/1"
+
 # The broker of the ready-made app (`celery -A celery_taskq`, `celery-taskq worker`). In your
 # own app set broker_url above instead; when broker_url is unset, install() applies this one.
 # taskq_broker_url = "sqla+sqlite:///celery_taskq-broker.db"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -11,8 +14,10 @@ from celery_taskq.cli import main
 from celery_taskq.context import PROGRESS_MIN_INTERVAL_SECONDS, Progress, RunContext
 from celery_taskq.db import Database
 from celery_taskq.models import RunStatus
+from celery_taskq.notify import NoNotifier, RedisNotifier, notifier_for
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
+from tests.conftest import CLI
 from tests.helpers import runs_of
 
 
@@ -113,3 +118,53 @@ def test_cli_watch_and_show(
     assert "ended error: [E_SMTP] the mail server refused" in capsys.readouterr().err
     assert main(["--database-url", database_url, "show", str(task_id)]) == 0
     assert "progress: step 2/2  doing step 2" in capsys.readouterr().out
+
+
+def test_watch_hears_each_change_over_redis_pubsub_without_polling(
+    database: Database, settings: Settings, redis_url: str
+) -> None:
+    # Given runs announced over Redis, and a watcher that reads the table only every 30 s
+    service = TaskQueueService(database, replace(settings, pubsub_url=redis_url))
+    assert isinstance(service.notifier, RedisNotifier)
+    task_id = service.add_task("tests.handlers.Steps", {"steps": 4, "pause": 0.3}, create_run=True)
+    run_id = runs_of(database, task_id)[0].id
+    runner = service.get_task_runner()
+    assert runner is not None
+    watcher = service.watch_run(run_id, interval=30, timeout=60)
+    first = next(watcher)  # subscribed before the runner starts
+    worker = threading.Thread(target=lambda: runner.run(burst=True))
+    worker.start()
+    seen = [first, *watcher]
+    worker.join(timeout=30)
+    # Then every step was seen as it happened: only the notices can have woken the watcher
+    steps = {run.progress_step for run in seen if run.status is RunStatus.RUNNING}
+    assert {1, 2, 3} <= steps
+    assert seen[-1].status is RunStatus.SUCCESS
+
+
+def test_notifier_follows_the_settings(redis_url: str) -> None:
+    assert isinstance(notifier_for(Settings()), NoNotifier)  # the embedded SQL broker
+    assert isinstance(notifier_for(Settings(broker_url=redis_url)), RedisNotifier)
+    assert isinstance(notifier_for(Settings(broker_url=redis_url, pubsub_url="none")), NoNotifier)
+    # A Redis that does not answer costs a warning, never a failed run
+    RedisNotifier("redis://127.0.0.1:1/0").publish(1)
+
+
+def test_cli_watch_follows_a_resumable_task_from_run_to_run(
+    database: Database,
+    database_url: str,
+    subprocess_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    data = {"total": 6, "per_run": 2, "pause": 0.3, "log": str(tmp_path / "items")}
+    task_id = enqueue("tests.handlers.Chunked", data, database_url=database_url)
+    # A runner in another process: in this one it would capture what the watcher prints
+    with subprocess.Popen([*CLI, "runner", "--burst"], env=subprocess_env) as runner:
+        code = main(["--database-url", database_url, "watch", str(task_id), "--timeout", "60"])
+        assert runner.wait(timeout=60) == 0
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.split("\n") if line.strip()]
+    assert [run.status for run in runs_of(database, task_id)] == [RunStatus.SUCCESS] * 3
+    assert len(lines) == 3  # one progress line per run
+    assert all("success" in line.split("\r")[-1] for line in lines)

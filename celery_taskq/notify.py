@@ -1,0 +1,139 @@
+"""Change notices for runs over Redis pub/sub, so that watchers learn of progress at once.
+
+The tables stay the truth: a notice only says "run N changed, read it again", and a watcher
+that misses one (or has no Redis) still reads the table every ``fallback`` seconds. Notices go
+over Redis where the ``pubsub_url`` setting names it — by default the broker URL when the broker
+is Redis — and nowhere otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+import redis
+
+from celery_taskq.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "taskq:run:"
+"""A run's notices go to the channel ``taskq:run:<run id>``."""
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+"""URL schemes that name a Redis server."""
+
+
+class RunListener(Protocol):
+    """What a watcher waits on."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; ``True`` if a notice arrived."""
+
+
+class RunNotifier(Protocol):
+    """Publishes and listens for run-changed notices."""
+
+    def publish(self, run_id: int) -> None:
+        """Announce that run ``run_id`` changed (never raises)."""
+
+    def listen(self, run_id: int) -> AbstractContextManager[RunListener]:
+        """A context manager yielding a :class:`RunListener` for run ``run_id``."""
+
+
+class _Sleeper:
+    def wait(self, timeout: float) -> bool:
+        time.sleep(timeout)
+        return False
+
+
+class NoNotifier:
+    """No pub/sub: publishing does nothing, listening just waits."""
+
+    def publish(self, run_id: int) -> None:
+        """Do nothing."""
+
+    @contextmanager
+    def listen(self, run_id: int) -> Iterator[RunListener]:
+        """Yield a listener that sleeps out its timeout."""
+        yield _Sleeper()
+
+
+class _RedisListener:
+    def __init__(self, pubsub: redis.client.PubSub) -> None:
+        self._pubsub = pubsub
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+            if message is not None:
+                while self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0):
+                    pass  # several notices in a row need one read of the table
+                return True
+
+
+class RedisNotifier:
+    """Notices over Redis pub/sub. Publishing failures are logged, never raised: a run's
+    outcome matters more than a watcher's promptness."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: redis.Redis | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client, connected on first use."""
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                self.url, socket_timeout=2.0, socket_connect_timeout=2.0
+            )
+        return self._client
+
+    def publish(self, run_id: int) -> None:
+        """Announce a change of ``run_id``; a Redis failure is logged and ignored."""
+        try:
+            self.client.publish(f"{CHANNEL_PREFIX}{run_id}", b"1")
+        except redis.RedisError as exc:
+            logger.warning(
+                "could not publish the change of run %s: %s",
+                run_id,
+                exc,
+                extra={"action": "notify_failed", "run_id": run_id},
+            )
+
+    @contextmanager
+    def listen(self, run_id: int) -> Iterator[RunListener]:
+        """Subscribe to ``run_id``'s notices; without Redis, fall back to sleeping."""
+        try:
+            pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub.subscribe(f"{CHANNEL_PREFIX}{run_id}")
+        except redis.RedisError as exc:
+            logger.warning("watching run %s without pub/sub: %s", run_id, exc)
+            yield _Sleeper()
+            return
+        try:
+            yield _RedisListener(pubsub)
+        finally:
+            pubsub.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def notifier_for(settings: Settings) -> RunNotifier:
+    """The notifier the settings ask for: Redis when ``pubsub_url`` (or, by default, the
+    broker URL) names a Redis server; none when ``pubsub_url`` is ``"none"``."""
+    url = settings.pubsub_url or settings.broker_url
+    if url == "none" or not url.startswith(REDIS_SCHEMES):
+        return NoNotifier()
+    return RedisNotifier(url)
