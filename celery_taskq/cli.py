@@ -158,7 +158,8 @@ def enqueue(
     title: str | None,
     unique_key: str | None,
 ) -> None:
-    """Queue a task for HANDLER (a dotted path) with DATA (JSON); print the task id."""
+    """Queue a task for HANDLER (a registered name or dotted path) with DATA (JSON); print the
+    task id. A task due now gets its first run at once, ready for the next runner."""
     task_id = context.service.add_task(
         handler,
         data,
@@ -167,6 +168,7 @@ def enqueue(
         queued_by=queued_by,
         title=title,
         unique_key=unique_key,
+        create_run=True,
     )
     click.echo(task_id)
 
@@ -449,6 +451,22 @@ def worker(context: CliContext, beat: bool, celery_args: tuple[str, ...]) -> Non
     app = create_app(context.settings)
     argv = ["worker", "-Q", worker_queues(app), *(["--beat"] if beat else []), *celery_args]
     app.worker_main(argv)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port."
+)
+@pass_context
+def dashboard(context: CliContext, host: str, port: int) -> None:
+    """The web dashboard, the HTTP API (/api/v1) and Prometheus metrics (/metrics).
+
+    Read-only unless TASKQ_DASHBOARD_TOKEN is set; TASKQ_FLOWER_URL adds links to Flower.
+    """
+    from celery_taskq.web.server import serve  # FastAPI and uvicorn only when serving
+
+    serve(context.settings, host=host, port=port)
 
 
 @cli.command()

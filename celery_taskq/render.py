@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 from celery_taskq.listing import TaskPage
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
@@ -30,10 +31,38 @@ def render_run(run: RunSnapshot) -> list[str]:
         lines.append(f"    progress: {progress_text(run)}")
     if run.error_code or run.error_message:
         lines.append(f"    error: [{run.error_code or '-'}] {run.error_message or ''}")
+    lines += _step_lines(run.results)
     if run.results is not None:
         lines.append(f"    results: {json.dumps(run.results, sort_keys=True)}")
+    if run.checkpoint is not None and not _checkpoint_in_results(run):
+        lines.append(f"    checkpoint: {json.dumps(run.checkpoint, sort_keys=True)}")
     lines += _block("stdout", run.standard_output)
     lines += _block("stderr", run.error_output)
+    return lines
+
+
+def _checkpoint_in_results(run: RunSnapshot) -> bool:
+    """Whether a multi-step run's checkpoint only repeats its step results."""
+    results = run.results
+    return (
+        isinstance(results, dict)
+        and isinstance(run.checkpoint, dict)
+        and run.checkpoint.get("steps") == results.get("steps")
+    )
+
+
+def _step_lines(results: Any) -> list[str]:
+    """One line per step of a multi-step run's results (see :mod:`celery_taskq.steps`)."""
+    steps = results.get("steps") if isinstance(results, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        return []
+    lines = []
+    for step in steps:
+        label = step.get("title") or step.get("handler") or "?"
+        line = f"    step {step.get('step', '?')}: {step.get('status', '?'):<8} {label}"
+        if step.get("status") == "error":
+            line += f"  [{step.get('error_code') or '-'}] {step.get('error_message') or ''}"
+        lines.append(line)
     return lines
 
 

@@ -36,6 +36,8 @@ class RunSnapshot:
     progress_step: int | None
     progress_steps: int | None
     progress_status: str | None
+    celery_task_id: str | None
+    checkpoint: Any
 
     @classmethod
     def from_row(cls, row: Base) -> RunSnapshot:
@@ -56,6 +58,9 @@ class TaskSummary:
     last_status: RunStatus | None
     max_retries: int
     task_runs_failed: int
+    title: str | None
+    unique_key: str | None
+    cancel_requested_on: datetime | None
 
     @classmethod
     def from_row(cls, row: Base) -> TaskSummary:

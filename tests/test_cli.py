@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from celery_taskq.cli import main
 from celery_taskq.db import Database
 from celery_taskq.models import RunStatus, TaskQueue
-from tests.helpers import count, runners, runs_of, task_row
+from tests.helpers import count, insert_task_row, runners, runs_of, task_row
 from tests.test_schema import HEAD_REVISION
 
 RunCli = Callable[..., tuple[int, str, str]]
@@ -96,11 +97,14 @@ def test_show_unknown_id(run_cli: RunCli) -> None:
 
 def test_events_process_create_runners_and_debug(run_cli: RunCli, database: Database) -> None:
     task_id = int(run_cli("enqueue", "tests.handlers.Succeed")[1])
+    assert runs_of(database, task_id)[0].status is RunStatus.SCHEDULED  # its run came with it
+    by_hand = insert_task_row(database, "tests.handlers.Succeed", datetime.now(UTC))
     code, out, _ = run_cli("process")
     assert (code, out.strip()) == (0, "timed out runners: 0; tasks given a run: 1")
     code, out, _ = run_cli("debug")
     assert (code, out.strip()) == (0, "ran one iteration")
     assert runs_of(database, task_id)[0].status is RunStatus.SUCCESS
+    assert runs_of(database, by_hand)[0].status is RunStatus.SCHEDULED
     assert len(runners(database)) == 1
 
 

@@ -1,4 +1,9 @@
-"""Sample handlers, used by ``celery-taskq demo`` and as templates for your own."""
+"""Sample handlers, used by ``celery-taskq demo`` and as templates for your own.
+
+* :class:`Greet` and :class:`CheckInbox` here: a task that succeeds and one that fails.
+* :mod:`celery_taskq.examples.backup`: the steps of a multi-step task.
+* :mod:`celery_taskq.examples.resumable`: long work in time-boxed chunks that resume.
+"""
 
 from __future__ import annotations
 
