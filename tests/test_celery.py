@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from celery_taskq.api import enqueue
+from celery_taskq import Step
+from celery_taskq.api import enqueue, enqueue_steps
 from celery_taskq.celery import DUPLICATE_TICK
 from celery_taskq.db import Database
 from celery_taskq.models import RunnerStatus, RunStatus, TaskRun, TaskRunner
+from tests import registered as _registered  # noqa: F401  (registers tests.reports.send here)
 from tests.celery_stack import RUNNER_LIMIT, CeleryStack
 from tests.helpers import runners, runs_of, wait_for
 
@@ -175,3 +177,40 @@ def test_a_due_task_does_not_wait_for_beat(stack: CeleryStack, db: Database) -> 
         timeout=30,
         what="the task to run without a beat tick",
     )
+
+
+def test_multi_step_resumable_and_registered_tasks_under_celery(
+    stack: CeleryStack, db: Database, tmp_path: Path
+) -> None:
+    # Given a multi-step task, a chunked task and a registered name, queued before any worker
+    log = tmp_path / "steps"
+    steps_id = enqueue_steps(
+        [
+            Step("tests.handlers.RecordStep", {"name": "a", "log": str(log)}),
+            Step("tests.handlers.RecordStep", {"name": "b", "log": str(log)}),
+        ],
+        database_url=stack.database_url,
+    )
+    items = tmp_path / "items"
+    chunked_id = enqueue(
+        "tests.handlers.Chunked",
+        {"total": 6, "per_run": 2, "log": str(items)},
+        database_url=stack.database_url,
+    )
+    named_id = enqueue("tests.reports.send", {"to": "ops"}, database_url=stack.database_url)
+    stack.extra_env.update(TASKQ_IMPORTS="tests.registered")
+    stack.start_worker()
+    # Then the workers' runners run them the same way a standalone runner does
+    wait_for(
+        lambda: (
+            [r.status for r in runs_of(db, chunked_id)] == [RunStatus.SUCCESS] * 3
+            and [r.status for r in runs_of(db, steps_id)] == [RunStatus.SUCCESS]
+            and [r.status for r in runs_of(db, named_id)] == [RunStatus.SUCCESS]
+        ),
+        timeout=90,
+        what="the three tasks to finish",
+    )
+    assert log.read_text().split() == ["a", "b"]
+    assert items.read_text().split() == [str(n) for n in range(6)]
+    assert [r.checkpoint for r in runs_of(db, chunked_id)] == [{"next": 2}, {"next": 4}, None]
+    assert runs_of(db, named_id)[0].results == {"sent_to": "ops"}
