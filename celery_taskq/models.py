@@ -145,6 +145,11 @@ TASK_UNFINISHED_SQL = (
 )
 """A task with a unique key that is not finished: not succeeded, exhausted or cancelled."""
 
+TASK_EXHAUSTED_SQL = (
+    f'{_sql_in("LastStatus", FAILED_RUN_STATUSES)} AND "TaskRunsFailed" >= "MaxRetries"'
+)
+"""A task out of retries: its last run failed and no retry is left (a dead letter)."""
+
 RUN_SCHEDULED_SQL = f"\"Status\" = '{RunStatus.SCHEDULED.value}'"
 RUN_RUNNING_SQL = f"\"Status\" = '{RunStatus.RUNNING.value}'"
 RUN_OPEN_SQL = _sql_in("Status", OPEN_RUN_STATUSES)
@@ -189,6 +194,16 @@ class TaskQueue(Base):
             "ScheduledOn",
             postgresql_where=text(TASK_OPEN_SQL),
             sqlite_where=text(TASK_OPEN_SQL),
+        ),
+        Index("ix_TaskQueue_LastStatus_Id", "LastStatus", "Id"),
+        Index("ix_TaskQueue_TaskHandlerClass_Id", "TaskHandlerClass", "Id"),
+        Index("ix_TaskQueue_QueuedById_Id", "QueuedById", "Id"),
+        Index("ix_TaskQueue_QueuedOn", "QueuedOn"),
+        Index(
+            "ix_TaskQueue_exhausted",
+            "Id",
+            postgresql_where=text(TASK_EXHAUSTED_SQL),
+            sqlite_where=text(TASK_EXHAUSTED_SQL),
         ),
         Index(
             "uq_TaskQueue_UniqueKey_unfinished",
@@ -266,6 +281,8 @@ class TaskRun(Base):
         ),
         Index("ix_TaskRuns_TaskQueueId_Id", "TaskQueueId", "Id"),
         Index("ix_TaskRuns_CeleryTaskId", "CeleryTaskId"),
+        Index("ix_TaskRuns_FinishedOn", "FinishedOn"),
+        Index("ix_TaskRuns_TaskRunnerId", "TaskRunnerId"),
         Index(
             "ix_TaskRuns_scheduled",
             "Id",

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, inspect
 from celery_taskq.migrate import current_revision, upgrade_database
 from celery_taskq.models import Base
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 DOCUMENTED_COLUMNS = {
     "TaskQueue": [
