@@ -62,6 +62,7 @@ from sqlalchemy import (
     exists,
     extract,
     func,
+    literal,
     or_,
     select,
     text,
@@ -82,6 +83,7 @@ from celery_taskq.models import (
     TaskQueue,
     TaskRun,
     TaskRunner,
+    UTCDateTime,
 )
 
 DEFAULT_LIMIT = 10
@@ -285,6 +287,8 @@ class RunnerReport:
     """Seconds from ``HeartbeatOn`` to the report's ``now``; ``None`` without a heartbeat."""
     runs: int
     """``TaskRuns`` rows whose ``TaskRunnerId`` is this runner (in any status, ever)."""
+    worker_hostname: str | None = None
+    """The Celery worker (``celery@host``) whose process this is, if any (Flower's key)."""
 
 
 @dataclass(frozen=True)
@@ -414,12 +418,31 @@ def _within(column: Any, window: ReportWindow) -> ColumnElement[bool]:
     return and_(*conditions)
 
 
-def _run_in_window(window: ReportWindow) -> ColumnElement[bool]:
-    """A run reached its current status inside the window (see the module's docstring)."""
+def _run_in_window(
+    window: ReportWindow, scheduled_on: Any = TaskQueue.scheduled_on
+) -> ColumnElement[bool]:
+    """A run reached its current status inside the window (see the module's docstring).
+
+    ``scheduled_on`` is the task's due time: the joined column, or :func:`_of_run_task`'s.
+    """
     return or_(
         _within(TaskRun.finished_on, window),
         and_(text(RUN_RUNNING_SQL), _within(TaskRun.started_on, window)),
-        and_(text(RUN_SCHEDULED_SQL), _within(TaskQueue.scheduled_on, window)),
+        and_(text(RUN_SCHEDULED_SQL), _within(scheduled_on, window)),
+    )
+
+
+def _of_run_task(column: Any) -> Any:
+    """``column`` of the run's task as a correlated subquery.
+
+    Reports group the few runs of a window by their task's handler. Joined, PostgreSQL may hash
+    the whole TaskQueue table; looked up per run, each costs one primary-key probe.
+    """
+    return (
+        select(column)
+        .where(TaskQueue.id == TaskRun.task_queue_id)
+        .correlate(TaskRun)
+        .scalar_subquery()
     )
 
 
@@ -477,12 +500,14 @@ def _task_counts(
 def _run_counts(
     connection: Connection, window: ReportWindow, handler: str | None
 ) -> dict[str, dict[str, int]]:
-    query = _for_handler(
-        _runs_with_handler(TaskQueue.task_handler_class, TaskRun.status, func.count())
-        .where(_run_in_window(window))
-        .group_by(TaskQueue.task_handler_class, TaskRun.status),
-        handler,
+    handler_of_run = _of_run_task(TaskQueue.task_handler_class)
+    query = (
+        select(handler_of_run, TaskRun.status, func.count())
+        .where(_run_in_window(window, _of_run_task(TaskQueue.scheduled_on)))
+        .group_by(handler_of_run, TaskRun.status)
     )
+    if handler is not None:
+        query = query.where(handler_of_run == handler)
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for handler_class, status, number in connection.execute(query):
         counts[handler_class][RunStatus(status).value] = number
@@ -560,9 +585,10 @@ def _duration_stats_postgresql(
     connection: Connection, window: ReportWindow, handler: str | None
 ) -> tuple[DurationStats, ...]:
     seconds = cast(extract("epoch", TaskRun.finished_on - TaskRun.started_on), Double)
-    query = _for_handler(
-        _runs_with_handler(
-            TaskQueue.task_handler_class,
+    handler_of_run = _of_run_task(TaskQueue.task_handler_class)
+    query = (
+        select(
+            handler_of_run,
             func.count(),
             *(
                 func.percentile_cont(cast(fraction, Double)).within_group(seconds)
@@ -571,10 +597,11 @@ def _duration_stats_postgresql(
             func.max(seconds),
         )
         .where(_finished_in_window(window))
-        .group_by(TaskQueue.task_handler_class)
-        .order_by(TaskQueue.task_handler_class),
-        handler,
+        .group_by(handler_of_run)
+        .order_by(handler_of_run)
     )
+    if handler is not None:
+        query = query.where(handler_of_run == handler)
     return tuple(
         DurationStats(
             handler=name,
@@ -822,6 +849,7 @@ def _runners(
         TaskRunner.started_on,
         TaskRunner.finished_on,
         TaskRunner.heartbeat_on,
+        TaskRunner.worker_hostname,
     )
     if window.until is not None:
         query = query.where(TaskRunner.started_on < window.until)
@@ -845,7 +873,7 @@ def _runners(
             if runner_id is not None:
                 runs[runner_id] = number
     reported = []
-    for runner_id, role, host, pid, status, started_on, finished_on, heartbeat_on in rows:
+    for runner_id, role, host, pid, status, started_on, finished_on, heartbeat_on, worker in rows:
         reported.append(
             RunnerReport(
                 runner_id=runner_id,
@@ -858,6 +886,7 @@ def _runners(
                 heartbeat_on=heartbeat_on,
                 heartbeat_age=None if heartbeat_on is None else _seconds(now - heartbeat_on),
                 runs=runs.get(runner_id, 0),
+                worker_hostname=worker,
             )
         )
     return tuple(reported)
@@ -921,6 +950,215 @@ def due_work(
     """Scheduled runs due and not yet due, running runs, and how long the oldest has waited."""
     now, handler = _check_now(now), _check_handler(handler)
     return _read(database, lambda connection: _due_work(connection, now, handler))
+
+
+# -- runs over time -------------------------------------------------------------------------
+
+MAX_BUCKETS = 500
+"""Most buckets a :func:`runs_over_time` series may hold."""
+
+
+@dataclass(frozen=True)
+class RunBucket:
+    """Runs that reached their current status in ``start <= t < end``, by status."""
+
+    start: datetime
+    end: datetime
+    runs: RunCounts
+
+
+@dataclass(frozen=True)
+class RunSeries:
+    """Runs by status in consecutive, equally long buckets covering a closed window."""
+
+    window: ReportWindow
+    handler: str | None
+    bucket_seconds: float
+    buckets: tuple[RunBucket, ...]
+
+
+def _bucket_bounds(window: ReportWindow, buckets: int) -> list[datetime]:
+    """``buckets + 1`` boundaries from ``since`` to ``until`` (the last is ``until`` exactly)."""
+    since, until = _required(window.since), _required(window.until)
+    width = (until - since) / buckets
+    return [since + width * index for index in range(buckets)] + [until]
+
+
+def _runs_over_time(
+    connection: Connection, window: ReportWindow, bounds: list[datetime], handler: str | None
+) -> dict[int, dict[str, int]]:
+    # The run's moment as the module's docstring defines it; then its bucket by plain
+    # comparisons with the boundaries (the same SQL on both databases); grouped over columns
+    # of subqueries, so no bound parameter is repeated between SELECT and GROUP BY.
+    moment = case(
+        (TaskRun.finished_on.is_not(None), TaskRun.finished_on),
+        (TaskRun.status == RunStatus.RUNNING, TaskRun.started_on),
+        else_=TaskQueue.scheduled_on,
+    )
+    moments = _for_handler(
+        _runs_with_handler(moment.label("moment"), TaskRun.status.label("status")).where(
+            _run_in_window(window)
+        ),
+        handler,
+    ).subquery("moments")
+    boundary_type = UTCDateTime()
+    inner_bounds = bounds[1:-1]
+    bucket: ColumnElement[Any] = literal(0)  # one bucket: a CASE needs at least one WHEN
+    if inner_bounds:
+        bucket = case(
+            *(
+                (moments.c.moment < literal(bound, boundary_type), index)
+                for index, bound in enumerate(inner_bounds)
+            ),
+            else_=len(inner_bounds),
+        )
+    bucketed = select(bucket.label("bucket"), moments.c.status).subquery("bucketed")
+    query = select(bucketed.c.bucket, bucketed.c.status, func.count()).group_by(
+        bucketed.c.bucket, bucketed.c.status
+    )
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    for index, status, number in connection.execute(query):
+        counts[int(index)][RunStatus(status).value] = number
+    return counts
+
+
+def runs_over_time(
+    database: Database, window: ReportWindow, buckets: int = 24, *, handler: str | None = None
+) -> RunSeries:
+    """Runs by status per bucket: the window cut into ``buckets`` equal parts, oldest first.
+
+    A run falls in the bucket in which it reached its current status (the same moment as in
+    every other section), so the buckets add up to the window's run totals. The window must
+    have both bounds; ``buckets`` is from 1 to :data:`MAX_BUCKETS`.
+    """
+    if window.since is None or window.until is None:
+        raise InvalidArgumentError("runs over time need a window with both since and until")
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= MAX_BUCKETS:
+        raise InvalidArgumentError(f"buckets must be an integer from 1 to {MAX_BUCKETS}")
+    handler = _check_handler(handler)
+    bounds = _bucket_bounds(window, buckets)
+    counts = _read(
+        database, lambda connection: _runs_over_time(connection, window, bounds, handler)
+    )
+    return RunSeries(
+        window=window,
+        handler=handler,
+        bucket_seconds=_seconds(bounds[-1] - bounds[0]) / buckets,
+        buckets=tuple(
+            RunBucket(start=bounds[index], end=bounds[index + 1], runs=RunCounts(**counts[index]))
+            for index in range(buckets)
+        ),
+    )
+
+
+# -- histograms and runner counts (for metrics exporters) -----------------------------------
+
+
+@dataclass(frozen=True)
+class DurationHistogram:
+    """Durations of one handler's finished runs, counted the way Prometheus histograms are.
+
+    ``buckets`` pairs each upper bound (seconds) with the number of runs that took at most
+    that long (cumulative); ``count`` is every run, ``sum`` their total seconds.
+    """
+
+    handler: str
+    buckets: tuple[tuple[float, int], ...]
+    count: int
+    sum: float
+
+
+def _duration_seconds(connection: Connection) -> ColumnElement[Any]:
+    if connection.dialect.name == "postgresql":
+        return cast(extract("epoch", TaskRun.finished_on - TaskRun.started_on), Double)
+    # Julian days are exact to about 50 µs here: round to the millisecond, so whole and
+    # millisecond durations compare with the bounds exactly as on PostgreSQL.
+    days = func.julianday(TaskRun.finished_on) - func.julianday(TaskRun.started_on)
+    return func.round(days * 86400.0, 3)
+
+
+def _duration_histograms(
+    connection: Connection, window: ReportWindow, bounds: tuple[float, ...], handler: str | None
+) -> tuple[DurationHistogram, ...]:
+    seconds = _duration_seconds(connection)
+    query = _for_handler(
+        _runs_with_handler(
+            TaskQueue.task_handler_class,
+            func.count(),
+            func.sum(seconds),
+            *(func.count().filter(seconds <= bound) for bound in bounds),
+        )
+        .where(_finished_in_window(window))
+        .group_by(TaskQueue.task_handler_class)
+        .order_by(TaskQueue.task_handler_class),
+        handler,
+    )
+    return tuple(
+        DurationHistogram(
+            handler=row[0],
+            buckets=tuple(zip(bounds, (int(number) for number in row[3:]), strict=True)),
+            count=int(row[1]),
+            sum=float(row[2] or 0.0),
+        )
+        for row in connection.execute(query)
+    )
+
+
+def duration_histograms(
+    database: Database,
+    window: ReportWindow,
+    bounds: Sequence[float],
+    *,
+    handler: str | None = None,
+) -> tuple[DurationHistogram, ...]:
+    """Per handler, how many runs that ended in the window took at most each bound (seconds).
+
+    ``bounds`` are ascending, finite and positive; only runs that started count (as for
+    :func:`duration_stats`). Sorted by handler. On SQLite durations are measured to the
+    millisecond.
+    """
+    checked = tuple(float(bound) for bound in bounds)
+    if not checked or any(
+        not math.isfinite(bound) or bound <= 0 or (index and bound <= checked[index - 1])
+        for index, bound in enumerate(checked)
+    ):
+        raise InvalidArgumentError("bounds must be ascending, finite, positive numbers")
+    handler = _check_handler(handler)
+    return _read(
+        database,
+        lambda connection: _duration_histograms(connection, window, checked, handler),
+    )
+
+
+@dataclass(frozen=True)
+class RunnerCount:
+    """How many ``TaskRunners`` rows have one role and status."""
+
+    role: RunnerRole
+    status: RunnerStatus
+    runners: int
+
+
+def runner_counts(database: Database) -> tuple[RunnerCount, ...]:
+    """Runner rows by role and status, ever (not windowed); sorted by role, then status.
+
+    The ``running`` ones are the live runners; the ``timeout`` ones were found dead and
+    reaped by the overseer.
+    """
+
+    def read(connection: Connection) -> tuple[RunnerCount, ...]:
+        rows = connection.execute(
+            select(TaskRunner.role, TaskRunner.status, func.count()).group_by(
+                TaskRunner.role, TaskRunner.status
+            )
+        )
+        counted = [
+            RunnerCount(role=RunnerRole(role), status=RunnerStatus(status), runners=number)
+            for role, status, number in rows
+        ]
+        return tuple(sorted(counted, key=lambda row: (row.role.value, row.status.value)))
+
+    return _read(database, read)
 
 
 # -- the whole report -----------------------------------------------------------------------

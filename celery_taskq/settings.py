@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from celery_taskq.exceptions import ConfigurationError
@@ -90,7 +91,7 @@ class Settings:
     retry_jitter: float = DEFAULT_RETRY_JITTER
     run_time_budget: float = DEFAULT_RUN_TIME_BUDGET
     pubsub_url: str = ""
-    dashboard_token: str = field(default="", repr=False)
+    dashboard_token: str = dataclass_field(default="", repr=False)
     """Bearer token that allows enqueue, cancel and retry over HTTP (empty: read-only).
     Left out of ``repr`` so that logging the settings never shows it."""
     flower_url: str = ""

@@ -228,3 +228,16 @@ class ContinueWithoutJson(TaskHandler):
 
     def handle_task_run(self, run: RunContext) -> Any:
         return Continue({1, 2})
+
+
+class Echo(TaskHandler):
+    """Prints ``data["text"]`` to stdout and stderr, fails with it as the message when
+    ``data["fail"]``, and otherwise returns it (the dashboard's escaping tests use markup)."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        text = str(run.data.get("text", ""))
+        print(text, flush=True)
+        print(text, file=sys.stderr, flush=True)
+        if run.data.get("fail"):
+            raise TaskError(text, code="E_ECHO")
+        return {"text": text}

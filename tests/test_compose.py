@@ -59,7 +59,7 @@ SETTING_NAMES = frozenset(setting.name for setting in fields(Settings))
 SETTING_ENV_NAMES = frozenset(ENV_PREFIX + name.upper() for name in SETTING_NAMES)
 CELERY_CONFIG_PREFIX = taskq_celery.SETTINGS_PREFIX
 
-EXPECTED_SERVICES = {"postgres", "redis", "migrate", "worker", "beat", "flower"}
+EXPECTED_SERVICES = {"postgres", "redis", "migrate", "worker", "beat", "flower", "dashboard"}
 MIGRATE_SERVICE = "migrate"
 DEPENDS_ON_CONDITIONS = {
     "service_started",
@@ -571,6 +571,27 @@ def test_beat_schedule_file_is_on_a_volume() -> None:
     schedule = Path(argv[argv.index("--schedule") + 1])
     targets = {Path(str(volume).split(":")[1]) for volume in beat.get("volumes", [])}
     assert schedule.parent in targets
+
+
+def test_dashboard_listens_on_its_published_port() -> None:
+    """The dashboard listens on all interfaces at the port it publishes and health-checks,
+    and links to Flower at the port Flower publishes."""
+    services = compose_services()
+    dashboard = services["dashboard"]
+    leaf = parse_taskq_command(
+        service_argv(dashboard, image_defaults(dockerfile_path(services)))[1:]
+    )
+    assert leaf.command_path == f"{TASKQ_PROGRAM} dashboard"
+    port = leaf.params["port"]
+    assert leaf.params["host"] == "0.0.0.0"  # noqa: S104 - inside its container
+    assert [str(mapping) for mapping in dashboard["ports"]] == [f"{port}:{port}"]
+    assert any(
+        f"localhost:{port}/api/v1/health" in part for part in healthcheck_argvs(dashboard)[0]
+    )
+    flower_port = str(services["flower"]["ports"][0]).split(":")[0]
+    environment = environment_of(dashboard)
+    assert environment["TASKQ_FLOWER_URL"] == f"http://localhost:{flower_port}"
+    assert "TASKQ_DASHBOARD_TOKEN" in environment  # read-only unless the host sets it
 
 
 def test_image_installs_flower_and_runs_unprivileged() -> None:

@@ -605,6 +605,7 @@ def test_build_report_and_its_dict(database: Database, rows: Rows) -> None:
             "heartbeat_on": "2026-01-01T12:59:50+00:00",
             "heartbeat_age": 10.0,
             "runs": 2,
+            "worker_hostname": None,
         }
     ]
     assert document["due_work"] == {

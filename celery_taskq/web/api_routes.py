@@ -1,0 +1,235 @@
+"""The HTTP API under ``/api/v1``: JSON over the same layers as the pages.
+
+Reads are open; enqueue, cancel and retry need the dashboard token (see
+:mod:`celery_taskq.web.auth`). Errors are ``{"error": "<message>"}`` with the status of
+:mod:`celery_taskq.web.errors`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+
+from celery_taskq import listing, reports
+from celery_taskq.exceptions import DuplicateTaskError, InvalidArgumentError
+from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter
+from celery_taskq.models import RunStatus
+from celery_taskq.web import inputs
+from celery_taskq.web.auth import require_api_token
+from celery_taskq.web.errors import ApiError
+from celery_taskq.web.inputs import MAX_ID
+from celery_taskq.web.schemas import (
+    CancelOut,
+    EnqueueIn,
+    EnqueueOut,
+    ErrorOut,
+    HealthOut,
+    RetryOut,
+    RunnerOut,
+    RunnersOut,
+    RunOut,
+    RunSeriesOut,
+    TaskOut,
+    TaskPageOut,
+    TaskSummaryOut,
+)
+from celery_taskq.web.state import WebState, get_state
+
+API_PATH = "/api/v1"
+
+State = Annotated[WebState, Depends(get_state)]
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="TaskQueue.Id")]
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="TaskRuns.Id")]
+Since = Annotated[
+    str | None,
+    Query(description="ISO 8601 time with a UTC offset, or a duration back from now (24h)."),
+]
+Until = Annotated[str | None, Query(description="End (excluded); same forms as since.")]
+Handler = Annotated[str | None, Query(description="Exact TaskHandlerClass.")]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Bad input (an unknown handler, refused data, a bad filter or time).",
+        401: "The dashboard token is missing or wrong.",
+        403: "Writes are disabled: no dashboard token is configured.",
+        404: "No such task or run.",
+        409: "Conflict: the unique key is taken, or the task cannot be cancelled or retried.",
+        422: "The request does not match the schema.",
+        503: "The database is not reachable or its schema is not ready.",
+    }
+    return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
+
+
+READ_ERRORS = _errors(400, 422, 503)
+WRITE_ERRORS = _errors(400, 401, 403, 404, 409, 422, 503)
+
+router = APIRouter(prefix=API_PATH, tags=["api"])
+
+
+@router.get("/health", response_model=HealthOut, responses=_errors(503))
+def health(state: State) -> HealthOut:
+    """The tables can be read."""
+    listing.list_tasks(state.database, TaskFilter(), limit=1)
+    return HealthOut(status="ok")
+
+
+@router.get("/tasks", response_model=TaskPageOut, responses=READ_ERRORS)
+def list_tasks(
+    state: State,
+    status: Annotated[RunStatus | None, Query(description="LastStatus.")] = None,
+    handler: Handler = None,
+    queued_by: Annotated[str | None, Query(description="QueuedById.")] = None,
+    since: Since = None,
+    until: Until = None,
+    before_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Page cursor: tasks older than this id.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+) -> TaskPageOut:
+    """Tasks, newest first, a page at a time (keyset pagination)."""
+    task_filter = inputs.task_filter(
+        status=None if status is None else status.value,
+        handler=handler,
+        queued_by=queued_by,
+        since=since,
+        until=until,
+        now=reports.utc_now(),
+    )
+    page = listing.list_tasks(state.database, task_filter, limit=limit, before_id=before_id)
+    return TaskPageOut(
+        tasks=[TaskSummaryOut.of(task) for task in page.tasks],
+        next_before_id=page.next_before_id,
+    )
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut, responses=_errors(404, 422, 503))
+def get_task(state: State, task_id: TaskId) -> TaskOut:
+    """A task with every run, oldest first."""
+    return TaskOut.of_snapshot(state.service.get_task(task_id), state.settings.flower_url)
+
+
+@router.get("/runs/{run_id}", response_model=RunOut, responses=_errors(404, 422, 503))
+def get_run(state: State, run_id: RunId) -> RunOut:
+    """One run: status, times, progress, output, results."""
+    return RunOut.of(state.service.get_run(run_id), state.settings.flower_url)
+
+
+@router.get("/runners", response_model=RunnersOut, responses=READ_ERRORS)
+def list_runners(
+    state: State,
+    since: Since = None,
+    until: Until = None,
+    limit: Annotated[int, Query(ge=1, le=reports.MAX_LIMIT)] = 50,
+) -> RunnersOut:
+    """Runners alive at some time in the window (default: ever): running first, then newest."""
+    now = reports.utc_now()
+    window = inputs.window(since, until, now)
+    found = reports.runners(state.database, window, now=now, limit=limit)
+    return RunnersOut(runners=[RunnerOut.of(row, state.settings.flower_url) for row in found])
+
+
+@router.get("/report", response_model=dict[str, Any], responses=READ_ERRORS)
+def report(
+    state: State,
+    since: Annotated[
+        str | None,
+        Query(description="Start of the window: ISO 8601 or a duration back from now (24h)."),
+    ] = "24h",
+    until: Until = None,
+    handler: Handler = None,
+    limit: Annotated[int, Query(ge=1, le=reports.MAX_LIMIT)] = reports.DEFAULT_LIMIT,
+) -> dict[str, Any]:
+    """Every figure of ``celery-taskq report --json`` for the window."""
+    now = reports.utc_now()
+    window = inputs.window(since, until, now)
+    built = reports.build_report(
+        state.database,
+        since=window.since,
+        until=window.until,
+        handler=inputs.optional_text(handler, "handler"),
+        now=now,
+        limit=limit,
+    )
+    return reports.report_as_dict(built)
+
+
+@router.get("/runs-over-time", response_model=RunSeriesOut, responses=READ_ERRORS)
+def runs_over_time(
+    state: State,
+    since: Annotated[str | None, Query(description="Start: ISO 8601 or a duration (24h).")] = (
+        "24h"
+    ),
+    until: Annotated[str | None, Query(description="End (default: now).")] = None,
+    buckets: Annotated[int, Query(ge=1, le=reports.MAX_BUCKETS)] = 24,
+    handler: Handler = None,
+) -> RunSeriesOut:
+    """Runs by status in equal buckets of the window, oldest first."""
+    now = reports.utc_now()
+    window = inputs.window(since, until or None, now, default_since="24h")
+    if window.until is None:
+        window = reports.ReportWindow(window.since, now)
+    series = reports.runs_over_time(
+        state.database, window, buckets, handler=inputs.optional_text(handler, "handler")
+    )
+    return RunSeriesOut.of(series)
+
+
+@router.post(
+    "/tasks",
+    status_code=201,
+    response_model=EnqueueOut,
+    responses={200: {"model": EnqueueOut, "description": "The key's task."}, **WRITE_ERRORS},
+    dependencies=[Depends(require_api_token)],
+)
+def enqueue(state: State, body: EnqueueIn, response: Response) -> EnqueueOut:
+    """Queue a task (201); with a unique key already taken, the existing task (200) or 409."""
+    try:
+        task_id = state.service.add_task(
+            body.handler,
+            body.data,
+            scheduled_on=body.scheduled_on,
+            max_retries=body.max_retries,
+            queued_by=body.queued_by,
+            title=body.title,
+            unique_key=body.unique_key,
+            on_duplicate="raise",
+            create_run=True,
+        )
+    except DuplicateTaskError as exc:
+        if body.on_duplicate == "raise" or exc.existing_id is None:
+            raise
+        response.status_code = 200
+        return EnqueueOut(task_id=exc.existing_id, created=False)
+    return EnqueueOut(task_id=task_id, created=True)
+
+
+@router.post(
+    "/tasks/{task_id}/cancel",
+    response_model=CancelOut,
+    responses=WRITE_ERRORS,
+    dependencies=[Depends(require_api_token)],
+)
+def cancel(state: State, task_id: TaskId) -> CancelOut:
+    """Cancel a task: a queued run never starts; a running one is asked to stop."""
+    try:
+        still_running = state.service.cancel_task(task_id)
+    except InvalidArgumentError as exc:  # cancelled, finished or native: a conflict
+        raise ApiError(409, str(exc)) from exc
+    return CancelOut(task_id=task_id, cancelled=True, still_running=still_running)
+
+
+@router.post(
+    "/tasks/{task_id}/retry",
+    response_model=RetryOut,
+    responses=WRITE_ERRORS,
+    dependencies=[Depends(require_api_token)],
+)
+def retry(state: State, task_id: TaskId) -> RetryOut:
+    """Give a task one more run now, even past its retries."""
+    try:
+        run_id = state.service.retry_task(task_id)
+    except InvalidArgumentError as exc:  # a run in progress, or native: a conflict
+        raise ApiError(409, str(exc)) from exc
+    return RetryOut(task_id=task_id, run_id=run_id)

@@ -1,0 +1,58 @@
+"""The FastAPI application: pages, forms, the HTTP API and metrics over one queue service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from celery_taskq import __version__
+from celery_taskq.db import Database
+from celery_taskq.queue import TaskQueueService
+from celery_taskq.settings import Settings
+from celery_taskq.web import api_routes, forms, metrics, pages
+from celery_taskq.web.api_routes import API_PATH
+from celery_taskq.web.errors import install_error_handlers
+from celery_taskq.web.headers import SecurityHeadersMiddleware
+from celery_taskq.web.render import create_environment
+from celery_taskq.web.state import WebState
+
+OPENAPI_PATH = f"{API_PATH}/openapi.json"
+
+
+def create_app(
+    settings: Settings | None = None, *, service: TaskQueueService | None = None
+) -> FastAPI:
+    """The dashboard app for ``settings`` (default: resolved from ``TASKQ_*``).
+
+    With ``service`` the app uses that queue service (and leaves its database open at
+    shutdown); otherwise it makes one on ``settings.database_url`` and closes it at shutdown.
+    """
+    settings = settings or (service.settings if service is not None else Settings.resolve())
+    owned = service is None
+    service = service or TaskQueueService(Database(settings.database_url), settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            service.database.close()
+
+    app = FastAPI(
+        title="celery_taskq",
+        version=__version__,
+        summary="The TaskQueue, TaskRuns and TaskRunners tables over HTTP.",
+        openapi_url=OPENAPI_PATH,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.taskq = WebState(settings=settings, service=service, templates=create_environment())
+    install_error_handlers(app)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.include_router(api_routes.router)
+    app.include_router(metrics.router)
+    app.include_router(pages.router)
+    app.include_router(forms.router)
+    return app

@@ -1,0 +1,170 @@
+"""The dashboard's HTML forms: enqueue, cancel, retry, sign in and out.
+
+Each write checks the token first (:func:`celery_taskq.web.auth.check_form_token`): 403 when
+writes are disabled, 401 without the token field or the session cookie. Success redirects
+(303) to the task's page with a fixed notice.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from celery_taskq.exceptions import DuplicateTaskError, InvalidArgumentError
+from celery_taskq.web import inputs
+from celery_taskq.web.auth import (
+    SESSION_COOKIE,
+    WRITES_DISABLED,
+    check_form_token,
+    session_value,
+    token_matches,
+)
+from celery_taskq.web.errors import ApiError
+from celery_taskq.web.inputs import MAX_ID
+from celery_taskq.web.render import render
+from celery_taskq.web.state import WebState, get_state
+
+MAX_FORM_BYTES = 1024 * 1024
+"""Largest form body read (task data included)."""
+
+State = Annotated[WebState, Depends(get_state)]
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+router = APIRouter(include_in_schema=False)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body (the last value of each field)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_FORM_BYTES:
+            raise ApiError(413, f"the form is larger than {MAX_FORM_BYTES} bytes")
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def _enqueue_arguments(form: dict[str, str]) -> dict[str, Any]:
+    handler = inputs.optional_text(form.get("handler"), "handler")
+    if handler is None:
+        raise InvalidArgumentError("handler is required")
+    data_text = form.get("data", "").strip()
+    try:
+        data = json.loads(data_text) if data_text else None
+    except ValueError as exc:
+        raise InvalidArgumentError(f"data is not valid JSON: {exc}") from None
+    problem = inputs.json_problem(data)
+    if problem is not None:
+        raise InvalidArgumentError(f"data {problem}")
+    scheduled_on: datetime | None = None
+    scheduled_text = inputs.optional_text(form.get("scheduled_on"), "scheduled_on")
+    if scheduled_text is not None:
+        try:
+            scheduled_on = datetime.fromisoformat(scheduled_text)
+            if scheduled_on.tzinfo is not None:
+                scheduled_on.astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise InvalidArgumentError(
+                f"scheduled_on {scheduled_text!r} is not an ISO 8601 time in range"
+            ) from None
+    max_retries_text = form.get("max_retries", "").strip()
+    max_retries = None
+    if max_retries_text:
+        if not max_retries_text.isdigit() or not 1 <= int(max_retries_text) <= 2**31 - 1:
+            raise InvalidArgumentError("max_retries must be a whole number of 1 or more")
+        max_retries = int(max_retries_text)
+    return {
+        "handler_path": handler,
+        "data": data,
+        "scheduled_on": scheduled_on,
+        "max_retries": max_retries,
+        "queued_by": inputs.optional_text(form.get("queued_by"), "queued_by"),
+        "title": inputs.optional_text(form.get("title"), "title"),
+        "unique_key": inputs.optional_text(form.get("unique_key"), "unique_key"),
+    }
+
+
+@router.post("/tasks")
+async def enqueue(request: Request, state: State) -> Response:
+    """Queue a task from the form; redirect to it."""
+    form = await read_form(request)
+    check_form_token(request, state, form.get("token"))
+    arguments = _enqueue_arguments(form)
+
+    def add() -> tuple[int, str]:
+        try:
+            task_id = state.service.add_task(**arguments, on_duplicate="raise", create_run=True)
+        except DuplicateTaskError as exc:
+            if exc.existing_id is None:
+                raise
+            return exc.existing_id, "existing"
+        return task_id, "queued"
+
+    task_id, notice = await run_in_threadpool(add)
+    return _redirect(f"/tasks/{task_id}?done={notice}")
+
+
+@router.post("/tasks/{task_id}/cancel")
+async def cancel(request: Request, state: State, task_id: TaskId) -> Response:
+    """Cancel the task; redirect back to it."""
+    form = await read_form(request)
+    check_form_token(request, state, form.get("token"))
+    try:
+        still_running = await run_in_threadpool(state.service.cancel_task, task_id)
+    except InvalidArgumentError as exc:
+        raise ApiError(409, str(exc)) from exc
+    return _redirect(f"/tasks/{task_id}?done={'cancelling' if still_running else 'cancelled'}")
+
+
+@router.post("/tasks/{task_id}/retry")
+async def retry(request: Request, state: State, task_id: TaskId) -> Response:
+    """Give the task one more run; redirect back to it."""
+    form = await read_form(request)
+    check_form_token(request, state, form.get("token"))
+    try:
+        await run_in_threadpool(state.service.retry_task, task_id)
+    except InvalidArgumentError as exc:
+        raise ApiError(409, str(exc)) from exc
+    return _redirect(f"/tasks/{task_id}?done=retried")
+
+
+@router.post("/login")
+async def login(request: Request, state: State) -> Response:
+    """Check the token; on success set the session cookie (HttpOnly, SameSite=Strict)."""
+    form = await read_form(request)
+    if not state.writes_enabled:
+        raise ApiError(403, WRITES_DISABLED)
+    if not token_matches(form.get("token"), state.settings.dashboard_token):
+        return render(
+            request,
+            "login.html",
+            {"notice": None, "error": "That is not the token."},
+            status_code=401,
+        )
+    response = _redirect("/login?done=signed-in")
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_value(state.settings.dashboard_token),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    """Forget the session cookie."""
+    response = _redirect("/login?done=signed-out")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response

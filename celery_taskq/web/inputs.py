@@ -1,0 +1,118 @@
+"""Reading request input: filters, times and text, refused with a clear 400 when wrong.
+
+Text that no database column can hold is refused here rather than failing in the driver:
+NUL characters (PostgreSQL text cannot hold them) and lone surrogates (not encodable as UTF-8).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from celery_taskq import reports
+from celery_taskq.exceptions import InvalidArgumentError
+from celery_taskq.listing import TaskFilter, parse_status
+
+MAX_ID = 2**63 - 1
+"""Largest id a path or cursor may name (64-bit keys on both databases)."""
+
+MAX_TEXT = 255
+"""Longest handler, queued-by, title or unique key (the columns are varchar(255))."""
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text, or ``None`` if it can."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text"
+    return None
+
+
+def json_problem(document: Any) -> str | None:
+    """Why a JSON document cannot be stored (a string or key :func:`text_problem` refuses)."""
+    pending = [document]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem is not None:
+                return f"has a string that {problem}"
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
+
+
+def optional_text(value: str | None, name: str) -> str | None:
+    """A text filter or field: blank means none; unstorable text is refused."""
+    if value is None or not value.strip():
+        return None
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidArgumentError(f"{name} {problem}")
+    return value.strip()
+
+
+def moment(value: str | None, name: str, now: datetime) -> datetime | None:
+    """An ISO 8601 time with an offset, or a duration back from ``now`` (``24h``, ``30m``)."""
+    text = optional_text(value, name)
+    if text is None:
+        return None
+    try:
+        return reports.resolve_moment(reports.parse_moment(text), now)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{name}: {exc}") from None
+    except (OverflowError, ValueError):
+        raise InvalidArgumentError(f"{name}: {text!r} is out of range") from None
+
+
+def window(
+    since: str | None, until: str | None, now: datetime, *, default_since: str | None = None
+) -> reports.ReportWindow:
+    """A report window from ``since``/``until`` text (``default_since`` when ``since`` is blank)."""
+    start = moment(since, "since", now)
+    if start is None and default_since is not None:
+        start = moment(default_since, "since", now)
+    end = moment(until, "until", now)
+    return reports.ReportWindow(start, end)
+
+
+def task_filter(
+    *,
+    status: str | None,
+    handler: str | None,
+    queued_by: str | None,
+    since: str | None,
+    until: str | None,
+    now: datetime,
+) -> TaskFilter:
+    """The task list's filter from request text; blank fields filter nothing."""
+    start = moment(since, "since", now)
+    end = moment(until, "until", now)
+    if start is not None and end is not None and start >= end:
+        raise InvalidArgumentError("since must be before until")
+    return TaskFilter(
+        status=parse_status(optional_text(status, "status")),
+        handler=optional_text(handler, "handler"),
+        queued_by=optional_text(queued_by, "queued_by"),
+        queued_since=start,
+        queued_until=end,
+    )
+
+
+def cursor(value: str | int | None, name: str = "before_id") -> int | None:
+    """A positive id (a page cursor), or ``None``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidArgumentError(f"{name} must be a whole number") from None
+    if not 1 <= number <= MAX_ID:
+        raise InvalidArgumentError(f"{name} must be from 1 to {MAX_ID}")
+    return number

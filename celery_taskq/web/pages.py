@@ -1,0 +1,187 @@
+"""The dashboard's pages: overview, task list, task, runners, sign-in. Read-only HTML."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from celery_taskq import listing, reports
+from celery_taskq.exceptions import InvalidArgumentError
+from celery_taskq.listing import MAX_PAGE_SIZE, TaskPage
+from celery_taskq.models import RunStatus
+from celery_taskq.web import inputs, views
+from celery_taskq.web.charts import bar_chart
+from celery_taskq.web.inputs import MAX_ID
+from celery_taskq.web.render import render
+from celery_taskq.web.state import WebState, get_state
+
+State = Annotated[WebState, Depends(get_state)]
+
+OVERVIEW_WINDOWS = ("1h", "6h", "24h", "7d", "30d")
+"""The windows the overview offers."""
+
+CHART_BUCKETS = 24
+
+DEFAULT_PAGE_SIZE = 50
+
+NOTICES = {
+    "queued": "Task queued.",
+    "existing": "An unfinished task already holds that unique key: this is it.",
+    "cancelled": "Task cancelled.",
+    "cancelling": "Task cancelled: its running run is asked to stop.",
+    "retried": "A new run was created.",
+    "signed-in": "Signed in: enqueue, cancel and retry are allowed.",
+    "signed-out": "Signed out.",
+}
+"""Fixed messages a redirect after a form may show (chosen by code, never echoed input)."""
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(
+    request: Request,
+    state: State,
+    since: Annotated[str, Query()] = "24h",
+) -> Response:
+    """Counts by status, runs over time, failures and due work for a window."""
+    if since not in OVERVIEW_WINDOWS:
+        raise InvalidArgumentError(f"since must be one of {', '.join(OVERVIEW_WINDOWS)}")
+    now = reports.utc_now()
+    window = inputs.window(since, None, now)
+    report = reports.build_report(state.database, since=window.since, now=now, limit=5)
+    series = reports.runs_over_time(
+        state.database, reports.ReportWindow(window.since, now), CHART_BUCKETS
+    )
+    return render(
+        request,
+        "overview.html",
+        {
+            "since": since,
+            "windows": OVERVIEW_WINDOWS,
+            "report": report,
+            "chart": bar_chart(series),
+            "statuses": [status.value for status in RunStatus],
+        },
+    )
+
+
+@router.get("/tasks", response_class=HTMLResponse)
+def tasks(
+    request: Request,
+    state: State,
+    status: str | None = None,
+    handler: str | None = None,
+    queued_by: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    before_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+) -> Response:
+    """Tasks, newest first, filtered; an "older" link pages on by ``before_id``."""
+    filters = {
+        "status": status or "",
+        "handler": handler or "",
+        "queued_by": queued_by or "",
+        "since": since or "",
+        "until": until or "",
+    }
+    error = None
+    page = TaskPage((), None)
+    try:
+        task_filter = inputs.task_filter(now=reports.utc_now(), **filters)
+        page = listing.list_tasks(
+            state.database, task_filter, limit=limit, before_id=inputs.cursor(before_id)
+        )
+    except InvalidArgumentError as exc:
+        error = str(exc)
+    newest = {name: value for name, value in filters.items() if value}
+    if limit != DEFAULT_PAGE_SIZE:
+        newest["limit"] = str(limit)
+    older = None
+    if page.next_before_id is not None:
+        older = {**newest, "before_id": str(page.next_before_id)}
+    return render(
+        request,
+        "tasks.html",
+        {
+            "filters": filters,
+            "statuses": [item.value for item in RunStatus],
+            "page": page,
+            "older": older,
+            "newest": newest,
+            "paged": bool(before_id),
+            "error": error,
+        },
+        status_code=400 if error else 200,
+    )
+
+
+@router.get("/tasks/{task_id}", response_class=HTMLResponse)
+def task(
+    request: Request,
+    state: State,
+    task_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    done: str | None = None,
+) -> Response:
+    """A task and every run: status, times, runner, output, results, live progress."""
+    snapshot = state.service.get_task(task_id)
+    return render(
+        request,
+        "task.html",
+        {
+            "task": snapshot,
+            "runs": [
+                {
+                    "run": run,
+                    "duration": views.run_duration(run),
+                    "open": views.run_is_open(run),
+                    "flower_task_url": views.flower_task_url(state.settings.flower_url, run),
+                }
+                for run in snapshot.runs
+            ],
+            "any_open": any(views.run_is_open(run) for run in snapshot.runs),
+            "can_cancel": views.can_cancel(snapshot),
+            "can_retry": views.can_retry(snapshot, snapshot.runs),
+            "native": views.is_native(snapshot),
+            "notice": NOTICES.get(done or ""),
+        },
+    )
+
+
+@router.get("/runs/{run_id}")
+def run(state: State, run_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> RedirectResponse:
+    """A run's place on its task's page."""
+    found = state.service.get_run(run_id)
+    return RedirectResponse(f"/tasks/{found.task_queue_id}#run-{found.id}", status_code=303)
+
+
+@router.get("/runners", response_class=HTMLResponse)
+def runners(request: Request, state: State) -> Response:
+    """Runners, running first, with heartbeat ages, runs taken and Flower links."""
+    now = reports.utc_now()
+    found = reports.runners(state.database, reports.ReportWindow(), now=now, limit=200)
+    return render(
+        request,
+        "runners.html",
+        {
+            "runners": [
+                {
+                    "runner": runner,
+                    "flower_worker_url": views.flower_worker_url(
+                        state.settings.flower_url, runner.worker_hostname
+                    ),
+                }
+                for runner in found
+            ],
+            "counts": reports.runner_counts(state.database),
+        },
+    )
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login(request: Request, done: str | None = None) -> Response:
+    """The sign-in form (only useful when a token is configured)."""
+    return render(request, "login.html", {"notice": NOTICES.get(done or ""), "error": None})

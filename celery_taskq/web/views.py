@@ -1,0 +1,61 @@
+"""What pages and API answers derive from snapshots: durations, Flower links, allowed actions."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from celery_taskq.models import (
+    CELERY_HANDLER_PREFIX,
+    FAILED_RUN_STATUSES,
+    OPEN_RUN_STATUSES,
+    RunStatus,
+)
+from celery_taskq.snapshots import RunSnapshot, TaskSummary
+
+
+def run_duration(run: RunSnapshot) -> float | None:
+    """Seconds from ``StartedOn`` to ``FinishedOn``; ``None`` unless both are set."""
+    if run.started_on is None or run.finished_on is None:
+        return None
+    return (run.finished_on - run.started_on).total_seconds()
+
+
+def run_is_open(run: RunSnapshot) -> bool:
+    """Whether the run is ``scheduled`` or ``running`` (its progress may still change)."""
+    return run.status in OPEN_RUN_STATUSES
+
+
+def flower_task_url(flower_url: str, run: RunSnapshot) -> str | None:
+    """Flower's page of the run's Celery task, when Flower is configured and the id known."""
+    if not flower_url or not run.celery_task_id:
+        return None
+    return f"{flower_url.rstrip('/')}/task/{quote(run.celery_task_id, safe='')}"
+
+
+def flower_worker_url(flower_url: str, worker_hostname: str | None) -> str | None:
+    """Flower's page of a Celery worker (``celery@host``), when Flower is configured."""
+    if not flower_url or not worker_hostname:
+        return None
+    return f"{flower_url.rstrip('/')}/worker/{quote(worker_hostname, safe='@')}"
+
+
+def is_native(task: TaskSummary) -> bool:
+    """An audited native Celery task: Celery, not this queue, cancels and retries it."""
+    return task.task_handler_class.startswith(CELERY_HANDLER_PREFIX)
+
+
+def is_finished(task: TaskSummary) -> bool:
+    """Succeeded, or out of retries after a failure: no further run comes by itself."""
+    if task.last_status is RunStatus.SUCCESS:
+        return True
+    return task.last_status in FAILED_RUN_STATUSES and task.task_runs_failed >= task.max_retries
+
+
+def can_cancel(task: TaskSummary) -> bool:
+    """Whether the queue would accept a cancel (not native, not cancelled, not finished)."""
+    return not is_native(task) and task.cancel_requested_on is None and not is_finished(task)
+
+
+def can_retry(task: TaskSummary, runs: tuple[RunSnapshot, ...]) -> bool:
+    """Whether the queue would accept a manual retry (not native, no run in progress)."""
+    return not is_native(task) and not any(run_is_open(run) for run in runs)
