@@ -211,8 +211,8 @@ def render(results: dict[str, list[float]], args: argparse.Namespace, seconds: f
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — {args.tasks:,} tasks, "
         f"{args.tasks * args.runs_per_task:,} runs",
         "",
-        ", ".join(f"{k}: {v}" for k, v in machine().items()),
-        f"; load took {seconds:.0f} s; {args.repeat} timed calls each after one warm-up.",
+        ", ".join(f"{k}: {v}" for k, v in machine().items())
+        + f"; load took {seconds:.0f} s; {args.repeat} timed calls each after one warm-up.",
         "",
         f"| read | median ms | worst ms | under {TARGET_MS:.0f} ms |",
         "|---|---:|---:|:---:|",
