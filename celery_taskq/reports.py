@@ -76,6 +76,7 @@ from celery_taskq.models import (
     RUN_OPEN_SQL,
     RUN_RUNNING_SQL,
     RUN_SCHEDULED_SQL,
+    TASK_EXHAUSTED_SQL,
     TASK_OPEN_SQL,
     RunnerRole,
     RunnerStatus,
@@ -763,12 +764,14 @@ def recent_failures(
 def _dead_letters(
     connection: Connection, window: ReportWindow, handler: str | None, limit: int
 ) -> tuple[DeadLetter, ...]:
+    # Driven from the window's failed runs, newest first (ix_TaskRuns_FinishedOn): a run is a
+    # dead letter's last run when its task is out of retries and no later run of it exists.
     last_run = aliased(TaskRun, name="LastRun")
-    last_run_id = (
-        select(func.max(TaskRun.id))
-        .where(TaskRun.task_queue_id == TaskQueue.id)
-        .correlate(TaskQueue)
-        .scalar_subquery()
+    later_run = aliased(TaskRun, name="LaterRun")
+    has_later_run = (
+        select(later_run.id)
+        .where(later_run.task_queue_id == last_run.task_queue_id, later_run.id > last_run.id)
+        .correlate(last_run)
     )
     open_run = (
         select(TaskRun.id)
@@ -789,12 +792,14 @@ def _dead_letters(
             last_run.error_code,
             last_run.error_message,
         )
-        .join(last_run, last_run.id == last_run_id)
+        .select_from(last_run)
+        .join(TaskQueue, TaskQueue.id == last_run.task_queue_id)
         .where(
-            TaskQueue.last_status.in_(FAILED_RUN_STATUSES),
-            TaskQueue.task_runs_failed >= TaskQueue.max_retries,
-            ~exists(open_run),
             _within(last_run.finished_on, window),
+            last_run.status.in_(FAILED_RUN_STATUSES),
+            text(TASK_EXHAUSTED_SQL),  # its columns are TaskQueue's alone
+            ~exists(has_later_run),
+            ~exists(open_run),
         )
         .order_by(last_run.finished_on.desc(), TaskQueue.id.desc())
         .limit(limit),
