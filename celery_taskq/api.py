@@ -27,7 +27,7 @@ from celery_taskq.models import RunStatus
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
-from celery_taskq.steps import Step
+from celery_taskq.steps import STEPS_HANDLER, Step, steps_data
 
 EnqueueHook = Callable[[TaskQueueService, int, bool], None]
 """Called after :func:`enqueue` with the service, the new task id and whether it is due now."""
@@ -146,22 +146,19 @@ def enqueue_steps(
     interrupts the task. Every step's handler is loaded and validates its settings before
     anything is written. Other arguments as for :func:`enqueue`.
     """
-    service = get_service(database_url)
-    writer = _joined_connection(session, connection)
-    task_id = service.add_steps_task(
-        steps,
+    return enqueue(
+        STEPS_HANDLER,
+        steps_data(steps),
         scheduled_on=scheduled_on,
         max_retries=max_retries,
         queued_by=queued_by,
         title=title,
         unique_key=unique_key,
         on_duplicate=on_duplicate,
-        create_run=True,
-        connection=writer,
+        session=session,
+        connection=connection,
+        database_url=database_url,
     )
-    due = scheduled_on is None or scheduled_on <= service.clock()
-    _after_commit(session, lambda: _run_enqueue_hooks(service, task_id, due))
-    return task_id
 
 
 def _joined_connection(session: Session | None, connection: Connection | None) -> Connection | None:

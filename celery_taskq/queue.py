@@ -160,8 +160,6 @@ class TaskQueueService:
         """Queue a multi-step task (see :mod:`celery_taskq.steps`); ``options`` as for
         :meth:`add_task`. Each step's handler is loaded under the allow-list and its
         ``validate`` is given the step's settings before anything is written."""
-        if isinstance(steps, str | bytes) or not isinstance(steps, Sequence):
-            raise InvalidArgumentError("steps must be a list of Step or mappings")
         return self.add_task(STEPS_HANDLER, steps_data(steps), **options)
 
     @contextmanager

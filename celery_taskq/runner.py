@@ -137,11 +137,10 @@ class TaskRunner:
     def process_task_run(self, claimed: ClaimedRun) -> RunOutcome:
         """Execute a claimed run with output captured and record its final state."""
         with self.database.transaction(read_only=True) as connection:
-            task = transitions.load_task(connection, claimed.task_queue_id)
-            checkpoint = transitions.latest_checkpoint(connection, claimed.task_queue_id)
+            task = transitions.load_run_input(connection, claimed.task_queue_id)
         if task is None:  # the queue row was deleted after the claim (runs cascade with it)
             return RunOutcome(RunStatus.ERROR, "", "", error_message="task was deleted")
-        handler_path, data = task
+        handler_path, data, checkpoint = task
         context = RunContext(
             run_id=claimed.run_id,
             task_queue_id=claimed.task_queue_id,

@@ -27,7 +27,7 @@ checkpoint. A failing step without the flag is reported in ``failed_steps`` and 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +68,10 @@ class Step:
         }
 
 
-def steps_data(steps: Iterable[Step | Mapping[str, Any]]) -> dict[str, Any]:
+def steps_data(steps: Sequence[Step | Mapping[str, Any]]) -> dict[str, Any]:
     """The task data of a multi-step task, checked for shape."""
+    if isinstance(steps, str | bytes) or not isinstance(steps, Sequence):
+        raise InvalidTaskDataError("steps must be a list of Step or mappings")
     parsed = parse_steps({"steps": [_step_mapping(step) for step in steps]})
     return {"steps": [step.as_data() for step in parsed]}
 

@@ -146,6 +146,25 @@ def load_task(connection: Connection, task_queue_id: int) -> tuple[str, Any] | N
     return None if row is None else (row[0], row[1])
 
 
+def load_run_input(connection: Connection, task_queue_id: int) -> tuple[str, Any, Any] | None:
+    """What a run starts from, in one statement: the task's handler path and data, and the
+    checkpoint of its most recent run that has one (``None`` if none has)."""
+    checkpoint = (
+        select(TaskRun.checkpoint)
+        .where(TaskRun.task_queue_id == TaskQueue.id, TaskRun.checkpoint.is_not(None))
+        .order_by(TaskRun.id.desc())
+        .limit(1)
+        .correlate(TaskQueue)
+        .scalar_subquery()
+    )
+    row = connection.execute(
+        select(TaskQueue.task_handler_class, TaskQueue.task_data, checkpoint).where(
+            TaskQueue.id == task_queue_id
+        )
+    ).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
 def finish_run(
     connection: Connection, run_id: int, runner_id: int, outcome: RunOutcome, now: datetime
 ) -> bool:
@@ -200,16 +219,6 @@ def save_run_checkpoint(connection: Connection, run_id: int, checkpoint: Any) ->
         ).first()
         is not None
     )
-
-
-def latest_checkpoint(connection: Connection, task_queue_id: int) -> Any:
-    """The checkpoint of the task's most recent run that has one (``None`` if none has)."""
-    return connection.execute(
-        select(TaskRun.checkpoint)
-        .where(TaskRun.task_queue_id == task_queue_id, TaskRun.checkpoint.is_not(None))
-        .order_by(TaskRun.id.desc())
-        .limit(1)
-    ).scalar()
 
 
 def amend_ended_run(
