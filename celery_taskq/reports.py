@@ -29,9 +29,10 @@ the open/scheduled/running predicates are the SQL fragments of :mod:`celery_task
 that the partial indexes are declared with, so SQLite and PostgreSQL use those indexes: due
 work (``ix_TaskRuns_scheduled``, ``ix_TaskRuns_running_by_runner``, ``ix_TaskQueue_due``),
 the "no open run" test of dead letters (``uq_TaskRuns_one_open_run_per_task``) and a task's
-last run (``ix_TaskRuns_TaskQueueId_Id``). The window columns (``QueuedOn``, ``FinishedOn``,
-``StartedOn``) carry no index in the current schema: windowed sections scan until one is
-added.
+last run (``ix_TaskRuns_TaskQueueId_Id``). The window columns ``QueuedOn`` and ``FinishedOn``
+are indexed, so a windowed section reads the window's rows, not the table: the finished runs
+of a window are read once for the totals and the durations together, and each run's handler is
+looked up by primary key (see :func:`_of_run_task`).
 
 **Durations** are ``FinishedOn - StartedOn`` of finished runs that started (a run cancelled
 before it started has none). Percentiles are continuous (linear interpolation between the
@@ -46,7 +47,8 @@ import enum
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -475,8 +477,22 @@ def _seconds(delta: timedelta) -> float:
     return delta.total_seconds()
 
 
-def _read(database: Database, read: Callable[[Connection], _T]) -> _T:
+@contextmanager
+def _report_transaction(database: Database) -> Iterator[Connection]:
+    """One read-only transaction for report queries.
+
+    On PostgreSQL, JIT compilation is switched off for it: the planner's cost estimates for
+    the per-run handler lookups cross ``jit_above_cost`` although each query reads only a
+    window's runs, and compiling took 15-30 ms per query, more than running it.
+    """
     with database.transaction(read_only=True) as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SET LOCAL jit = off"))
+        yield connection
+
+
+def _read(database: Database, read: Callable[[Connection], _T]) -> _T:
+    with _report_transaction(database) as connection:
         return read(connection)
 
 
@@ -498,13 +514,26 @@ def _task_counts(
     return counts
 
 
-def _run_counts(
+def _open_run_counts(
     connection: Connection, window: ReportWindow, handler: str | None
 ) -> dict[str, dict[str, int]]:
+    """Running runs that started in the window and scheduled runs that became due in it.
+
+    Both statuses have partial indexes, so this reads only the open runs, however large the
+    table; the finished runs of the window are counted by :func:`_finished_runs`.
+    """
     handler_of_run = _of_run_task(TaskQueue.task_handler_class)
     query = (
         select(handler_of_run, TaskRun.status, func.count())
-        .where(_run_in_window(window, _of_run_task(TaskQueue.scheduled_on)))
+        .where(
+            TaskRun.finished_on.is_(None),
+            or_(
+                and_(text(RUN_RUNNING_SQL), _within(TaskRun.started_on, window)),
+                and_(
+                    text(RUN_SCHEDULED_SQL), _within(_of_run_task(TaskQueue.scheduled_on), window)
+                ),
+            ),
+        )
         .group_by(handler_of_run, TaskRun.status)
     )
     if handler is not None:
@@ -515,6 +544,18 @@ def _run_counts(
     return counts
 
 
+def _add_counts(
+    *per_handler: dict[str, dict[str, int]],
+) -> dict[str, dict[str, int]]:
+    """Per-handler counts added up, key by key."""
+    total: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for counts in per_handler:
+        for name, by_status in counts.items():
+            for status, number in by_status.items():
+                total[name][status] += number
+    return {name: dict(by_status) for name, by_status in total.items()}
+
+
 def _sum_counts(per_handler: Iterable[dict[str, int]]) -> dict[str, int]:
     total: dict[str, int] = defaultdict(int)
     for counts in per_handler:
@@ -523,9 +564,7 @@ def _sum_counts(per_handler: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
-def _totals(connection: Connection, window: ReportWindow, handler: str | None) -> Totals:
-    tasks = _task_counts(connection, window, handler)
-    runs = _run_counts(connection, window, handler)
+def _totals_of(tasks: dict[str, dict[str, int]], runs: dict[str, dict[str, int]]) -> Totals:
     return Totals(
         tasks=TaskCounts(**_sum_counts(tasks.values())),
         runs=RunCounts(**_sum_counts(runs.values())),
@@ -537,6 +576,14 @@ def _totals(connection: Connection, window: ReportWindow, handler: str | None) -
             )
             for name in sorted(set(tasks) | set(runs))
         ),
+    )
+
+
+def _totals(connection: Connection, window: ReportWindow, handler: str | None) -> Totals:
+    finished = _finished_runs(connection, window, handler).counts
+    return _totals_of(
+        _task_counts(connection, window, handler),
+        _add_counts(finished, _open_run_counts(connection, window, handler)),
     )
 
 
@@ -582,68 +629,96 @@ def failure_rates(
 # -- durations ------------------------------------------------------------------------------
 
 
-def _duration_stats_postgresql(
+@dataclass(frozen=True)
+class _FinishedRuns:
+    """One pass over the runs that ended in a window: counts by status, and durations."""
+
+    counts: dict[str, dict[str, int]]
+    """Handler → status → runs."""
+    durations: tuple[DurationStats, ...]
+
+
+def _finished_runs(
     connection: Connection, window: ReportWindow, handler: str | None
-) -> tuple[DurationStats, ...]:
+) -> _FinishedRuns:
+    if connection.dialect.name == "postgresql":
+        return _finished_runs_postgresql(connection, window, handler)
+    return _finished_runs_python(connection, window, handler)
+
+
+def _finished_runs_postgresql(
+    connection: Connection, window: ReportWindow, handler: str | None
+) -> _FinishedRuns:
+    # One index range scan of the window's finished runs gives the counts by status and the
+    # percentiles, which only runs that started have (FILTER).
     seconds = cast(extract("epoch", TaskRun.finished_on - TaskRun.started_on), Double)
+    started = TaskRun.started_on.is_not(None)
     handler_of_run = _of_run_task(TaskQueue.task_handler_class)
     query = (
         select(
             handler_of_run,
-            func.count(),
+            *(func.count().filter(TaskRun.status == status.value) for status in RunStatus),
+            func.count().filter(started),
             *(
-                func.percentile_cont(cast(fraction, Double)).within_group(seconds)
+                func.percentile_cont(cast(fraction, Double)).within_group(seconds).filter(started)
                 for fraction in PERCENTILES
             ),
             func.max(seconds),
         )
-        .where(_finished_in_window(window))
+        .where(_within(TaskRun.finished_on, window))
         .group_by(handler_of_run)
         .order_by(handler_of_run)
     )
     if handler is not None:
         query = query.where(handler_of_run == handler)
-    return tuple(
-        DurationStats(
-            handler=name,
-            runs=runs,
-            p50=float(p50),
-            p90=float(p90),
-            p99=float(p99),
-            max=float(longest),
-        )
-        for name, runs, p50, p90, p99, longest in connection.execute(query)
-    )
+    counts: dict[str, dict[str, int]] = {}
+    durations = []
+    statuses = len(RunStatus)
+    for row in connection.execute(query):
+        name = row[0]
+        counts[name] = {
+            status.value: number
+            for status, number in zip(RunStatus, row[1 : 1 + statuses], strict=True)
+            if number
+        }
+        runs, p50, p90, p99, longest = row[1 + statuses :]
+        if runs:
+            durations.append(
+                DurationStats(
+                    handler=name,
+                    runs=runs,
+                    p50=float(p50),
+                    p90=float(p90),
+                    p99=float(p99),
+                    max=float(longest),
+                )
+            )
+    return _FinishedRuns(counts, tuple(durations))
 
 
-def _duration_stats_python(
+def _finished_runs_python(
     connection: Connection, window: ReportWindow, handler: str | None
-) -> tuple[DurationStats, ...]:
+) -> _FinishedRuns:
     query = _for_handler(
         _runs_with_handler(
-            TaskQueue.task_handler_class, TaskRun.started_on, TaskRun.finished_on
-        ).where(_finished_in_window(window)),
+            TaskQueue.task_handler_class, TaskRun.status, TaskRun.started_on, TaskRun.finished_on
+        ).where(_within(TaskRun.finished_on, window)),
         handler,
     )
-    durations: dict[str, list[float]] = defaultdict(list)
-    for name, started_on, finished_on in connection.execute(query):
-        durations[name].append(_seconds(finished_on - started_on))
-    stats = []
-    for name in sorted(durations):
-        values = sorted(durations[name])
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for name, status, started_on, finished_on in connection.execute(query):
+        counts[name][RunStatus(status).value] += 1
+        if started_on is not None:
+            seconds[name].append(_seconds(finished_on - started_on))
+    durations = []
+    for name in sorted(seconds):
+        values = sorted(seconds[name])
         p50, p90, p99 = (percentile_cont(values, fraction) for fraction in PERCENTILES)
-        stats.append(
+        durations.append(
             DurationStats(handler=name, runs=len(values), p50=p50, p90=p90, p99=p99, max=values[-1])
         )
-    return tuple(stats)
-
-
-def _duration_stats(
-    connection: Connection, window: ReportWindow, handler: str | None
-) -> tuple[DurationStats, ...]:
-    if connection.dialect.name == "postgresql":
-        return _duration_stats_postgresql(connection, window, handler)
-    return _duration_stats_python(connection, window, handler)
+    return _FinishedRuns({name: dict(by) for name, by in counts.items()}, tuple(durations))
 
 
 def duration_stats(
@@ -654,7 +729,7 @@ def duration_stats(
     Only runs that started count (``FinishedOn - StartedOn``); sorted by handler.
     """
     handler = _check_handler(handler)
-    return _read(database, lambda connection: _duration_stats(connection, window, handler))
+    return _read(database, lambda connection: _finished_runs(connection, window, handler).durations)
 
 
 # -- slowest runs and recent failures -------------------------------------------------------
@@ -1185,8 +1260,12 @@ def build_report(
     """
     window = ReportWindow(since, until)
     now, handler, limit = _check_now(now), _check_handler(handler), _check_limit(limit)
-    with database.transaction(read_only=True) as connection:
-        report_totals = _totals(connection, window, handler)
+    with _report_transaction(database) as connection:
+        finished = _finished_runs(connection, window, handler)
+        report_totals = _totals_of(
+            _task_counts(connection, window, handler),
+            _add_counts(finished.counts, _open_run_counts(connection, window, handler)),
+        )
         return Report(
             now=now,
             window=window,
@@ -1194,7 +1273,7 @@ def build_report(
             limit=limit,
             totals=report_totals,
             failure_rates=_failure_rates_of(report_totals),
-            durations=_duration_stats(connection, window, handler),
+            durations=finished.durations,
             slowest_runs=_slowest_runs(connection, window, handler, limit),
             recent_failures=_recent_failures(connection, window, handler, limit),
             dead_letters=_dead_letters(connection, window, handler, limit),

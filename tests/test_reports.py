@@ -307,6 +307,19 @@ def test_percentile_cont_matches_sql() -> None:
         reports.percentile_cont([], 0.5)
 
 
+@pytest.mark.postgresql
+def test_report_reads_run_without_jit_on_postgresql(postgresql_schema_url: str) -> None:
+    # JIT compiling cost more than the report queries themselves at a million rows.
+    database = Database(postgresql_schema_url)
+    try:
+        with reports._report_transaction(database) as connection:
+            assert connection.exec_driver_sql("SHOW jit").scalar_one() == "off"
+        with database.transaction(read_only=True) as connection:
+            assert connection.exec_driver_sql("SHOW jit").scalar_one() == "on"  # the report's only
+    finally:
+        database.close()
+
+
 # -- slowest runs and recent failures -------------------------------------------------------
 
 
