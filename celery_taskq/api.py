@@ -42,6 +42,10 @@ def get_service(
     database_url: str | None = None, settings: Settings | None = None
 ) -> TaskQueueService:
     """The process-wide queue service for ``database_url`` (default: from settings)."""
+    if settings is None and database_url is not None:
+        cached = _services.get((os.getpid(), database_url))
+        if cached is not None:  # every enqueue() asks: skip resolving the settings then
+            return cached
     settings = settings or Settings.resolve()
     url = database_url or settings.database_url
     key = (os.getpid(), url)
@@ -205,6 +209,8 @@ def _drop_pending(session: Session) -> None:
 
 
 def _run_enqueue_hooks(service: TaskQueueService, task_id: int, due: bool) -> None:
+    if due:  # wake idle runners now rather than at their next poll
+        service.notifier.announce_work()
     for hook in list(_enqueue_hooks):
         try:
             hook(service, task_id, due)

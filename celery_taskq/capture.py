@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 TRUNCATION_MARKER = "\n[celery_taskq: output truncated, {omitted} more bytes not kept]\n"
 
@@ -33,15 +34,15 @@ class CapturedOutput:
 
 def _read_capped(fd: int, cap: int) -> tuple[str, int]:
     size = os.fstat(fd).st_size
-    os.lseek(fd, 0, os.SEEK_SET)
     chunks: list[bytes] = []
-    remaining = min(size, cap)
-    while remaining > 0:
-        chunk = os.read(fd, min(remaining, 1 << 16))
+    offset, end = 0, min(size, cap)
+    # pread leaves the file offset alone: a capture still being written to can be read too.
+    while offset < end:
+        chunk = os.pread(fd, min(end - offset, 1 << 16), offset)
         if not chunk:
             break
         chunks.append(chunk)
-        remaining -= len(chunk)
+        offset += len(chunk)
     data = b"".join(chunks)
     omitted = max(size - cap, 0)
     # NUL cannot be stored in PostgreSQL text; undecodable bytes are kept visible as U+FFFD.
@@ -64,12 +65,31 @@ def _text_stream(fd: int) -> io.TextIOWrapper:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", write_through=True)
 
 
+def peek_output(cap: int) -> tuple[str, str]:
+    """Stdout and stderr captured so far, capped; only meaningful inside :func:`capture_output`.
+
+    Used to record a run that has to be abandoned while its handler still writes.
+    """
+    _flush_python_streams()
+    return _read_capped(1, cap)[0], _read_capped(2, cap)[0]
+
+
+def _spool_file() -> BinaryIO:
+    """An anonymous file for one stream: in memory where Linux offers it (one system call,
+    no file-system work per run), else a temporary file."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        with contextlib.suppress(OSError):
+            return open(memfd_create("taskq-capture", os.MFD_CLOEXEC), "w+b")
+    return tempfile.TemporaryFile()
+
+
 @contextmanager
 def capture_output(cap: int) -> Iterator[CapturedOutput]:
     """Redirect fds 1 and 2 into temporary files; fill the yielded object when done."""
     captured = CapturedOutput()
     _flush_python_streams()
-    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+    with _spool_file() as out_file, _spool_file() as err_file:
         saved_stdout = os.dup(1)
         saved_stderr = os.dup(2)
         saved_streams = (sys.stdout, sys.stderr)

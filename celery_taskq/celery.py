@@ -324,15 +324,19 @@ def _parse_eta(value: Any) -> datetime | None:
 
 
 def _runner_request_hook(app: Celery, state: TaskqCelery) -> api.EnqueueHook:
-    last_request = [float("-inf")]
+    last_check = [float("-inf")]
 
     def request_runner(service: TaskQueueService, task_id: int, due: bool) -> None:
-        """Ask for a runner when a due task was queued and no runner is live."""
+        """Ask for a runner when a due task was queued and no runner is live.
+
+        Runners are counted at most once per RUNNER_REQUEST_MIN_INTERVAL: a count per
+        enqueue() would double its cost while runners are busy.
+        """
         now = time.monotonic()
-        if not due or now - last_request[0] < RUNNER_REQUEST_MIN_INTERVAL:
+        if not due or now - last_check[0] < RUNNER_REQUEST_MIN_INTERVAL:
             return
+        last_check[0] = now
         if service.get_task_runner_count() == 0:
-            last_request[0] = now
             app.send_task(RUNNER_TASK, queue=RUNNERS_QUEUE, expires=state.settings.runner_max_idle)
 
     return request_runner

@@ -22,6 +22,7 @@ from celery_taskq.exceptions import TaskqError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
 from celery_taskq.models import FAILED_RUN_STATUSES, OPEN_RUN_STATUSES, RunStatus
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
+from celery_taskq.redact import redacted_page, redacted_task
 from celery_taskq.render import progress_bar, render_page, render_page_json, render_task
 from celery_taskq.report_render import render_report, render_report_csv, render_report_json
 from celery_taskq.settings import Settings
@@ -179,7 +180,7 @@ def enqueue(
 def show(context: CliContext, task_id: int) -> None:
     """Print a task and every one of its runs."""
     snapshot = context.service.get_task(task_id)
-    click.echo(render_task(snapshot))
+    click.echo(render_task(redacted_task(snapshot, context.settings.redact_patterns)))
 
 
 @cli.command("list")
@@ -214,6 +215,7 @@ def list_command(
         queued_until=until,
     )
     page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
+    page = redacted_page(page, context.settings.redact_patterns)
     click.echo(render_page_json(page) if as_json else render_page(page))
 
 
@@ -228,9 +230,14 @@ class ReportTimeParamType(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, datetime | timedelta):
             return value
         try:
-            return reports.parse_moment(str(value))
+            moment = reports.parse_moment(str(value))
+            # A duration reaching back before year 1 only overflows later, when resolved.
+            reports.resolve_moment(moment, reports.utc_now())
         except TaskqError as exc:
             self.fail(str(exc), param, ctx)
+        except (OverflowError, ValueError):
+            self.fail(f"{value!r} is out of range", param, ctx)
+        return moment
 
 
 @cli.command("report")
@@ -505,7 +512,9 @@ def demo(context: CliContext, timeout: float) -> None:
         task_runner.run(burst=True)
     for task_id in task_ids:
         click.echo("")
-        click.echo(render_task(service.get_task(task_id)))
+        click.echo(
+            render_task(redacted_task(service.get_task(task_id), context.settings.redact_patterns))
+        )
 
 
 def _finished(task: TaskSnapshot) -> bool:

@@ -75,12 +75,15 @@ class TaskHandler:
 
     ``retry_backoff_base`` / ``retry_backoff_max`` (seconds), when set on a subclass, override
     the configured retry backoff for its tasks; ``time_budget`` (seconds) overrides the
-    configured ``run_time_budget``, which sets ``run.deadline``.
+    configured ``run_time_budget``, which sets ``run.deadline``. ``time_limit`` (seconds)
+    overrides the configured ``run_time_limit``: a run still working then is stopped and ends
+    ``timeout`` (``0``: no limit; see :mod:`celery_taskq.time_limit`).
     """
 
     retry_backoff_base: float | None = None
     retry_backoff_max: float | None = None
     time_budget: float | None = None
+    time_limit: float | None = None
 
     def validate(self, data: Any) -> None:
         """Refuse ``data`` before it is enqueued by raising an exception; accepts all by default."""

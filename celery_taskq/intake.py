@@ -28,6 +28,7 @@ from celery_taskq.handlers import TaskHandler
 from celery_taskq.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.settings import DEFAULT_MAX_RETRIES
 from celery_taskq.steps import MultiStepTask, check_steps
+from celery_taskq.storable import MAX_INT32, json_problem, text_problem, time_problem
 
 UNIQUE_INSERT_ATTEMPTS = 3
 """Tries at inserting a task whose unique key is released by a task finishing meanwhile."""
@@ -79,12 +80,19 @@ def prepare(
 
     Raises an :class:`~celery_taskq.exceptions.InvalidTaskError` for anything refused.
     """
+    if isinstance(spec.handler, str) and (problem := text_problem(spec.handler)) is not None:
+        raise InvalidArgumentError(f"the task handler {problem}")
     handler = create_handler(spec.handler)
     document = json_document(spec.data)
     max_retries = DEFAULT_MAX_RETRIES if spec.max_retries is None else spec.max_retries
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
+    if (
+        isinstance(max_retries, bool)
+        or not isinstance(max_retries, int)
+        or not 1 <= max_retries <= MAX_INT32
+    ):
         raise InvalidArgumentError(
-            f"max_retries must be an integer of 1 or more, not {max_retries!r}"
+            f"max_retries must be an integer of 1 or more (at most {MAX_INT32}), "
+            f"not {max_retries!r}"
         )
     scheduled_on = spec.scheduled_on
     if scheduled_on is None:
@@ -93,13 +101,18 @@ def prepare(
         raise InvalidArgumentError(
             f"scheduled_on must be a timezone-aware datetime, not {scheduled_on!r}"
         )
+    elif (problem := time_problem(scheduled_on)) is not None:
+        raise InvalidArgumentError(f"scheduled_on {problem}")
     queued_by = spec.queued_by
     if queued_by is not None and (
         not isinstance(queued_by, str | int)
         or isinstance(queued_by, bool)
         or len(str(queued_by)) > 255
+        or text_problem(str(queued_by)) is not None
     ):
-        raise InvalidArgumentError("queued_by must be a string of at most 255 characters")
+        raise InvalidArgumentError(
+            "queued_by must be a string of at most 255 characters, without NUL characters"
+        )
     title = optional_text("title", spec.title)
     unique_key = optional_text("unique_key", spec.unique_key)
     try:
@@ -156,6 +169,8 @@ def insert_one(
     :class:`DuplicateTaskError` raised). With ``with_run`` a task that is already due gets its
     first run in the same transaction.
     """
+    if is_single_statement(values, with_run=with_run):
+        return transitions.insert_due_task(connection, values), True
     for _ in range(UNIQUE_INSERT_ATTEMPTS):
         task_id = transitions.insert_task(connection, values)
         if task_id is not None:
@@ -174,6 +189,16 @@ def insert_one(
     raise StorageError(f"could not queue the task with unique key {values['unique_key']!r}")
 
 
+def is_single_statement(values: Mapping[str, Any], *, with_run: bool) -> bool:
+    """Whether :func:`insert_one` writes ``values`` with one statement on PostgreSQL: a due
+    task without a unique key, with its first run."""
+    return (
+        with_run
+        and values.get("unique_key") is None
+        and values["scheduled_on"] <= values["queued_on"]
+    )
+
+
 def insert_many(
     connection: Connection,
     rows: Sequence[dict[str, Any]],
@@ -183,9 +208,10 @@ def insert_many(
 ) -> list[int]:
     """Insert prepared tasks; return their ids in order.
 
-    Tasks without a unique key go in one multi-row ``INSERT … RETURNING`` (and, with
-    ``with_run``, the due ones' runs in one more), so a batch costs a few round trips
-    whatever its size. Tasks with a unique key go through :func:`insert_one`.
+    Tasks without a unique key go in one statement with their due runs on PostgreSQL, and in
+    one multi-row ``INSERT … RETURNING`` (and, with ``with_run``, the due ones' runs in one
+    more) on SQLite, so a batch costs a few round trips whatever its size. Tasks with a unique
+    key go through :func:`insert_one`.
     """
     ids: list[int | None] = [None] * len(rows)
     plain = [index for index, row in enumerate(rows) if row.get("unique_key") is None]
@@ -194,7 +220,12 @@ def insert_many(
             ids[index], _ = insert_one(
                 connection, row, with_run=with_run, raise_duplicate=raise_duplicate
             )
-    if plain:
+    if plain and connection.dialect.name == "postgresql":
+        due = [with_run and rows[i]["scheduled_on"] <= rows[i]["queued_on"] for i in plain]
+        new_ids = _pg_insert_tasks_and_runs(connection, [rows[i] for i in plain], due)
+        for index, task_id in zip(plain, new_ids, strict=True):
+            ids[index] = task_id
+    elif plain:
         due = [with_run and rows[i]["scheduled_on"] <= rows[i]["queued_on"] for i in plain]
         values = [
             _column_values(
@@ -221,18 +252,59 @@ def insert_many(
     return [int(task_id) for task_id in ids if task_id is not None]
 
 
-def _insert_returning_ids(connection: Connection, values: list[dict[str, Any]]) -> list[int]:
-    """Insert ``TaskQueue`` rows in few statements; return their ids in the order given.
+_PG_INSERT_TASKS_AND_RUNS = """
+WITH new_tasks AS (
+    INSERT INTO "TaskQueue" ("TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn",
+        "QueuedById", "LastStatus", "MaxRetries", "TaskRunsFailed", "Title")
+    SELECT handler, data, scheduled_on, queued_on, queued_by, last_status, max_retries, 0, title
+    FROM unnest(%(handler)s::varchar[], %(data)s::jsonb[], %(scheduled_on)s::timestamptz[],
+        %(queued_on)s::timestamptz[], %(queued_by)s::varchar[], %(last_status)s::varchar[],
+        %(max_retries)s::int[], %(title)s::varchar[])
+        WITH ORDINALITY AS t(handler, data, scheduled_on, queued_on, queued_by, last_status,
+            max_retries, title, position)
+    ORDER BY position
+    RETURNING "Id", "LastStatus"
+), new_runs AS (
+    INSERT INTO "TaskRuns" ("TaskQueueId", "Status")
+    SELECT "Id", 'scheduled' FROM new_tasks WHERE "LastStatus" = 'scheduled'
+)
+SELECT "Id" FROM new_tasks
+"""
 
-    PostgreSQL returns them in order (``sort_by_parameter_order``). SQLAlchemy would insert
-    row by row on SQLite to do the same, so there the ids are sorted instead: the write lock is
-    held for the whole transaction and SQLite numbers the rows of an insert upwards in order.
+
+def _pg_insert_tasks_and_runs(
+    connection: Connection, rows: Sequence[dict[str, Any]], due: Sequence[bool]
+) -> list[int]:
+    """Insert tasks and the due ones' first runs in one statement; return the ids in order.
+
+    Each column travels as one array parameter (``unnest``): a statement with a parameter per
+    value costs more to build and parse than the insert itself. Rows are inserted in the
+    given order and take their ids from the sequence one after the other, so the ids sorted
+    are the ids in order.
     """
-    if connection.dialect.name == "sqlite":
-        statement = insert(TaskQueue).returning(TaskQueue.id)
-        return sorted(int(i) for i in connection.execute(statement, values).scalars())
-    statement = insert(TaskQueue).returning(TaskQueue.id, sort_by_parameter_order=True)
-    return [int(i) for i in connection.execute(statement, values).scalars()]
+    parameters = {
+        "handler": [row["task_handler_class"] for row in rows],
+        "data": [json.dumps(row["task_data"]) for row in rows],
+        "scheduled_on": [row["scheduled_on"] for row in rows],
+        "queued_on": [row["queued_on"] for row in rows],
+        "queued_by": [row["queued_by_id"] for row in rows],
+        "last_status": [RunStatus.SCHEDULED.value if is_due else None for is_due in due],
+        "max_retries": [row["max_retries"] for row in rows],
+        "title": [row["title"] for row in rows],
+    }
+    result = connection.exec_driver_sql(_PG_INSERT_TASKS_AND_RUNS, parameters)
+    return sorted(int(task_id) for (task_id,) in result)
+
+
+def _insert_returning_ids(connection: Connection, values: list[dict[str, Any]]) -> list[int]:
+    """Insert ``TaskQueue`` rows on SQLite; return their ids in the order given.
+
+    SQLAlchemy would insert row by row to return them in order, so the ids are sorted instead:
+    the write lock is held for the whole transaction and SQLite numbers the rows of an insert
+    upwards in order.
+    """
+    statement = insert(TaskQueue).returning(TaskQueue.id)
+    return sorted(int(i) for i in connection.execute(statement, values).scalars())
 
 
 def json_document(data: Any) -> Any:
@@ -240,9 +312,15 @@ def json_document(data: Any) -> Any:
     if data is None:
         return {}
     try:
-        return json.loads(json.dumps(data, allow_nan=False))
+        document = json.loads(json.dumps(data, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidTaskDataError(f"task data cannot be stored as JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidTaskDataError("task data is nested too deeply to store as JSON") from None
+    problem = json_problem(document)
+    if problem is not None:
+        raise InvalidTaskDataError(f"task data cannot be stored: it {problem}")
+    return document
 
 
 def optional_text(name: str, value: str | None) -> str | None:
@@ -251,6 +329,9 @@ def optional_text(name: str, value: str | None) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > 255:
         raise InvalidArgumentError(f"{name} must be a non-empty string of at most 255 characters")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidArgumentError(f"{name} {problem}")
     return value
 
 

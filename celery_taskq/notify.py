@@ -9,6 +9,8 @@ is Redis — and nowhere otherwise.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -22,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "taskq:run:"
 """A run's notices go to the channel ``taskq:run:<run id>``."""
+
+WORK_CHANNEL = "taskq:work"
+"""Notices that a run became due: idle runners wake up and claim instead of sleeping on."""
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 """URL schemes that name a Redis server."""
@@ -43,6 +48,12 @@ class RunNotifier(Protocol):
     def listen(self, run_id: int) -> AbstractContextManager[RunListener]:
         """A context manager yielding a :class:`RunListener` for run ``run_id``."""
 
+    def announce_work(self) -> None:
+        """Tell idle runners that a run is due (never raises)."""
+
+    def listen_for_work(self) -> AbstractContextManager[RunListener | None]:
+        """A listener for :meth:`announce_work` notices, or ``None`` without pub/sub."""
+
 
 class _Sleeper:
     def wait(self, timeout: float) -> bool:
@@ -60,6 +71,14 @@ class NoNotifier:
     def listen(self, run_id: int) -> Iterator[RunListener]:
         """Yield a listener that sleeps out its timeout."""
         yield _Sleeper()
+
+    def announce_work(self) -> None:
+        """Do nothing."""
+
+    @contextmanager
+    def listen_for_work(self) -> Iterator[RunListener | None]:
+        """Yield ``None``: runners poll the table."""
+        yield None
 
 
 class _RedisListener:
@@ -86,6 +105,10 @@ class RedisNotifier:
     def __init__(self, url: str) -> None:
         self.url = url
         self._client: redis.Redis | None = None
+        self._pending: dict[str, None] = {}
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._publisher_pid: int | None = None
 
     @property
     def client(self) -> redis.Redis:
@@ -97,16 +120,46 @@ class RedisNotifier:
         return self._client
 
     def publish(self, run_id: int) -> None:
-        """Announce a change of ``run_id``; a Redis failure is logged and ignored."""
-        try:
-            self.client.publish(f"{CHANNEL_PREFIX}{run_id}", b"1")
-        except redis.RedisError as exc:
-            logger.warning(
-                "could not publish the change of run %s: %s",
-                run_id,
-                exc,
-                extra={"action": "notify_failed", "run_id": run_id},
-            )
+        """Announce a change of ``run_id`` (sent in the background; see :meth:`_send`)."""
+        self._send(f"{CHANNEL_PREFIX}{run_id}")
+
+    def _send(self, channel: str) -> None:
+        # A publish is a Redis round trip; a runner or enqueue() waiting for it would pay it on
+        # every run. A background thread sends the notices instead, several per round trip,
+        # and a notice asked for while one is pending on the same channel merges with it (a
+        # notice only says "read again"). Every notice asked for is sent after it was asked
+        # for, so no wake-up is lost; a failure is logged and ignored (readers poll anyway).
+        if self._publisher_pid != os.getpid():  # first use, or a forked child: whose copy of
+            # the lock may have been held by the parent's publisher thread at the fork
+            self._pending_lock = threading.Lock()
+            self._wake = threading.Event()
+            self._pending = {}
+            self._publisher_pid = os.getpid()
+            threading.Thread(
+                target=self._publish_pending, daemon=True, name="taskq-notices"
+            ).start()
+        with self._pending_lock:
+            self._pending[channel] = None
+        self._wake.set()
+
+    def _publish_pending(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._pending_lock:
+                self._wake.clear()
+                channels, self._pending = list(self._pending), {}
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for channel in channels:
+                    pipe.publish(channel, b"1")
+                pipe.execute()
+            except redis.RedisError as exc:
+                logger.warning(
+                    "could not publish %s notices: %s",
+                    len(channels),
+                    exc,
+                    extra={"action": "notify_failed"},
+                )
 
     @contextmanager
     def listen(self, run_id: int) -> Iterator[RunListener]:
@@ -117,6 +170,25 @@ class RedisNotifier:
         except redis.RedisError as exc:
             logger.warning("watching run %s without pub/sub: %s", run_id, exc)
             yield _Sleeper()
+            return
+        try:
+            yield _RedisListener(pubsub)
+        finally:
+            pubsub.close()
+
+    def announce_work(self) -> None:
+        """Wake idle runners (sent in the background like :meth:`publish`)."""
+        self._send(WORK_CHANNEL)
+
+    @contextmanager
+    def listen_for_work(self) -> Iterator[RunListener | None]:
+        """Subscribe to work notices; ``None`` when Redis cannot be reached."""
+        try:
+            pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub.subscribe(WORK_CHANNEL)
+        except redis.RedisError as exc:
+            logger.warning("runner polls without work notices: %s", exc)
+            yield None
             return
         try:
             yield _RedisListener(pubsub)

@@ -122,7 +122,16 @@ class TaskQueueService:
         check_on_duplicate(on_duplicate)
         spec = TaskSpec(handler_path, data, scheduled_on, max_retries, queued_by, title, unique_key)
         values = intake.prepare(spec, create_handler=self.create_task_handler, now=self.clock())
-        with self._writing(connection) as writer:
+        if (
+            connection is None
+            and self.database.dialect == "postgresql"
+            and intake.is_single_statement(values, with_run=create_run)
+        ):
+            # One statement writes the task and its run: autocommit spares BEGIN and COMMIT.
+            writing = self.database.autocommit()
+        else:
+            writing = self._writing(connection)
+        with writing as writer:
             task_id, created = intake.insert_one(
                 writer, values, with_run=create_run, raise_duplicate=on_duplicate == "raise"
             )
@@ -289,6 +298,7 @@ class TaskQueueService:
             run_id = transitions.create_manual_run(connection, task_id)
             if run_id is None:
                 raise InvalidArgumentError(f"task {task_id} already has a run in progress")
+        self.notifier.announce_work()
         logger.info(
             "task %s retried by hand: run %s",
             task_id,
@@ -354,6 +364,7 @@ class TaskQueueService:
             created = transitions.create_runs(connection, self.clock())
         if created:
             logger.info("created %s task runs", len(created), extra={"action": "runs_created"})
+            self.notifier.announce_work()
         return len(created)
 
     def process_queue(self) -> ProcessReport:

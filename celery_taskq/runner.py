@@ -16,11 +16,12 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -29,6 +30,7 @@ from celery_taskq.backoff import Backoff
 from celery_taskq.capture import capture_output
 from celery_taskq.context import Progress, RunContext
 from celery_taskq.db import ClaimedRun, Database
+from celery_taskq.exceptions import SchemaNotReadyError, StorageError
 from celery_taskq.handlers import (
     CANCELLED_CODE,
     Continue,
@@ -37,14 +39,35 @@ from celery_taskq.handlers import (
     create_task_handler,
 )
 from celery_taskq.models import RunStatus
-from celery_taskq.notify import RunNotifier, notifier_for
+from celery_taskq.notify import RunListener, RunNotifier, notifier_for
 from celery_taskq.settings import Settings
+from celery_taskq.time_limit import (
+    TIME_LIMIT_CODE,
+    RunTimeLimitExceeded,
+    TimeLimit,
+    abandon_run,
+    effective_limit,
+)
 from celery_taskq.transitions import RunOutcome
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+STORAGE_RETRY_FIRST_DELAY = 0.1
+"""Seconds before the first retry when the database is unreachable; doubled per failure."""
+
+STORAGE_RETRY_MAX_DELAY = 5.0
+"""The longest wait between two attempts to reach the database."""
+
+_T = TypeVar("_T")
+
+MEMORY_CHECK_INTERVAL = 1.0
+"""Seconds between two reads of the runner's resident memory."""
+
+WORK_WAIT_SLICE = 0.05
+"""Longest single wait on work notices, so that a stop request is seen promptly."""
 
 
 def utc_now() -> datetime:
@@ -86,6 +109,12 @@ class TaskRunner:
         self.runs_done = 0
         self._stop = threading.Event()
         self._timed_out = threading.Event()
+        self._claim_uncertain = False
+        self._claimed_ahead: ClaimedRun | None = None
+        self._may_claim_ahead: Callable[[], bool] | None = None
+        self._process = psutil.Process()
+        self._memory_checked_at = float("-inf")
+        self._memory_over = False
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -109,9 +138,22 @@ class TaskRunner:
     def get_next_task_run(self) -> ClaimedRun | None:
         """Claim the oldest scheduled run (FIFO) in one atomic statement; ``None`` if none."""
         with self.database.transaction() as connection:
-            claimed = self.database.claim_next_run(connection, self.task_runner_id, self.clock())
-            if claimed is not None:
-                transitions.rollup_tasks(connection, [claimed.task_queue_id])
+            claimed = None
+            if self._claim_uncertain:
+                # A transaction that claimed failed with its connection: its commit may have
+                # landed all the same, leaving a run ``running`` under this live runner that
+                # the overseer would never time out. Such a run is taken up first.
+                orphan = transitions.running_run_of_runner(connection, self.task_runner_id)
+                claimed = None if orphan is None else ClaimedRun(*orphan)
+            if claimed is None:
+                claimed = self.database.claim_next_run(
+                    connection, self.task_runner_id, self.clock()
+                )
+        self._claim_uncertain = False
+        self._log_claimed(claimed)
+        return claimed
+
+    def _log_claimed(self, claimed: ClaimedRun | None) -> None:
         if claimed is not None:
             logger.info(
                 "runner %s claimed run %s of task %s",
@@ -124,20 +166,39 @@ class TaskRunner:
                     "queue_id": claimed.task_queue_id,
                 },
             )
-        return claimed
 
     def run_once(self) -> bool:
-        """Claim and process one run; ``False`` when there was nothing to do."""
-        claimed = self.get_next_task_run()
+        """Claim and process one run; ``False`` when there was nothing to do.
+
+        Inside :meth:`run` the run may already be claimed: the transaction that recorded the
+        previous run claimed it too.
+        """
+        claimed, self._claimed_ahead = self._claimed_ahead, None
+        if claimed is None:
+            claimed = self.get_next_task_run()
         if claimed is None:
             return False
         self.process_task_run(claimed)
         return True
 
     def process_task_run(self, claimed: ClaimedRun) -> RunOutcome:
-        """Execute a claimed run with output captured and record its final state."""
-        with self.database.transaction(read_only=True) as connection:
-            task = transitions.load_run_input(connection, claimed.task_queue_id)
+        """Execute a claimed run with output captured and record its final state.
+
+        Inside :meth:`run`, while the loop will go on, the transaction that records this run
+        also claims the next one (one transaction per run instead of two). That claim is the
+        same atomic claim as :meth:`get_next_task_run`'s, made the moment before the next
+        handler starts, so what a crash can lose is unchanged: a run is ``running`` exactly
+        while a handler of this runner is about to run it or runs it, and a run's outcome is
+        committed before the next run starts. A claimed run that the loop does not start (it
+        was asked to stop meanwhile) is handed back to ``scheduled`` when the loop ends.
+        """
+        if claimed.handler is None:
+            # Once claimed, a run must end recorded: database outages are waited out here.
+            task = self._until_stored(
+                f"loading run {claimed.run_id}", lambda: self._load_run_input(claimed)
+            )
+        else:
+            task = (claimed.handler, claimed.data, claimed.checkpoint)
         if task is None:  # the queue row was deleted after the claim (runs cascade with it)
             return RunOutcome(RunStatus.ERROR, "", "", error_message="task was deleted")
         handler_path, data, checkpoint = task
@@ -154,13 +215,35 @@ class TaskRunner:
             wall_clock=self.clock,
         )
         outcome, backoff = self._execute(context)
-        with self.database.transaction() as connection:
-            now = self.clock()
-            recorded = transitions.finish_run(
-                connection, claimed.run_id, self.task_runner_id, outcome, now
-            )
-            if recorded and outcome.status is RunStatus.ERROR:
-                transitions.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
+
+        def record() -> bool:
+            if (
+                transitions.is_plain_success(outcome)
+                and self._may_claim_ahead is not None
+                and self._may_claim_ahead()
+            ):
+                values = transitions.success_values(
+                    claimed.run_id, self.task_runner_id, outcome, self.clock()
+                )
+                done = self.database.finish_success_and_claim(values)
+                if done is not None:
+                    recorded, self._claimed_ahead = done
+                    return recorded
+            with self.database.transaction() as connection:
+                now = self.clock()
+                recorded = transitions.finish_run(
+                    connection, claimed.run_id, self.task_runner_id, outcome, now
+                )
+                if recorded and outcome.status in (RunStatus.ERROR, RunStatus.TIMEOUT):
+                    transitions.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
+                if self._may_claim_ahead is not None and self._may_claim_ahead():
+                    self._claimed_ahead = self.database.claim_next_run(
+                        connection, self.task_runner_id, now
+                    )
+            return recorded
+
+        recorded = self._until_stored(f"recording run {claimed.run_id}", record)
+        self._log_claimed(self._claimed_ahead)
         self.notifier.publish(claimed.run_id)
         self.runs_done += 1
         logger.info(
@@ -177,6 +260,38 @@ class TaskRunner:
             },
         )
         return outcome
+
+    def _load_run_input(self, claimed: ClaimedRun) -> tuple[str, Any, Any] | None:
+        with self.database.transaction(read_only=True) as connection:
+            return transitions.load_run_input(connection, claimed.task_queue_id)
+
+    def _until_stored(self, what: str, attempt: Callable[[], _T]) -> _T:
+        """``attempt`` (one transaction), repeated until the database is reachable again.
+
+        A claimed run whose outcome is not written would stay ``running`` under a live runner,
+        which the overseer never times out; so the runner waits out an outage here. (If the
+        overseer times it out meanwhile, ``finish_run`` finds that and writes nothing; if a
+        failed commit landed after all, the retry finds the run finished, and a run it had
+        claimed ahead is taken up by the next claim.)
+        """
+        delay = STORAGE_RETRY_FIRST_DELAY
+        while True:
+            try:
+                return attempt()
+            except SchemaNotReadyError:
+                raise
+            except StorageError as exc:
+                self._claim_uncertain = True
+                self._claimed_ahead = None
+                logger.warning(
+                    "%s failed, retrying in %.1fs: %s",
+                    what,
+                    delay,
+                    exc,
+                    extra={"action": "storage_retry", "runner_id": self.task_runner_id},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, STORAGE_RETRY_MAX_DELAY)
 
     def create_handler(self, path: str) -> TaskHandler:
         """A handler by name or path, under the configured allow-list."""
@@ -211,7 +326,8 @@ class TaskRunner:
                 backoff = self.handler_backoff(handler)
                 budget = handler.time_budget or self.settings.run_time_budget
                 context.deadline = self.clock() + timedelta(seconds=budget)
-                returned = handler.handle_task_run(context)
+                with self._time_limit(handler, context):
+                    returned = handler.handle_task_run(context)
                 if isinstance(returned, Continue):
                     continuation = returned
                     returned = returned.results
@@ -220,6 +336,10 @@ class TaskRunner:
             except TaskError as exc:
                 status, error_code, error_message = RunStatus.ERROR, exc.code, exc.message
                 results, error = _json_or_none(exc.results), exc
+            except RunTimeLimitExceeded as exc:
+                status, error_code, error_message = RunStatus.TIMEOUT, TIME_LIMIT_CODE, str(exc)
+                error, continuation = exc, None
+                traceback.print_exc()  # where the handler was when it was stopped
             except (Exception, SystemExit) as exc:  # a handler must never take the runner down
                 status, error = RunStatus.ERROR, exc
                 error_code, error_message = type(exc).__name__, str(exc)
@@ -247,6 +367,25 @@ class TaskRunner:
             task_data=None if new_data is None else new_data[0],
         )
         return outcome, backoff
+
+    def _time_limit(self, handler: TaskHandler, context: RunContext) -> TimeLimit:
+        """The handler's time limit for this run (see :mod:`celery_taskq.time_limit`)."""
+        limit = effective_limit(handler.time_limit, self.settings.run_time_limit)
+        grace = self.settings.run_time_limit_grace
+        return TimeLimit(
+            limit,
+            grace=grace,
+            on_unstoppable=lambda: abandon_run(
+                self.database,
+                run_id=context.id,
+                runner_id=self.task_runner_id,
+                limit=limit or 0.0,
+                grace=grace,
+                percent=context.percent,
+                output_cap=self.settings.output_cap_bytes,
+                now=self.clock(),
+            ),
+        )
 
     def default_backoff(self) -> Backoff:
         """The configured retry backoff."""
@@ -294,13 +433,48 @@ class TaskRunner:
         )
         heartbeat.start()
         idle_since = started = self.clock()
+
+        def may_claim_ahead() -> bool:
+            # Claim the next run with this one's outcome only if the loop will go on to run it.
+            return not (
+                self._stop.is_set()
+                or not cli_mode
+                or (max_runs is not None and self.runs_done + 1 >= max_runs)
+                or (should_stop is not None and should_stop())
+                or (
+                    max_lifetime is not None
+                    and (self.clock() - started).total_seconds() >= max_lifetime
+                )
+                or self.memory_exceeded()
+            )
+
+        self._may_claim_ahead = may_claim_ahead
+        outage_delay = STORAGE_RETRY_FIRST_DELAY
+        work_notices = self.notifier.listen_for_work()
+        listener = work_notices.__enter__()
         try:
             while True:
                 if should_stop is not None and should_stop():
                     self._stop.set()
                 if self._stop.is_set():
                     return self._stop_reason()
-                did_work = self.run_once()
+                try:
+                    did_work = self.run_once()
+                except SchemaNotReadyError:
+                    raise
+                except StorageError as exc:  # the claim failed: wait the outage out, go on
+                    self._claim_uncertain = True
+                    logger.warning(
+                        "runner %s cannot reach the database, retrying in %.1fs: %s",
+                        self.task_runner_id,
+                        outage_delay,
+                        exc,
+                        extra={"action": "storage_retry", "runner_id": self.task_runner_id},
+                    )
+                    self._stop.wait(outage_delay)
+                    outage_delay = min(outage_delay * 2, STORAGE_RETRY_MAX_DELAY)
+                    continue
+                outage_delay = STORAGE_RETRY_FIRST_DELAY
                 if did_work:
                     idle_since = self.clock()
                 reason = self._exit_reason(
@@ -312,16 +486,39 @@ class TaskRunner:
                 if reason is not None:
                     return reason
                 if not did_work:
-                    self._stop.wait(self.settings.poll_interval)
+                    self._wait_for_work(listener)
                 elif should_stop is not None and should_stop():
                     self._stop.set()
         finally:
             self._stop.set()
+            self._may_claim_ahead = None
+            work_notices.__exit__(None, None, None)
             heartbeat.stop()
+            claimed_ahead, self._claimed_ahead = self._claimed_ahead, None
             with self.database.transaction() as connection:
+                if claimed_ahead is not None:
+                    transitions.release_run(connection, claimed_ahead.run_id, self.task_runner_id)
                 transitions.finish_runner(connection, self.task_runner_id, self.clock())
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+
+    def _wait_for_work(self, listener: RunListener | None) -> None:
+        """Sleep up to the poll interval; a work notice (Redis pub/sub) or a stop ends it early."""
+        if listener is None:
+            self._stop.wait(self.settings.poll_interval)
+            return
+        deadline = time.monotonic() + self.settings.poll_interval
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                if listener.wait(min(left, WORK_WAIT_SLICE)):
+                    return
+            except Exception:  # pub/sub is only a hint: fall back to polling the table
+                logger.warning("waiting for work notices failed", exc_info=True)
+                self._stop.wait(left)
+                return
 
     def _exit_reason(
         self,
@@ -350,9 +547,17 @@ class TaskRunner:
         return StopReason.TIMED_OUT if self._timed_out.is_set() else StopReason.STOP_REQUESTED
 
     def memory_exceeded(self) -> bool:
-        """Whether this process's resident memory is over the configured limit."""
-        rss = psutil.Process().memory_info().rss
-        return rss > self.settings.runner_memory_limit_mb * 1024 * 1024
+        """Whether this process's resident memory is over the configured limit.
+
+        Read at most every :data:`MEMORY_CHECK_INTERVAL` seconds: reading it costs a system
+        call per run otherwise, and memory does not grow that fast.
+        """
+        now = time.monotonic()
+        if now - self._memory_checked_at >= MEMORY_CHECK_INTERVAL:
+            self._memory_checked_at = now
+            rss = self._process.memory_info().rss
+            self._memory_over = rss > self.settings.runner_memory_limit_mb * 1024 * 1024
+        return self._memory_over
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}

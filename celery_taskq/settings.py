@@ -30,8 +30,11 @@ DEFAULT_RUNNER_MEMORY_LIMIT_MB = 100
 DEFAULT_OUTPUT_CAP_BYTES = 1024 * 1024
 """Most bytes kept of each of a run's stdout and stderr; the rest is cut and marked."""
 
-DEFAULT_POLL_INTERVAL = 0.2
-"""Seconds an idle runner sleeps between claims."""
+DEFAULT_POLL_INTERVAL = 0.1
+"""Seconds an idle runner sleeps between claims (a Redis work notice wakes it sooner).
+
+An idle claim finds nothing through a partial index, so polling this often costs little; it
+sets the enqueue-to-start latency where there is no Redis for work notices."""
 
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
 """Seconds between a runner's heartbeats."""
@@ -66,6 +69,25 @@ DEFAULT_RUNNER_MAX_LIFETIME = 600.0
 DEFAULT_RUN_TIME_BUDGET = 60.0
 """Seconds a run may work before its ``run.deadline``; a resumable handler stops there."""
 
+DEFAULT_RUN_TIME_LIMIT = 0.0
+"""Seconds a run may work before its handler is stopped and the run ends ``timeout`` (0: none)."""
+
+DEFAULT_RUN_TIME_LIMIT_GRACE = 10.0
+"""Seconds a stopped handler has to return before its runner process is ended."""
+
+DEFAULT_REDACT_PATTERNS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "credential",
+    "private_key",
+)
+"""TaskData keys containing one of these (case-insensitively) are shown as ``[redacted]``."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -90,6 +112,11 @@ class Settings:
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
     retry_jitter: float = DEFAULT_RETRY_JITTER
     run_time_budget: float = DEFAULT_RUN_TIME_BUDGET
+    run_time_limit: float = DEFAULT_RUN_TIME_LIMIT
+    """Seconds a handler may work on one run (0: no limit); a handler's ``time_limit`` wins."""
+    run_time_limit_grace: float = DEFAULT_RUN_TIME_LIMIT_GRACE
+    redact_patterns: tuple[str, ...] = DEFAULT_REDACT_PATTERNS
+    """TaskData keys that contain one of these are redacted wherever data is shown."""
     pubsub_url: str = ""
     dashboard_token: str = dataclass_field(default="", repr=False)
     """Bearer token that allows enqueue, cancel and retry over HTTP (empty: read-only).
@@ -113,6 +140,8 @@ class Settings:
         _require(self.retry_backoff_max >= 0, "retry_backoff_max must be 0 or more")
         _require(0 <= self.retry_jitter <= 1, "retry_jitter must be from 0 to 1")
         _require(self.run_time_budget > 0, "run_time_budget must be positive")
+        _require(self.run_time_limit >= 0, "run_time_limit must be 0 (none) or more")
+        _require(self.run_time_limit_grace > 0, "run_time_limit_grace must be positive")
         _require(
             self.heartbeat_timeout > self.heartbeat_interval,
             "heartbeat_timeout must be longer than heartbeat_interval",
@@ -152,9 +181,11 @@ _FLOAT_FIELDS = {
     "retry_backoff_max",
     "retry_jitter",
     "run_time_budget",
+    "run_time_limit",
+    "run_time_limit_grace",
 }
 
-_TUPLE_FIELDS = {"allowed_handler_prefixes", "imports"}
+_TUPLE_FIELDS = {"allowed_handler_prefixes", "imports", "redact_patterns"}
 
 
 def _parse(name: str, raw: str, source: str) -> Any:

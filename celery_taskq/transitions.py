@@ -11,7 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, literal, select, text, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -28,12 +39,14 @@ from celery_taskq.models import (
     TASK_OPEN_SQL,
     TASK_UNFINISHED_SQL,
     BeatTick,
+    JsonDocument,
     RunnerRole,
     RunnerStatus,
     RunStatus,
     TaskQueue,
     TaskRun,
     TaskRunner,
+    UTCDateTime,
 )
 
 ROLLUP_BATCH_SIZE = 500
@@ -131,9 +144,36 @@ def create_runs(
         .from_select(["TaskQueueId", "Status"], due)
         .on_conflict_do_nothing(index_elements=["TaskQueueId"], index_where=text(RUN_OPEN_SQL))
     )
+    if connection.dialect.name == "postgresql":
+        # One statement: the runs' insert and the roll-up travel together, and the ids come
+        # back once instead of going out again as a parameter list.
+        created = statement.returning(TaskRun.task_queue_id).cte("created")
+        roll_up = (
+            update(TaskQueue)
+            .where(TaskQueue.id == created.c.task_queue_id)
+            .values(last_status=RunStatus.SCHEDULED)
+            .returning(TaskQueue.id)
+        )
+        return list(connection.execute(roll_up).scalars())
     task_ids = list(connection.execute(statement.returning(TaskRun.task_queue_id)).scalars())
-    rollup_tasks(connection, task_ids)
+    mark_scheduled(connection, task_ids)
     return task_ids
+
+
+def mark_scheduled(connection: Connection, task_queue_ids: list[int]) -> None:
+    """Roll up tasks that were just given a ``scheduled`` run: ``LastStatus`` = ``scheduled``.
+
+    Exact without recounting (what :func:`rollup_tasks` would compute): the new run is each
+    task's newest, and a scheduled run leaves the failures since the last success as they are.
+    One ``UPDATE`` per batch whatever the table's size, where the recount reads every task's
+    runs.
+    """
+    for start in range(0, len(task_queue_ids), ROLLUP_BATCH_SIZE):
+        connection.execute(
+            update(TaskQueue)
+            .where(TaskQueue.id.in_(task_queue_ids[start : start + ROLLUP_BATCH_SIZE]))
+            .values(last_status=RunStatus.SCHEDULED)
+        )
 
 
 def load_task(connection: Connection, task_queue_id: int) -> tuple[str, Any] | None:
@@ -173,6 +213,8 @@ def finish_run(
     A run stops being the runner's when the overseer timed the runner out meanwhile; that
     verdict stands and the late outcome is not written.
     """
+    if is_plain_success(outcome):
+        return _finish_success(connection, run_id, runner_id, outcome, now)
     values: dict[str, Any] = {
         "status": outcome.status,
         "finished_on": now,
@@ -204,6 +246,98 @@ def finish_run(
         connection.execute(
             insert(TaskRun).values(task_queue_id=task_queue_id, status=RunStatus.SCHEDULED)
         )
+    rollup_tasks(connection, [task_queue_id])
+    return True
+
+
+def is_plain_success(outcome: RunOutcome) -> bool:
+    """A success that neither continues, nor replaces the task's data, nor keeps a checkpoint."""
+    return (
+        outcome.status is RunStatus.SUCCESS
+        and not outcome.continues
+        and not outcome.replaces_task_data
+        and outcome.checkpoint is None
+    )
+
+
+def success_values(
+    run_id: int, runner_id: int, outcome: RunOutcome, now: datetime
+) -> dict[str, Any]:
+    """The parameters of the statements recording a plain success."""
+    return {
+        "run_id": run_id,
+        "runner_id": runner_id,
+        "now": now,
+        "standard_output": outcome.standard_output,
+        "error_output": outcome.error_output,
+        "results": outcome.results,
+        "percents_completed": 100
+        if outcome.percents_completed is None
+        else outcome.percents_completed,
+    }
+
+
+def _finish_success(
+    connection: Connection, run_id: int, runner_id: int, outcome: RunOutcome, now: datetime
+) -> bool:
+    """:func:`finish_run` for a plain success, in one statement on PostgreSQL.
+
+    The roll-up is exact without recounting: the run was the task's newest (its only open
+    run), so ``LastStatus`` becomes ``success`` and the failures since the last success are 0.
+    """
+    values = success_values(run_id, runner_id, outcome, now)
+    if connection.dialect.name == "postgresql":
+        return connection.execute(_PG_FINISH_SUCCESS, values).first() is not None
+    task_queue_id = connection.execute(_FINISH_SUCCESS_RUN, values).scalar()
+    if task_queue_id is None:
+        return False
+    connection.execute(_ROLL_UP_SUCCESS, {"task_queue_id": task_queue_id})
+    return True
+
+
+_FINISH_BINDS = (
+    bindparam("run_id", type_=Integer()),
+    bindparam("runner_id", type_=Integer()),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("results", type_=JsonDocument),
+)
+_FINISH_SUCCESS_SET = """
+    UPDATE "TaskRuns" SET "Status" = 'success', "FinishedOn" = :now,
+        "StandardOutput" = :standard_output, "ErrorOutput" = :error_output,
+        "Results" = :results, "ErrorCode" = NULL, "ErrorMessage" = NULL,
+        "PercentsCompleted" = :percents_completed
+    WHERE "Id" = :run_id AND "TaskRunnerId" = :runner_id AND "Status" = 'running'
+    RETURNING "TaskQueueId"
+"""
+_FINISH_SUCCESS_RUN = text(_FINISH_SUCCESS_SET).bindparams(*_FINISH_BINDS)
+_ROLL_UP_SUCCESS = text(
+    """UPDATE "TaskQueue" SET "LastStatus" = 'success', "TaskRunsFailed" = 0
+    WHERE "Id" = :task_queue_id"""
+)
+_PG_FINISH_SUCCESS = text(
+    "WITH finished AS ("  # noqa: S608 - constant SQL, values are bound
+    + _FINISH_SUCCESS_SET
+    + """)
+    UPDATE "TaskQueue" SET "LastStatus" = 'success', "TaskRunsFailed" = 0 FROM finished
+    WHERE "TaskQueue"."Id" = finished."TaskQueueId" RETURNING "TaskQueue"."Id"
+    """
+).bindparams(*_FINISH_BINDS)
+
+
+def release_run(connection: Connection, run_id: int, runner_id: int) -> bool:
+    """Put a run this runner claimed but never started back to ``scheduled``.
+
+    A runner that claims its next run in the transaction finishing the previous one, and is
+    then asked to stop, hands the claimed run back so that another runner takes it.
+    """
+    task_queue_id = connection.execute(
+        update(TaskRun)
+        .where(TaskRun.id == run_id, TaskRun.task_runner_id == runner_id, text(RUN_RUNNING_SQL))
+        .values(status=RunStatus.SCHEDULED, started_on=None, task_runner_id=None)
+        .returning(TaskRun.task_queue_id)
+    ).scalar()
+    if task_queue_id is None:
+        return False
     rollup_tasks(connection, [task_queue_id])
     return True
 
@@ -463,22 +597,47 @@ def start_native_run(
     runner_id: int | None,
     now: datetime,
 ) -> int:
-    """Record one execution attempt of a native Celery task as a ``running`` run."""
-    run_id = int(
-        connection.execute(
-            insert(TaskRun)
-            .values(
-                task_queue_id=task_queue_id,
-                status=RunStatus.RUNNING,
-                started_on=now,
-                celery_task_id=celery_task_id,
-                task_runner_id=runner_id,
-            )
-            .returning(TaskRun.id)
-        ).scalar_one()
-    )
-    rollup_tasks(connection, [task_queue_id])
+    """Record one execution attempt of a native Celery task as a ``running`` run.
+
+    One statement on PostgreSQL (so it may run in autocommit), two on SQLite. The roll-up is
+    exact without recounting: the new run is the task's newest, and a running run leaves the
+    failures since the last success as they are.
+    """
+    values = {
+        "task_queue_id": task_queue_id,
+        "celery_task_id": celery_task_id,
+        "runner_id": runner_id,
+        "now": now,
+    }
+    if connection.dialect.name == "postgresql":
+        return int(connection.execute(_PG_START_NATIVE_RUN, values).scalar_one())
+    run_id = int(connection.execute(_INSERT_NATIVE_RUN, values).scalar_one())
+    connection.execute(_ROLL_UP_RUNNING, values)
     return run_id
+
+
+_NATIVE_RUN_BINDS = (
+    bindparam("task_queue_id", type_=Integer()),
+    bindparam("runner_id", type_=Integer()),
+    bindparam("now", type_=UTCDateTime()),
+)
+_INSERT_NATIVE_RUN_SQL = """
+    INSERT INTO "TaskRuns" ("TaskQueueId", "Status", "StartedOn", "CeleryTaskId", "TaskRunnerId")
+    VALUES (:task_queue_id, 'running', :now, :celery_task_id, :runner_id)
+    RETURNING "Id"
+"""
+_INSERT_NATIVE_RUN = text(_INSERT_NATIVE_RUN_SQL).bindparams(*_NATIVE_RUN_BINDS)
+_ROLL_UP_RUNNING = text(
+    """UPDATE "TaskQueue" SET "LastStatus" = 'running' WHERE "Id" = :task_queue_id"""
+).bindparams(bindparam("task_queue_id", type_=Integer()))
+_PG_START_NATIVE_RUN = text(
+    "WITH new_run AS ("  # noqa: S608 - constant SQL, values are bound
+    + _INSERT_NATIVE_RUN_SQL
+    + """), rolled_up AS (
+        UPDATE "TaskQueue" SET "LastStatus" = 'running' WHERE "Id" = :task_queue_id
+    )
+    SELECT "Id" FROM new_run"""
+).bindparams(*_NATIVE_RUN_BINDS)
 
 
 def create_manual_run(connection: Connection, task_queue_id: int) -> int | None:
@@ -510,6 +669,55 @@ def insert_task(connection: Connection, values: dict[str, Any]) -> int | None:
         )
     task_id = connection.execute(statement.returning(TaskQueue.id)).scalar()
     return None if task_id is None else int(task_id)
+
+
+_TASK_COLUMNS = (
+    "task_handler_class",
+    "task_data",
+    "scheduled_on",
+    "queued_on",
+    "queued_by_id",
+    "max_retries",
+    "task_runs_failed",
+    "title",
+)
+_INSERT_DUE_TASK = insert(TaskQueue).values(
+    {
+        **{
+            getattr(TaskQueue, name): bindparam(name, type_=getattr(TaskQueue, name).type)
+            for name in _TASK_COLUMNS
+        },
+        TaskQueue.last_status: RunStatus.SCHEDULED,
+    }
+)
+_INSERT_DUE_TASK_RETURNING = _INSERT_DUE_TASK.returning(TaskQueue.id)
+_PG_DUE_TASK = _INSERT_DUE_TASK_RETURNING.cte("new_task")
+_PG_INSERT_DUE_TASK_AND_RUN = (
+    insert(TaskRun)
+    .from_select(
+        [TaskRun.task_queue_id, TaskRun.status],
+        select(*_PG_DUE_TASK.c, literal(RunStatus.SCHEDULED.value)),
+    )
+    .returning(TaskRun.task_queue_id)
+)
+_INSERT_FIRST_RUN = insert(TaskRun).values(
+    task_queue_id=bindparam("task_queue_id", type_=Integer()), status=RunStatus.SCHEDULED
+)
+
+
+def insert_due_task(connection: Connection, values: dict[str, Any]) -> int:
+    """Insert a due task without a unique key together with its first ``scheduled`` run.
+
+    What :func:`insert_task` and :func:`create_runs` do for such a task, written directly: it
+    is due and has no run, so it qualifies, and its ``LastStatus`` is ``scheduled``. One
+    statement on PostgreSQL; returns the task's id.
+    """
+    parameters = {name: values[name] for name in _TASK_COLUMNS}
+    if connection.dialect.name == "postgresql":
+        return int(connection.execute(_PG_INSERT_DUE_TASK_AND_RUN, parameters).scalar_one())
+    task_id = int(connection.execute(_INSERT_DUE_TASK_RETURNING, parameters).scalar_one())
+    connection.execute(_INSERT_FIRST_RUN, {"task_queue_id": task_id})
+    return task_id
 
 
 def unfinished_task_with_key(connection: Connection, unique_key: str) -> int | None:
@@ -571,3 +779,15 @@ def defer_retry(
         update(TaskQueue).where(TaskQueue.id == task_queue_id).values(scheduled_on=due)
     )
     return due
+
+
+def running_run_of_runner(connection: Connection, runner_id: int) -> tuple[int, int] | None:
+    """``(run id, task id)`` of a run ``running`` under ``runner_id``, if any: after a claim
+    whose commit the runner never saw confirmed, the run it may have claimed all the same."""
+    row = connection.execute(
+        select(TaskRun.id, TaskRun.task_queue_id)
+        .where(TaskRun.task_runner_id == runner_id, text(RUN_RUNNING_SQL))
+        .order_by(TaskRun.id)
+        .limit(1)
+    ).first()
+    return None if row is None else (int(row[0]), int(row[1]))

@@ -85,13 +85,13 @@ def test_unique_keys_hold_within_a_batch_and_against_the_table(
     assert count(database, TaskQueue) == 3
 
 
-def test_a_batch_costs_two_inserts_whatever_its_size(
+def test_a_batch_costs_at_most_two_inserts_whatever_its_size(
     service: TaskQueueService, database: Database
 ) -> None:
     statements: list[str] = []
 
     def record(_conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("INSERT"):
+        if "INSERT INTO" in statement.upper():
             statements.append(statement)
 
     event.listen(database.engine, "before_cursor_execute", record)
@@ -100,7 +100,8 @@ def test_a_batch_costs_two_inserts_whatever_its_size(
     finally:
         event.remove(database.engine, "before_cursor_execute", record)
     assert len(ids) == len(set(ids)) == 500
-    assert len(statements) == 2
+    # PostgreSQL: one statement inserts the tasks and their runs; SQLite: one each
+    assert len(statements) == (1 if database.dialect == "postgresql" else 2)
     assert count(database, TaskRun) == 500
 
 

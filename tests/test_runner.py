@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from celery_taskq import transitions
 from celery_taskq.db import Database
 from celery_taskq.models import RunnerStatus, RunStatus
 from celery_taskq.queue import TaskQueueService
@@ -276,19 +278,25 @@ def test_alternating_runners_never_share_a_run(
     assert sorted(runs_of(database, i)[0].id for i in ids) == sorted(claims)
 
 
+@pytest.mark.parametrize("handler", ["Succeed", "AlwaysFail"])
 def test_final_status_and_roll_up_land_in_one_transaction(
-    service: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
+    service: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch, handler: str
 ) -> None:
-    task_id = queued(service, "Succeed")
+    task_id = queued(service, handler)
     runner = new_runner(service)
     claimed = runner.get_next_task_run()
     assert claimed is not None
 
-    # Given the roll-up fails after the run's own UPDATE has been sent
-    def broken_rollup(*_args: object) -> None:
+    # Given the transaction fails after the run's final state and roll-up have been sent (a
+    # success is written and rolled up by one statement on PostgreSQL, two on SQLite; a
+    # failure is rolled up by rollup_tasks)
+    finish_run = transitions.finish_run
+
+    def finish_then_fail(*args: Any) -> bool:
+        finish_run(*args)
         raise RuntimeError("roll-up failed")
 
-    monkeypatch.setattr("celery_taskq.transitions.rollup_tasks", broken_rollup)
+    monkeypatch.setattr("celery_taskq.transitions.finish_run", finish_then_fail)
     with pytest.raises(RuntimeError, match="roll-up failed"):
         runner.process_task_run(claimed)
     # Then neither the run's final status nor anything else of it was written

@@ -15,6 +15,7 @@ from celery_taskq import listing, reports
 from celery_taskq.exceptions import DuplicateTaskError, InvalidArgumentError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter
 from celery_taskq.models import RunStatus
+from celery_taskq.redact import redacted_task
 from celery_taskq.web import inputs
 from celery_taskq.web.auth import require_api_token
 from celery_taskq.web.errors import ApiError
@@ -99,7 +100,10 @@ def list_tasks(
     )
     page = listing.list_tasks(state.database, task_filter, limit=limit, before_id=before_id)
     return TaskPageOut(
-        tasks=[TaskSummaryOut.of(task) for task in page.tasks],
+        tasks=[
+            TaskSummaryOut.of(redacted_task(task, state.settings.redact_patterns))
+            for task in page.tasks
+        ],
         next_before_id=page.next_before_id,
     )
 
@@ -107,7 +111,8 @@ def list_tasks(
 @router.get("/tasks/{task_id}", response_model=TaskOut, responses=_errors(404, 422, 503))
 def get_task(state: State, task_id: TaskId) -> TaskOut:
     """A task with every run, oldest first."""
-    return TaskOut.of_snapshot(state.service.get_task(task_id), state.settings.flower_url)
+    task = redacted_task(state.service.get_task(task_id), state.settings.redact_patterns)
+    return TaskOut.of_snapshot(task, state.settings.flower_url)
 
 
 @router.get("/runs/{run_id}", response_model=RunOut, responses=_errors(404, 422, 503))

@@ -7,45 +7,18 @@ NUL characters (PostgreSQL text cannot hold them) and lone surrogates (not encod
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from celery_taskq import reports
 from celery_taskq.exceptions import InvalidArgumentError
 from celery_taskq.listing import TaskFilter, parse_status
+from celery_taskq.storable import json_problem as json_problem  # re-exported for schemas
+from celery_taskq.storable import text_problem as text_problem
 
 MAX_ID = 2**63 - 1
 """Largest id a path or cursor may name (64-bit keys on both databases)."""
 
 MAX_TEXT = 255
 """Longest handler, queued-by, title or unique key (the columns are varchar(255))."""
-
-
-def text_problem(value: str) -> str | None:
-    """Why ``value`` cannot be stored as text, or ``None`` if it can."""
-    if "\x00" in value:
-        return "must not contain NUL characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid Unicode text"
-    return None
-
-
-def json_problem(document: Any) -> str | None:
-    """Why a JSON document cannot be stored (a string or key :func:`text_problem` refuses)."""
-    pending = [document]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            problem = text_problem(item)
-            if problem is not None:
-                return f"has a string that {problem}"
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return None
 
 
 def optional_text(value: str | None, name: str) -> str | None:

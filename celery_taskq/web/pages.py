@@ -11,6 +11,7 @@ from celery_taskq import listing, reports
 from celery_taskq.exceptions import InvalidArgumentError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskPage
 from celery_taskq.models import RunStatus
+from celery_taskq.redact import redacted_task
 from celery_taskq.web import inputs, views
 from celery_taskq.web.charts import bar_chart
 from celery_taskq.web.inputs import MAX_ID
@@ -127,7 +128,7 @@ def task(
     done: str | None = None,
 ) -> Response:
     """A task and every run: status, times, runner, output, results, live progress."""
-    snapshot = state.service.get_task(task_id)
+    snapshot = redacted_task(state.service.get_task(task_id), state.settings.redact_patterns)
     return render(
         request,
         "task.html",
