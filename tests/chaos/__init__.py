@@ -1,0 +1,1 @@
+"""Chaos tests: real processes and real servers killed, stopped and restarted, in bounded time."""
