@@ -67,7 +67,7 @@ from benchmarks import plain_app
 from celery_taskq import api
 from celery_taskq.db import Database
 from celery_taskq.migrate import upgrade_database
-from celery_taskq.models import TaskQueue, TaskRun
+from celery_taskq.models import RunnerRole, RunnerStatus, TaskQueue, TaskRun, TaskRunner
 from tests.fixtures.postgres import (
     PG_CTL_AS_POSTGRES,
     REAL_PG_CTL_ENV,
@@ -359,6 +359,8 @@ class Sample:
     drain_rate: float
     wall_seconds: float
     latencies: list[float]
+    runner_rss_mb: float | None = None
+    """Resident memory of the process that ran the jobs (the largest, if several), after."""
 
 
 @dataclass
@@ -384,17 +386,27 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
-def run_plain(config: Config, children: Children, server: RedisServer, rep: int) -> Sample:
+def run_plain(
+    config: Config,
+    children: Children,
+    server: RedisServer,
+    rep: int,
+    *,
+    app_module: types.ModuleType = plain_app,
+    label: str = "plain",
+    extra_env: dict[str, str] | None = None,
+) -> Sample:
+    """Plain Celery on Redis; with ``app_module=native_app``, the same tasks audited."""
     client = redis.Redis.from_url(server.url(PLAIN_REDIS_DB))
     server.flush()
-    plain_app.app.conf.broker_url = server.url(PLAIN_REDIS_DB)
+    app_module.app.conf.broker_url = server.url(PLAIN_REDIS_DB)
     try:
         started = time.perf_counter()
         for _ in range(config.tasks):
-            plain_app.noop.delay()
+            app_module.noop.delay()
         enqueue_rate = rate(config.tasks, time.perf_counter() - started)
 
-        log = config.directory / f"plain-{rep}.log"
+        log = config.directory / f"{label}-{rep}.log"
         launched = time.time()
         worker = children.start(
             [
@@ -402,7 +414,7 @@ def run_plain(config: Config, children: Children, server: RedisServer, rep: int)
                 "-m",
                 "celery",
                 "-A",
-                "benchmarks.plain_app",
+                app_module.__name__,
                 "worker",
                 "-P",
                 "prefork",
@@ -411,9 +423,9 @@ def run_plain(config: Config, children: Children, server: RedisServer, rep: int)
                 "--loglevel",
                 "WARNING",
                 "--hostname",
-                f"plain{rep}@%h",
+                f"{label}{rep}@%h",
             ],
-            env=child_env(BENCH_REDIS_URL=server.url(PLAIN_REDIS_DB)),
+            env=child_env(BENCH_REDIS_URL=server.url(PLAIN_REDIS_DB), **(extra_env or {})),
             log=log,
         )
         try:
@@ -430,22 +442,44 @@ def run_plain(config: Config, children: Children, server: RedisServer, rep: int)
                 raise BenchmarkError("plain Celery: the tasks recorded no times")
             drain_rate = rate(config.tasks, last - first)
             wall = last - launched
-            latencies = plain_latencies(config, client, worker, log)
+            rss = largest_child_rss(worker)
+            latencies = plain_latencies(config, client, worker, log, app_module)
         finally:
             children.stop(worker)
     finally:
         client.close()
-    return Sample(enqueue_rate, drain_rate, wall, latencies)
+    return Sample(enqueue_rate, drain_rate, wall, latencies, rss)
+
+
+def largest_child_rss(process: subprocess.Popen[bytes]) -> float | None:
+    """MiB of the largest pool process of a worker (the processes that run the jobs)."""
+    with contextlib.suppress(psutil.Error):
+        sizes = [child.memory_info().rss for child in psutil.Process(process.pid).children()]
+        return max(sizes) / 2**20 if sizes else None
+    return None
+
+
+def rss_of(pids: list[int]) -> float | None:
+    """MiB of the largest of ``pids`` still alive."""
+    sizes = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            sizes.append(psutil.Process(pid).memory_info().rss)
+    return max(sizes) / 2**20 if sizes else None
 
 
 def plain_latencies(
-    config: Config, client: redis.Redis, worker: subprocess.Popen[bytes], log: Path
+    config: Config,
+    client: redis.Redis,
+    worker: subprocess.Popen[bytes],
+    log: Path,
+    app_module: types.ModuleType = plain_app,
 ) -> list[float]:
     gaps = random.Random(42)  # noqa: S311 - jitter, not security
     latencies = []
     for index in range(config.latency_samples):
         queued = time.time()
-        plain_app.record_start.delay(index)
+        app_module.record_start.delay(index)
         start = wait_until(
             functools.partial(recorded_start, client, index),
             timeout=30,
@@ -476,6 +510,9 @@ class TaskqTarget:
 
 def run_taskq(config: Config, children: Children, target: TaskqTarget, label: str) -> Sample:
     database = Database(target.database_url)
+    # The enqueuing process is configured like the worker, as an application would be: with
+    # a Redis broker, enqueue() wakes idle runners over pub/sub.
+    os.environ["TASKQ_BROKER_URL"] = target.broker_url
     try:
         started = time.perf_counter()
         for _ in range(config.tasks):
@@ -524,6 +561,16 @@ def run_taskq(config: Config, children: Children, target: TaskqTarget, label: st
                 raise BenchmarkError(f"celery_taskq ({label}): no run has start and finish times")
             drain_rate = rate(config.tasks, (last - first).total_seconds())
             wall = (last - launched).total_seconds()
+            with database.transaction(read_only=True) as connection:
+                runner_pids = list(
+                    connection.execute(
+                        select(TaskRunner.process_id).where(
+                            TaskRunner.status == RunnerStatus.RUNNING,
+                            TaskRunner.role == RunnerRole.RUNNER,
+                        )
+                    ).scalars()
+                )
+            rss = rss_of(runner_pids)
             latencies = taskq_latencies(config, database, target, worker, log)
         finally:
             children.stop(worker)
@@ -531,7 +578,7 @@ def run_taskq(config: Config, children: Children, target: TaskqTarget, label: st
         database.close()
         api.close_all()
         target.cleanup()
-    return Sample(enqueue_rate, drain_rate, wall, latencies)
+    return Sample(enqueue_rate, drain_rate, wall, latencies, rss)
 
 
 def successes(database: Database) -> int:
@@ -741,8 +788,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output",
         type=Path,
-        default=Path(__file__).with_name("RESULTS.md"),
-        help="where to write the results (default benchmarks/RESULTS.md)",
+        default=Path(__file__).with_name("RESULTS-drain.md"),
+        help="where to write the results (default benchmarks/RESULTS-drain.md; "
+        "benchmarks/run_all.py writes RESULTS.md)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = parser.parse_args(argv)

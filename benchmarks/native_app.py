@@ -1,0 +1,46 @@
+"""Audited native Celery tasks for the benchmarks: plain_app's tasks with celery_taskq installed.
+
+The same no-op and start-recording tasks as :mod:`benchmarks.plain_app`, on the same Redis
+broker, in an app with ``install(app, audit_celery_tasks=True)``: every publish writes a
+``TaskQueue`` row and every execution a ``TaskRuns`` row (``TASKQ_DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+from benchmarks.plain_app import DONE_KEY, STARTS_KEY, TIMES_KEY, client
+from celery_taskq.celery import install
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+app = Celery("bench_native", broker=REDIS_URL)
+app.conf.task_ignore_result = True
+_auditor = install(app, audit_celery_tasks=True).auditor
+assert _auditor is not None  # noqa: S101 - install() always sets it
+_audits = _auditor.should_audit
+NATIVE_TASKS = frozenset({"bench.native_noop", "bench.native_record_start"})
+# Celery's signals are process-wide and audit_celery_tasks=True audits every task name (and
+# Celery shares tasks between apps): in the benchmark's own process plain_app publishes too, and
+# its `.delay()` must stay unaudited.
+_auditor.should_audit = lambda name: name in NATIVE_TASKS and _audits(name)
+
+
+@app.task(name="bench.native_noop")  # type: ignore[untyped-decorator]
+def noop() -> None:
+    """Count this run and widen the [first, last] window, as plain_app's ``noop`` does."""
+    now = time.time()
+    pipe = client().pipeline(transaction=False)
+    pipe.incr(DONE_KEY)
+    pipe.zadd(TIMES_KEY, {"first": now}, lt=True)
+    pipe.zadd(TIMES_KEY, {"last": now}, gt=True)
+    pipe.execute()
+
+
+@app.task(name="bench.native_record_start")  # type: ignore[untyped-decorator]
+def record_start(index: int) -> None:
+    """Store the time this task started, for the enqueue -> start latency."""
+    client().hset(STARTS_KEY, str(index), repr(time.time()))
