@@ -88,8 +88,14 @@ taskq_runner_memory_limit_mb = 100
 # Bytes kept of each of a run's stdout and stderr; the rest is cut and marked.
 taskq_output_cap_bytes = 1024 * 1024
 
-# Seconds an idle runner sleeps between claims.
-taskq_poll_interval = 0.2
+# Seconds an idle runner sleeps between claims (a Redis work notice wakes it sooner).
+taskq_poll_interval = 0.1
+
+# Seconds a run may work before it is stopped and ends "timeout" (0: no limit; a handler's
+# time_limit attribute overrides it), and the grace after which an unstoppable handler's
+# runner process is ended.
+taskq_run_time_limit = 0.0
+taskq_run_time_limit_grace = 10.0
 
 # Runner heartbeat period, and the silence after which OnProcess judges a runner dead
 # (must be longer than the period).
