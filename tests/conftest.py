@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -106,6 +107,26 @@ def subprocess_env(database_url: str) -> dict[str, str]:
 
 CLI = (sys.executable, "-m", "celery_taskq")
 """The command line, run as a child process."""
+
+
+@pytest.fixture
+def live(database: Database, settings: Settings) -> TaskQueueService:
+    """The service on the wall clock and the real host name, as child processes see it."""
+    return TaskQueueService(database, Settings(database_url=settings.database_url))
+
+
+@pytest.fixture
+def spawn() -> Iterator[list[subprocess.Popen[str]]]:
+    """Children started by a test; killed and reaped at its end whatever happened."""
+    children: list[subprocess.Popen[str]] = []
+    yield children
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=30)
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture(autouse=True)

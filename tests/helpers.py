@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from celery_taskq.db import Database
 from celery_taskq.models import Base, TaskQueue, TaskRun, TaskRunner
 from celery_taskq.queue import TaskQueueService
+from tests.conftest import CLI
 
 
 def count(database: Database, model: type[Base]) -> int:
@@ -89,3 +91,19 @@ def insert_task_row(database: Database, handler: str, now: datetime) -> int:
                 .returning(TaskQueue.id)
             ).scalar_one()
         )
+
+
+def start_runner(
+    spawn: list[subprocess.Popen[str]], env: dict[str, str], *args: str
+) -> subprocess.Popen[str]:
+    """A standalone runner process (``celery-taskq runner ARGS``), reaped by ``spawn``."""
+    child = subprocess.Popen(
+        [*CLI, "runner", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    spawn.append(child)
+    return child
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command line in a child process to its end."""
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,45 +13,9 @@ from sqlalchemy import func, select
 from celery_taskq.db import Database
 from celery_taskq.models import RunnerStatus, RunStatus, TaskRun
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
-from tests.conftest import CLI
-from tests.helpers import count, runners, runs_of, task_row, wait_for
+from tests.helpers import cli, count, runners, runs_of, start_runner, task_row, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def live(database: Database, settings: Settings) -> TaskQueueService:
-    """The service on the wall clock and the real host name, as the child processes see it."""
-    return TaskQueueService(database, Settings(database_url=settings.database_url))
-
-
-@pytest.fixture
-def spawn(subprocess_env: dict[str, str]) -> Iterator[list[subprocess.Popen[str]]]:
-    """Children started by a test; killed and reaped at its end whatever happened."""
-    children: list[subprocess.Popen[str]] = []
-    yield children
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=30)
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
-
-
-def start_runner(
-    spawn: list[subprocess.Popen[str]], env: dict[str, str], *args: str
-) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [*CLI, "runner", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    spawn.append(child)
-    return child
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_sigkilled_runner_is_timed_out_and_the_task_retried(

@@ -29,9 +29,9 @@ from celery_taskq.models import RunnerRole, RunnerStatus, RunStatus, TaskRunner
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
 from celery_taskq.web import create_app
-from tests.conftest import CLI, PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 from tests.fixtures.postgres import servers_required
-from tests.helpers import runs_of, wait_for
+from tests.helpers import runs_of, start_runner, wait_for
 from tests.test_reports import Rows
 from tests.web_support import FLOWER, live_server, web_settings
 
@@ -82,43 +82,11 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 @pytest.fixture
-def live(database: Database, settings: Settings) -> TaskQueueService:
-    """The queue service on the wall clock and this host, as the runner processes see it."""
-    return TaskQueueService(database, Settings(database_url=settings.database_url))
-
-
-@pytest.fixture
 def dashboard(settings: Settings) -> Iterator[str]:
     """A live dashboard (token and Flower URL configured) on the test database; its URL."""
     app = create_app(web_settings(Settings(database_url=settings.database_url)))
     with live_server(app) as url:
         yield url
-
-
-@pytest.fixture
-def runner_process(subprocess_env: dict[str, str]) -> Iterator[list[subprocess.Popen[str]]]:
-    """Runner processes started by a test; killed and reaped at its end."""
-    children: list[subprocess.Popen[str]] = []
-    yield children
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.communicate(timeout=30)
-
-
-def start_runner(
-    children: list[subprocess.Popen[str]], env: dict[str, str]
-) -> subprocess.Popen[str]:
-    """``celery-taskq runner --burst`` in a child process."""
-    child = subprocess.Popen(
-        [*CLI, "runner", "--burst"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    children.append(child)
-    return child
 
 
 def handler_cells(page: Page) -> list[str]:
@@ -162,7 +130,7 @@ def test_the_progress_bar_advances_while_a_runner_works(
     live: TaskQueueService,
     database: Database,
     subprocess_env: dict[str, str],
-    runner_process: list[subprocess.Popen[str]],
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
     task_id = live.add_task(
         "tests.handlers.Steps", {"steps": 5, "pause": 0.8}, title="Five steps", create_run=True
@@ -170,7 +138,7 @@ def test_the_progress_bar_advances_while_a_runner_works(
     page.goto(f"{dashboard}/tasks/{task_id}")
     assert page.locator(".run [data-field=status]").inner_text() == "scheduled"
 
-    start_runner(runner_process, subprocess_env)
+    start_runner(spawn, subprocess_env, "--burst")
     seen: list[tuple[float, str]] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -204,13 +172,13 @@ def test_markup_in_output_is_shown_as_text(
     live: TaskQueueService,
     database: Database,
     subprocess_env: dict[str, str],
-    runner_process: list[subprocess.Popen[str]],
+    spawn: list[subprocess.Popen[str]],
 ) -> None:
     task_id = live.add_task(
         "tests.handlers.Echo", {"text": EVIL, "fail": True}, title=EVIL, max_retries=1
     )
     live.process_queue()
-    runner = start_runner(runner_process, subprocess_env)
+    runner = start_runner(spawn, subprocess_env, "--burst")
     runner.communicate(timeout=60)
     wait_for(lambda: runs_of(database, task_id)[0].status is RunStatus.ERROR, what="the run")
 
@@ -283,7 +251,7 @@ def test_screenshots_of_every_page(
     database: Database,
     database_url: str,
     subprocess_env: dict[str, str],
-    runner_process: list[subprocess.Popen[str]],
+    spawn: list[subprocess.Popen[str]],
     tmp_path: Path,
 ) -> None:
     seed_history(database, datetime.now(UTC))
@@ -296,7 +264,7 @@ def test_screenshots_of_every_page(
     )
     live.add_task("tests.handlers.AlwaysFail", max_retries=2, queued_by="cron")
     live.process_queue()
-    start_runner(runner_process, subprocess_env).communicate(timeout=60)
+    start_runner(spawn, subprocess_env, "--burst").communicate(timeout=60)
     live.add_task(
         "tests.handlers.Succeed",
         scheduled_on=datetime.now(UTC) + timedelta(hours=1),

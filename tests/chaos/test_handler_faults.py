@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,47 +21,11 @@ from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import DEFAULT_OUTPUT_CAP_BYTES, Settings
 from celery_taskq.time_limit import TIME_LIMIT_CODE, UNSTOPPABLE_EXIT_CODE, effective_limit
 from tests.celery_stack import CeleryStack
-from tests.conftest import CLI, FakeClock
+from tests.conftest import FakeClock
 from tests.fault_handlers import MEGABYTE
-from tests.helpers import drive, runners, runs_of, task_row, wait_for
+from tests.helpers import cli, drive, runners, runs_of, start_runner, task_row, wait_for
 
 FAULTS = "tests.fault_handlers."
-
-
-@pytest.fixture
-def live(database: Database, settings: Settings) -> TaskQueueService:
-    """The service on the wall clock and the real host name, as child processes see it."""
-    return TaskQueueService(database, Settings(database_url=settings.database_url))
-
-
-@pytest.fixture
-def spawn() -> Iterator[list[subprocess.Popen[str]]]:
-    """Children started by a test; killed and reaped at its end whatever happened."""
-    children: list[subprocess.Popen[str]] = []
-    yield children
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=30)
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
-
-
-def start_runner(
-    spawn: list[subprocess.Popen[str]], env: dict[str, str], *args: str
-) -> subprocess.Popen[str]:
-    """A standalone runner process."""
-    child = subprocess.Popen(
-        [*CLI, "runner", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    spawn.append(child)
-    return child
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the command line to its end."""
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 # -- output --------------------------------------------------------------------------------
