@@ -8,11 +8,10 @@ broker, in an app with ``install(app, audit_celery_tasks=True)``: every publish 
 from __future__ import annotations
 
 import os
-import time
 
 from celery import Celery
 
-from benchmarks.plain_app import DONE_KEY, STARTS_KEY, TIMES_KEY, client
+from benchmarks.plain_app import count_run, store_start
 from celery_taskq.celery import install
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -29,18 +28,5 @@ NATIVE_TASKS = frozenset({"bench.native_noop", "bench.native_record_start"})
 _auditor.should_audit = lambda name: name in NATIVE_TASKS and _audits(name)
 
 
-@app.task(name="bench.native_noop")  # type: ignore[untyped-decorator]
-def noop() -> None:
-    """Count this run and widen the [first, last] window, as plain_app's ``noop`` does."""
-    now = time.time()
-    pipe = client().pipeline(transaction=False)
-    pipe.incr(DONE_KEY)
-    pipe.zadd(TIMES_KEY, {"first": now}, lt=True)
-    pipe.zadd(TIMES_KEY, {"last": now}, gt=True)
-    pipe.execute()
-
-
-@app.task(name="bench.native_record_start")  # type: ignore[untyped-decorator]
-def record_start(index: int) -> None:
-    """Store the time this task started, for the enqueue -> start latency."""
-    client().hset(STARTS_KEY, str(index), repr(time.time()))
+noop = app.task(name="bench.native_noop")(count_run)
+record_start = app.task(name="bench.native_record_start")(store_start)
