@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from celery_taskq import __version__, migrate, reports
+from celery_taskq import __version__
 from celery_taskq.db import Database
 from celery_taskq.exceptions import TaskqError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
@@ -24,7 +24,7 @@ from celery_taskq.models import FAILED_RUN_STATUSES, OPEN_RUN_STATUSES, RunStatu
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
 from celery_taskq.redact import redacted_page, redacted_task
 from celery_taskq.render import progress_bar, render_page, render_page_json, render_task
-from celery_taskq.report_render import render_report, render_report_csv, render_report_json
+from celery_taskq.report_limits import DEFAULT_LIMIT, MAX_LIMIT
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import TaskSnapshot
 
@@ -128,6 +128,8 @@ def db() -> None:
 @pass_context
 def db_upgrade(context: CliContext, revision: str) -> None:
     """Create or upgrade the tables with Alembic."""
+    from celery_taskq import migrate  # Alembic only here: it stays out of runners' memory
+
     migrate.upgrade_database(context.settings.database_url, revision)
     click.echo(f"database at revision {migrate.current_revision(context.settings.database_url)}")
 
@@ -229,6 +231,8 @@ class ReportTimeParamType(click.ParamType):  # type: ignore[type-arg]
     ) -> datetime | timedelta:
         if isinstance(value, datetime | timedelta):
             return value
+        from celery_taskq import reports  # only for `report`: it stays out of runners' memory
+
         try:
             moment = reports.parse_moment(str(value))
             # A duration reaching back before year 1 only overflows later, when resolved.
@@ -257,8 +261,8 @@ class ReportTimeParamType(click.ParamType):  # type: ignore[type-arg]
 @click.option("--handler", help="Exact TaskHandlerClass (every section but runners).")
 @click.option(
     "--limit",
-    type=click.IntRange(1, reports.MAX_LIMIT),
-    default=reports.DEFAULT_LIMIT,
+    type=click.IntRange(1, MAX_LIMIT),
+    default=DEFAULT_LIMIT,
     show_default=True,
     help="Rows of slowest runs, recent failures, dead letters and runners.",
 )
@@ -288,6 +292,10 @@ def report_command(
     """
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined: choose one")
+    # Reports and their rendering only here: they stay out of runners' memory.
+    from celery_taskq import reports
+    from celery_taskq.report_render import render_report, render_report_csv, render_report_json
+
     now = reports.utc_now()
     report = reports.build_report(
         context.service.database,
@@ -487,6 +495,8 @@ def dashboard(context: CliContext, host: str, port: int) -> None:
 @pass_context
 def demo(context: CliContext, timeout: float) -> None:
     """Create the tables, queue sample tasks, work them with a runner, and show the record."""
+    from celery_taskq import migrate  # Alembic only here: it stays out of runners' memory
+
     migrate.upgrade_database(context.settings.database_url)
     service = context.service
     task_ids = [

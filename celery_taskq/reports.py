@@ -88,12 +88,8 @@ from celery_taskq.models import (
     TaskRunner,
     UTCDateTime,
 )
-
-DEFAULT_LIMIT = 10
-"""Rows of the top-N sections (slowest runs, recent failures, dead letters, runners)."""
-
-MAX_LIMIT = 1000
-"""Most rows a top-N section may hold."""
+from celery_taskq.report_limits import DEFAULT_LIMIT as DEFAULT_LIMIT  # re-exported
+from celery_taskq.report_limits import MAX_LIMIT as MAX_LIMIT  # re-exported
 
 PERCENTILES = (0.5, 0.9, 0.99)
 """The duration percentiles reported, as fractions."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,3 +144,22 @@ def test_demo_runs_the_main_job_on_the_embedded_default(
     assert "a child process writes here too" in out
     assert out.count("error: [E_MAIL_DOWN] the mail server did not answer") == 2
     assert "failed runs: 2/2" in out
+
+
+def test_cli_module_leaves_other_commands_modules_unimported() -> None:
+    # Runners and Celery pool processes import the CLI: what only other commands use (Alembic,
+    # the reports, Celery, the web server) would sit in every runner's memory.
+    heavy = [
+        "alembic",
+        "celery_taskq.migrate",
+        "celery_taskq.reports",
+        "celery_taskq.report_render",
+        "celery",
+        "fastapi",
+        # loaded on first use: a runner on SQLite without Redis needs neither
+        "redis",
+        "psycopg",
+    ]
+    program = f"import sys, celery_taskq.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
