@@ -14,11 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
-
-import redis
+from typing import TYPE_CHECKING, Protocol
 
 from celery_taskq.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,15 @@ WORK_CHANNEL = "taskq:work"
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 """URL schemes that name a Redis server."""
+
+NOTICE_BATCH_INTERVAL = 0.01
+"""Seconds between two batches of notices from one process while notices keep coming."""
+
+
+def _redis_errors() -> type[Exception]:
+    import redis
+
+    return redis.RedisError
 
 
 class RunListener(Protocol):
@@ -114,6 +124,8 @@ class RedisNotifier:
     def client(self) -> redis.Redis:
         """The Redis client, connected on first use."""
         if self._client is None:
+            import redis  # here, not at the top: processes without Redis never load it
+
             self._client = redis.Redis.from_url(
                 self.url, socket_timeout=2.0, socket_connect_timeout=2.0
             )
@@ -143,8 +155,15 @@ class RedisNotifier:
         self._wake.set()
 
     def _publish_pending(self) -> None:
+        sent_at = float("-inf")
         while True:
             self._wake.wait()
+            # A busy runner asks for a notice per run: one batch per NOTICE_BATCH_INTERVAL at
+            # most, so the notices of a burst share a round trip (and the runner's process is
+            # not woken per run). After a quiet spell the first notice goes out at once.
+            pause = sent_at + NOTICE_BATCH_INTERVAL - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
             with self._pending_lock:
                 self._wake.clear()
                 channels, self._pending = list(self._pending), {}
@@ -153,13 +172,14 @@ class RedisNotifier:
                 for channel in channels:
                     pipe.publish(channel, b"1")
                 pipe.execute()
-            except redis.RedisError as exc:
+            except _redis_errors() as exc:
                 logger.warning(
                     "could not publish %s notices: %s",
                     len(channels),
                     exc,
                     extra={"action": "notify_failed"},
                 )
+            sent_at = time.monotonic()
 
     @contextmanager
     def listen(self, run_id: int) -> Iterator[RunListener]:
@@ -167,7 +187,7 @@ class RedisNotifier:
         try:
             pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
             pubsub.subscribe(f"{CHANNEL_PREFIX}{run_id}")
-        except redis.RedisError as exc:
+        except _redis_errors() as exc:
             logger.warning("watching run %s without pub/sub: %s", run_id, exc)
             yield _Sleeper()
             return
@@ -186,7 +206,7 @@ class RedisNotifier:
         try:
             pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
             pubsub.subscribe(WORK_CHANNEL)
-        except redis.RedisError as exc:
+        except _redis_errors() as exc:
             logger.warning("runner polls without work notices: %s", exc)
             yield None
             return

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from celery_taskq import notify
 from celery_taskq.api import enqueue, watch
 from celery_taskq.cli import main
 from celery_taskq.context import PROGRESS_MIN_INTERVAL_SECONDS, Progress, RunContext
@@ -148,6 +151,41 @@ def test_notifier_follows_the_settings(redis_url: str) -> None:
     assert isinstance(notifier_for(Settings(broker_url=redis_url, pubsub_url="none")), NoNotifier)
     # A Redis that does not answer costs a warning, never a failed run
     RedisNotifier("redis://127.0.0.1:1/0").publish(1)
+
+
+def test_notices_of_a_burst_share_one_batch_and_none_is_lost(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(notify, "NOTICE_BATCH_INTERVAL", 0.5)
+    notifier = RedisNotifier(redis_url)
+    batches: list[int] = []
+    make_pipeline = notifier.client.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = make_pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def counted_execute(*execute_args: Any, **execute_kwargs: Any) -> Any:
+            size = len(pipe.command_stack)
+            result = execute(*execute_args, **execute_kwargs)
+            batches.append(size)
+            return result
+
+        monkeypatch.setattr(pipe, "execute", counted_execute)
+        return pipe
+
+    monkeypatch.setattr(notifier.client, "pipeline", counting_pipeline)
+    with notifier.listen(1) as first, notifier.listen(4) as last:
+        notifier.publish(1)
+        assert first.wait(10)  # after a quiet spell the first notice is not held back
+        for run_id in (2, 3, 4):
+            notifier.publish(run_id)
+        assert last.wait(10)
+    deadline = time.monotonic() + 10
+    while len(batches) < 2 and time.monotonic() < deadline:  # the reply of the last batch
+        time.sleep(0.01)
+    assert batches == [1, 3]
+    notifier.close()
 
 
 def test_cli_watch_follows_a_resumable_task_from_run_to_run(
