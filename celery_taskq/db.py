@@ -41,6 +41,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session
 
+from celery_taskq.driver import DriverStatement
 from celery_taskq.exceptions import ConfigurationError, SchemaNotReadyError, StorageError
 from celery_taskq.models import JsonDocument, UTCDateTime
 
@@ -141,6 +142,7 @@ class Database:
                     self.url,
                     echo=self._echo,
                     isolation_level="AUTOCOMMIT",
+                    pool_reset_on_return=None,  # no transaction to roll back, ever
                     pool_size=2,
                     max_overflow=8,
                 )
@@ -182,7 +184,7 @@ class Database:
         """
         values = {"now": now, "runner_id": runner_id}
         if self.dialect == "postgresql":
-            row = connection.execute(_PG_CLAIM, values).first()
+            row = _PG_CLAIM.first(connection, values)
             if row is None:
                 return None
             return ClaimedRun(row[0], row[1], row[2], row[3], row[4])
@@ -209,7 +211,7 @@ class Database:
         if self.dialect != "postgresql":
             return None
         with self.autocommit() as connection:
-            row = connection.execute(_PG_FINISH_SUCCESS_AND_CLAIM, values).one()
+            row = _PG_FINISH_SUCCESS_AND_CLAIM.one(connection, values)
         recorded = bool(row[0])
         if row[1] is None:
             return recorded, None
@@ -228,7 +230,7 @@ _INPUT_COLUMNS = (
     column("Checkpoint", JsonDocument),
 )
 
-_PG_CLAIM = (
+_PG_CLAIM = DriverStatement(
     text(
         """
         WITH claimed AS (
@@ -256,7 +258,7 @@ _PG_CLAIM = (
 )
 """The claim on PostgreSQL: one statement claims, rolls up and reads the run's input."""
 
-_PG_FINISH_SUCCESS_AND_CLAIM = (
+_PG_FINISH_SUCCESS_AND_CLAIM = DriverStatement(
     text(
         """
         WITH finished AS (
@@ -298,7 +300,8 @@ _PG_FINISH_SUCCESS_AND_CLAIM = (
         column("Id", Integer()),
         column("TaskQueueId", Integer()),
         *_INPUT_COLUMNS,
-    )
+    ),
+    json_params=frozenset({"results"}),
 )
 """A plain success recorded and rolled up, and the next run claimed, in one statement.
 

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from celery_taskq.context import Progress
+from celery_taskq.driver import DriverStatement
 from celery_taskq.handlers import CANCELLED_CODE
 from celery_taskq.liveness import RunnerRecord
 from celery_taskq.models import (
@@ -692,13 +693,14 @@ _INSERT_DUE_TASK = insert(TaskQueue).values(
 )
 _INSERT_DUE_TASK_RETURNING = _INSERT_DUE_TASK.returning(TaskQueue.id)
 _PG_DUE_TASK = _INSERT_DUE_TASK_RETURNING.cte("new_task")
-_PG_INSERT_DUE_TASK_AND_RUN = (
+_PG_INSERT_DUE_TASK_AND_RUN = DriverStatement(
     insert(TaskRun)
     .from_select(
         [TaskRun.task_queue_id, TaskRun.status],
         select(*_PG_DUE_TASK.c, literal(RunStatus.SCHEDULED.value)),
     )
-    .returning(TaskRun.task_queue_id)
+    .returning(TaskRun.task_queue_id),
+    json_params=frozenset({"task_data"}),
 )
 _INSERT_FIRST_RUN = insert(TaskRun).values(
     task_queue_id=bindparam("task_queue_id", type_=Integer()), status=RunStatus.SCHEDULED
@@ -714,7 +716,7 @@ def insert_due_task(connection: Connection, values: dict[str, Any]) -> int:
     """
     parameters = {name: values[name] for name in _TASK_COLUMNS}
     if connection.dialect.name == "postgresql":
-        return int(connection.execute(_PG_INSERT_DUE_TASK_AND_RUN, parameters).scalar_one())
+        return int(_PG_INSERT_DUE_TASK_AND_RUN.one(connection, parameters)[0])
     task_id = int(connection.execute(_INSERT_DUE_TASK_RETURNING, parameters).scalar_one())
     connection.execute(_INSERT_FIRST_RUN, {"task_queue_id": task_id})
     return task_id

@@ -15,9 +15,10 @@ from sqlalchemy import event, select, text
 
 from celery_taskq import api, db, transitions
 from celery_taskq.db import Database
+from celery_taskq.exceptions import StorageError
 from celery_taskq.models import RunStatus, TaskQueue
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.runner import StopReason
+from celery_taskq.runner import StopReason, utc_now
 from celery_taskq.runner import TaskRunner as Runner
 from celery_taskq.settings import Settings
 from tests.conftest import FakeClock
@@ -235,5 +236,61 @@ def test_an_idle_postgresql_connection_that_died_is_replaced(
         monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)  # the connection counts as idle
         with database.transaction() as connection:
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != backend
+    finally:
+        database.close()
+
+
+@pytest.mark.postgresql
+def test_a_refused_driver_statement_is_a_storage_error_and_writes_nothing(
+    postgresql_schema_url: str,
+) -> None:
+    database = Database(postgresql_schema_url)
+    now = utc_now()
+    values = {
+        "task_handler_class": SUCCEED,
+        "task_data": {"kept": ["as", "json"]},
+        "scheduled_on": now,
+        "queued_on": now,
+        "queued_by_id": None,
+        "max_retries": 1,
+        "task_runs_failed": 0,
+        "title": None,
+    }
+    try:
+        with database.autocommit() as connection:
+            task_id = transitions.insert_due_task(connection, values)
+        refused = {**values, "max_retries": 0}  # MaxRetries >= 1 is a check constraint
+        with pytest.raises(StorageError, match="refused the change"), database.autocommit() as c:
+            transitions.insert_due_task(c, refused)
+        with database.transaction() as connection:
+            rows = connection.execute(select(TaskQueue.id, TaskQueue.task_data)).all()
+        assert [tuple(row) for row in rows] == [(task_id, {"kept": ["as", "json"]})]
+    finally:
+        database.close()
+
+
+@pytest.mark.postgresql
+def test_a_driver_statement_on_a_dead_connection_fails_once_and_the_next_one_reconnects(
+    postgresql_schema_url: str,
+) -> None:
+    database = Database(postgresql_schema_url)
+    try:
+        with database.autocommit() as connection:
+            backend = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+        with database.transaction() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        values = {
+            "run_id": 1,
+            "runner_id": 1,
+            "now": utc_now(),
+            "standard_output": "",
+            "error_output": "",
+            "results": None,
+            "percents_completed": 100,
+        }
+        # Handed back moments ago, the dead connection is not pinged: the statement meets it.
+        with pytest.raises(StorageError, match="database error"):
+            database.finish_success_and_claim(values)
+        assert database.finish_success_and_claim(values) == (False, None)
     finally:
         database.close()
