@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 TRUNCATION_MARKER = "\n[celery_taskq: output truncated, {omitted} more bytes not kept]\n"
 
@@ -60,9 +59,20 @@ def _flush_python_streams() -> None:
             stream.flush()
 
 
+_text_streams: dict[int, io.TextIOWrapper] = {}
+
+
 def _text_stream(fd: int) -> io.TextIOWrapper:
-    raw = io.FileIO(fd, mode="w", closefd=False)
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", write_through=True)
+    # One stream per descriptor, reused from run to run: it writes to whatever fd 1 or 2 points
+    # at, and writes through, so nothing of one run is left in it for the next.
+    stream = _text_streams.get(fd)
+    if stream is None or stream.closed:  # a handler may have closed sys.stdout
+        raw = io.FileIO(fd, mode="w", closefd=False)
+        stream = io.TextIOWrapper(
+            raw, encoding="utf-8", errors="backslashreplace", write_through=True
+        )
+        _text_streams[fd] = stream
+    return stream
 
 
 def peek_output(cap: int) -> tuple[str, str]:
@@ -74,14 +84,16 @@ def peek_output(cap: int) -> tuple[str, str]:
     return _read_capped(1, cap)[0], _read_capped(2, cap)[0]
 
 
-def _spool_file() -> BinaryIO:
-    """An anonymous file for one stream: in memory where Linux offers it (one system call,
-    no file-system work per run), else a temporary file."""
+def _spool_fd() -> int:
+    """A descriptor of a new anonymous file for one stream: in memory where Linux offers it
+    (one system call, no file-system work per run), else an unlinked temporary file."""
     memfd_create = getattr(os, "memfd_create", None)
     if memfd_create is not None:
         with contextlib.suppress(OSError):
-            return open(memfd_create("taskq-capture", os.MFD_CLOEXEC), "w+b")
-    return tempfile.TemporaryFile()
+            fd: int = memfd_create("taskq-capture", os.MFD_CLOEXEC)
+            return fd
+    with tempfile.TemporaryFile() as spool:
+        return os.dup(spool.fileno())
 
 
 @contextmanager
@@ -89,13 +101,17 @@ def capture_output(cap: int) -> Iterator[CapturedOutput]:
     """Redirect fds 1 and 2 into temporary files; fill the yielded object when done."""
     captured = CapturedOutput()
     _flush_python_streams()
-    with _spool_file() as out_file, _spool_file() as err_file:
+    with contextlib.ExitStack() as spools:
+        out_fd = _spool_fd()
+        spools.callback(os.close, out_fd)
+        err_fd = _spool_fd()
+        spools.callback(os.close, err_fd)
         saved_stdout = os.dup(1)
         saved_stderr = os.dup(2)
         saved_streams = (sys.stdout, sys.stderr)
         try:
-            os.dup2(out_file.fileno(), 1)
-            os.dup2(err_file.fileno(), 2)
+            os.dup2(out_fd, 1)
+            os.dup2(err_fd, 2)
             sys.stdout, sys.stderr = _text_stream(1), _text_stream(2)
             yield captured
         finally:
@@ -105,8 +121,8 @@ def capture_output(cap: int) -> Iterator[CapturedOutput]:
             os.dup2(saved_stderr, 2)
             os.close(saved_stdout)
             os.close(saved_stderr)
-            captured.stdout, out_omitted = _read_capped(out_file.fileno(), cap)
-            captured.stderr, err_omitted = _read_capped(err_file.fileno(), cap)
+            captured.stdout, out_omitted = _read_capped(out_fd, cap)
+            captured.stderr, err_omitted = _read_capped(err_fd, cap)
             captured.truncated = {
                 name: omitted
                 for name, omitted in (("stdout", out_omitted), ("stderr", err_omitted))
