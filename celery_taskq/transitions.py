@@ -288,7 +288,7 @@ def _finish_success(
     """
     values = success_values(run_id, runner_id, outcome, now)
     if connection.dialect.name == "postgresql":
-        return connection.execute(_PG_FINISH_SUCCESS, values).first() is not None
+        return _PG_FINISH_SUCCESS.first(connection, values) is not None
     task_queue_id = connection.execute(_FINISH_SUCCESS_RUN, values).scalar()
     if task_queue_id is None:
         return False
@@ -315,14 +315,17 @@ _ROLL_UP_SUCCESS = text(
     """UPDATE "TaskQueue" SET "LastStatus" = 'success', "TaskRunsFailed" = 0
     WHERE "Id" = :task_queue_id"""
 )
-_PG_FINISH_SUCCESS = text(
-    "WITH finished AS ("  # noqa: S608 - constant SQL, values are bound
-    + _FINISH_SUCCESS_SET
-    + """)
-    UPDATE "TaskQueue" SET "LastStatus" = 'success', "TaskRunsFailed" = 0 FROM finished
-    WHERE "TaskQueue"."Id" = finished."TaskQueueId" RETURNING "TaskQueue"."Id"
-    """
-).bindparams(*_FINISH_BINDS)
+_PG_FINISH_SUCCESS = DriverStatement(
+    text(
+        "WITH finished AS ("  # noqa: S608 - constant SQL, values are bound
+        + _FINISH_SUCCESS_SET
+        + """)
+        UPDATE "TaskQueue" SET "LastStatus" = 'success', "TaskRunsFailed" = 0 FROM finished
+        WHERE "TaskQueue"."Id" = finished."TaskQueueId" RETURNING "TaskQueue"."Id"
+        """
+    ).bindparams(*_FINISH_BINDS),
+    json_params=frozenset({"results"}),
+)
 
 
 def release_run(connection: Connection, run_id: int, runner_id: int) -> bool:
@@ -611,7 +614,7 @@ def start_native_run(
         "now": now,
     }
     if connection.dialect.name == "postgresql":
-        return int(connection.execute(_PG_START_NATIVE_RUN, values).scalar_one())
+        return int(_PG_START_NATIVE_RUN.one(connection, values)[0])
     run_id = int(connection.execute(_INSERT_NATIVE_RUN, values).scalar_one())
     connection.execute(_ROLL_UP_RUNNING, values)
     return run_id
@@ -631,14 +634,16 @@ _INSERT_NATIVE_RUN = text(_INSERT_NATIVE_RUN_SQL).bindparams(*_NATIVE_RUN_BINDS)
 _ROLL_UP_RUNNING = text(
     """UPDATE "TaskQueue" SET "LastStatus" = 'running' WHERE "Id" = :task_queue_id"""
 ).bindparams(bindparam("task_queue_id", type_=Integer()))
-_PG_START_NATIVE_RUN = text(
-    "WITH new_run AS ("  # noqa: S608 - constant SQL, values are bound
-    + _INSERT_NATIVE_RUN_SQL
-    + """), rolled_up AS (
-        UPDATE "TaskQueue" SET "LastStatus" = 'running' WHERE "Id" = :task_queue_id
-    )
-    SELECT "Id" FROM new_run"""
-).bindparams(*_NATIVE_RUN_BINDS)
+_PG_START_NATIVE_RUN = DriverStatement(
+    text(
+        "WITH new_run AS ("  # noqa: S608 - constant SQL, values are bound
+        + _INSERT_NATIVE_RUN_SQL
+        + """), rolled_up AS (
+            UPDATE "TaskQueue" SET "LastStatus" = 'running' WHERE "Id" = :task_queue_id
+        )
+        SELECT "Id" FROM new_run"""
+    ).bindparams(*_NATIVE_RUN_BINDS)
+)
 
 
 def create_manual_run(connection: Connection, task_queue_id: int) -> int | None:
