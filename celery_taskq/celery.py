@@ -118,6 +118,15 @@ class AuditedTask(Task):  # type: ignore[misc]
     taskq_audit = True
 
 
+INSTALL_DEFAULTS: dict[str, Any] = {
+    "worker_send_task_events": True,
+    "task_send_sent_event": True,
+    "task_track_started": True,
+    "worker_prefetch_multiplier": 1,
+}
+"""Celery settings :func:`install` gives an app that does not set them itself."""
+
+
 def install(
     app: Celery, *, settings: Settings | None = None, audit_celery_tasks: bool = False
 ) -> TaskqCelery:
@@ -165,11 +174,12 @@ def _configure(app: Celery, settings: Settings) -> None:
             "options": {"expires": settings.create_runners_interval * 2},
         },
     }
-    # Flower and `celery events` see workers, runner tasks and their states.
-    app.conf.worker_send_task_events = True
-    app.conf.task_send_sent_event = True
-    app.conf.task_track_started = True
-    app.conf.worker_prefetch_multiplier = 1
+    # Where the app is silent: Flower and `celery events` see workers, runner tasks and their
+    # states, and a worker holds no message behind its long-running runner tasks. What the app
+    # sets itself is kept (events cost a Redis publish per task and state change).
+    for key, value in INSTALL_DEFAULTS.items():
+        if not app.conf.value_set_for(key):
+            app.conf[key] = value
     # The app's own broker wins; an app without one takes celery_taskq's setting.
     broker_url = str(app.conf.broker_url or settings.broker_url)
     sql_database = split_sql_broker_url(broker_url)
@@ -183,7 +193,8 @@ def _configure(app: Celery, settings: Settings) -> None:
 def _register_tasks(app: Celery, state: TaskqCelery) -> None:
     settings = state.settings
 
-    @app.task(name=PROCESS_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    # shared=False: the tasks belong to this app only, not to every app the process creates.
+    @app.task(name=PROCESS_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def process_task() -> str:
         """OnProcess: time out dead runners, create due runs; prune the SQL broker."""
         if not state.service.claim_beat_tick("process", settings.process_interval):
@@ -193,7 +204,7 @@ def _register_tasks(app: Celery, state: TaskqCelery) -> None:
             _prune_sql_broker(str(app.conf.broker_url))
         return f"timed out {len(report.timed_out_runners)}; runs created {report.tasks_given_runs}"
 
-    @app.task(name=CREATE_RUNNERS_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(name=CREATE_RUNNERS_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def create_runners_task() -> str:
         """OnCreateTaskRunners: send one runner task per missing runner."""
         if not state.service.claim_beat_tick("create_runners", settings.create_runners_interval):
@@ -203,7 +214,7 @@ def _register_tasks(app: Celery, state: TaskqCelery) -> None:
             runner_task.apply_async(expires=settings.create_runners_interval * 2)
         return f"runner tasks sent: {missing}"
 
-    @app.task(name=RUNNER_TASK, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(name=RUNNER_TASK, bind=True, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def runner_task(self: Any) -> str:
         """Register this worker process as a task runner and work the queue until it may leave."""
         runner = state.service.get_task_runner(

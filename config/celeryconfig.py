@@ -69,7 +69,7 @@ broker_url = "redis://localhost:6379/0"
 #
 # install() also sets worker_prefetch_multiplier = 1 and turns on worker_send_task_events,
 # task_send_sent_event and task_track_started, so that Flower and `celery events` see the
-# runner tasks; values given here for those four are overwritten.
+# runner tasks, unless this file sets them: values given here for those four are kept.
 
 # --- celery_taskq ------------------------------------------------------------------------------
 
