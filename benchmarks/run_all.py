@@ -73,10 +73,13 @@ from celery_taskq.migrate import upgrade_database
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
 
-SYSTEMS = ("plain", "native", "postgresql", "sqlite")
+SYSTEMS = ("plain", "native", "native-flower", "postgresql", "sqlite")
 TITLES = {
     "plain": "plain Celery + Redis (no-op task, prefork, no result backend)",
-    "native": "audited native Celery tasks (same app + celery_taskq, PostgreSQL + Redis)",
+    "native": "audited native Celery tasks (same app and Celery settings + celery_taskq, "
+    "PostgreSQL + Redis)",
+    "native-flower": "audited native Celery tasks with install()'s Flower defaults "
+    "(task events on, prefetch 1)",
     "postgresql": "celery_taskq handler runs, PostgreSQL + Redis",
     "sqlite": "celery_taskq handler runs, embedded default (SQLite + kombu SQL broker)",
 }
@@ -203,8 +206,11 @@ def run_native(
     redis_server: RedisServer,
     postgres: PostgresServer,
     rep: int,
+    *,
+    flower: bool = False,
 ) -> Sample:
-    """Audited native Celery tasks: benchmarks/native_app.py drained by a plain worker."""
+    """Audited native Celery tasks: benchmarks/native_app.py drained by a plain worker (with
+    ``flower``, the worker has install()'s defaults for Flower)."""
     target = postgres_target(postgres, redis_server, 100 + rep)
     os.environ["TASKQ_DATABASE_URL"] = target.database_url
     from benchmarks import native_app
@@ -219,8 +225,11 @@ def run_native(
             redis_server,
             rep,
             app_module=native_app,
-            label="native",
-            extra_env={"TASKQ_DATABASE_URL": target.database_url},
+            label="native-flower" if flower else "native",
+            extra_env={
+                "TASKQ_DATABASE_URL": target.database_url,
+                "BENCH_NATIVE_FLOWER": "1" if flower else "",
+            },
         )
     finally:
         if state._service is not None:
@@ -269,6 +278,7 @@ def targets(results: Results) -> list[Target]:
     plain_drain, plain_enqueue = drain("plain"), enqueue("plain")
     pg_ratio = drain("postgresql") / plain_drain
     native_ratio = drain("native") / plain_drain
+    flower_ratio = drain("native-flower") / plain_drain
     enqueue_ratio = enqueue("postgresql") / plain_enqueue
     many = median(results.enqueue_many.get("postgresql", []))
     biggest = max(results.ticks) if results.ticks else 0
@@ -284,7 +294,9 @@ def targets(results: Results) -> list[Target]:
         ),
         Target(
             "audited native Celery tasks drain vs plain Celery",
-            f"{native_ratio:.2f}x ({drain('native'):,.0f} vs {plain_drain:,.0f} jobs/s)",
+            f"{native_ratio:.2f}x ({drain('native'):,.0f} vs {plain_drain:,.0f} jobs/s); "
+            f"with install()'s Flower defaults {flower_ratio:.2f}x "
+            f"({drain('native-flower'):,.0f} jobs/s)",
             ">= 0.8x",
             check(native_ratio, lambda v: v >= 0.8),
             "Target not met: audited native Celery tasks",
@@ -510,8 +522,15 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"{system}-{rep} ...")
                     if system == "plain":
                         sample = run_plain(config, children, redis_server, rep)
-                    elif system == "native":
-                        sample = run_native(config, children, redis_server, postgres, rep)
+                    elif system in ("native", "native-flower"):
+                        sample = run_native(
+                            config,
+                            children,
+                            redis_server,
+                            postgres,
+                            rep,
+                            flower=system == "native-flower",
+                        )
                     elif system == "postgresql":
                         target = postgres_target(postgres, redis_server, rep)
                         sample = run_taskq(config, children, target, f"postgresql-{rep}")
