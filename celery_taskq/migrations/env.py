@@ -1,10 +1,15 @@
-"""Alembic environment: runs the package's migrations against the configured database."""
+"""Alembic environment: runs the package's migrations against the configured database.
+
+All migrations of one upgrade run in one transaction that holds the database's migration
+lock (see :mod:`celery_taskq.migrate`): Alembic finds the connection already in a transaction
+and neither commits nor begins one of its own.
+"""
 
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
 
+from celery_taskq.migrate import locked_migration_transaction
 from celery_taskq.models import Base
 
 target_metadata = Base.metadata
@@ -17,19 +22,15 @@ def run_migrations() -> None:
     )
     if not url:
         raise RuntimeError("no database URL given to the migrations")
-    engine = create_engine(url, poolclass=pool.NullPool)
-    try:
-        with engine.connect() as connection:
-            context.configure(
-                connection=connection,
-                target_metadata=target_metadata,
-                render_as_batch=connection.dialect.name == "sqlite",
-                compare_type=True,
-            )
-            with context.begin_transaction():
-                context.run_migrations()
-    finally:
-        engine.dispose()
+    with locked_migration_transaction(url) as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+            transaction_per_migration=False,
+        )
+        context.run_migrations()
 
 
 run_migrations()
