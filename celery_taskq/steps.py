@@ -22,6 +22,11 @@ A failing step with ``interrupt_on_step_fault`` ends the run ``error`` (its code
 are the step's); the steps after it do not run, and the task's retry starts at the failed step:
 steps that succeeded are not run again, because each finished step is saved as the run's
 checkpoint. A failing step without the flag is reported in ``failed_steps`` and the task goes on.
+
+Steps do not nest: a step whose handler is itself a multi-step task is refused at enqueue, and
+ends ``error`` with code ``E_NESTED_STEPS`` if it reaches a run anyway (a row written by hand).
+Nesting would add nothing a flat list cannot say, and an inner list could neither resume at its
+failed step nor be checked like the outer one; list the inner steps in the outer list instead.
 """
 
 from __future__ import annotations
@@ -41,6 +46,14 @@ STEPS_HANDLER = "taskq.steps"
 
 MAX_STEPS = 1000
 """Most steps one task may have."""
+
+NESTED_STEPS_CODE = "E_NESTED_STEPS"
+"""The ``ErrorCode`` of a step that is itself a multi-step task."""
+
+NESTED_STEPS_MESSAGE = (
+    f"a step cannot itself be a multi-step task ({STEPS_HANDLER}): "
+    "list its steps in the outer task instead"
+)
 
 STEP_SUCCESS = "success"
 STEP_ERROR = "error"
@@ -113,12 +126,15 @@ def _parse_step(index: int, raw: Any) -> Step:
 
 def check_steps(data: Any, create_handler: Callable[[str], TaskHandler]) -> None:
     """Check a multi-step task's data before it is enqueued: its shape, and every step's
-    handler (loaded by ``create_handler``, so under the allow-list) with its ``validate``."""
+    handler (loaded by ``create_handler``, so under the allow-list) with its ``validate``.
+    A step that is itself a multi-step task is refused (steps do not nest)."""
     for index, step in enumerate(parse_steps(data), start=1):
         try:
             handler = create_handler(step.handler)
         except InvalidTaskError as exc:
             raise type(exc)(f"step {index}: {exc}") from exc
+        if isinstance(handler, MultiStepTask):
+            raise InvalidTaskDataError(f"step {index} ({step.handler}): {NESTED_STEPS_MESSAGE}")
         try:
             handler.validate(step.settings)
         except Exception as exc:
@@ -179,6 +195,8 @@ class MultiStepTask(TaskHandler):
         }
         try:
             handler = run.create_handler(step.handler)
+            if isinstance(handler, MultiStepTask):
+                raise TaskError(NESTED_STEPS_MESSAGE, code=NESTED_STEPS_CODE)
             result = handler.handle_task_run(_step_context(run, index, step, count))
             if isinstance(result, Continue):
                 raise TaskError("a step cannot return Continue", code="E_STEP_CONTINUE")

@@ -7,16 +7,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
 from celery_taskq import Step, TaskSpec
 from celery_taskq.context import Progress, RunContext
 from celery_taskq.db import Database
-from celery_taskq.exceptions import HandlerNotAllowedError, InvalidTaskError
+from celery_taskq.exceptions import HandlerNotAllowedError, InvalidTaskDataError, InvalidTaskError
 from celery_taskq.handlers import TaskCancelledError, create_task_handler
 from celery_taskq.models import RunStatus, TaskQueue
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
-from celery_taskq.steps import STEPS_HANDLER, MultiStepTask
+from celery_taskq.steps import (
+    NESTED_STEPS_CODE,
+    NESTED_STEPS_MESSAGE,
+    STEPS_HANDLER,
+    MultiStepTask,
+)
 from tests.conftest import FakeClock
 from tests.helpers import count, drive, results, runs_of, task_row
 
@@ -198,3 +204,72 @@ def test_a_cancelled_task_stops_between_steps(tmp_path: Path) -> None:
     with pytest.raises(TaskCancelledError):
         MultiStepTask().handle_task_run(context({"steps": steps}, [], cancelled=True))
     assert ran(log) == []
+
+
+# -- steps do not nest ------------------------------------------------------------------------
+
+NESTED_REFUSAL = r"step 2 \(.*\): a step cannot itself be a multi-step task \(taskq\.steps\)"
+
+
+@pytest.mark.parametrize("inner", [STEPS_HANDLER, "celery_taskq.steps.MultiStepTask"])
+def test_a_step_that_is_itself_a_multi_step_task_is_refused_at_enqueue(
+    service: TaskQueueService, database: Database, tmp_path: Path, inner: str
+) -> None:
+    # Given inner steps that would each be refused on their own, and ones that would not
+    log = tmp_path / "log"
+    for inner_steps in (
+        [{"handler": "tests.nowhere.Gone"}],
+        [{"handler": RECORD, "settings": {"name": "no log"}}],
+        [step(log, "inner").as_data()],
+    ):
+        nested = {
+            "steps": [
+                step(log, "a").as_data(),
+                {"handler": inner, "settings": {"steps": inner_steps}},
+            ]
+        }
+        # When the nested list is enqueued by any path, Then it is refused, whatever is inside
+        with pytest.raises(InvalidTaskDataError, match=NESTED_REFUSAL):
+            service.add_task(STEPS_HANDLER, nested)
+        with pytest.raises(InvalidTaskDataError, match=NESTED_REFUSAL):
+            service.add_steps_task(nested["steps"])
+        with pytest.raises(InvalidTaskDataError, match=rf"task 1: {NESTED_REFUSAL}"):
+            service.add_tasks([TaskSpec(SUCCEED_STEP), TaskSpec(STEPS_HANDLER, nested)])
+    assert count(database, TaskQueue) == 0
+    assert ran(log) == []
+
+
+def test_a_nested_step_written_by_hand_ends_error_without_running(
+    service: TaskQueueService, database: Database, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Given a nested step list written without the checks (as a user's SQL could)
+    log = tmp_path / "log"
+    inner = {"steps": [step(log, "inner").as_data()]}
+    data = {
+        "steps": [
+            step(log, "a").as_data(),
+            Step(STEPS_HANDLER, inner, interrupt_on_step_fault=True).as_data(),
+            step(log, "c").as_data(),
+        ]
+    }
+    with database.transaction() as connection:
+        task_id = connection.execute(
+            insert(TaskQueue)
+            .values(
+                task_handler_class=STEPS_HANDLER,
+                task_data=data,
+                scheduled_on=clock.now,
+                queued_on=clock.now,
+                max_retries=1,
+                task_runs_failed=0,
+            )
+            .returning(TaskQueue.id)
+        ).scalar_one()
+    # When it runs
+    drive(service)
+    # Then the nested step fails with its own code, and nothing inside it ran
+    (run,) = runs_of(database, task_id)
+    assert (run.status, run.error_code) == (RunStatus.ERROR, NESTED_STEPS_CODE)
+    assert [s["status"] for s in results(run)["steps"]] == ["success", "error", "not_run"]
+    assert results(run)["steps"][1]["error_message"] == NESTED_STEPS_MESSAGE
+    assert ran(log) == ["a"]
