@@ -1,20 +1,35 @@
 """The ``celery-taskq`` command: thin drivers over the queue service.
 
-Exit codes: 0 success, 1 a refused operation or a failure (one clear line on stderr, no
-traceback), 2 a usage error.
+Errors are handled in one place, :func:`main`:
+
+- a usage error (a bad option or argument, an id out of range, data that is not JSON) is
+  click's: the usage line and one ``Error:`` line, exit 2;
+- a refusal or a failure is one ``error:`` line, exit 1: a library error
+  (:class:`~celery_taskq.exceptions.TaskqError`), and what a hostile or impossible input can
+  provoke from Python or the driver (``ValueError``, ``OverflowError`` and other
+  ``ArithmeticError``, ``RecursionError``, ``MemoryError``, ``OSError``, a database error).
+  The line gives the message and its chain of causes; ``-vv`` logs the traceback too;
+- anything else is a bug: the traceback, a line saying so, exit 70.
+
+Text from the database is printed with control characters escaped
+(:mod:`celery_taskq.terminal`), and so is every error line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from celery_taskq import __version__
 from celery_taskq.db import Database
@@ -27,10 +42,36 @@ from celery_taskq.render import progress_bar, render_page, render_page_json, ren
 from celery_taskq.report_limits import DEFAULT_LIMIT, MAX_LIMIT
 from celery_taskq.settings import Settings
 from celery_taskq.snapshots import TaskSnapshot
+from celery_taskq.terminal import escape_controls
+
+logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_BUG = 70
+"""An unexpected exception (``EX_SOFTWARE`` of sysexits.h): a bug, shown with its traceback."""
+
+FAILURES = (
+    TaskqError,
+    DBAPIError,
+    ValueError,
+    ArithmeticError,
+    RecursionError,
+    MemoryError,
+    OSError,
+)
+"""Exceptions shown as one ``error:`` line: refusals, and what bad input or an unreachable
+database can raise anywhere. Every other exception is a bug."""
+
+MAX_MESSAGE_CHARS = 1000
+"""Characters of one message in an error line; a longer one is cut, with a marker."""
+
+MAX_ID = 2**63 - 1
+"""The largest id a database stores (a signed 64-bit integer)."""
+
+TASK_ID = click.IntRange(1, MAX_ID)
+"""A TaskQueue id: an integer that can be one."""
 
 
 class JsonParamType(click.ParamType):  # type: ignore[type-arg]
@@ -45,6 +86,8 @@ class JsonParamType(click.ParamType):  # type: ignore[type-arg]
             return json.loads(value)
         except ValueError as exc:
             self.fail(f"{value!r} is not valid JSON: {exc}", param, ctx)
+        except RecursionError:
+            self.fail("the JSON document is nested too deeply", param, ctx)
 
 
 class AwareDateTimeParamType(click.ParamType):  # type: ignore[type-arg]
@@ -67,7 +110,26 @@ class AwareDateTimeParamType(click.ParamType):  # type: ignore[type-arg]
                 param,
                 ctx,
             )
+        try:
+            parsed.astimezone(UTC)
+        except OverflowError:
+            self.fail(f"{value!r} is out of range in UTC", param, ctx)
         return parsed
+
+
+class SecondsParamType(click.FloatRange):
+    """A finite number of seconds, at least ``minimum`` (``nan`` and ``inf`` are refused)."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float = 0) -> None:
+        super().__init__(min=minimum)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
 
 
 @dataclass
@@ -177,7 +239,7 @@ def enqueue(
 
 
 @cli.command()
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @pass_context
 def show(context: CliContext, task_id: int) -> None:
     """Print a task and every one of its runs."""
@@ -194,7 +256,7 @@ def show(context: CliContext, task_id: int) -> None:
 @click.option("--since", type=AwareDateTimeParamType(), help="Queued at or after (ISO 8601).")
 @click.option("--until", type=AwareDateTimeParamType(), help="Queued before (ISO 8601).")
 @click.option("--limit", type=click.IntRange(1, MAX_PAGE_SIZE), default=50, show_default=True)
-@click.option("--before", "before_id", type=int, help="Page cursor: tasks older than this id.")
+@click.option("--before", "before_id", type=TASK_ID, help="Page cursor: tasks older than this id.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
 @pass_context
 def list_command(
@@ -314,8 +376,8 @@ def report_command(
 
 
 @cli.command()
-@click.argument("task_id", type=int)
-@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after S seconds.")
+@click.argument("task_id", type=TASK_ID)
+@click.option("--timeout", type=SecondsParamType(), help="Give up after S seconds.")
 @pass_context
 def watch(context: CliContext, task_id: int, timeout: float | None) -> None:
     """Show a live progress bar of a task's current run until it ends (exit 1 unless success).
@@ -352,7 +414,7 @@ def watch(context: CliContext, task_id: int, timeout: float | None) -> None:
 
 
 @cli.command()
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @pass_context
 def cancel(context: CliContext, task_id: int) -> None:
     """Cancel a task: a queued one never runs; a running one is asked to stop."""
@@ -364,7 +426,7 @@ def cancel(context: CliContext, task_id: int) -> None:
 
 
 @cli.command()
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=TASK_ID)
 @pass_context
 def retry(context: CliContext, task_id: int) -> None:
     """Give a finished task one more run now, even past its retries; print the run id."""
@@ -388,7 +450,7 @@ def runner_options(function: Any) -> Any:
         click.option("--burst", is_flag=True, help="Leave when no run is waiting."),
         click.option("--max-runs", type=click.IntRange(min=1), help="Leave after N runs."),
         click.option(
-            "--max-idle", type=click.FloatRange(min=0), help="Leave after S seconds without work."
+            "--max-idle", type=SecondsParamType(), help="Leave after S seconds without work."
         ),
     ]
     for option in reversed(options):
@@ -487,7 +549,7 @@ def dashboard(context: CliContext, host: str, port: int) -> None:
 @cli.command()
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=1),
+    type=SecondsParamType(1),
     default=60,
     show_default=True,
     help="Seconds to wait for the sample tasks (the failing one backs off between retries).",
@@ -534,21 +596,80 @@ def _finished(task: TaskSnapshot) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the command, turning library errors into one line and an exit code."""
+    """Entry point: run the command; every error ends as an exit code (see the module)."""
     try:
         cli.main(args=argv, prog_name="celery-taskq", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.ClickException as exc:
+    except click.UsageError as exc:
         exc.show()
-        return EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_FAILURE
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        click.echo(f"error: {escape_controls(_one_line(exc.format_message()))}", err=True)
+        return EXIT_FAILURE
     except click.Abort:
         click.echo("aborted", err=True)
         return EXIT_FAILURE
-    except TaskqError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except FAILURES as exc:
+        logger.debug("the command failed", exc_info=exc)
+        click.echo(f"error: {escape_controls(failure_message(exc))}", err=True)
         return EXIT_FAILURE
+    except Exception as exc:
+        traceback.print_exc()
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: a bug in celery-taskq {__version__}; "
+            "please report it with the traceback above",
+            err=True,
+        )
+        return EXIT_BUG
     return EXIT_OK
+
+
+def failure_message(exc: BaseException) -> str:
+    """The message of ``exc`` and of each of its causes, on one line, repeats left out.
+
+    A library error speaks for itself; another exception is named by its type (``OverflowError:
+    Python int too large...``). SQLAlchemy's wrapper of a driver error is skipped for the driver
+    error it wraps, which is its cause. Each message is cut at :data:`MAX_MESSAGE_CHARS`.
+    """
+    parts: list[str] = []
+    for cause in _causes(exc):
+        if isinstance(cause, DBAPIError) and cause.__cause__ is not None:
+            continue  # the driver's error, its cause, says the same without the SQL
+        message = _one_line(_text_of(cause))
+        if parts and message.lower() in ": ".join(parts).lower():
+            continue
+        if not isinstance(cause, TaskqError):
+            message = f"{type(cause).__name__}: {message}" if message else type(cause).__name__
+        parts.append(message if len(message) <= MAX_MESSAGE_CHARS else _cut(message))
+    return ": ".join(parts)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the chain of exceptions that caused it, as a traceback shows them."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+
+
+def _cut(message: str) -> str:
+    return f"{message[:MAX_MESSAGE_CHARS]}… ({len(message)} characters)"
+
+
+def _text_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # an exception whose __str__ fails still gets its type named
+        return ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover
