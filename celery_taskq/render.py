@@ -8,6 +8,7 @@ from typing import Any
 
 from celery_taskq.listing import TaskPage
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
+from celery_taskq.terminal import escape_controls
 
 
 def _time(value: datetime | None) -> str:
@@ -17,7 +18,9 @@ def _time(value: datetime | None) -> str:
 def _block(title: str, text: str | None) -> list[str]:
     if not text:
         return []
-    return [f"    {title}:", *("      " + line for line in text.rstrip("\n").splitlines())]
+    # Lines split at line feeds only (a carriage return is shown escaped), tabs laid out.
+    lines = text.rstrip("\n").replace("\r\n", "\n").split("\n")
+    return [f"    {title}:", *("      " + line.expandtabs() for line in lines)]
 
 
 def render_run(run: RunSnapshot) -> list[str]:
@@ -67,7 +70,8 @@ def _step_lines(results: Any) -> list[str]:
 
 
 def render_task(task: TaskSnapshot) -> str:
-    """A task and all its runs, oldest run first."""
+    """A task and all its runs, oldest run first; stored text is shown escaped
+    (:func:`~celery_taskq.terminal.escape_controls`)."""
     lines = [
         f"task {task.id}: {task.task_handler_class}",
         f"  data: {json.dumps(task.task_data, sort_keys=True)}",
@@ -79,7 +83,7 @@ def render_task(task: TaskSnapshot) -> str:
     ]
     for run in task.runs:
         lines += render_run(run)
-    return "\n".join(lines)
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 def render_page(page: TaskPage) -> str:
@@ -90,9 +94,9 @@ def render_page(page: TaskPage) -> str:
             str(task.id),
             task.last_status.value if task.last_status else "-",
             f"{task.task_runs_failed}/{task.max_retries}",
-            task.task_handler_class,
+            escape_controls(task.task_handler_class),
             _time(task.queued_on),
-            task.queued_by_id or "-",
+            escape_controls(task.queued_by_id or "-"),
         )
         for task in page.tasks
     ]
@@ -149,6 +153,7 @@ def progress_bar(run: RunSnapshot) -> str:
     filled = run.percents_completed * PROGRESS_BAR_WIDTH // 100
     bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
     details = progress_text(run)
-    return f"[{bar}] {run.percents_completed:3d}%  {run.status.value}" + (
+    line = f"[{bar}] {run.percents_completed:3d}%  {run.status.value}" + (
         f"  {details}" if details else ""
     )
+    return escape_controls(line)

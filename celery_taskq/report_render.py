@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from celery_taskq.reports import Report, RunCounts, TaskCounts, report_as_dict
+from celery_taskq.terminal import escape_controls
 
 MESSAGE_WIDTH = 60
 """Characters of an error message shown in a text table (the CSV and JSON keep it whole)."""
@@ -221,6 +222,7 @@ def sections(report: Report, *, raw: bool = False) -> list[Section]:
 
 
 def _aligned(header: tuple[str, ...], rows: tuple[tuple[str, ...], ...]) -> list[str]:
+    rows = tuple(tuple(escape_controls(cell) for cell in row) for row in rows)
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -233,7 +235,8 @@ def render_report(report: Report) -> str:
     window = report.window
     lines = [
         f"report  since {_TEXT.time(window.since)}  until {_TEXT.time(window.until)}  "
-        f"now {_TEXT.time(report.now)}  handler {report.handler or ALL_HANDLERS}"
+        f"now {_TEXT.time(report.now)}  "
+        f"handler {escape_controls(report.handler or ALL_HANDLERS)}"
     ]
     for section in sections(report):
         lines += ["", section.title, *_aligned(section.header, section.rows)]
@@ -248,12 +251,17 @@ def render_report_json(report: Report) -> str:
 
 
 def render_report_csv(report: Report) -> str:
-    """The report as CSV: per section a ``# name`` line, the header, the rows, an empty line."""
+    """The report as CSV: per section a ``# name`` line, the header, the rows, an empty line.
+
+    Control characters in stored text are shown escaped, as in the text tables; line feeds
+    and tabs stay (CSV quotes them). The JSON document keeps every value exact."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     for section in sections(report, raw=True):
         buffer.write(f"# {section.name}\n")
         writer.writerow(section.header)
-        writer.writerows(section.rows)
+        writer.writerows(
+            tuple(escape_controls(cell, multiline=True) for cell in row) for row in section.rows
+        )
         buffer.write("\n")
     return buffer.getvalue()
