@@ -573,20 +573,35 @@ def test_forms_need_the_token_field_or_the_session_cookie(
     assert "HttpOnly" in cookie
     assert "SameSite=strict" in cookie
     assert TOKEN not in cookie
-    retried = client.post(f"/tasks/{task_id}/retry", follow_redirects=False)  # by the cookie
+    # By the cookie: from the dashboard's own origin, with the session's CSRF token.
+    found = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/tasks").text)
+    assert found is not None
+    csrf = {"csrf_token": found.group(1)}
+    own = {"Origin": "http://testserver"}
+    retried = client.post(f"/tasks/{task_id}/retry", data=csrf, headers=own, follow_redirects=False)
     assert retried.status_code == 303, retried.text
     assert "signed in" in client.get("/").text
 
     queued = client.post(
         "/tasks",
-        data={"handler": "tests.handlers.Succeed", "data": '{"a": 1}', "title": "From the form"},
+        data={
+            "handler": "tests.handlers.Succeed",
+            "data": '{"a": 1}',
+            "title": "From the form",
+            **csrf,
+        },
+        headers=own,
         follow_redirects=False,
     )
     assert queued.status_code == 303, queued.text
     new_id = int(queued.headers["location"].split("/")[2].split("?")[0])
     assert client.get(f"/api/v1/tasks/{new_id}").json()["title"] == "From the form"
     assert (
-        client.post("/tasks", data={"handler": "tests.handlers.Succeed", "data": "{"}).status_code
+        client.post(
+            "/tasks",
+            data={"handler": "tests.handlers.Succeed", "data": "{", **csrf},
+            headers=own,
+        ).status_code
         == 400
     )
 

@@ -13,7 +13,10 @@ from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
 from celery_taskq.web import api_routes, forms, metrics, pages
 from celery_taskq.web.api_routes import API_PATH
+from celery_taskq.web.auth import ApiTokenGuard, token_routes
+from celery_taskq.web.body_limit import BodyLimitMiddleware
 from celery_taskq.web.errors import install_error_handlers
+from celery_taskq.web.head import HeadMiddleware
 from celery_taskq.web.headers import SecurityHeadersMiddleware
 from celery_taskq.web.render import create_environment
 from celery_taskq.web.state import WebState
@@ -48,11 +51,17 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.state.taskq = WebState(settings=settings, service=service, templates=create_environment())
+    state = WebState(settings=settings, service=service, templates=create_environment())
+    app.state.taskq = state
     install_error_handlers(app)
+    routers = (api_routes.router, metrics.router, pages.router, forms.router)
+    for router in routers:
+        app.include_router(router)
+    # The last added runs first: headers on every answer, HEAD as GET, the body cap, then the
+    # API token before any body is read.
+    guarded = token_routes([route for router in routers for route in router.routes])
+    app.add_middleware(ApiTokenGuard, state=state, routes=guarded)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
-    app.include_router(api_routes.router)
-    app.include_router(metrics.router)
-    app.include_router(pages.router)
-    app.include_router(forms.router)
     return app

@@ -1,8 +1,11 @@
 """The dashboard's HTML forms: enqueue, cancel, retry, sign in and out.
 
-Each write checks the token first (:func:`celery_taskq.web.auth.check_form_token`): 403 when
-writes are disabled, 401 without the token field or the session cookie. Success redirects
-(303) to the task's page with a fixed notice.
+Each write is checked by :func:`write_form` before anything in it is used: 403 when writes are
+disabled or the form comes from another origin (both before its body is read), then the token
+field, or the session cookie with its CSRF token (:mod:`celery_taskq.web.csrf`): 401 without
+either, 403 when the CSRF checks fail. The body itself is capped by
+:class:`celery_taskq.web.body_limit.BodyLimitMiddleware`. Success redirects (303) to the task's
+page with a fixed notice.
 """
 
 from __future__ import annotations
@@ -18,20 +21,12 @@ from starlette.concurrency import run_in_threadpool
 
 from celery_taskq.exceptions import DuplicateTaskError, InvalidArgumentError
 from celery_taskq.web import inputs
-from celery_taskq.web.auth import (
-    SESSION_COOKIE,
-    WRITES_DISABLED,
-    check_form_token,
-    session_value,
-    token_matches,
-)
+from celery_taskq.web.auth import SESSION_COOKIE, WRITES_DISABLED, new_session, token_matches
+from celery_taskq.web.csrf import check_form_credentials, check_origin
 from celery_taskq.web.errors import ApiError
 from celery_taskq.web.inputs import MAX_ID
 from celery_taskq.web.render import render
 from celery_taskq.web.state import WebState, get_state
-
-MAX_FORM_BYTES = 1024 * 1024
-"""Largest form body read (task data included)."""
 
 State = Annotated[WebState, Depends(get_state)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -41,12 +36,18 @@ router = APIRouter(include_in_schema=False)
 
 async def read_form(request: Request) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body (the last value of each field)."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > MAX_FORM_BYTES:
-            raise ApiError(413, f"the form is larger than {MAX_FORM_BYTES} bytes")
+    body = await request.body()
     return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+async def write_form(request: Request, state: WebState) -> dict[str, str]:
+    """The fields of a form that may write; refused (403, 401) otherwise, nothing written."""
+    if not state.writes_enabled:
+        raise ApiError(403, WRITES_DISABLED)
+    origin_vouched = check_origin(request)
+    form = await read_form(request)
+    check_form_credentials(request, state, form, origin_vouched=origin_vouched)
+    return form
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -96,8 +97,7 @@ def _enqueue_arguments(form: dict[str, str]) -> dict[str, Any]:
 @router.post("/tasks")
 async def enqueue(request: Request, state: State) -> Response:
     """Queue a task from the form; redirect to it."""
-    form = await read_form(request)
-    check_form_token(request, state, form.get("token"))
+    form = await write_form(request, state)
     arguments = _enqueue_arguments(form)
 
     def add() -> tuple[int, str]:
@@ -116,8 +116,7 @@ async def enqueue(request: Request, state: State) -> Response:
 @router.post("/tasks/{task_id}/cancel")
 async def cancel(request: Request, state: State, task_id: TaskId) -> Response:
     """Cancel the task; redirect back to it."""
-    form = await read_form(request)
-    check_form_token(request, state, form.get("token"))
+    await write_form(request, state)
     try:
         still_running = await run_in_threadpool(state.service.cancel_task, task_id)
     except InvalidArgumentError as exc:
@@ -128,8 +127,7 @@ async def cancel(request: Request, state: State, task_id: TaskId) -> Response:
 @router.post("/tasks/{task_id}/retry")
 async def retry(request: Request, state: State, task_id: TaskId) -> Response:
     """Give the task one more run; redirect back to it."""
-    form = await read_form(request)
-    check_form_token(request, state, form.get("token"))
+    await write_form(request, state)
     try:
         await run_in_threadpool(state.service.retry_task, task_id)
     except InvalidArgumentError as exc:
@@ -140,9 +138,10 @@ async def retry(request: Request, state: State, task_id: TaskId) -> Response:
 @router.post("/login")
 async def login(request: Request, state: State) -> Response:
     """Check the token; on success set the session cookie (HttpOnly, SameSite=Strict)."""
-    form = await read_form(request)
     if not state.writes_enabled:
         raise ApiError(403, WRITES_DISABLED)
+    check_origin(request)
+    form = await read_form(request)
     if not token_matches(form.get("token"), state.settings.dashboard_token):
         return render(
             request,
@@ -153,7 +152,7 @@ async def login(request: Request, state: State) -> Response:
     response = _redirect("/login?done=signed-in")
     response.set_cookie(
         SESSION_COOKIE,
-        session_value(state.settings.dashboard_token),
+        new_session(state.settings.dashboard_token),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -164,7 +163,8 @@ async def login(request: Request, state: State) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    """Forget the session cookie."""
+    """Forget the session cookie (refused only when sent from another origin)."""
+    check_origin(request)
     response = _redirect("/login?done=signed-out")
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 
 from celery_taskq import __version__
 from celery_taskq.web.auth import signed_in
+from celery_taskq.web.csrf import csrf_token
 from celery_taskq.web.headers import csp_nonce
 from celery_taskq.web.state import get_state
 
@@ -59,6 +60,7 @@ def render(
         "nonce": csp_nonce(request),
         "writes_enabled": state.writes_enabled,
         "signed_in": signed_in(request, state.settings),
+        "csrf_token": csrf_token(request, state.settings),
         "flower_url": state.settings.flower_url,
         "version": __version__,
         **context,
