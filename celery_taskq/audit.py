@@ -23,10 +23,11 @@ from sqlalchemy import insert
 
 from celery_taskq import transitions
 from celery_taskq.capture import CapturedOutput, capture_output
+from celery_taskq.lease import process_namespace
 from celery_taskq.models import CELERY_HANDLER_PREFIX, RunStatus, TaskQueue
+from celery_taskq.outcome import RunOutcome
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.runner import Heartbeat, current_process_start_time
-from celery_taskq.transitions import RunOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +279,7 @@ class NativeTaskAuditor:
                         process_create_time=current_process_start_time(),
                         worker_hostname=worker_hostname,
                         now=service.clock(),
+                        process_namespace=process_namespace(),
                     )
                 self._runner_pid = os.getpid()
                 self._heartbeat = Heartbeat(

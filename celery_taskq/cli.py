@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from celery_taskq import __version__
 from celery_taskq.db import Database
 from celery_taskq.exceptions import TaskqError
+from celery_taskq.lease import leave_namespace_init
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
 from celery_taskq.models import FAILED_RUN_STATUSES, OPEN_RUN_STATUSES, RunStatus
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
@@ -503,6 +504,7 @@ def runner(
     memory_limit: int | None,
 ) -> None:
     """Work the queue until a signal, the memory limit, or an exit option."""
+    leave_namespace_init()  # as a container's PID 1, the kernel could not fence its lease
     if memory_limit is not None:
         context.settings = replace(context.settings, runner_memory_limit_mb=memory_limit)
     task_runner = context.service.get_task_runner()

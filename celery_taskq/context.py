@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from celery_taskq.handlers import TaskCancelledError
+from celery_taskq.outcome_values import cut_text
+from celery_taskq.storable import MAX_INT32
 
 if TYPE_CHECKING:
     from celery_taskq.handlers import TaskHandler
@@ -117,9 +119,11 @@ class RunContext:
             raise ValueError(f"progress must be from 0 to 100, not {percent!r}")
         for name, value in (("step", step), ("steps", steps)):
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT32
             ):
-                raise ValueError(f"{name} must be a whole number of 0 or more, not {value!r}")
+                raise ValueError(
+                    f"{name} must be a whole number from 0 to {MAX_INT32}, not {value!r}"
+                )
         if step is not None and steps is not None and step > steps:
             raise ValueError(f"step {step} is beyond steps {steps}")
         if status is not None and not isinstance(status, str):
@@ -128,7 +132,7 @@ class RunContext:
             int(percent),
             step,
             steps,
-            None if status is None else status[:PROGRESS_STATUS_MAX_LENGTH],
+            None if status is None else cut_text(status, PROGRESS_STATUS_MAX_LENGTH),
         )
         self.raise_if_cancelled()
         now = self._monotonic()

@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
+    DataError,
     DBAPIError,
     DisconnectionError,
     IntegrityError,
@@ -41,9 +42,16 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session
 
+from celery_taskq.decoding import read_json, read_sqlite_text
 from celery_taskq.driver import DriverStatement
-from celery_taskq.exceptions import ConfigurationError, SchemaNotReadyError, StorageError
+from celery_taskq.exceptions import (
+    ConfigurationError,
+    SchemaNotReadyError,
+    StorageError,
+    StorageRefusedError,
+)
 from celery_taskq.models import JsonDocument, UTCDateTime
+from celery_taskq.stop_points import no_stop
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +101,7 @@ class Database:
             engine = create_engine(
                 self.url,
                 echo=echo,
+                json_deserializer=read_json,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
                 # File databases are pooled (SQLAlchemy's QueuePool): closing the last
                 # connection to a WAL database checkpoints and deletes the WAL, which made a
@@ -102,7 +111,7 @@ class Database:
             _install_fork_guard(engine)
             return engine
         if self.url.get_backend_name() == "postgresql":
-            engine = create_engine(self.url, echo=echo)
+            engine = create_engine(self.url, echo=echo, json_deserializer=read_json)
             _install_fork_guard(engine)  # first: a parent's connection is never pinged
             _install_idle_ping(engine)
             return engine
@@ -112,8 +121,12 @@ class Database:
 
     @contextmanager
     def transaction(self, *, read_only: bool = False) -> Iterator[Connection]:
-        """Yield a connection inside one transaction, committed on success."""
-        with translate_errors(), self.engine.connect() as connection:
+        """Yield a connection inside one transaction, committed on success.
+
+        A time limit's soft stop waits until the transaction has ended
+        (:mod:`celery_taskq.stop_points`).
+        """
+        with no_stop(), translate_errors(), self.engine.connect() as connection:
             if read_only:
                 connection = connection.execution_options(**{READ_ONLY: True})
             with connection.begin():
@@ -130,7 +143,7 @@ class Database:
             with self.transaction() as connection:
                 yield connection
             return
-        with translate_errors(), self._autocommitting().connect() as connection:
+        with no_stop(), translate_errors(), self._autocommitting().connect() as connection:
             yield connection
 
     def _autocommitting(self) -> Engine:
@@ -142,6 +155,7 @@ class Database:
                     self.url,
                     echo=self._echo,
                     isolation_level="AUTOCOMMIT",
+                    json_deserializer=read_json,
                     pool_reset_on_return=None,  # no transaction to roll back, ever
                     pool_size=2,
                     max_overflow=8,
@@ -239,7 +253,10 @@ _PG_CLAIM = DriverStatement(
             WHERE "Id" = (
                 SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled'
                 ORDER BY "Id" LIMIT 1 FOR UPDATE SKIP LOCKED
-            ) AND "Status" = 'scheduled'
+            ) AND "Status" = 'scheduled' AND EXISTS (
+                SELECT 1 FROM "TaskRunners"
+                WHERE "TaskRunners"."Id" = :runner_id AND "TaskRunners"."Status" = 'running'
+            )
             RETURNING "Id", "TaskQueueId"
         ), task AS (
             UPDATE "TaskQueue" SET "LastStatus" = 'running' FROM claimed
@@ -316,7 +333,10 @@ _SQLITE_CLAIM = (
             "TaskRunnerId" = :runner_id
         WHERE "Id" = (
             SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled' ORDER BY "Id" LIMIT 1
-        ) AND "Status" = 'scheduled'
+        ) AND "Status" = 'scheduled' AND EXISTS (
+            SELECT 1 FROM "TaskRunners"
+            WHERE "TaskRunners"."Id" = :runner_id AND "TaskRunners"."Status" = 'running'
+        )
         RETURNING "Id", "TaskQueueId"
         """
     )
@@ -391,6 +411,7 @@ def _install_sqlite_transaction_control(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
+        dbapi_connection.text_factory = read_sqlite_text  # text that is not UTF-8 still reads
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA foreign_keys = ON")
@@ -421,8 +442,8 @@ def translate_errors() -> Iterator[None]:
     """Turn driver errors into :class:`~celery_taskq.exceptions.StorageError` subclasses."""
     try:
         yield
-    except IntegrityError as exc:
-        raise StorageError(f"the database refused the change: {exc.orig}") from exc
+    except (IntegrityError, DataError) as exc:
+        raise StorageRefusedError(f"the database refused the change: {exc.orig}") from exc
     except (OperationalError, ProgrammingError) as exc:
         if _is_missing_table(exc):
             raise SchemaNotReadyError() from exc

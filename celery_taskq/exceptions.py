@@ -10,8 +10,9 @@ report a known failure of their own, and it is recorded on the run rather than p
     ├── ConfigurationError
     ├── InvalidTaskError
     │   ├── InvalidTaskDataError
+    │   │   └── TaskDataLimitError
     │   ├── InvalidArgumentError
-│   ├── DuplicateTaskError
+    │   ├── DuplicateTaskError
     │   └── HandlerError
     │       ├── HandlerModuleNotFoundError
     │       ├── HandlerClassNotFoundError
@@ -20,6 +21,7 @@ report a known failure of their own, and it is recorded on the run rather than p
     ├── NotFoundError
     │   └── TaskNotFoundError
     └── StorageError
+        ├── StorageRefusedError
         └── SchemaNotReadyError
 """
 
@@ -48,6 +50,10 @@ class InvalidTaskError(TaskqError):
 
 class InvalidTaskDataError(InvalidTaskError):
     """The task data is not valid JSON."""
+
+
+class TaskDataLimitError(InvalidTaskDataError):
+    """The task data is deeper or larger than the task data limits allow."""
 
 
 class InvalidArgumentError(InvalidTaskError):
@@ -92,6 +98,10 @@ class TaskNotFoundError(NotFoundError):
 
 class StorageError(TaskqError):
     """The database refused the operation."""
+
+
+class StorageRefusedError(StorageError):
+    """The database refused the values written: retrying the same write cannot succeed."""
 
 
 class SchemaNotReadyError(StorageError):

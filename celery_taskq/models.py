@@ -227,6 +227,7 @@ class TaskRunner(Base):
     status: Mapped[RunnerStatus] = mapped_column("Status", _status_enum(RunnerStatus, "status"))
     hostname: Mapped[str] = mapped_column("Hostname", String(255))
     process_create_time: Mapped[float | None] = mapped_column("ProcessCreateTime", Double)
+    process_namespace: Mapped[str | None] = mapped_column("ProcessNamespace", String(64))
     heartbeat_on: Mapped[datetime | None] = mapped_column("HeartbeatOn")
     worker_hostname: Mapped[str | None] = mapped_column("WorkerHostname", String(255))
     role: Mapped[RunnerRole] = mapped_column(

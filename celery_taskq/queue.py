@@ -43,7 +43,14 @@ from celery_taskq.exceptions import (
 )
 from celery_taskq.handlers import TaskHandler, create_task_handler
 from celery_taskq.intake import TaskSpec, check_on_duplicate
-from celery_taskq.liveness import judge_runner, process_start_time
+from celery_taskq.lease import boottime, process_namespace
+from celery_taskq.liveness import (
+    RunnerRecord,
+    judge_by_lease,
+    judge_runner,
+    kill_runner_process,
+    process_start_time,
+)
 from celery_taskq.models import (
     CELERY_HANDLER_PREFIX,
     FAILED_RUN_STATUSES,
@@ -121,7 +128,12 @@ class TaskQueueService:
         """
         check_on_duplicate(on_duplicate)
         spec = TaskSpec(handler_path, data, scheduled_on, max_retries, queued_by, title, unique_key)
-        values = intake.prepare(spec, create_handler=self.create_task_handler, now=self.clock())
+        values = intake.prepare(
+            spec,
+            create_handler=self.create_task_handler,
+            now=self.clock(),
+            max_data_bytes=self.settings.task_data_max_bytes,
+        )
         if (
             connection is None
             and self.database.dialect == "postgresql"
@@ -157,7 +169,12 @@ class TaskQueueService:
         A refusal of any task (its error names it by position) writes none of them.
         """
         check_on_duplicate(on_duplicate)
-        rows = intake.prepare_many(tasks, create_handler=self.create_task_handler, now=self.clock())
+        rows = intake.prepare_many(
+            tasks,
+            create_handler=self.create_task_handler,
+            now=self.clock(),
+            max_data_bytes=self.settings.task_data_max_bytes,
+        )
         with self._writing(connection) as writer:
             ids = intake.insert_many(
                 writer, rows, with_run=create_run, raise_duplicate=on_duplicate == "raise"
@@ -235,7 +252,12 @@ class TaskQueueService:
     ) -> dict[str, Any]:
         """Check every argument of :meth:`add_task` and return the row's column values."""
         spec = TaskSpec(handler_path, data, scheduled_on, max_retries, queued_by)
-        return intake.prepare(spec, create_handler=self.create_task_handler, now=self.clock())
+        return intake.prepare(
+            spec,
+            create_handler=self.create_task_handler,
+            now=self.clock(),
+            max_data_bytes=self.settings.task_data_max_bytes,
+        )
 
     def get_task(self, task_id: int) -> TaskSnapshot:
         """A frozen snapshot of a task and all its runs, oldest run first."""
@@ -310,19 +332,31 @@ class TaskQueueService:
     # -- the overseer ----------------------------------------------------------------------
 
     def refresh_task_runners_status(self) -> list[int]:
-        """Time out every ``running`` runner whose process is gone; return their ids."""
+        """Time out every ``running`` runner that can no longer be executing a run; return
+        their ids. See :mod:`celery_taskq.liveness` for the judgement: a runner of this machine
+        that is alive but out of its lease is killed first."""
         now = self.clock()
         with self.database.transaction(read_only=True) as connection:
             runners = transitions.running_runners(connection)
-        dead: list[int] = []
+        namespace = process_namespace()
+        dead: list[RunnerRecord] = []
         for runner in runners:
             verdict = judge_runner(
                 runner,
                 this_host=self.settings.hostname,
+                this_namespace=namespace,
                 now=now,
                 heartbeat_timeout=self.settings.heartbeat_timeout,
+                lease_margin=self.settings.lease_margin,
                 start_time_of=process_start_time,
             )
+            if verdict.kill_first and not kill_runner_process(
+                runner.process_id, runner.process_create_time
+            ):
+                silence = (now - (runner.heartbeat_on or runner.started_on)).total_seconds()
+                verdict = judge_by_lease(
+                    silence, self.settings.heartbeat_timeout, self.settings.lease_margin
+                )
             if not verdict.alive:
                 logger.warning(
                     "runner %s (pid %s on %s) is dead: %s",
@@ -332,11 +366,11 @@ class TaskQueueService:
                     verdict.reason,
                     extra={"action": "runner_reaped", "runner_id": runner.id},
                 )
-                dead.append(runner.id)
+                dead.append(runner)
         if not dead:
             return []
         with self.database.transaction() as connection:
-            return transitions.time_out_runners(connection, dead, now)
+            return transitions.time_out_runners(connection, (), now, judged=dead)
 
     def create_task_run(self, task_queue_id: int) -> int | None:
         """Create a run for one queue row if the rules allow; return the run id or ``None``.
@@ -392,6 +426,7 @@ class TaskQueueService:
         A Celery worker process passes its worker's name and how many runners that worker may
         hold, so runners never take every pool process.
         """
+        registered_at = boottime()  # the runner's lease runs from before its row is written
         with self.database.transaction() as connection:
             runner_id = transitions.register_runner(
                 connection,
@@ -402,6 +437,7 @@ class TaskQueueService:
                 now=self.clock(),
                 worker_hostname=worker_hostname,
                 worker_limit=worker_limit,
+                process_namespace=process_namespace(),
             )
         if runner_id is None:
             logger.info(
@@ -417,7 +453,12 @@ class TaskQueueService:
             extra={"action": "runner_started", "runner_id": runner_id},
         )
         return TaskRunner(
-            self.database, runner_id, self.settings, clock=self.clock, notifier=self.notifier
+            self.database,
+            runner_id,
+            self.settings,
+            clock=self.clock,
+            notifier=self.notifier,
+            registered_at=registered_at,
         )
 
     def run_standalone(self) -> bool:

@@ -9,6 +9,7 @@ tests. A runner that stops itself ends its row ``success``; a heartbeat thread k
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -30,7 +31,7 @@ from celery_taskq.backoff import Backoff
 from celery_taskq.capture import capture_output
 from celery_taskq.context import Progress, RunContext
 from celery_taskq.db import ClaimedRun, Database
-from celery_taskq.exceptions import SchemaNotReadyError, StorageError
+from celery_taskq.exceptions import SchemaNotReadyError, StorageError, StorageRefusedError
 from celery_taskq.handlers import (
     CANCELLED_CODE,
     Continue,
@@ -38,8 +39,11 @@ from celery_taskq.handlers import (
     TaskHandler,
     create_task_handler,
 )
+from celery_taskq.lease import KernelDeadline, Lease, boottime
 from celery_taskq.models import RunStatus
 from celery_taskq.notify import RunListener, RunNotifier, notifier_for
+from celery_taskq.outcome import RunOutcome, refused_outcome, storable_outcome
+from celery_taskq.outcome_values import describe_exception
 from celery_taskq.settings import Settings
 from celery_taskq.time_limit import (
     TIME_LIMIT_CODE,
@@ -48,7 +52,6 @@ from celery_taskq.time_limit import (
     abandon_run,
     effective_limit,
 )
-from celery_taskq.transitions import RunOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class TaskRunner:
         *,
         clock: Clock = utc_now,
         notifier: RunNotifier | None = None,
+        registered_at: float | None = None,
     ) -> None:
         self.database = database
         self.task_runner_id = runner_id
@@ -115,6 +119,9 @@ class TaskRunner:
         self._process = psutil.Process()
         self._memory_checked_at = float("-inf")
         self._memory_over = False
+        self._registered_at = boottime() if registered_at is None else registered_at
+        self._lease: Lease | None = None
+        self._run_in_progress = False
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -178,7 +185,13 @@ class TaskRunner:
             claimed = self.get_next_task_run()
         if claimed is None:
             return False
+        self._run_in_progress = True
+        if self._lease is not None:
+            self._lease.hold()  # ends the process here if the lease already ran out
         self.process_task_run(claimed)
+        self._run_in_progress = False
+        if self._claimed_ahead is None and self._lease is not None:
+            self._lease.release()
         return True
 
     def process_task_run(self, claimed: ClaimedRun) -> RunOutcome:
@@ -216,33 +229,7 @@ class TaskRunner:
         )
         outcome, backoff = self._execute(context)
 
-        def record() -> bool:
-            if (
-                transitions.is_plain_success(outcome)
-                and self._may_claim_ahead is not None
-                and self._may_claim_ahead()
-            ):
-                values = transitions.success_values(
-                    claimed.run_id, self.task_runner_id, outcome, self.clock()
-                )
-                done = self.database.finish_success_and_claim(values)
-                if done is not None:
-                    recorded, self._claimed_ahead = done
-                    return recorded
-            with self.database.transaction() as connection:
-                now = self.clock()
-                recorded = transitions.finish_run(
-                    connection, claimed.run_id, self.task_runner_id, outcome, now
-                )
-                if recorded and outcome.status in (RunStatus.ERROR, RunStatus.TIMEOUT):
-                    transitions.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
-                if self._may_claim_ahead is not None and self._may_claim_ahead():
-                    self._claimed_ahead = self.database.claim_next_run(
-                        connection, self.task_runner_id, now
-                    )
-            return recorded
-
-        recorded = self._until_stored(f"recording run {claimed.run_id}", record)
+        recorded, outcome = self._record(claimed, outcome, backoff)
         self._log_claimed(self._claimed_ahead)
         self.notifier.publish(claimed.run_id)
         self.runs_done += 1
@@ -261,6 +248,60 @@ class TaskRunner:
         )
         return outcome
 
+    def _record(
+        self, claimed: ClaimedRun, outcome: RunOutcome, backoff: Backoff
+    ) -> tuple[bool, RunOutcome]:
+        """Write the run's outcome (waiting out outages); whether it was still this runner's,
+        and the outcome as written.
+
+        An outcome the database refuses (not an outage: retrying cannot help) is recorded as
+        an ``error`` saying so, and without its output if even that is refused.
+        """
+        what = f"recording run {claimed.run_id}"
+        try:
+            return self._until_stored(what, lambda: self._write(claimed, outcome, backoff)), outcome
+        except StorageRefusedError as refusal:
+            logger.error(
+                "the database refused the outcome of run %s: %s",
+                claimed.run_id,
+                refusal,
+                extra={"action": "outcome_refused", "run_id": claimed.run_id},
+            )
+            outcome = refused_outcome(outcome, refusal)
+        try:
+            return self._until_stored(what, lambda: self._write(claimed, outcome, backoff)), outcome
+        except StorageRefusedError:
+            outcome = dataclasses.replace(outcome, standard_output="", error_output="")
+            return self._until_stored(what, lambda: self._write(claimed, outcome, backoff)), outcome
+
+    def _write(self, claimed: ClaimedRun, outcome: RunOutcome, backoff: Backoff) -> bool:
+        """One attempt at writing the outcome (one transaction), claiming the next run with it
+        when the loop goes on."""
+        if (
+            transitions.is_plain_success(outcome)
+            and self._may_claim_ahead is not None
+            and self._may_claim_ahead()
+        ):
+            values = transitions.success_values(
+                claimed.run_id, self.task_runner_id, outcome, self.clock()
+            )
+            done = self.database.finish_success_and_claim(values)
+            if done is not None:
+                recorded, self._claimed_ahead = done
+                return recorded
+        with self.database.transaction() as connection:
+            now = self.clock()
+            recorded = transitions.finish_run(
+                connection, claimed.run_id, self.task_runner_id, outcome, now
+            )
+            if recorded and outcome.status in (RunStatus.ERROR, RunStatus.TIMEOUT):
+                transitions.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
+            if self._may_claim_ahead is not None and self._may_claim_ahead():
+                self._claimed_ahead = self.database.claim_next_run(
+                    connection, self.task_runner_id, now
+                )
+        return recorded
+
     def _load_run_input(self, claimed: ClaimedRun) -> tuple[str, Any, Any] | None:
         with self.database.transaction(read_only=True) as connection:
             return transitions.load_run_input(connection, claimed.task_queue_id)
@@ -278,11 +319,21 @@ class TaskRunner:
         while True:
             try:
                 return attempt()
-            except SchemaNotReadyError:
+            except (SchemaNotReadyError, StorageRefusedError):
                 raise
             except StorageError as exc:
                 self._claim_uncertain = True
                 self._claimed_ahead = None
+                if self._stop.is_set():
+                    # Asked to stop while the database is out: the run stays ``running``
+                    # under this runner, which ends ``timeout`` (or, unreachable, is found
+                    # dead by the overseer), so the run is taken up again.
+                    logger.error(
+                        "%s failed and the runner is asked to stop: giving up",
+                        what,
+                        extra={"action": "storage_given_up", "runner_id": self.task_runner_id},
+                    )
+                    raise
                 logger.warning(
                     "%s failed, retrying in %.1fs: %s",
                     what,
@@ -290,7 +341,7 @@ class TaskRunner:
                     exc,
                     extra={"action": "storage_retry", "runner_id": self.task_runner_id},
                 )
-                time.sleep(delay)
+                self._stop.wait(delay)
                 delay = min(delay * 2, STORAGE_RETRY_MAX_DELAY)
 
     def create_handler(self, path: str) -> TaskHandler:
@@ -339,12 +390,12 @@ class TaskRunner:
             except RunTimeLimitExceeded as exc:
                 status, error_code, error_message = RunStatus.TIMEOUT, TIME_LIMIT_CODE, str(exc)
                 error, continuation = exc, None
-                traceback.print_exc()  # where the handler was when it was stopped
-            except (Exception, SystemExit) as exc:  # a handler must never take the runner down
+                _print_traceback()  # where the handler was when it was stopped
+            except BaseException as exc:  # a handler never takes the runner down
                 status, error = RunStatus.ERROR, exc
-                error_code, error_message = type(exc).__name__, str(exc)
+                error_code, error_message = type(exc).__name__, describe_exception(exc)
                 continuation = None
-                traceback.print_exc()
+                _print_traceback()
             if handler is not None and error is not None and error_code != CANCELLED_CODE:
                 new_data = _changed_data(handler, context, error)
         try:
@@ -366,7 +417,7 @@ class TaskRunner:
             replaces_task_data=new_data is not None,
             task_data=None if new_data is None else new_data[0],
         )
-        return outcome, backoff
+        return storable_outcome(outcome, self.settings.result_max_bytes), backoff
 
     def _time_limit(self, handler: TaskHandler, context: RunContext) -> TimeLimit:
         """The handler's time limit for this run (see :mod:`celery_taskq.time_limit`)."""
@@ -424,12 +475,18 @@ class TaskRunner:
         is asked between runs), ends it after the run in progress.
         """
         previous_handlers = self._install_signal_handlers() if install_signal_handlers else {}
+        self._lease = Lease(
+            self.settings.heartbeat_timeout,
+            KernelDeadline.create(),
+            renewed_at=self._registered_at,
+        )
         heartbeat = Heartbeat(
             self.database,
             self.task_runner_id,
             self.settings.heartbeat_interval,
             clock=self.clock,
             on_lost=self._on_timed_out,
+            lease=self._lease,
         )
         heartbeat.start()
         idle_since = started = self.clock()
@@ -452,11 +509,13 @@ class TaskRunner:
         outage_delay = STORAGE_RETRY_FIRST_DELAY
         work_notices = self.notifier.listen_for_work()
         listener = work_notices.__enter__()
+        crashed = True
         try:
             while True:
                 if should_stop is not None and should_stop():
                     self._stop.set()
                 if self._stop.is_set():
+                    crashed = False
                     return self._stop_reason()
                 try:
                     did_work = self.run_once()
@@ -484,6 +543,7 @@ class TaskRunner:
                 if reason is None and max_lifetime is not None and lived >= max_lifetime:
                     reason = StopReason.MAX_LIFETIME
                 if reason is not None:
+                    crashed = False
                     return reason
                 if not did_work:
                     self._wait_for_work(listener)
@@ -494,13 +554,35 @@ class TaskRunner:
             self._may_claim_ahead = None
             work_notices.__exit__(None, None, None)
             heartbeat.stop()
-            claimed_ahead, self._claimed_ahead = self._claimed_ahead, None
+            self._end(crashed=crashed or self._run_in_progress)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+
+    def _end(self, *, crashed: bool) -> None:
+        """Close the runner row: ``success`` when the loop stopped itself, ``timeout`` (with
+        any run it still held) when it crashed, so that the overseer's rules take the run up.
+        A run claimed ahead and never started goes back to ``scheduled``."""
+        claimed_ahead, self._claimed_ahead = self._claimed_ahead, None
+        try:
             with self.database.transaction() as connection:
                 if claimed_ahead is not None:
                     transitions.release_run(connection, claimed_ahead.run_id, self.task_runner_id)
-                transitions.finish_runner(connection, self.task_runner_id, self.clock())
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+                if crashed:
+                    transitions.time_out_runners(connection, [self.task_runner_id], self.clock())
+                else:
+                    transitions.finish_runner(connection, self.task_runner_id, self.clock())
+        except Exception:
+            # The database is out: the row stays ``running`` and the overseer finds this
+            # process gone (or its lease expired) and times it out.
+            logger.exception(
+                "runner %s could not record its end",
+                self.task_runner_id,
+                extra={"action": "runner_end_not_recorded", "runner_id": self.task_runner_id},
+            )
+        finally:
+            if self._lease is not None:
+                self._lease.close()
+                self._lease = None
 
     def _wait_for_work(self, listener: RunListener | None) -> None:
         """Sleep up to the poll interval; a work notice (Redis pub/sub) or a stop ends it early."""
@@ -575,7 +657,9 @@ class TaskRunner:
 class Heartbeat:
     """A daemon thread refreshing a runner row's ``HeartbeatOn`` every ``interval`` seconds.
 
-    ``on_lost`` is called once if the row is no longer ``running`` (the overseer timed it out).
+    Each stored heartbeat renews ``lease`` (see :mod:`celery_taskq.lease`). ``on_lost`` is
+    called once if the row is no longer ``running`` (the overseer timed it out); a run the
+    runner still holds then must not go on, so the lease ends the process first.
     """
 
     def __init__(
@@ -586,12 +670,14 @@ class Heartbeat:
         *,
         clock: Clock = utc_now,
         on_lost: Callable[[], None] = lambda: None,
+        lease: Lease | None = None,
     ) -> None:
         self.database = database
         self.runner_id = runner_id
         self.interval = interval
         self.clock = clock
         self.on_lost = on_lost
+        self.lease = lease
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="taskq-heartbeat")
 
@@ -607,6 +693,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._stopped.wait(self.interval):
+            sent_at = Lease.renewing()
             try:
                 with self.database.transaction() as connection:
                     alive = transitions.beat_heart(connection, self.runner_id, self.clock())
@@ -617,14 +704,19 @@ class Heartbeat:
                     extra={"action": "heartbeat_failed", "runner_id": self.runner_id},
                 )
                 continue
-            if not alive:
-                logger.warning(
-                    "runner %s was timed out by the overseer",
-                    self.runner_id,
-                    extra={"action": "runner_timed_out", "runner_id": self.runner_id},
-                )
-                self.on_lost()
-                return
+            if alive:
+                if self.lease is not None:
+                    self.lease.renewed(sent_at)
+                continue
+            logger.warning(
+                "runner %s was timed out by the overseer",
+                self.runner_id,
+                extra={"action": "runner_timed_out", "runner_id": self.runner_id},
+            )
+            if self.lease is not None:
+                self.lease.lost()
+            self.on_lost()
+            return
 
 
 def _as_json_document(value: Any, what: str = "value") -> Any:
@@ -633,7 +725,7 @@ def _as_json_document(value: Any, what: str = "value") -> Any:
         return None
     try:
         return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(
             f"the handler returned a {what} ({type(value).__name__}) that cannot be stored "
             f"as JSON: {exc}"
@@ -663,14 +755,23 @@ def _changed_data(
             return None
         new_data = _as_json_document(new_data, "new task data")
         handler.validate(new_data)
-    except Exception as exc:
+    except BaseException as exc:  # a hook's fault never takes the runner down
         print(
-            f"change_data_on_error failed; the task data is kept: {type(exc).__name__}: {exc}",
+            "change_data_on_error failed; the task data is kept: "
+            f"{type(exc).__name__}: {describe_exception(exc)}",
             file=sys.stderr,
         )
         return None
     print("change_data_on_error: the task's data was changed for its next run")
     return (new_data,)
+
+
+def _print_traceback() -> None:
+    """The handler's traceback on the captured stderr (never failing the runner)."""
+    try:
+        traceback.print_exc()
+    except Exception:  # a closed or broken stderr: the run's ErrorMessage still says why
+        logger.debug("could not print a handler's traceback", exc_info=True)
 
 
 def current_process_start_time() -> float:

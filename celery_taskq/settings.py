@@ -42,6 +42,14 @@ DEFAULT_HEARTBEAT_INTERVAL = 10.0
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0
 """A runner whose heartbeat is older than this many seconds is judged dead."""
 
+DEFAULT_LEASE_MARGIN = 10.0
+"""Seconds past a runner's lease (``heartbeat_timeout``) before a runner whose death cannot be
+proved (another host or PID namespace) loses its runs; must exceed the clock difference
+between hosts."""
+
+DEFAULT_RESULT_MAX_BYTES = 1024 * 1024
+"""Largest result (as JSON) a run may store; a larger one ends the run ``error``."""
+
 DEFAULT_RETRY_BACKOFF_BASE = 2.0
 """Seconds before the retry after a first failure; each further failure doubles it (0: none)."""
 
@@ -100,6 +108,9 @@ class Settings:
     poll_interval: float = DEFAULT_POLL_INTERVAL
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    """A runner's lease: its runs are fenced this long after its last stored heartbeat."""
+    lease_margin: float = DEFAULT_LEASE_MARGIN
+    result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES
     allowed_handler_prefixes: tuple[str, ...] = ()
     imports: tuple[str, ...] = ()
     hostname: str = ""
@@ -130,6 +141,8 @@ class Settings:
         _require(self.task_runner_limit >= 0, "task_runner_limit must be 0 or more")
         _require(self.runner_memory_limit_mb > 0, "runner_memory_limit_mb must be positive")
         _require(self.output_cap_bytes > 0, "output_cap_bytes must be positive")
+        _require(self.result_max_bytes > 0, "result_max_bytes must be positive")
+        _require(self.lease_margin >= 0, "lease_margin must be 0 or more")
         _require(self.poll_interval > 0, "poll_interval must be positive")
         _require(self.heartbeat_interval > 0, "heartbeat_interval must be positive")
         _require(self.process_interval > 0, "process_interval must be positive")
@@ -168,11 +181,17 @@ class Settings:
 ENV_PREFIX = "TASKQ_"
 """Every setting ``x`` is read from the environment variable ``TASKQ_X``."""
 
-_INT_FIELDS = {"task_runner_limit", "runner_memory_limit_mb", "output_cap_bytes"}
+_INT_FIELDS = {
+    "task_runner_limit",
+    "runner_memory_limit_mb",
+    "output_cap_bytes",
+    "result_max_bytes",
+}
 _FLOAT_FIELDS = {
     "poll_interval",
     "heartbeat_interval",
     "heartbeat_timeout",
+    "lease_margin",
     "process_interval",
     "create_runners_interval",
     "runner_max_idle",

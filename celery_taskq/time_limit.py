@@ -35,11 +35,13 @@ from datetime import datetime
 from types import FrameType, TracebackType
 from typing import Any
 
-from celery_taskq import transitions
+from celery_taskq import stop_points, transitions
 from celery_taskq.capture import peek_output
 from celery_taskq.db import Database
+from celery_taskq.lease import KernelDeadline, boottime
 from celery_taskq.models import RunStatus
-from celery_taskq.transitions import RunOutcome
+from celery_taskq.outcome import RunOutcome
+from celery_taskq.stop_points import StopPoints
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ TIME_LIMIT_CODE = "time_limit"
 
 UNSTOPPABLE_EXIT_CODE = 70
 """Exit status of a runner process ended because a handler could not be stopped."""
+
+HARD_STOP_SLACK = 1.0
+"""Seconds after ``limit + grace`` at which the kernel ends a process the watchdog could not."""
 
 _RUNNING, _FIRED, _DONE, _ABANDONING = "running", "fired", "done", "abandoning"
 
@@ -86,6 +91,10 @@ class TimeLimit:
     ``on_unstoppable`` is called by the watchdog thread, just before the process ends, when the
     code is still running ``grace`` seconds after the soft stop. A ``None`` limit does nothing.
     On leaving, a limit that fired always surfaces as :class:`RunTimeLimitExceeded`.
+    ``hard_stop`` (a :class:`~celery_taskq.lease.KernelDeadline`, made here by default) ends the
+    process from outside the interpreter :data:`HARD_STOP_SLACK` seconds after the watchdog
+    should have, in case the watchdog cannot run (a handler holding the GIL, a stopped
+    process).
     """
 
     def __init__(
@@ -95,12 +104,16 @@ class TimeLimit:
         grace: float,
         on_unstoppable: Callable[[], None],
         exit_process: Callable[[int], Any] = os._exit,
+        hard_stop: Callable[[], KernelDeadline | None] = KernelDeadline.create,
     ) -> None:
         self.limit = limit
         self.grace = grace
         self.on_unstoppable = on_unstoppable
         self._exit_process = exit_process
+        self._make_hard_stop = hard_stop
+        self._hard_stop: KernelDeadline | None = None
         self._lock = threading.Lock()
+        self._stop_points = StopPoints(self._lock)
         self._finished = threading.Event()
         self._state = _RUNNING
         self._raised = False
@@ -121,6 +134,10 @@ class TimeLimit:
         self._in_main_thread = threading.current_thread() is threading.main_thread()
         if self._in_main_thread:
             self._previous_handler = signal.signal(signal.SIGALRM, self._on_alarm)
+        stop_points.watch(self._thread_id, self._stop_points)
+        self._hard_stop = self._make_hard_stop()
+        if self._hard_stop is not None:
+            self._hard_stop.arm_at(boottime() + self.limit + self.grace + HARD_STOP_SLACK)
         self._watchdog = threading.Thread(target=self._watch, name="taskq-time-limit", daemon=True)
         self._watchdog.start()
         return self
@@ -152,6 +169,9 @@ class TimeLimit:
             raise RunTimeLimitExceeded(self.limit) from exc
 
     def _disarm(self, fired: bool) -> None:
+        if self._hard_stop is not None:
+            self._hard_stop.close()
+        stop_points.unwatch(self._thread_id)
         if self._in_main_thread:
             previous = self._previous_handler
             if fired and previous in (signal.SIG_DFL, None):
@@ -162,10 +182,22 @@ class TimeLimit:
             _set_async_exception(self._thread_id, None)
 
     def _on_alarm(self, _signum: int, _frame: FrameType | None) -> None:
-        # Runs in the main thread between two bytecodes: no lock may be taken here.
+        # Runs in the main thread between two bytecodes, maybe while this very thread holds
+        # the lock: only the stop points' depth is read here (a plain attribute).
         if self._state == _FIRED and not self._raised:
+            if self._stop_points.depth > 0:
+                self._stop_points.deferred = self._raise_once
+                return
+            self._raise_once()
+
+    def _raise_once(self) -> None:
+        if not self._raised:
             self._raised = True
             raise RunTimeLimitExceeded(self.limit)
+
+    def _raise_cancelling_async(self) -> None:
+        _set_async_exception(self._thread_id, None)
+        self._raise_once()
 
     def _watch(self) -> None:
         limit = self.limit
@@ -182,7 +214,10 @@ class TimeLimit:
             )
             if self._in_main_thread:
                 signal.pthread_kill(self._thread_id, signal.SIGALRM)
-            else:
+            elif self._stop_points.deliverable(self._raise_once):
+                # Not yet delivered if the thread enters a transaction first: it is raised
+                # there instead, before the transaction begins.
+                self._stop_points.on_enter = self._raise_cancelling_async
                 _set_async_exception(self._thread_id, RunTimeLimitExceeded)
         if self._finished.wait(self.grace):
             return

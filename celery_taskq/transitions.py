@@ -7,7 +7,6 @@ status, its queue roll-up and its runner link always land together (DESIGN §3.7
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,32 +48,13 @@ from celery_taskq.models import (
     TaskRunner,
     UTCDateTime,
 )
+from celery_taskq.outcome import RunOutcome
 
 ROLLUP_BATCH_SIZE = 500
 """Queue rows rolled up per statement, to keep parameter lists well inside driver limits."""
 
 RUNNER_REGISTRY_LOCK_KEY = 0x7461736B71
 """PostgreSQL advisory lock serialising runner registration against TaskRunnerLimit."""
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """The final state of a run, as the runner determined it."""
-
-    status: RunStatus
-    standard_output: str
-    error_output: str
-    results: Any = None
-    error_code: str | None = None
-    error_message: str | None = None
-    percents_completed: int | None = None
-    checkpoint: Any = None
-    """Stored in ``Checkpoint`` when not ``None``."""
-    continues: bool = False
-    """The handler returned ``Continue``: the task gets its next run at once."""
-    replaces_task_data: bool = False
-    """``change_data_on_error`` gave new data: ``task_data`` replaces ``TaskData``."""
-    task_data: Any = None
 
 
 def _upsert(connection: Connection, model: type[Any]) -> Any:
@@ -411,6 +391,7 @@ def register_runner(
     now: datetime,
     worker_hostname: str | None = None,
     worker_limit: int | None = None,
+    process_namespace: str | None = None,
 ) -> int | None:
     """Insert a ``running`` runner row unless ``limit`` runners are already running.
 
@@ -436,6 +417,7 @@ def register_runner(
         process_create_time=process_create_time,
         worker_hostname=worker_hostname,
         now=now,
+        process_namespace=process_namespace,
     )
 
 
@@ -448,6 +430,7 @@ def _insert_runner(
     process_create_time: float | None,
     worker_hostname: str | None,
     now: datetime,
+    process_namespace: str | None = None,
 ) -> int:
     return int(
         connection.execute(
@@ -456,6 +439,7 @@ def _insert_runner(
                 process_id=process_id,
                 hostname=hostname,
                 process_create_time=process_create_time,
+                process_namespace=process_namespace,
                 started_on=now,
                 heartbeat_on=now,
                 status=RunnerStatus.RUNNING,
@@ -501,28 +485,56 @@ def running_runners(connection: Connection) -> list[RunnerRecord]:
                 TaskRunner.process_create_time,
                 TaskRunner.started_on,
                 TaskRunner.heartbeat_on,
+                TaskRunner.process_namespace,
+                TaskRunner.role == RunnerRole.RUNNER,
             ).where(text(RUNNER_RUNNING_SQL))
         )
     ]
 
 
-def time_out_runners(connection: Connection, runner_ids: Iterable[int], now: datetime) -> list[int]:
+RUNNER_STOPPED_MESSAGE = "the task runner stopped while this run was running"
+"""``ErrorMessage`` of a run timed out with its runner."""
+
+
+def time_out_runners(
+    connection: Connection,
+    runner_ids: Iterable[int],
+    now: datetime,
+    *,
+    judged: Iterable[RunnerRecord] = (),
+) -> list[int]:
     """Move runners to ``timeout``; their ``running`` runs follow, and their tasks roll up.
 
     The seed's ``task-runner:OnAfterItemUpdate``. Returns the ids actually timed out (a runner
-    that finished meanwhile is left alone).
+    that finished meanwhile is left alone). A runner in ``judged`` is timed out only if its
+    heartbeat is still the one it was judged by: one that renewed its lease since is alive.
     """
-    ids = sorted(set(runner_ids))
-    if not ids:
-        return []
-    timed_out = list(
-        connection.execute(
-            update(TaskRunner)
-            .where(TaskRunner.id.in_(ids), text(RUNNER_RUNNING_SQL))
-            .values(status=RunnerStatus.TIMEOUT, finished_on=now)
-            .returning(TaskRunner.id)
-        ).scalars()
-    )
+    ids = set(runner_ids)
+    timed_out: list[int] = []
+    for record in judged:
+        ids.discard(record.id)
+        heartbeat = (
+            TaskRunner.heartbeat_on.is_(None)
+            if record.heartbeat_on is None
+            else TaskRunner.heartbeat_on == record.heartbeat_on
+        )
+        timed_out.extend(
+            connection.execute(
+                update(TaskRunner)
+                .where(TaskRunner.id == record.id, text(RUNNER_RUNNING_SQL), heartbeat)
+                .values(status=RunnerStatus.TIMEOUT, finished_on=now)
+                .returning(TaskRunner.id)
+            ).scalars()
+        )
+    if ids:
+        timed_out.extend(
+            connection.execute(
+                update(TaskRunner)
+                .where(TaskRunner.id.in_(sorted(ids)), text(RUNNER_RUNNING_SQL))
+                .values(status=RunnerStatus.TIMEOUT, finished_on=now)
+                .returning(TaskRunner.id)
+            ).scalars()
+        )
     if not timed_out:
         return []
     task_ids = connection.execute(
@@ -531,12 +543,12 @@ def time_out_runners(connection: Connection, runner_ids: Iterable[int], now: dat
         .values(
             status=RunStatus.TIMEOUT,
             finished_on=now,
-            error_message="the task runner stopped while this run was running",
+            error_message=RUNNER_STOPPED_MESSAGE,
         )
         .returning(TaskRun.task_queue_id)
     ).scalars()
     rollup_tasks(connection, task_ids)
-    return timed_out
+    return sorted(timed_out)
 
 
 def open_run_id(connection: Connection, task_queue_id: int) -> int | None:
@@ -573,6 +585,7 @@ def register_celery_worker_process(
     process_create_time: float | None,
     worker_hostname: str,
     now: datetime,
+    process_namespace: str | None = None,
 ) -> int:
     """A runner row for a Celery worker process running audited native tasks (no limit)."""
     return _insert_runner(
@@ -583,6 +596,7 @@ def register_celery_worker_process(
         process_create_time=process_create_time,
         worker_hostname=worker_hostname,
         now=now,
+        process_namespace=process_namespace,
     )
 
 

@@ -97,10 +97,17 @@ taskq_poll_interval = 0.1
 taskq_run_time_limit = 0.0
 taskq_run_time_limit_grace = 10.0
 
-# Runner heartbeat period, and the silence after which OnProcess judges a runner dead
-# (must be longer than the period).
+# Runner heartbeat period, and the runner's lease (must be longer than the period): a runner
+# holding a run ends its own process once its last stored heartbeat is this old.
 taskq_heartbeat_interval = 10.0
 taskq_heartbeat_timeout = 60.0
+
+# Seconds past the lease before OnProcess takes the runs of a runner it cannot prove dead
+# (another host or PID namespace); must exceed the clock difference between hosts.
+taskq_lease_margin = 10.0
+
+# Largest result (JSON bytes) a run may store; a larger one ends the run error/result_too_large.
+taskq_result_max_bytes = 1024 * 1024
 
 # Registered names or module prefixes; when not empty, only handlers equal to or under them
 # can be enqueued or run. (A comma-separated string works too, as in

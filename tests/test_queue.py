@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, insert, update
 
+from celery_taskq import transitions
 from celery_taskq.db import Database
 from celery_taskq.exceptions import (
     HandlerClassNotFoundError,
@@ -23,6 +24,7 @@ from celery_taskq.exceptions import (
     InvalidTaskError,
     NotATaskHandlerError,
 )
+from celery_taskq.lease import process_namespace
 from celery_taskq.models import RunnerStatus, RunStatus, TaskQueue, TaskRun, TaskRunner
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.runner import current_process_start_time
@@ -317,6 +319,7 @@ def add_runner(database: Database, clock: FakeClock, **values: Any) -> int:
         "process_id": os.getpid(),
         "hostname": TEST_HOST,
         "process_create_time": current_process_start_time(),
+        "process_namespace": process_namespace(),
         "started_on": clock.now,
         "heartbeat_on": clock.now,
         "status": RunnerStatus.RUNNING,
@@ -384,8 +387,41 @@ def test_overseer_judges_other_hosts_by_heartbeat(
 ) -> None:
     remote = add_runner(database, clock, hostname="other-host", process_id=dead_pid())
     assert service.refresh_task_runners_status() == []
+    # Its lease expired, but not yet by the margin: it may still be fencing itself
     clock.advance(settings.heartbeat_timeout + 1)
+    assert service.refresh_task_runners_status() == []
+    clock.advance(settings.lease_margin)
     assert service.refresh_task_runners_status() == [remote]
+
+
+def test_overseer_judges_another_pid_namespace_of_this_host_by_its_lease(
+    service: TaskQueueService, database: Database, clock: FakeClock, settings: Settings
+) -> None:
+    # Given a runner of this host name in another PID namespace (a container sharing the
+    # host's network), whose PID means nothing here
+    other = add_runner(database, clock, process_id=dead_pid(), process_namespace="pid:[4026599999]")
+    # Then it is not reaped while its heartbeat is fresh, although no such PID lives here
+    assert service.refresh_task_runners_status() == []
+    clock.advance(settings.heartbeat_timeout + settings.lease_margin + 1)
+    assert service.refresh_task_runners_status() == [other]
+
+
+def test_overseer_does_not_reap_a_runner_that_renewed_its_lease_since_it_was_judged(
+    service: TaskQueueService, database: Database, clock: FakeClock, settings: Settings
+) -> None:
+    remote = add_runner(database, clock, hostname="other-host", process_id=dead_pid())
+    clock.advance(settings.heartbeat_timeout + settings.lease_margin + 1)
+    with database.transaction(read_only=True) as connection:
+        (judged,) = transitions.running_runners(connection)
+    # Given the runner renewed its heartbeat after the overseer read it
+    with database.transaction() as connection:
+        assert transitions.beat_heart(connection, remote, clock.now)
+    # When the overseer times out what it judged dead
+    with database.transaction() as connection:
+        timed_out = transitions.time_out_runners(connection, (), clock.now, judged=[judged])
+    # Then the runner lives on
+    assert timed_out == []
+    assert runners(database)[0].status is RunnerStatus.RUNNING
 
 
 def test_process_queue_refreshes_then_creates_runs(

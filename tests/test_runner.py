@@ -237,30 +237,6 @@ def test_heartbeat_advances_and_progress_is_visible_mid_run(
     assert runs_of(database, task_id)[0].percents_completed == 100
 
 
-def test_a_timed_out_runner_stops_and_its_late_outcome_is_not_recorded(
-    database: Database, settings: Settings
-) -> None:
-    live = TaskQueueService(database, settings)
-    task_id = queued(live, "Sleep", {"seconds": 1.0})
-    runner = new_runner(live)
-    result: list[StopReason] = []
-    thread = threading.Thread(target=lambda: result.append(runner.run()))
-    thread.start()
-    wait_for(
-        lambda: runs_of(database, task_id)[0].status is RunStatus.RUNNING, what="the run to start"
-    )
-    # Given the overseer wrongly judged this runner dead meanwhile
-    from celery_taskq.transitions import time_out_runners
-
-    with database.transaction() as connection:
-        time_out_runners(connection, [runner.task_runner_id], live.clock())
-    thread.join(timeout=30)
-    assert result == [StopReason.TIMED_OUT]
-    (run,) = runs_of(database, task_id)
-    assert run.status is RunStatus.TIMEOUT
-    assert runners(database)[0].status is RunnerStatus.TIMEOUT
-
-
 def test_alternating_runners_never_share_a_run(
     service: TaskQueueService, database: Database
 ) -> None:

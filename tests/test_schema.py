@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, inspect
 from celery_taskq.migrate import current_revision, upgrade_database
 from celery_taskq.models import Base
 
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 DOCUMENTED_COLUMNS = {
     "TaskQueue": [
@@ -42,7 +42,14 @@ DOCUMENTED_COLUMNS = {
     ],
     "TaskRunners": ["Id", "ProcessId", "StartedOn", "FinishedOn", "Status"],
 }
-ADDED_RUNNER_COLUMNS = ["Hostname", "ProcessCreateTime", "HeartbeatOn", "WorkerHostname", "Role"]
+ADDED_RUNNER_COLUMNS = [
+    "Hostname",
+    "ProcessCreateTime",
+    "HeartbeatOn",
+    "WorkerHostname",
+    "Role",
+    "ProcessNamespace",
+]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])

@@ -8,6 +8,7 @@ runs executing at once.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from pathlib import Path
@@ -64,3 +65,61 @@ class WaitForRelease(TaskHandler):
             time.sleep(0.05)
         write_ledger(ledger, "end", run)
         return {"released": release.exists()}
+
+
+def _hold_the_gil(seconds: float) -> None:
+    """Sleep in C *holding the GIL* (``ctypes.PyDLL`` never releases it): no other thread of
+    the process, the heartbeat included, runs meanwhile."""
+    ctypes.PyDLL(None).usleep(ctypes.c_uint(int(seconds * 1_000_000)))
+
+
+class HoldGilFirst(TaskHandler):
+    """On its first run, holds the GIL for ``data["seconds"]`` in one C call; later runs end
+    at once. Records start and end in ``data["ledger"]``."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        ledger = str(run.data["ledger"])
+        write_ledger(ledger, "start", run)
+        if starts_of_task(ledger, run.task_queue_id) == 1:
+            _hold_the_gil(float(run.data["seconds"]))
+        write_ledger(ledger, "end", run)
+        return {"held": True}
+
+
+class LimitedHoldGil(TaskHandler):
+    """Holds the GIL for ``data["seconds"]`` in one C call, under a 1 s time limit."""
+
+    time_limit = 1.0
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        ledger = str(run.data["ledger"])
+        write_ledger(ledger, "start", run)
+        _hold_the_gil(float(run.data["seconds"]))
+        write_ledger(ledger, "end", run)
+        return None
+
+
+class LimitedSleep(TaskHandler):
+    """Sleeps ``data["seconds"]`` under a 1 s time limit, recording start and end."""
+
+    time_limit = 1.0
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        ledger = str(run.data["ledger"])
+        write_ledger(ledger, "start", run)
+        time.sleep(float(run.data["seconds"]))
+        write_ledger(ledger, "end", run)
+        return None
+
+
+class SlowFirst(TaskHandler):
+    """Sleeps ``data["seconds"]`` on its first run and ends at once on later ones, recording
+    start and end in ``data["ledger"]``."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        ledger = str(run.data["ledger"])
+        write_ledger(ledger, "start", run)
+        if starts_of_task(ledger, run.task_queue_id) == 1:
+            time.sleep(float(run.data["seconds"]))
+        write_ledger(ledger, "end", run)
+        return None
