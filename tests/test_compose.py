@@ -3,10 +3,13 @@
 No Docker engine is needed: the compose file is parsed with PyYAML and every command it runs is
 parsed by the real command-line interfaces: ``celery-taskq`` commands by the click group
 :data:`celery_taskq.cli.cli`, ``celery`` commands by Celery's own click group (with the app named
-by ``-A`` loaded), Flower's options by Flower's tornado options. ``celery-taskq worker``, which
-passes unknown arguments through to Celery, is run with Celery's ``start`` replaced, and the
-arguments it hands to Celery are parsed by Celery's worker command. Every ``TASKQ_*`` name must
-be a setting of :class:`celery_taskq.settings.Settings`.
+by ``-A`` loaded), Flower's options by Flower's tornado options (and its ``FLOWER_*``
+variables by Flower's own reading of them). ``celery-taskq worker``, which passes unknown
+arguments through to Celery, is run with Celery's ``start`` replaced, and the arguments it hands
+to Celery are parsed by Celery's worker command. Every ``TASKQ_*`` name must be a setting of
+:class:`celery_taskq.settings.Settings`. The file is read as compose reads it: variables
+(``${NAME:-default}``, ``${NAME:?error}``, ``$$``) are substituted from the environment
+:data:`COMPOSE_ENVIRONMENT` (what an operator sets), or the one a test gives.
 """
 
 from __future__ import annotations
@@ -71,21 +74,83 @@ CELERY_PROGRAM = "celery"
 PYTHON_PROGRAM = "python"
 SHELL_OPERATORS = {";", "&&", "||", "|", "&"}
 TASKQ_NAME = re.compile(r"\bTASKQ_[A-Za-z0-9_]+")
+README_FILE = PROJECT_ROOT / "README.md"
+
+COMPOSE_ENVIRONMENT = {"FLOWER_BASIC_AUTH": "admin:example-password"}
+"""The variables an operator sets where compose runs: only what the file requires."""
+LOCALHOST = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what an operator may choose
+PUBLISH_VARIABLE = "PUBLISH_ADDRESS"
+FLOWER_AUTH_VARIABLE = "FLOWER_BASIC_AUTH"
 
 
 # --- Reading the compose file and the Dockerfile ----------------------------------------------
 
 
-def load_compose() -> dict[str, Any]:
-    """docker-compose.yml as plain data (anchors and ``<<`` merges resolved by PyYAML)."""
-    data = yaml.safe_load(COMPOSE_FILE.read_text())
-    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+class InterpolationError(Exception):
+    """A required variable (``${NAME:?message}``) is unset or empty: compose refuses to run."""
+
+
+VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<operator>:?[-?+])(?P<argument>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def interpolate(text: str, environ: Mapping[str, str]) -> str:
+    """``text`` with compose's variable syntax substituted from ``environ``.
+
+    ``$$`` is a literal ``$``; ``${NAME}`` and ``$NAME``; ``${NAME:-default}`` (unset or empty)
+    and ``${NAME-default}`` (unset); ``${NAME:?message}`` and ``${NAME?message}`` fail;
+    ``${NAME:+other}`` and ``${NAME+other}``.
+    """
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group("escaped"):
+            return "$"
+        name = match.group("bare") or match.group("braced")
+        value = environ.get(name)
+        operator, argument = match.group("operator"), match.group("argument") or ""
+        if operator is None:
+            return value or ""
+        missing = value is None or (operator.startswith(":") and value == "")
+        kind = operator[-1]
+        if kind == "-":
+            return interpolate(argument, environ) if missing else str(value)
+        if kind == "?":
+            if missing:
+                raise InterpolationError(f"required variable {name} is missing a value: {argument}")
+            return str(value)
+        return "" if missing else interpolate(argument, environ)
+
+    return VARIABLE.sub(substitute, text)
+
+
+def interpolated(data: Any, environ: Mapping[str, str]) -> Any:
+    """Every string in ``data`` interpolated, as compose does with the whole file."""
+    if isinstance(data, str):
+        return interpolate(data, environ)
+    if isinstance(data, list):
+        return [interpolated(item, environ) for item in data]
+    if isinstance(data, dict):
+        return {key: interpolated(value, environ) for key, value in data.items()}
     return data
 
 
-def compose_services() -> dict[str, dict[str, Any]]:
+def load_compose(environ: Mapping[str, str] = COMPOSE_ENVIRONMENT) -> dict[str, Any]:
+    """docker-compose.yml as plain data (anchors and ``<<`` merges resolved by PyYAML), with its
+    variables substituted from ``environ``."""
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    result = interpolated(data, environ)
+    assert isinstance(result, dict)
+    return result
+
+
+def compose_services(environ: Mapping[str, str] = COMPOSE_ENVIRONMENT) -> dict[str, dict[str, Any]]:
     """The ``services`` mapping of docker-compose.yml."""
-    services = load_compose().get("services")
+    services = load_compose(environ).get("services")
     assert isinstance(services, dict), "docker-compose.yml has no services mapping"
     return services
 
@@ -167,9 +232,8 @@ def image_defaults(dockerfile: Path) -> ImageDefaults:
 
 
 def compose_argv(value: str | Sequence[str]) -> list[str]:
-    """A compose ``command``/``entrypoint`` as argv, ``$$`` unescaped as compose does."""
-    parts = shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
-    return [part.replace("$$", "$") for part in parts]
+    """A compose ``command``/``entrypoint`` (already interpolated) as argv."""
+    return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
 
 
 def service_argv(service: Mapping[str, Any], defaults: ImageDefaults) -> list[str]:
@@ -185,7 +249,7 @@ def service_argv(service: Mapping[str, Any], defaults: ImageDefaults) -> list[st
 
 def shell_commands(script: str) -> list[list[str]]:
     """The simple commands of a one-line shell script, split at ``;``, ``&&``, ``||``, ``|``."""
-    lexer = shlex.shlex(script.replace("$$", "$"), posix=True, punctuation_chars=True)
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     commands: list[list[str]] = [[]]
     for token in lexer:
@@ -207,7 +271,7 @@ def healthcheck_argvs(service: Mapping[str, Any]) -> list[list[str]]:
     if kind == "CMD-SHELL":
         return shell_commands(" ".join(rest))
     assert kind == "CMD", f"healthcheck test must start with CMD, CMD-SHELL or NONE, not {kind!r}"
-    return [[part.replace("$$", "$") for part in rest]]
+    return [rest]
 
 
 @dataclass(frozen=True)
@@ -373,6 +437,7 @@ def check_celery_command(args: Sequence[str], app: Any = None) -> None:
         assert meta.type == name, f"{leaf.params['command']!r} is not a `{name}` command"
     elif name == "flower":
         check_flower_options(leaf.params["tornado_argv"])
+        check_flower_environment()
 
 
 FIND_APP_SCRIPT = """
@@ -424,6 +489,31 @@ def check_flower_options(tornado_argv: Sequence[str]) -> None:
     finally:
         for name, value in saved.items():
             setattr(options, name, value)
+
+
+def flower_environment_options() -> dict[str, Any]:
+    """The Flower options that Flower's own reading of ``FLOWER_*`` variables sets (restored)."""
+    import tornado.options
+    from flower.command import apply_env_options  # type: ignore[import-untyped]
+
+    options = tornado.options.options
+    names = [
+        name.replace("-", "_")
+        for name in options._options
+        if os.environ.get("FLOWER_" + name.replace("-", "_").upper())
+    ]
+    saved = {name: getattr(options, name) for name in names}
+    try:
+        apply_env_options()
+        return {name: getattr(options, name) for name in names}
+    finally:
+        for name, value in saved.items():
+            setattr(options, name, value)
+
+
+def check_flower_environment() -> None:
+    """Every ``FLOWER_*`` variable is an option Flower reads (unknown ones fail)."""
+    flower_environment_options()
 
 
 def check_command(command: ComposeCommand, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -584,14 +674,78 @@ def test_dashboard_listens_on_its_published_port() -> None:
     assert leaf.command_path == f"{TASKQ_PROGRAM} dashboard"
     port = leaf.params["port"]
     assert leaf.params["host"] == "0.0.0.0"  # noqa: S104 - inside its container
-    assert [str(mapping) for mapping in dashboard["ports"]] == [f"{port}:{port}"]
+    assert [str(mapping) for mapping in dashboard["ports"]] == [f"{LOCALHOST}:{port}:{port}"]
     assert any(
         f"localhost:{port}/api/v1/health" in part for part in healthcheck_argvs(dashboard)[0]
     )
-    flower_port = str(services["flower"]["ports"][0]).split(":")[0]
+    flower_port = str(services["flower"]["ports"][0]).split(":")[1]
     environment = environment_of(dashboard)
     assert environment["TASKQ_FLOWER_URL"] == f"http://localhost:{flower_port}"
     assert "TASKQ_DASHBOARD_TOKEN" in environment  # read-only unless the host sets it
+
+
+def published(services: Mapping[str, Mapping[str, Any]]) -> dict[str, list[tuple[str, str]]]:
+    """Each service's published ports as (host address, host port); the address "" is all."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for name, service in services.items():
+        for mapping in service.get("ports") or []:
+            if isinstance(mapping, dict):  # the long syntax
+                address, port = str(mapping.get("host_ip", "")), str(mapping.get("published", ""))
+            else:
+                parts = str(mapping).rsplit(":", 2)
+                address, port = (parts[0], parts[1]) if len(parts) == 3 else ("", parts[0])
+            found.setdefault(name, []).append((address, port))
+    return found
+
+
+def test_ports_are_published_on_localhost_unless_the_operator_says_otherwise() -> None:
+    """By default only 127.0.0.1 reaches the dashboard and Flower; PUBLISH_ADDRESS widens it."""
+    by_default = published(compose_services())
+    assert set(by_default) == {"dashboard", "flower"}  # the database and the broker stay inside
+    for name, ports in by_default.items():
+        assert all(address == LOCALHOST for address, _ in ports), (name, ports)
+    widened = published(compose_services({**COMPOSE_ENVIRONMENT, PUBLISH_VARIABLE: ALL_INTERFACES}))
+    for name, ports in widened.items():
+        assert all(address == ALL_INTERFACES for address, _ in ports), (name, ports)
+
+
+def test_flower_will_not_start_without_basic_auth() -> None:
+    """Compose refuses the whole file until FLOWER_BASIC_AUTH is set (an empty one too), and
+    then Flower reads it as its ``basic_auth`` option; its healthcheck needs no password."""
+    for environ in ({}, {FLOWER_AUTH_VARIABLE: ""}):
+        with pytest.raises(InterpolationError, match=FLOWER_AUTH_VARIABLE):
+            load_compose(environ)
+    service = compose_services()["flower"]
+    environment = environment_of(service)
+    assert environment[FLOWER_AUTH_VARIABLE] == COMPOSE_ENVIRONMENT[FLOWER_AUTH_VARIABLE]
+    assert not any("basic" in part for part in compose_argv(service["command"]))  # not in ps
+    # The healthcheck's page is not wrapped by tornado's @authenticated, as Flower's pages are.
+    from flower.views.monitor import Healthcheck  # type: ignore[import-untyped]
+    from flower.views.workers import WorkersView  # type: ignore[import-untyped]
+
+    assert any("/healthcheck" in part for part in healthcheck_argvs(service)[0])
+    assert hasattr(WorkersView.get, "__wrapped__")
+    assert not hasattr(Healthcheck.get, "__wrapped__")
+
+
+def test_flower_reads_its_basic_auth_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's own reading of FLOWER_BASIC_AUTH gives the user and password compose passes."""
+    for name in [name for name in os.environ if name.startswith("FLOWER_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment_of(compose_services()["flower"]).items():
+        if name.startswith("FLOWER_"):
+            monkeypatch.setenv(name, value)
+    assert flower_environment_options() == {
+        "basic_auth": [COMPOSE_ENVIRONMENT[FLOWER_AUTH_VARIABLE]]
+    }
+
+
+def test_readme_tells_how_to_expose_the_dashboard_and_flower() -> None:
+    """The README's docker-compose section names both variables."""
+    after = README_FILE.read_text().split("### docker-compose", 1)[1]
+    section = re.split(r"\n#{2,3} ", after, maxsplit=1)[0]
+    for variable in (PUBLISH_VARIABLE, FLOWER_AUTH_VARIABLE, "TASKQ_DASHBOARD_TOKEN"):
+        assert variable in section, variable
 
 
 def test_image_installs_flower_and_runs_unprivileged() -> None:
