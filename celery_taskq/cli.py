@@ -17,7 +17,6 @@ Text from the database is printed with control characters escaped
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -33,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from celery_taskq import __version__
 from celery_taskq.db import Database
+from celery_taskq.decoding import loads_json
 from celery_taskq.exceptions import TaskqError
 from celery_taskq.lease import leave_namespace_init
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
@@ -84,7 +84,7 @@ class JsonParamType(click.ParamType):  # type: ignore[type-arg]
         if not isinstance(value, str):
             return value
         try:
-            return json.loads(value)
+            return loads_json(value)
         except ValueError as exc:
             self.fail(f"{value!r} is not valid JSON: {exc}", param, ctx)
         except RecursionError:

@@ -1,7 +1,10 @@
 """New tasks: checking what is asked for, then inserting it into ``TaskQueue``.
 
 Checking (:func:`prepare`) reads nothing from the database and writes nothing, so every
-argument of a whole batch is checked before the first row is written. Inserting
+argument of a whole batch is checked before the first row is written. Task data meets the same
+limits at every way in (:func:`check_task_data`): at most
+:data:`~celery_taskq.storable.MAX_JSON_DEPTH` levels deep and at most
+``task_data_max_bytes`` (``TASKQ_TASK_DATA_MAX_BYTES``) as JSON. Inserting
 (:func:`insert_one`, :func:`insert_many`) runs inside a transaction the caller owns — the
 queue's own, or the application's, so that tasks commit together with the application's data.
 """
@@ -23,12 +26,20 @@ from celery_taskq.exceptions import (
     InvalidTaskDataError,
     InvalidTaskError,
     StorageError,
+    TaskDataLimitError,
 )
 from celery_taskq.handlers import TaskHandler
 from celery_taskq.models import RunStatus, TaskQueue, TaskRun
-from celery_taskq.settings import DEFAULT_MAX_RETRIES
+from celery_taskq.settings import DEFAULT_MAX_RETRIES, DEFAULT_TASK_DATA_MAX_BYTES
 from celery_taskq.steps import MultiStepTask, check_steps
-from celery_taskq.storable import MAX_INT32, json_problem, text_problem, time_problem
+from celery_taskq.storable import (
+    MAX_INT32,
+    MAX_JSON_DEPTH,
+    deeper_than,
+    json_problem,
+    text_problem,
+    time_problem,
+)
 
 UNIQUE_INSERT_ATTEMPTS = 3
 """Tries at inserting a task whose unique key is released by a task finishing meanwhile."""
@@ -75,6 +86,7 @@ def prepare(
     *,
     create_handler: Callable[[str], TaskHandler],
     now: datetime,
+    max_data_bytes: int = DEFAULT_TASK_DATA_MAX_BYTES,
 ) -> dict[str, Any]:
     """Check every part of ``spec`` and return the ``TaskQueue`` row's values (attribute names).
 
@@ -83,7 +95,7 @@ def prepare(
     if isinstance(spec.handler, str) and (problem := text_problem(spec.handler)) is not None:
         raise InvalidArgumentError(f"the task handler {problem}")
     handler = create_handler(spec.handler)
-    document = json_document(spec.data)
+    document = task_data_document(spec.data, max_bytes=max_data_bytes)
     max_retries = DEFAULT_MAX_RETRIES if spec.max_retries is None else spec.max_retries
     if (
         isinstance(max_retries, bool)
@@ -141,6 +153,7 @@ def prepare_many(
     *,
     create_handler: Callable[[str], TaskHandler],
     now: datetime,
+    max_data_bytes: int = DEFAULT_TASK_DATA_MAX_BYTES,
 ) -> list[dict[str, Any]]:
     """:func:`prepare` each item; a refusal names the item (counting from 0)."""
     if isinstance(items, str | bytes) or not isinstance(items, Sequence):
@@ -148,7 +161,10 @@ def prepare_many(
     rows = []
     for index, item in enumerate(items):
         try:
-            rows.append(prepare(TaskSpec.of(item), create_handler=create_handler, now=now))
+            spec = TaskSpec.of(item)
+            rows.append(
+                prepare(spec, create_handler=create_handler, now=now, max_data_bytes=max_data_bytes)
+            )
         except InvalidTaskError as exc:
             raise type(exc)(f"task {index}: {exc}") from exc
         except TypeError as exc:  # a mapping whose values TaskSpec cannot take
@@ -307,16 +323,40 @@ def _insert_returning_ids(connection: Connection, values: list[dict[str, Any]]) 
     return sorted(int(i) for i in connection.execute(statement, values).scalars())
 
 
-def json_document(data: Any) -> Any:
-    """Return ``data`` as a JSON document (``None`` becomes ``{}``); refuse what JSON can't hold."""
+def check_task_data(data: Any, *, max_bytes: int = DEFAULT_TASK_DATA_MAX_BYTES) -> None:
+    """Refuse task data that no intake accepts, with the message every intake gives.
+
+    Raises :class:`~celery_taskq.exceptions.TaskDataLimitError` for data nested more than
+    :data:`~celery_taskq.storable.MAX_JSON_DEPTH` levels deep or larger than ``max_bytes``
+    (pass ``Settings.task_data_max_bytes``) as compact UTF-8 JSON, and
+    :class:`~celery_taskq.exceptions.InvalidTaskDataError` for data JSON cannot hold or a
+    database cannot store (NUL characters, lone surrogates).
+    """
+    task_data_document(data, max_bytes=max_bytes)
+
+
+def task_data_document(data: Any, *, max_bytes: int = DEFAULT_TASK_DATA_MAX_BYTES) -> Any:
+    """``data`` as the JSON document stored (``None`` becomes ``{}``), checked as
+    :func:`check_task_data` does."""
     if data is None:
         return {}
+    if deeper_than(data, MAX_JSON_DEPTH):  # before json.dumps, which would recurse that deep
+        raise TaskDataLimitError(
+            f"task data is nested too deeply: more than {MAX_JSON_DEPTH} levels of objects "
+            "and lists"
+        )
     try:
-        document = json.loads(json.dumps(data, allow_nan=False))
+        text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidTaskDataError(f"task data cannot be stored as JSON: {exc}") from exc
-    except RecursionError:
-        raise InvalidTaskDataError("task data is nested too deeply to store as JSON") from None
+    # UTF-8 takes at most 4 bytes a character: short text needs no encoding to be measured.
+    size = len(text) if len(text) * 4 <= max_bytes else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise TaskDataLimitError(
+            f"task data is too large: {size:,} bytes as JSON, more than the limit of "
+            f"{max_bytes:,} bytes (TASKQ_TASK_DATA_MAX_BYTES)"
+        )
+    document = json.loads(text)
     problem = json_problem(document)
     if problem is not None:
         raise InvalidTaskDataError(f"task data cannot be stored: it {problem}")

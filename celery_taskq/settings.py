@@ -30,6 +30,9 @@ DEFAULT_RUNNER_MEMORY_LIMIT_MB = 100
 DEFAULT_OUTPUT_CAP_BYTES = 1024 * 1024
 """Most bytes kept of each of a run's stdout and stderr; the rest is cut and marked."""
 
+DEFAULT_TASK_DATA_MAX_BYTES = 1024 * 1024
+"""Largest task data (as compact UTF-8 JSON) any intake accepts; larger data is refused."""
+
 DEFAULT_POLL_INTERVAL = 0.1
 """Seconds an idle runner sleeps between claims (a Redis work notice wakes it sooner).
 
@@ -105,6 +108,7 @@ class Settings:
     task_runner_limit: int = DEFAULT_TASK_RUNNER_LIMIT
     runner_memory_limit_mb: int = DEFAULT_RUNNER_MEMORY_LIMIT_MB
     output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES
+    task_data_max_bytes: int = DEFAULT_TASK_DATA_MAX_BYTES
     poll_interval: float = DEFAULT_POLL_INTERVAL
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
@@ -141,6 +145,7 @@ class Settings:
         _require(self.task_runner_limit >= 0, "task_runner_limit must be 0 or more")
         _require(self.runner_memory_limit_mb > 0, "runner_memory_limit_mb must be positive")
         _require(self.output_cap_bytes > 0, "output_cap_bytes must be positive")
+        _require(self.task_data_max_bytes > 0, "task_data_max_bytes must be positive")
         _require(self.result_max_bytes > 0, "result_max_bytes must be positive")
         _require(self.lease_margin >= 0, "lease_margin must be 0 or more")
         _require(self.poll_interval > 0, "poll_interval must be positive")
@@ -185,6 +190,7 @@ _INT_FIELDS = {
     "task_runner_limit",
     "runner_memory_limit_mb",
     "output_cap_bytes",
+    "task_data_max_bytes",
     "result_max_bytes",
 }
 _FLOAT_FIELDS = {

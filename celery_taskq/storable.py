@@ -1,4 +1,5 @@
-"""What both databases can store: text without NUL, valid Unicode, 32-bit counts, UTC times.
+"""What both databases can store: text without NUL, valid Unicode, 32-bit counts, UTC times,
+and JSON no deeper than every reader can show.
 
 Every way in (the API, the command line, HTTP) goes through :mod:`celery_taskq.intake`, which
 asks these questions before a row is written, so a value one database would refuse (PostgreSQL
@@ -13,6 +14,13 @@ from typing import Any
 
 MAX_INT32 = 2**31 - 1
 """Largest value of a 32-bit ``INTEGER`` column such as ``MaxRetries``."""
+
+MAX_JSON_DEPTH = 100
+"""Most levels of nested objects and lists in task data (``{"a": [1]}`` has 2).
+
+Not a setting: the tools every reader uses (``json``, pydantic, Jinja) recurse, so a document
+much deeper than this cannot be shown whole. Readers show this many levels of any stored
+document and mark the rest (:mod:`celery_taskq.shown`)."""
 
 
 def text_problem(value: str) -> str | None:
@@ -41,6 +49,23 @@ def json_problem(document: Any) -> str | None:
         elif isinstance(item, list):
             pending.extend(item)
     return None
+
+
+def deeper_than(document: Any, max_depth: int) -> bool:
+    """Whether ``document`` nests objects and lists (or tuples) more than ``max_depth`` deep.
+
+    Walks without recursion and stops at the first level too deep, so a document nested past
+    the interpreter's recursion limit, or one that contains itself, is answered too.
+    """
+    containers = (dict, list, tuple)
+    pending = [(document, 1)] if isinstance(document, containers) else []
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > max_depth:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, containers))
+    return False
 
 
 def time_problem(value: datetime) -> str | None:

@@ -88,6 +88,9 @@ taskq_runner_memory_limit_mb = 100
 # Bytes kept of each of a run's stdout and stderr; the rest is cut and marked.
 taskq_output_cap_bytes = 1024 * 1024
 
+# Largest task data (as compact UTF-8 JSON, bytes) that enqueue, the CLI and HTTP accept.
+taskq_task_data_max_bytes = 1024 * 1024
+
 # Seconds an idle runner sleeps between claims (a Redis work notice wakes it sooner).
 taskq_poll_interval = 0.1
 

@@ -19,7 +19,7 @@ from celery_taskq.redact import redacted_task
 from celery_taskq.web import inputs
 from celery_taskq.web.auth import require_api_token
 from celery_taskq.web.errors import ApiError
-from celery_taskq.web.inputs import MAX_ID
+from celery_taskq.web.inputs import MAX_ID, JsonBodyRoute
 from celery_taskq.web.schemas import (
     CancelOut,
     EnqueueIn,
@@ -57,7 +57,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "Writes are disabled: no dashboard token is configured.",
         404: "No such task or run.",
         409: "Conflict: the unique key is taken, or the task cannot be cancelled or retried.",
-        422: "The request does not match the schema.",
+        422: "The request does not match the schema, or its task data is nested too deeply or "
+        "too large (the message names the limit).",
         503: "The database is not reachable or its schema is not ready.",
     }
     return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
@@ -66,7 +67,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 READ_ERRORS = _errors(400, 422, 503)
 WRITE_ERRORS = _errors(400, 401, 403, 404, 409, 422, 503)
 
-router = APIRouter(prefix=API_PATH, tags=["api"])
+router = APIRouter(prefix=API_PATH, tags=["api"], route_class=JsonBodyRoute)
 
 
 @router.get("/health", response_model=HealthOut, responses=_errors(503))

@@ -6,6 +6,8 @@ what                                                   status
 bad input: :class:`InvalidTaskError` (unknown handler,   400
 data the handler refuses, a bad filter or time)
 a request the schema refuses (FastAPI validation)      422
+:class:`TaskDataLimitError` (task data too deep or     422
+too large)
 no token, or a wrong one (writes enabled)              401
 writes disabled (no token configured)                  403
 :class:`NotFoundError`, an unknown path                404
@@ -30,6 +32,7 @@ from celery_taskq.exceptions import (
     InvalidTaskError,
     NotFoundError,
     StorageError,
+    TaskDataLimitError,
     TaskqError,
 )
 
@@ -61,6 +64,8 @@ def status_of(exc: TaskqError) -> int:
     """The HTTP status of a library error (see the module's table)."""
     if isinstance(exc, DuplicateTaskError):
         return 409
+    if isinstance(exc, TaskDataLimitError):
+        return 422
     if isinstance(exc, InvalidTaskError):
         return 400
     if isinstance(exc, NotFoundError):

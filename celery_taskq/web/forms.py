@@ -10,7 +10,6 @@ page with a fixed notice.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -19,6 +18,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from celery_taskq.decoding import loads_json
 from celery_taskq.exceptions import DuplicateTaskError, InvalidArgumentError
 from celery_taskq.web import inputs
 from celery_taskq.web.auth import SESSION_COOKIE, WRITES_DISABLED, new_session, token_matches
@@ -60,7 +60,7 @@ def _enqueue_arguments(form: dict[str, str]) -> dict[str, Any]:
         raise InvalidArgumentError("handler is required")
     data_text = form.get("data", "").strip()
     try:
-        data = json.loads(data_text) if data_text else None
+        data = loads_json(data_text) if data_text else None
     except ValueError as exc:
         raise InvalidArgumentError(f"data is not valid JSON: {exc}") from None
     problem = inputs.json_problem(data)

@@ -2,13 +2,21 @@
 
 Text that no database column can hold is refused here rather than failing in the driver:
 NUL characters (PostgreSQL text cannot hold them) and lone surrogates (not encodable as UTF-8).
+JSON bodies are parsed without Python's recursion limit (:class:`JsonBodyRoute`), so a document
+nested too deeply meets the task data limits like any other instead of failing the parser.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 
 from celery_taskq import reports
+from celery_taskq.decoding import loads_json
 from celery_taskq.exceptions import InvalidArgumentError
 from celery_taskq.listing import TaskFilter, parse_status
 from celery_taskq.storable import json_problem as json_problem  # re-exported for schemas
@@ -89,3 +97,24 @@ def cursor(value: str | int | None, name: str = "before_id") -> int | None:
     if not 1 <= number <= MAX_ID:
         raise InvalidArgumentError(f"{name} must be from 1 to {MAX_ID}")
     return number
+
+
+class _JsonBodyRequest(Request):
+    """A request whose JSON body is parsed by :func:`celery_taskq.decoding.loads_json`."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = loads_json(await self.body())
+        return self._json
+
+
+class JsonBodyRoute(APIRoute):
+    """A route whose JSON body is parsed at any depth; the limits are checked by intake."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handle_with_deep_json(request: Request) -> Response:
+            return await handle(_JsonBodyRequest(request.scope, request.receive))
+
+        return handle_with_deep_json
