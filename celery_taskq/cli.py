@@ -42,6 +42,7 @@ from celery_taskq.redact import redacted_page, redacted_task
 from celery_taskq.render import progress_bar, render_page, render_page_json, render_task
 from celery_taskq.report_limits import DEFAULT_LIMIT, MAX_LIMIT
 from celery_taskq.settings import Settings
+from celery_taskq.shown import shown_page, shown_task
 from celery_taskq.snapshots import TaskSnapshot
 from celery_taskq.terminal import escape_controls
 
@@ -245,7 +246,7 @@ def enqueue(
 def show(context: CliContext, task_id: int) -> None:
     """Print a task and every one of its runs."""
     snapshot = context.service.get_task(task_id)
-    click.echo(render_task(redacted_task(snapshot, context.settings.redact_patterns)))
+    click.echo(render_task(redacted_task(shown_task(snapshot), context.settings.redact_patterns)))
 
 
 @cli.command("list")
@@ -280,7 +281,7 @@ def list_command(
         queued_until=until,
     )
     page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
-    page = redacted_page(page, context.settings.redact_patterns)
+    page = redacted_page(shown_page(page), context.settings.redact_patterns)
     click.echo(render_page_json(page) if as_json else render_page(page))
 
 

@@ -62,7 +62,7 @@ def _step_lines(results: Any) -> list[str]:
     lines = []
     for step in steps:
         label = step.get("title") or step.get("handler") or "?"
-        line = f"    step {step.get('step', '?')}: {step.get('status', '?'):<8} {label}"
+        line = f"    step {step.get('step', '?')}: {step.get('status', '?')!s:<8} {label}"
         if step.get("status") == "error":
             line += f"  [{step.get('error_code') or '-'}] {step.get('error_message') or ''}"
         lines.append(line)

@@ -2,7 +2,8 @@
 
 Reads are open; enqueue, cancel and retry need the dashboard token (see
 :mod:`celery_taskq.web.auth`). Errors are ``{"error": "<message>"}`` with the status of
-:mod:`celery_taskq.web.errors`.
+:mod:`celery_taskq.web.errors`. Stored values are answered as :mod:`celery_taskq.shown` shows
+them: whatever was stored renders, cut and marked where it is too deep or too large.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from celery_taskq.exceptions import DuplicateTaskError, InvalidArgumentError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter
 from celery_taskq.models import RunStatus
 from celery_taskq.redact import redacted_task
+from celery_taskq.shown import shown_run, shown_task
 from celery_taskq.web import inputs
 from celery_taskq.web.auth import require_api_token
 from celery_taskq.web.errors import ApiError
@@ -102,7 +104,7 @@ def list_tasks(
     page = listing.list_tasks(state.database, task_filter, limit=limit, before_id=before_id)
     return TaskPageOut(
         tasks=[
-            TaskSummaryOut.of(redacted_task(task, state.settings.redact_patterns))
+            TaskSummaryOut.of(redacted_task(shown_task(task), state.settings.redact_patterns))
             for task in page.tasks
         ],
         next_before_id=page.next_before_id,
@@ -112,14 +114,16 @@ def list_tasks(
 @router.get("/tasks/{task_id}", response_model=TaskOut, responses=_errors(404, 422, 503))
 def get_task(state: State, task_id: TaskId) -> TaskOut:
     """A task with every run, oldest first."""
-    task = redacted_task(state.service.get_task(task_id), state.settings.redact_patterns)
-    return TaskOut.of_snapshot(task, state.settings.flower_url)
+    task = shown_task(state.service.get_task(task_id))
+    return TaskOut.of_snapshot(
+        redacted_task(task, state.settings.redact_patterns), state.settings.flower_url
+    )
 
 
 @router.get("/runs/{run_id}", response_model=RunOut, responses=_errors(404, 422, 503))
 def get_run(state: State, run_id: RunId) -> RunOut:
     """One run: status, times, progress, output, results."""
-    return RunOut.of(state.service.get_run(run_id), state.settings.flower_url)
+    return RunOut.of(shown_run(state.service.get_run(run_id)), state.settings.flower_url)
 
 
 @router.get("/runners", response_model=RunnersOut, responses=READ_ERRORS)

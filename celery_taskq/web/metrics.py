@@ -16,6 +16,9 @@ metric                                   type       what
 ``taskq_due_runs``                       gauge      scheduled runs due now
 ``taskq_oldest_due_run_age_seconds``     gauge      how long the oldest due run has waited
 =======================================  =========  ==========================================
+
+Handler labels are shown as :func:`celery_taskq.shown.shown_text` shows a ``varchar(255)``:
+whatever a writer stored there, the exposition stays valid UTF-8 of bounded size.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from celery_taskq import reports
 from celery_taskq.db import Database
 from celery_taskq.models import RunnerRole, RunnerStatus, RunStatus
 from celery_taskq.reports import ReportWindow
+from celery_taskq.shown import SHOWN_SHORT_MAX_CHARS, shown_text
 from celery_taskq.web.state import WebState, get_state
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -62,10 +66,11 @@ class TaskqCollector(Collector):
         )
         runs = GaugeMetricFamily("taskq_runs", "Runs by Status.", labels=["handler", "status"])
         for row in totals.by_handler:
+            handler = _label(row.handler)
             for status in TASK_STATUSES:
-                tasks.add_metric([row.handler, status], getattr(row.tasks, status))
+                tasks.add_metric([handler, status], getattr(row.tasks, status))
             for status in RunStatus:
-                runs.add_metric([row.handler, status.value], getattr(row.runs, status.value))
+                runs.add_metric([handler, status.value], getattr(row.runs, status.value))
         yield tasks
         yield runs
 
@@ -77,7 +82,7 @@ class TaskqCollector(Collector):
         for histogram in reports.duration_histograms(self.database, everything, DURATION_BUCKETS):
             buckets = [(repr(bound), float(count)) for bound, count in histogram.buckets]
             durations.add_metric(
-                [histogram.handler],
+                [_label(histogram.handler)],
                 [*buckets, ("+Inf", float(histogram.count))],
                 sum_value=histogram.sum,
             )
@@ -109,6 +114,10 @@ class TaskqCollector(Collector):
             "Seconds the oldest due scheduled run has waited (0: none is due).",
             value=due.oldest_due_age or 0.0,
         )
+
+
+def _label(handler: str) -> str:
+    return shown_text(handler, SHOWN_SHORT_MAX_CHARS)
 
 
 def metrics_registry(database: Database) -> CollectorRegistry:

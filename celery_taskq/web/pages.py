@@ -1,4 +1,8 @@
-"""The dashboard's pages: overview, task list, task, runners, sign-in. Read-only HTML."""
+"""The dashboard's pages: overview, task list, task, runners, sign-in. Read-only HTML.
+
+Tasks and runs are shown through :mod:`celery_taskq.shown`: any stored value renders, cut and
+marked where it is too deep or too large.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from celery_taskq.exceptions import InvalidArgumentError
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskPage
 from celery_taskq.models import RunStatus
 from celery_taskq.redact import redacted_task
+from celery_taskq.shown import shown_page, shown_task
 from celery_taskq.web import inputs, views
 from celery_taskq.web.charts import bar_chart
 from celery_taskq.web.inputs import MAX_ID
@@ -93,8 +98,10 @@ def tasks(
     page = TaskPage((), None)
     try:
         task_filter = inputs.task_filter(now=reports.utc_now(), **filters)
-        page = listing.list_tasks(
-            state.database, task_filter, limit=limit, before_id=inputs.cursor(before_id)
+        page = shown_page(
+            listing.list_tasks(
+                state.database, task_filter, limit=limit, before_id=inputs.cursor(before_id)
+            )
         )
     except InvalidArgumentError as exc:
         error = str(exc)
@@ -128,7 +135,9 @@ def task(
     done: str | None = None,
 ) -> Response:
     """A task and every run: status, times, runner, output, results, live progress."""
-    snapshot = redacted_task(state.service.get_task(task_id), state.settings.redact_patterns)
+    snapshot = redacted_task(
+        shown_task(state.service.get_task(task_id)), state.settings.redact_patterns
+    )
     return render(
         request,
         "task.html",

@@ -66,4 +66,6 @@ def render(
         **context,
     }
     html = state.templates.get_template(template).render(page)
-    return HTMLResponse(html, status_code=status_code)
+    # Values are shown through celery_taskq.shown; "replace" keeps any stray lone surrogate
+    # from failing the whole page.
+    return HTMLResponse(html.encode("utf-8", "replace"), status_code=status_code)
