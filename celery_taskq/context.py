@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from celery_taskq.handlers import TaskCancelledError
-from celery_taskq.outcome_values import cut_text
+from celery_taskq.outcome_values import cut_text, storable_json
 from celery_taskq.storable import MAX_INT32
 
 if TYPE_CHECKING:
@@ -184,8 +184,8 @@ class RunContext:
         """Store ``checkpoint`` on the run now, so that even if this process dies the next run
         of the task starts from it (it becomes that run's :attr:`checkpoint`)."""
         try:
-            document = json.loads(json.dumps(checkpoint, allow_nan=False))
-        except (TypeError, ValueError) as exc:
+            document = storable_json(json.loads(json.dumps(checkpoint, allow_nan=False)))
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"a checkpoint must be JSON: {exc}") from exc
         self._store_checkpoint(document)
         self.checkpoint = document
