@@ -39,6 +39,7 @@ from celery_taskq.handlers import (
     TaskHandler,
     create_task_handler,
 )
+from celery_taskq.intake import check_task_data
 from celery_taskq.lease import KernelDeadline, Lease, boottime
 from celery_taskq.models import RunStatus
 from celery_taskq.notify import RunListener, RunNotifier, notifier_for
@@ -397,7 +398,9 @@ class TaskRunner:
                 continuation = None
                 _print_traceback()
             if handler is not None and error is not None and error_code != CANCELLED_CODE:
-                new_data = _changed_data(handler, context, error)
+                new_data = _changed_data(
+                    handler, context, error, self.settings.task_data_max_bytes
+                )
         try:
             context.flush_progress()
         except Exception:  # progress is telemetry; the final status below matters more
@@ -742,7 +745,7 @@ def _json_or_none(value: Any) -> Any:
 
 
 def _changed_data(
-    handler: TaskHandler, context: RunContext, error: BaseException
+    handler: TaskHandler, context: RunContext, error: BaseException, max_bytes: int
 ) -> tuple[Any] | None:
     """The handler's new task data after ``error`` (Combodo's ChangeActionParamsOnError).
 
@@ -754,6 +757,7 @@ def _changed_data(
         if new_data is None:
             return None
         new_data = _as_json_document(new_data, "new task data")
+        check_task_data(new_data, max_bytes=max_bytes)  # the limits of every intake
         handler.validate(new_data)
     except BaseException as exc:  # a hook's fault never takes the runner down
         print(

@@ -77,3 +77,14 @@ class CheckpointsUnderLimit(TaskHandler):
         while True:
             counter += 1
             run.save_checkpoint({"counter": counter})
+
+
+class ChangeDataTooDeep(TaskHandler):
+    """Fails, and its ``change_data_on_error`` returns data nested deeper than any intake
+    accepts."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        raise TaskError("failed", code="E_FAILED")
+
+    def change_data_on_error(self, data: Any, error: BaseException) -> Any:
+        return {"deep": _deep(500)}
