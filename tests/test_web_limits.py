@@ -20,6 +20,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from celery_taskq.db import Database
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.settings import Settings
 from celery_taskq.web import create_app
-from celery_taskq.web.body_limit import MAX_BODY_BYTES, BodyLimitMiddleware
+from celery_taskq.web.body_limit import MAX_BODY_BYTES, BodyLimitMiddleware, body_limit
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import drive, runs_of, wait_for
 from tests.test_security import snapshot_tables
@@ -44,7 +45,8 @@ from tests.web_support import TOKEN, free_port, web_settings
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MiB = 1024 * 1024
-OVER = MAX_BODY_BYTES + MiB
+LIMIT = body_limit(Settings())
+OVER = LIMIT + MiB
 
 
 @pytest.fixture
@@ -97,10 +99,17 @@ def test_bodies_over_the_limit_are_refused_with_413_and_write_nothing(
     assert "larger than the dashboard&#39;s limit" in page.text
     assert snapshot_tables(database) == before
     # Just under the limit is read (and refused for what it says, not for its size).
-    under = client.post(
-        "/api/v1/tasks", content=b" " * (MAX_BODY_BYTES - 100) + b"{}", headers=AUTH
-    )
+    under = client.post("/api/v1/tasks", content=b" " * (LIMIT - 100) + b"{}", headers=AUTH)
     assert under.status_code == 422
+
+
+def test_the_limit_makes_room_for_the_largest_task_data(settings: Settings) -> None:
+    assert body_limit(Settings()) == 3 * Settings().task_data_max_bytes + 64 * 1024
+    assert body_limit(replace(settings, task_data_max_bytes=1000)) == MAX_BODY_BYTES
+    larger = replace(web_settings(settings), task_data_max_bytes=2 * OVER)
+    with TestClient(create_app(larger)) as client:
+        read = client.post("/api/v1/tasks", content=b" " * OVER + b"{}", headers=AUTH)
+        assert read.status_code == 422  # read and parsed: not refused for its size
 
 
 def test_api_writes_are_refused_before_their_body_is_read(

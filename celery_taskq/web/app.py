@@ -14,7 +14,7 @@ from celery_taskq.settings import Settings
 from celery_taskq.web import api_routes, forms, metrics, pages
 from celery_taskq.web.api_routes import API_PATH
 from celery_taskq.web.auth import ApiTokenGuard, token_routes
-from celery_taskq.web.body_limit import BodyLimitMiddleware
+from celery_taskq.web.body_limit import BodyLimitMiddleware, body_limit
 from celery_taskq.web.errors import install_error_handlers
 from celery_taskq.web.head import HeadMiddleware
 from celery_taskq.web.headers import SecurityHeadersMiddleware
@@ -61,7 +61,7 @@ def create_app(
     # API token before any body is read.
     guarded = token_routes([route for router in routers for route in router.routes])
     app.add_middleware(ApiTokenGuard, state=state, routes=guarded)
-    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=body_limit(settings))
     app.add_middleware(HeadMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     return app

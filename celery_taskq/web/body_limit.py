@@ -14,10 +14,20 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from celery_taskq.settings import Settings
 from celery_taskq.web.errors import error_response
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
-"""Largest request body the dashboard reads, for the API and forms alike (2 MiB)."""
+"""Largest request body the dashboard reads, for the API and forms alike (2 MiB), unless the
+task data limit asks for more (:func:`body_limit`)."""
+
+
+def body_limit(settings: Settings) -> int:
+    """The cap for ``settings``: :data:`MAX_BODY_BYTES`, or room for the largest task data the
+    intake accepts (``TASKQ_TASK_DATA_MAX_BYTES``) when that is larger, so that such data is
+    refused for what it is rather than for the size of its envelope. A form percent-encodes
+    non-ASCII text to three bytes a byte, hence the factor."""
+    return max(MAX_BODY_BYTES, 3 * settings.task_data_max_bytes + 64 * 1024)
 
 
 class BodyTooLargeError(HTTPException):
