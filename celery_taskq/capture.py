@@ -6,18 +6,37 @@ is all caught. ``sys.stdout`` and ``sys.stderr`` are swapped for streams on thos
 too, because hosts such as Celery (``worker_redirect_stdouts``) or pytest replace them with
 objects that never reach fd 1 or 2. Each stream keeps at most ``cap`` bytes; a stream that was
 cut says so at its end.
+
+A spool keeps only what will be kept: while a run writes, a thread of the process punches out
+(``fallocate(PUNCH_HOLE)``) whatever a spool holds beyond ``cap`` every
+:data:`SPOOL_TRIM_INTERVAL` seconds, keeping the file's size (so the count of bytes cut stays
+exact). A handler printing 400 MiB holds about ``cap`` plus what it writes in one interval,
+not 400 MiB of memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
+import logging
 import os
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SPOOL_TRIM_INTERVAL = 0.05
+"""Seconds between two trims of the spools of a run in progress."""
+
+SPOOL_TRIM_SLACK = 1024 * 1024
+"""Bytes a spool may hold beyond its cap before it is trimmed."""
 
 TRUNCATION_MARKER = "\n[celery_taskq: output truncated, {omitted} more bytes not kept]\n"
 
@@ -96,6 +115,77 @@ def _spool_fd() -> int:
         return os.dup(spool.fileno())
 
 
+_FALLOC_FL_KEEP_SIZE = 1
+_FALLOC_FL_PUNCH_HOLE = 2
+
+
+def _load_fallocate() -> Any | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    return function
+
+
+_fallocate = _load_fallocate()
+
+
+def trim_spool(fd: int, cap: int) -> bool:
+    """Free what the spool ``fd`` holds beyond its first ``cap`` bytes, keeping its size;
+    whether anything was freed."""
+    status = os.fstat(fd)
+    if _fallocate is None or status.st_blocks * 512 <= cap + SPOOL_TRIM_SLACK:
+        return False
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    # A file system without holes refuses: its spool keeps growing, as it always did.
+    return bool(_fallocate(fd, mode, cap, status.st_size - cap) == 0)
+
+
+class _SpoolTrimmer:
+    """One daemon thread per process that trims the spools of the capture in progress."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spools: tuple[int, ...] = ()
+        self._cap = 0
+        self._wake = threading.Event()
+        self._pid = 0
+
+    def watch(self, spools: tuple[int, ...], cap: int) -> None:
+        with self._lock:
+            self._spools, self._cap = spools, cap
+            if self._pid != os.getpid():  # none yet, or it stayed behind in the parent
+                self._pid = os.getpid()
+                self._wake = threading.Event()
+                threading.Thread(target=self._work, name="taskq-spool-trim", daemon=True).start()
+            self._wake.set()
+
+    def unwatch(self) -> None:
+        with self._lock:
+            self._spools = ()
+
+    def _work(self) -> None:
+        wake = self._wake
+        while True:
+            wake.wait()
+            with self._lock:
+                if not self._spools:
+                    wake.clear()
+                    continue
+                for fd in self._spools:
+                    try:
+                        trim_spool(fd, self._cap)
+                    except OSError:
+                        logger.debug("could not trim a capture spool", exc_info=True)
+            time.sleep(SPOOL_TRIM_INTERVAL)
+
+
+_trimmer = _SpoolTrimmer()
+
+
 @contextmanager
 def capture_output(cap: int) -> Iterator[CapturedOutput]:
     """Redirect fds 1 and 2 into temporary files; fill the yielded object when done."""
@@ -113,8 +203,10 @@ def capture_output(cap: int) -> Iterator[CapturedOutput]:
             os.dup2(out_fd, 1)
             os.dup2(err_fd, 2)
             sys.stdout, sys.stderr = _text_stream(1), _text_stream(2)
+            _trimmer.watch((out_fd, err_fd), cap)
             yield captured
         finally:
+            _trimmer.unwatch()
             _flush_python_streams()
             sys.stdout, sys.stderr = saved_streams
             os.dup2(saved_stdout, 1)

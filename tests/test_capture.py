@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
-from celery_taskq.capture import capture_output
+from celery_taskq.capture import (
+    SPOOL_TRIM_INTERVAL,
+    SPOOL_TRIM_SLACK,
+    TRUNCATION_MARKER,
+    capture_output,
+)
 
 
 def test_captures_python_fd_writes_and_child_processes() -> None:
@@ -52,3 +58,23 @@ def test_streams_are_restored_afterwards(capfd: object) -> None:
     out, _ = capfd.readouterr()  # type: ignore[attr-defined]
     assert "outside" in out
     assert "inside" not in out
+
+
+def test_a_flood_of_output_holds_no_more_than_the_cap_while_it_is_written() -> None:
+    cap = 1024 * 1024
+    chunk = b"x" * cap
+    flood = 256
+    with capture_output(cap=cap) as captured:
+        # Given a handler that writes 256 MiB to its stdout
+        for _ in range(flood):
+            os.write(1, chunk)
+        # Then, while the run still works, its spool holds about the cap, not 256 MiB
+        deadline = time.monotonic() + 10
+        while os.fstat(1).st_blocks * 512 > cap + SPOOL_TRIM_SLACK:
+            assert time.monotonic() < deadline, "the spool was never trimmed"
+            time.sleep(SPOOL_TRIM_INTERVAL)
+        assert os.fstat(1).st_size == flood * cap  # the size still counts every byte
+    # And what is kept is the first cap bytes, with the exact count of those cut
+    assert captured.truncated == {"stdout": (flood - 1) * cap}
+    assert captured.stdout.startswith("x" * cap)
+    assert captured.stdout.endswith(TRUNCATION_MARKER.format(omitted=(flood - 1) * cap))

@@ -178,12 +178,12 @@ def test_a_time_limit_never_stops_a_handler_inside_a_database_write(
     if database_url.startswith("sqlite"):
         path = make_url(database_url).database
         assert path is not None
-        connection = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+        writer = sqlite3.connect(path, timeout=0.5, isolation_level=None)
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.execute("ROLLBACK")
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("ROLLBACK")
         finally:
-            connection.close()
+            writer.close()
     else:
         with database.transaction() as connection:
             connection.execute(text("SET LOCAL lock_timeout = '500ms'"))
@@ -202,7 +202,7 @@ def test_an_outcome_the_database_refuses_is_recorded_as_refused(
     assert runner is not None
     # Given the database refuses the first outcome written (a refusal, not an outage)
     finish_run = transitions.finish_run
-    refusals = []
+    refusals: list[tuple[Any, ...]] = []
 
     def refuse_once(*args: Any) -> bool:
         if not refusals:
