@@ -31,6 +31,7 @@ from celery_taskq.backoff import Backoff
 from celery_taskq.capture import capture_output
 from celery_taskq.context import Progress, RunContext
 from celery_taskq.db import ClaimedRun, Database
+from celery_taskq.decoding import UnreadableJson
 from celery_taskq.exceptions import SchemaNotReadyError, StorageError, StorageRefusedError
 from celery_taskq.handlers import (
     CANCELLED_CODE,
@@ -69,6 +70,9 @@ _T = TypeVar("_T")
 
 MEMORY_CHECK_INTERVAL = 1.0
 """Seconds between two reads of the runner's resident memory."""
+
+UNREADABLE_DATA_CODE = "task_data_unreadable"
+"""``ErrorCode`` of a run whose task's stored data cannot be decoded: no handler is given it."""
 
 WORK_WAIT_SLICE = 0.05
 """Longest single wait on work notices, so that a stop request is seen promptly."""
@@ -374,6 +378,11 @@ class TaskRunner:
         new_data: tuple[Any] | None = None
         with capture_output(self.settings.output_cap_bytes) as captured:
             try:
+                if isinstance(context.data, UnreadableJson):
+                    raise TaskError(
+                        f"the task's data cannot be read as JSON: {context.data}",
+                        code=UNREADABLE_DATA_CODE,
+                    )
                 handler = self.create_handler(context.handler)
                 backoff = self.handler_backoff(handler)
                 budget = handler.time_budget or self.settings.run_time_budget
@@ -398,9 +407,7 @@ class TaskRunner:
                 continuation = None
                 _print_traceback()
             if handler is not None and error is not None and error_code != CANCELLED_CODE:
-                new_data = _changed_data(
-                    handler, context, error, self.settings.task_data_max_bytes
-                )
+                new_data = _changed_data(handler, context, error, self.settings.task_data_max_bytes)
         try:
             context.flush_progress()
         except Exception:  # progress is telemetry; the final status below matters more

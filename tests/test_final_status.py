@@ -9,9 +9,11 @@ result, an error code longer than its column), a result over the size limit: eac
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +25,8 @@ from celery_taskq.exceptions import StorageRefusedError
 from celery_taskq.models import RunnerStatus, RunStatus, TaskRun
 from celery_taskq.outcome import REFUSED_CODE, RESULT_TOO_LARGE_CODE
 from celery_taskq.queue import TaskQueueService
+from celery_taskq.runner import UNREADABLE_DATA_CODE
+from celery_taskq.settings import Settings
 from celery_taskq.time_limit import TIME_LIMIT_CODE
 from tests.chaos.support import open_runs
 from tests.helpers import cli, runners, runs_of, start_runner, wait_for
@@ -245,3 +249,32 @@ def test_a_runner_that_crashes_ends_timeout_with_its_run(
     (run,) = runs_of(database, task_id)
     assert run.status is RunStatus.TIMEOUT
     assert service.process_queue().tasks_given_runs == 1
+
+
+def test_a_task_whose_stored_data_cannot_be_read_ends_error_without_its_handler(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    # Given a task whose TaskData a writer outside celery_taskq left as invalid JSON (SQLite
+    # stores any text; PostgreSQL's jsonb refuses it)
+    path = tmp_path / "taskq.db"
+    shutil.copyfile(sqlite_template, path)
+    database = Database(f"sqlite:///{path}")
+    try:
+        service = TaskQueueService(database, Settings(database_url=f"sqlite:///{path}"))
+        task_id = service.add_task("tests.handlers.Succeed", {"n": 1}, max_retries=1)
+        with database.transaction() as connection:
+            connection.execute(
+                text("""UPDATE "TaskQueue" SET "TaskData" = '{"n": ' WHERE "Id" = :id"""),
+                {"id": task_id},
+            )
+        service.process_queue()
+        runner = service.get_task_runner()
+        assert runner is not None
+        # When a runner takes its run
+        assert runner.run_once()
+        # Then the handler never got the marker text: the run ends error, saying why
+        (run,) = runs_of(database, task_id)
+        assert (run.status, run.error_code) == (RunStatus.ERROR, UNREADABLE_DATA_CODE)
+        assert run.results is None
+    finally:
+        database.close()
