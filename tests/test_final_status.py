@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 
 from celery_taskq.db import Database
-from celery_taskq.exceptions import StorageRefusedError
+from celery_taskq.exceptions import StorageError, StorageRefusedError
 from celery_taskq.models import RunnerStatus, RunStatus, TaskRun
 from celery_taskq.outcome import REFUSED_CODE, RESULT_TOO_LARGE_CODE
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.runner import UNREADABLE_DATA_CODE
+from celery_taskq.runner import UNREADABLE_DATA_CODE, StopReason
 from celery_taskq.settings import Settings
 from celery_taskq.time_limit import TIME_LIMIT_CODE
 from tests.chaos.support import open_runs
@@ -278,3 +279,30 @@ def test_a_task_whose_stored_data_cannot_be_read_ends_error_without_its_handler(
         assert run.results is None
     finally:
         database.close()
+
+
+def test_a_stop_request_ends_the_wait_for_an_unreachable_database(
+    service: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = service.add_task("tests.handlers.Succeed", {"n": 1})
+    service.process_queue()
+    runner = service.get_task_runner()
+    assert runner is not None
+    # Given the database cannot be reached to record the run (an outage, retried)
+    attempts: list[float] = []
+
+    def unreachable(*_args: Any) -> bool:
+        attempts.append(time.monotonic())
+        if len(attempts) == 2:
+            runner.stop()  # SIGTERM's handler does the same
+        raise StorageError("could not connect to server")
+
+    monkeypatch.setattr(runner, "_write", unreachable)
+    # When the runner is asked to stop while it waits
+    reason = runner.run(burst=True)
+    # Then it gives up at the first attempt that fails after the request, instead of waiting
+    # for ever, and its run is left to the overseer's rules: the runner and the run end timeout
+    assert reason is StopReason.STOP_REQUESTED
+    assert len(attempts) == 2
+    assert [row.status for row in runners(database)] == [RunnerStatus.TIMEOUT]
+    assert runs_of(database, task_id)[0].status is RunStatus.TIMEOUT
