@@ -246,7 +246,7 @@ def enqueue(
 def show(context: CliContext, task_id: int) -> None:
     """Print a task and every one of its runs."""
     snapshot = context.service.get_task(task_id)
-    click.echo(render_task(redacted_task(shown_task(snapshot), context.settings.redact_patterns)))
+    click.echo(render_task(shown_task(redacted_task(snapshot, context.settings.redact_patterns))))
 
 
 @cli.command("list")
@@ -281,7 +281,7 @@ def list_command(
         queued_until=until,
     )
     page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
-    page = redacted_page(shown_page(page), context.settings.redact_patterns)
+    page = shown_page(redacted_page(page, context.settings.redact_patterns))
     click.echo(render_page_json(page) if as_json else render_page(page))
 
 
@@ -588,7 +588,11 @@ def demo(context: CliContext, timeout: float) -> None:
     for task_id in task_ids:
         click.echo("")
         click.echo(
-            render_task(redacted_task(service.get_task(task_id), context.settings.redact_patterns))
+            render_task(
+                shown_task(
+                    redacted_task(service.get_task(task_id), context.settings.redact_patterns)
+                )
+            )
         )
 
 

@@ -329,3 +329,34 @@ def test_unknown_statuses_cannot_be_stored(
             connection.execute(text(statement), {"id": task_id})
     # Then the task still reads
     assert service.get_task(task_id).runs[0].status.value == "scheduled"
+
+
+def test_a_secret_at_the_cut_of_a_huge_value_is_redacted_before_it_is_cut(
+    service: TaskQueueService,
+    settings: Settings,
+    client: TestClient,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a stored value whose URL, with its password, straddles the point readers cut at
+    url = "postgresql://taskq:hunter2secret@db.example/taskq"
+    value = "x" * (SHOWN_MAX_CHARS - 30) + url
+    task_id = service.add_task(HANDLER, {"n": 1})
+    as_json = ":data" if settings.database_url.startswith("sqlite") else "CAST(:data AS jsonb)"
+    write_raw(
+        settings.database_url,
+        [
+            (
+                f'UPDATE "TaskQueue" SET "TaskData" = {as_json} WHERE "Id" = :id',  # noqa: S608
+                {"data": json.dumps({"dsn": value}), "id": task_id},
+            )
+        ],
+    )
+    # Then no reader shows any part of the password: it is masked before the value is cut
+    answer = client.get(f"/api/v1/tasks/{task_id}")
+    assert answer.status_code == 200
+    page = client.get(f"/tasks/{task_id}")
+    assert page.status_code == 200
+    assert main(["--database-url", settings.database_url, "show", str(task_id)]) == 0
+    shown, _ = capsys.readouterr()
+    for text_shown in (answer.text, page.text, shown):
+        assert "hunter2" not in text_shown

@@ -104,7 +104,7 @@ def list_tasks(
     page = listing.list_tasks(state.database, task_filter, limit=limit, before_id=before_id)
     return TaskPageOut(
         tasks=[
-            TaskSummaryOut.of(redacted_task(shown_task(task), state.settings.redact_patterns))
+            TaskSummaryOut.of(shown_task(redacted_task(task, state.settings.redact_patterns)))
             for task in page.tasks
         ],
         next_before_id=page.next_before_id,
@@ -114,10 +114,8 @@ def list_tasks(
 @router.get("/tasks/{task_id}", response_model=TaskOut, responses=_errors(404, 422, 503))
 def get_task(state: State, task_id: TaskId) -> TaskOut:
     """A task with every run, oldest first."""
-    task = shown_task(state.service.get_task(task_id))
-    return TaskOut.of_snapshot(
-        redacted_task(task, state.settings.redact_patterns), state.settings.flower_url
-    )
+    task = redacted_task(state.service.get_task(task_id), state.settings.redact_patterns)
+    return TaskOut.of_snapshot(shown_task(task), state.settings.flower_url)
 
 
 @router.get("/runs/{run_id}", response_model=RunOut, responses=_errors(404, 422, 503))

@@ -135,8 +135,8 @@ def task(
     done: str | None = None,
 ) -> Response:
     """A task and every run: status, times, runner, output, results, live progress."""
-    snapshot = redacted_task(
-        shown_task(state.service.get_task(task_id)), state.settings.redact_patterns
+    snapshot = shown_task(
+        redacted_task(state.service.get_task(task_id), state.settings.redact_patterns)
     )
     return render(
         request,
