@@ -559,6 +559,11 @@ class TaskRunner:
                     self._wait_for_work(listener)
                 elif should_stop is not None and should_stop():
                     self._stop.set()
+        except (SystemExit, KeyboardInterrupt):
+            # The host process is going down (a Celery pool process told to exit): a stop,
+            # not a crash, unless it came in the middle of a run (checked below).
+            crashed = False
+            raise
         finally:
             self._stop.set()
             self._may_claim_ahead = None

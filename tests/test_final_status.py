@@ -306,3 +306,21 @@ def test_a_stop_request_ends_the_wait_for_an_unreachable_database(
     assert len(attempts) == 2
     assert [row.status for row in runners(database)] == [RunnerStatus.TIMEOUT]
     assert runs_of(database, task_id)[0].status is RunStatus.TIMEOUT
+
+
+def test_a_host_going_down_while_the_runner_is_idle_is_a_stop_not_a_crash(
+    service: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = service.get_task_runner()
+    assert runner is not None
+
+    # Given the host process raises SystemExit into the idle loop (a Celery pool process
+    # told to exit does)
+    def exit_now(_listener: object) -> None:
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "_wait_for_work", exit_now)
+    with pytest.raises(SystemExit):
+        runner.run()
+    # Then the runner, which held no run, ends success
+    assert [row.status for row in runners(database)] == [RunnerStatus.SUCCESS]
