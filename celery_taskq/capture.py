@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 SPOOL_TRIM_INTERVAL = 0.05
 """Seconds between two trims of the spools of a run in progress."""
 
+SPOOL_TRIM_PARK_AFTER = 20
+"""Looks without a capture in progress after which the trimming thread waits to be woken."""
+
 SPOOL_TRIM_SLACK = 1024 * 1024
 """Bytes a spool may hold beyond its cap before it is trimmed."""
 
@@ -145,13 +148,19 @@ def trim_spool(fd: int, cap: int) -> bool:
 
 
 class _SpoolTrimmer:
-    """One daemon thread per process that trims the spools of the capture in progress."""
+    """One daemon thread per process that trims the spools of the capture in progress.
+
+    It looks every :data:`SPOOL_TRIM_INTERVAL` seconds while captures go on, and parks after
+    :data:`SPOOL_TRIM_PARK_AFTER` looks that found none; a capture wakes it only if it is
+    parked, so a run costs two lock round trips, not a thread wake-up.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._spools: tuple[int, ...] = ()
         self._cap = 0
         self._wake = threading.Event()
+        self._parked = False
         self._pid = 0
 
     def watch(self, spools: tuple[int, ...], cap: int) -> None:
@@ -159,28 +168,37 @@ class _SpoolTrimmer:
             self._spools, self._cap = spools, cap
             if self._pid != os.getpid():  # none yet, or it stayed behind in the parent
                 self._pid = os.getpid()
-                self._wake = threading.Event()
+                self._wake, self._parked = threading.Event(), False
                 threading.Thread(target=self._work, name="taskq-spool-trim", daemon=True).start()
-            self._wake.set()
+            elif self._parked:
+                self._parked = False
+                self._wake.set()
 
     def unwatch(self) -> None:
         with self._lock:
             self._spools = ()
 
     def _work(self) -> None:
-        wake = self._wake
+        idle_looks = 0
         while True:
-            wake.wait()
-            with self._lock:
-                if not self._spools:
-                    wake.clear()
-                    continue
-                for fd in self._spools:
-                    try:
-                        trim_spool(fd, self._cap)
-                    except OSError:
-                        logger.debug("could not trim a capture spool", exc_info=True)
             time.sleep(SPOOL_TRIM_INTERVAL)
+            with self._lock:
+                wake = self._wake
+                if self._spools:
+                    idle_looks = 0
+                    for fd in self._spools:
+                        try:
+                            trim_spool(fd, self._cap)
+                        except OSError:
+                            logger.debug("could not trim a capture spool", exc_info=True)
+                    continue
+                idle_looks += 1
+                if idle_looks < SPOOL_TRIM_PARK_AFTER:
+                    continue
+                idle_looks = 0
+                self._parked = True
+                wake.clear()
+            wake.wait()
 
 
 _trimmer = _SpoolTrimmer()
