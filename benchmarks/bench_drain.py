@@ -65,9 +65,9 @@ from sqlalchemy import func, select, text
 
 from benchmarks import plain_app
 from celery_taskq import api
-from celery_taskq.db import Database
-from celery_taskq.migrate import upgrade_database
-from celery_taskq.models import RunnerRole, RunnerStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.models import RunnerRole, RunnerStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.migrate import upgrade_database
 from tests.fixtures.postgres import (
     PG_CTL_AS_POSTGRES,
     REAL_PG_CTL_ENV,

@@ -42,12 +42,12 @@ from sqlalchemy import text
 
 from benchmarks.bench_drain import machine, postgres_server
 from celery_taskq import listing, reports
-from celery_taskq.db import Database
+from celery_taskq.core.models import RunStatus
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.migrate import upgrade_database
 from celery_taskq.listing import TaskFilter
-from celery_taskq.migrate import upgrade_database
-from celery_taskq.models import RunStatus
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "RESULTS-reports.md"
 HANDLERS = 12

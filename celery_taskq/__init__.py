@@ -15,7 +15,7 @@ from celery_taskq.api import (
     watch,
 )
 from celery_taskq.context import RunContext
-from celery_taskq.exceptions import TaskqError
+from celery_taskq.core.exceptions import TaskqError
 from celery_taskq.handlers import Continue, TaskError, TaskHandler
 from celery_taskq.intake import TaskSpec
 from celery_taskq.registry import register

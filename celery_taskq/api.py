@@ -19,13 +19,13 @@ from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 
 from celery_taskq import listing
-from celery_taskq.db import Database
-from celery_taskq.exceptions import InvalidArgumentError
+from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.models import RunStatus
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.intake import TaskSpec
 from celery_taskq.listing import TaskFilter, TaskPage, parse_status
-from celery_taskq.models import RunStatus
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
 from celery_taskq.steps import STEPS_HANDLER, Step, steps_data
 
@@ -77,12 +77,12 @@ def enqueue(
     ``handler`` is a registered name or a dotted path. The handler is loaded and its
     ``validate`` given the data, ``data`` must be JSON-serialisable, ``max_retries`` (default
     5) must be at least 1 and ``scheduled_on`` (default now) timezone-aware. Any refusal raises
-    a :class:`~celery_taskq.exceptions.InvalidTaskError` and writes nothing.
+    a :class:`~celery_taskq.core.exceptions.InvalidTaskError` and writes nothing.
 
     A task that is due gets its run in the same transaction, so a runner can start it at once
     rather than at the next OnProcess tick. While a task with the same ``unique_key`` is
     unfinished, its id is returned instead (or, with ``on_duplicate="raise"``,
-    :class:`~celery_taskq.exceptions.DuplicateTaskError` is raised).
+    :class:`~celery_taskq.core.exceptions.DuplicateTaskError` is raised).
 
     With ``session`` (an SQLAlchemy ORM session) or ``connection`` (a Core connection) on the
     same database, the task is written in the caller's transaction: it commits with the

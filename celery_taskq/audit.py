@@ -21,10 +21,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import insert
 
-from celery_taskq import transitions
 from celery_taskq.capture import CapturedOutput, capture_output
+from celery_taskq.core.models import CELERY_HANDLER_PREFIX, RunStatus, TaskQueue
+from celery_taskq.core.statements import native, runners, runs
 from celery_taskq.lease import process_namespace
-from celery_taskq.models import CELERY_HANDLER_PREFIX, RunStatus, TaskQueue
 from celery_taskq.outcome import RunOutcome
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.runner import Heartbeat, current_process_start_time
@@ -122,7 +122,7 @@ class NativeTaskAuditor:
         service = self.get_service()
         now = service.clock()
         with service.database.transaction() as connection:
-            if transitions.task_of_celery_id(connection, task_id) is not None:
+            if native.task_of_celery_id(connection, task_id) is not None:
                 return  # Celery republished it for a retry: the attempts go on one task
             queue_id = connection.execute(
                 insert(TaskQueue)
@@ -165,7 +165,7 @@ class NativeTaskAuditor:
         with (
             service.database.autocommit() if fast else service.database.transaction()
         ) as connection:
-            queue_id = recorded_id or transitions.task_of_celery_id(connection, task_id)
+            queue_id = recorded_id or native.task_of_celery_id(connection, task_id)
             if queue_id is None:  # published by a process that does not audit
                 queue_id = connection.execute(
                     insert(TaskQueue)
@@ -182,7 +182,7 @@ class NativeTaskAuditor:
                     )
                     .returning(TaskQueue.id)
                 ).scalar_one()
-            run_id = transitions.start_native_run(
+            run_id = native.start_native_run(
                 connection,
                 task_queue_id=int(queue_id),
                 celery_task_id=task_id,
@@ -230,16 +230,16 @@ class NativeTaskAuditor:
         service = self.get_service()
         single_statement = (
             not attempt.ended
-            and transitions.is_plain_success(outcome)
+            and runs.is_plain_success(outcome)
             and service.database.dialect == "postgresql"
         )
         with (
             service.database.autocommit() if single_statement else service.database.transaction()
         ) as connection:
             if attempt.ended:
-                transitions.amend_ended_run(connection, attempt.run_id, attempt.runner_id, outcome)
+                runs.amend_ended_run(connection, attempt.run_id, attempt.runner_id, outcome)
             else:
-                transitions.finish_run(
+                runs.finish_run(
                     connection, attempt.run_id, attempt.runner_id, outcome, service.clock()
                 )
 
@@ -251,9 +251,7 @@ class NativeTaskAuditor:
             RunStatus.ERROR, "", "", error_code="Retry", error_message="Celery retries the task"
         )
         with service.database.transaction() as connection:
-            transitions.finish_run(
-                connection, attempt.run_id, attempt.runner_id, outcome, service.clock()
-            )
+            runs.finish_run(connection, attempt.run_id, attempt.runner_id, outcome, service.clock())
         attempt.ended = True
 
     @_guarded
@@ -265,14 +263,14 @@ class NativeTaskAuditor:
             self._heartbeat.stop()
         service = self.get_service()
         with service.database.transaction() as connection:
-            transitions.finish_runner(connection, self._runner_id, service.clock())
+            runners.finish_runner(connection, self._runner_id, service.clock())
 
     def _worker_runner_id(self, service: TaskQueueService, worker_hostname: str) -> int:
         """This worker process's runner row, registered on its first audited task."""
         with self._lock:
             if self._runner_id is None or self._runner_pid != os.getpid():
                 with service.database.transaction() as connection:
-                    self._runner_id = transitions.register_celery_worker_process(
+                    self._runner_id = native.register_celery_worker_process(
                         connection,
                         process_id=os.getpid(),
                         hostname=service.settings.hostname,

@@ -5,7 +5,7 @@ Errors are handled in one place, :func:`main`:
 - a usage error (a bad option or argument, an id out of range, data that is not JSON) is
   click's: the usage line and one ``Error:`` line, exit 2;
 - a refusal or a failure is one ``error:`` line, exit 1: a library error
-  (:class:`~celery_taskq.exceptions.TaskqError`), and what a hostile or impossible input can
+  (:class:`~celery_taskq.core.exceptions.TaskqError`), and what a hostile or impossible input can
   provoke from Python or the driver (``ValueError``, ``OverflowError`` and other
   ``ArithmeticError``, ``RecursionError``, ``MemoryError``, ``OSError``, a database error).
   The line gives the message and its chain of causes; ``-vv`` logs the traceback too;
@@ -31,17 +31,17 @@ import click
 from sqlalchemy.exc import DBAPIError
 
 from celery_taskq import __version__
-from celery_taskq.db import Database
-from celery_taskq.decoding import loads_json
-from celery_taskq.exceptions import TaskqError
+from celery_taskq.core.exceptions import TaskqError
+from celery_taskq.core.models import FAILED_RUN_STATUSES, OPEN_RUN_STATUSES, RunStatus
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.decoding import loads_json
 from celery_taskq.lease import leave_namespace_init
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
-from celery_taskq.models import FAILED_RUN_STATUSES, OPEN_RUN_STATUSES, RunStatus
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
 from celery_taskq.redact import redacted_page, redacted_task
 from celery_taskq.render import progress_bar, render_page, render_page_json, render_task
 from celery_taskq.report_limits import DEFAULT_LIMIT, MAX_LIMIT
-from celery_taskq.settings import Settings
 from celery_taskq.shown import shown_page, shown_task
 from celery_taskq.snapshots import TaskSnapshot
 from celery_taskq.terminal import escape_controls
@@ -192,7 +192,9 @@ def db() -> None:
 @pass_context
 def db_upgrade(context: CliContext, revision: str) -> None:
     """Create or upgrade the tables with Alembic."""
-    from celery_taskq import migrate  # Alembic only here: it stays out of runners' memory
+    from celery_taskq.core.storage import (
+        migrate,  # Alembic only here: it stays out of runners' memory
+    )
 
     migrate.upgrade_database(context.settings.database_url, revision)
     click.echo(f"database at revision {migrate.current_revision(context.settings.database_url)}")
@@ -560,7 +562,9 @@ def dashboard(context: CliContext, host: str, port: int) -> None:
 @pass_context
 def demo(context: CliContext, timeout: float) -> None:
     """Create the tables, queue sample tasks, work them with a runner, and show the record."""
-    from celery_taskq import migrate  # Alembic only here: it stays out of runners' memory
+    from celery_taskq.core.storage import (
+        migrate,  # Alembic only here: it stays out of runners' memory
+    )
 
     migrate.upgrade_database(context.settings.database_url)
     service = context.service

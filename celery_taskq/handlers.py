@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery_taskq import registry
-from celery_taskq.exceptions import (
+from celery_taskq.core.exceptions import (
     HandlerClassNotFoundError,
     HandlerError,
     HandlerModuleNotFoundError,

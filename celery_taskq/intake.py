@@ -3,7 +3,7 @@
 Checking (:func:`prepare`) reads nothing from the database and writes nothing, so every
 argument of a whole batch is checked before the first row is written. Task data meets the same
 limits at every way in (:func:`check_task_data`): at most
-:data:`~celery_taskq.storable.MAX_JSON_DEPTH` levels deep and at most
+:data:`~celery_taskq.core.storage.storable.MAX_JSON_DEPTH` levels deep and at most
 ``task_data_max_bytes`` (``TASKQ_TASK_DATA_MAX_BYTES``) as JSON. Inserting
 (:func:`insert_one`, :func:`insert_many`) runs inside a transaction the caller owns — the
 queue's own, or the application's, so that tasks commit together with the application's data.
@@ -19,8 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert
 
-from celery_taskq import transitions
-from celery_taskq.exceptions import (
+from celery_taskq.core.exceptions import (
     DuplicateTaskError,
     InvalidArgumentError,
     InvalidTaskDataError,
@@ -28,11 +27,10 @@ from celery_taskq.exceptions import (
     StorageError,
     TaskDataLimitError,
 )
-from celery_taskq.handlers import TaskHandler
-from celery_taskq.models import RunStatus, TaskQueue, TaskRun
-from celery_taskq.settings import DEFAULT_MAX_RETRIES, DEFAULT_TASK_DATA_MAX_BYTES
-from celery_taskq.steps import MultiStepTask, check_steps
-from celery_taskq.storable import (
+from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.settings import DEFAULT_MAX_RETRIES, DEFAULT_TASK_DATA_MAX_BYTES
+from celery_taskq.core.statements import tasks
+from celery_taskq.core.storage.storable import (
     MAX_INT32,
     MAX_JSON_DEPTH,
     deeper_than,
@@ -40,6 +38,8 @@ from celery_taskq.storable import (
     text_problem,
     time_problem,
 )
+from celery_taskq.handlers import TaskHandler
+from celery_taskq.steps import MultiStepTask, check_steps
 
 UNIQUE_INSERT_ATTEMPTS = 3
 """Tries at inserting a task whose unique key is released by a task finishing meanwhile."""
@@ -90,7 +90,7 @@ def prepare(
 ) -> dict[str, Any]:
     """Check every part of ``spec`` and return the ``TaskQueue`` row's values (attribute names).
 
-    Raises an :class:`~celery_taskq.exceptions.InvalidTaskError` for anything refused.
+    Raises an :class:`~celery_taskq.core.exceptions.InvalidTaskError` for anything refused.
     """
     if isinstance(spec.handler, str) and (problem := text_problem(spec.handler)) is not None:
         raise InvalidArgumentError(f"the task handler {problem}")
@@ -186,14 +186,14 @@ def insert_one(
     first run in the same transaction.
     """
     if is_single_statement(values, with_run=with_run):
-        return transitions.insert_due_task(connection, values), True
+        return tasks.insert_due_task(connection, values), True
     for _ in range(UNIQUE_INSERT_ATTEMPTS):
-        task_id = transitions.insert_task(connection, values)
+        task_id = tasks.insert_task(connection, values)
         if task_id is not None:
             if with_run:
-                transitions.create_runs(connection, values["queued_on"], task_id)
+                tasks.create_runs(connection, values["queued_on"], task_id)
             return task_id, True
-        existing = transitions.unfinished_task_with_key(connection, values["unique_key"])
+        existing = tasks.unfinished_task_with_key(connection, values["unique_key"])
         if existing is None:
             continue  # the holder of the key finished meanwhile: insert again
         if raise_duplicate:
@@ -326,10 +326,10 @@ def _insert_returning_ids(connection: Connection, values: list[dict[str, Any]]) 
 def check_task_data(data: Any, *, max_bytes: int = DEFAULT_TASK_DATA_MAX_BYTES) -> None:
     """Refuse task data that no intake accepts, with the message every intake gives.
 
-    Raises :class:`~celery_taskq.exceptions.TaskDataLimitError` for data nested more than
-    :data:`~celery_taskq.storable.MAX_JSON_DEPTH` levels deep or larger than ``max_bytes``
-    (pass ``Settings.task_data_max_bytes``) as compact UTF-8 JSON, and
-    :class:`~celery_taskq.exceptions.InvalidTaskDataError` for data JSON cannot hold or a
+    Raises :class:`~celery_taskq.core.exceptions.TaskDataLimitError` for data nested more than
+    :data:`~celery_taskq.core.storage.storable.MAX_JSON_DEPTH` levels deep or larger than
+    ``max_bytes`` (pass ``Settings.task_data_max_bytes``) as compact UTF-8 JSON, and
+    :class:`~celery_taskq.core.exceptions.InvalidTaskDataError` for data JSON cannot hold or a
     database cannot store (NUL characters, lone surrogates).
     """
     task_data_document(data, max_bytes=max_bytes)

@@ -7,9 +7,9 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from celery_taskq.db import Database
-from celery_taskq.exceptions import InvalidArgumentError
-from celery_taskq.models import RunStatus, TaskQueue
+from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.storage.database import Database
 from celery_taskq.snapshots import TaskSummary
 
 MAX_PAGE_SIZE = 1000

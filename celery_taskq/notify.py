@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Protocol
 
-from celery_taskq.settings import Settings
+from celery_taskq.core.settings import Settings
 
 if TYPE_CHECKING:
     import redis

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from celery_taskq.models import RunStatus
+from celery_taskq.core.models import RunStatus
 from celery_taskq.outcome_values import (
     ERROR_CODE_MAX_LENGTH,
     ERROR_MESSAGE_MAX_LENGTH,

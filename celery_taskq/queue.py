@@ -34,13 +34,19 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from celery_taskq import intake, registry, transitions
-from celery_taskq.db import Database, translate_errors
-from celery_taskq.exceptions import (
-    InvalidArgumentError,
-    NotFoundError,
-    TaskNotFoundError,
+from celery_taskq import intake, registry
+from celery_taskq.core.exceptions import InvalidArgumentError, NotFoundError, TaskNotFoundError
+from celery_taskq.core.models import (
+    CELERY_HANDLER_PREFIX,
+    FAILED_RUN_STATUSES,
+    OPEN_RUN_STATUSES,
+    RunStatus,
+    TaskQueue,
+    TaskRun,
 )
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.statements import beat, runners, tasks
+from celery_taskq.core.storage.database import Database, translate_errors
 from celery_taskq.handlers import TaskHandler, create_task_handler
 from celery_taskq.intake import TaskSpec, check_on_duplicate
 from celery_taskq.lease import boottime, process_namespace
@@ -51,17 +57,8 @@ from celery_taskq.liveness import (
     kill_runner_process,
     process_start_time,
 )
-from celery_taskq.models import (
-    CELERY_HANDLER_PREFIX,
-    FAILED_RUN_STATUSES,
-    OPEN_RUN_STATUSES,
-    RunStatus,
-    TaskQueue,
-    TaskRun,
-)
 from celery_taskq.notify import notifier_for
 from celery_taskq.runner import Clock, TaskRunner, current_process_start_time, utc_now
-from celery_taskq.settings import Settings
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
 from celery_taskq.steps import STEPS_HANDLER, Step, steps_data
 
@@ -206,8 +203,8 @@ class TaskQueueService:
         """
         with self.database.transaction() as connection:
             task = self._finished_or_refused(connection, task_id)
-            transitions.cancel_task(connection, task_id, self.clock())
-            still_running = transitions.open_run_id(connection, task_id) is not None
+            tasks.cancel_task(connection, task_id, self.clock())
+            still_running = tasks.open_run_id(connection, task_id) is not None
         logger.info(
             "task %s cancelled%s",
             task_id,
@@ -310,14 +307,14 @@ class TaskQueueService:
         exhausted. Audited native Celery tasks are refused: Celery delivers and retries them.
         """
         with self.database.transaction() as connection:
-            task = transitions.load_task(connection, task_id)
+            task = tasks.load_task(connection, task_id)
             if task is None:
                 raise TaskNotFoundError(f"no task with id {task_id}")
             if task[0].startswith(CELERY_HANDLER_PREFIX):
                 raise InvalidArgumentError(
                     f"task {task_id} is a native Celery task: retry it through Celery"
                 )
-            run_id = transitions.create_manual_run(connection, task_id)
+            run_id = tasks.create_manual_run(connection, task_id)
             if run_id is None:
                 raise InvalidArgumentError(f"task {task_id} already has a run in progress")
         self.notifier.announce_work()
@@ -337,10 +334,10 @@ class TaskQueueService:
         that is alive but out of its lease is killed first."""
         now = self.clock()
         with self.database.transaction(read_only=True) as connection:
-            runners = transitions.running_runners(connection)
+            records = runners.running_runners(connection)
         namespace = process_namespace()
         dead: list[RunnerRecord] = []
-        for runner in runners:
+        for runner in records:
             verdict = judge_runner(
                 runner,
                 this_host=self.settings.hostname,
@@ -370,7 +367,7 @@ class TaskQueueService:
         if not dead:
             return []
         with self.database.transaction() as connection:
-            return transitions.time_out_runners(connection, (), now, judged=dead)
+            return runners.time_out_runners(connection, (), now, judged=dead)
 
     def create_task_run(self, task_queue_id: int) -> int | None:
         """Create a run for one queue row if the rules allow; return the run id or ``None``.
@@ -379,23 +376,21 @@ class TaskQueueService:
         last run failed with ``TaskRunsFailed < MaxRetries``.
         """
         with self.database.transaction() as connection:
-            created = transitions.create_runs(connection, self.clock(), task_queue_id)
+            created = tasks.create_runs(connection, self.clock(), task_queue_id)
             if not created:
                 return None
-            return transitions.open_run_id(connection, task_queue_id)
+            return tasks.open_run_id(connection, task_queue_id)
 
     def claim_beat_tick(self, event: str, interval: float) -> bool:
         """Whether this process carries out ``event``'s current tick (first caller wins)."""
         now = self.clock()
         with self.database.transaction() as connection:
-            return transitions.claim_beat_tick(
-                connection, event, int(now.timestamp() // interval), now
-            )
+            return beat.claim_beat_tick(connection, event, int(now.timestamp() // interval), now)
 
     def create_missing_task_runs(self) -> int:
         """Create runs for every due, unfinished task in one statement; return how many."""
         with self.database.transaction() as connection:
-            created = transitions.create_runs(connection, self.clock())
+            created = tasks.create_runs(connection, self.clock())
         if created:
             logger.info("created %s task runs", len(created), extra={"action": "runs_created"})
             self.notifier.announce_work()
@@ -412,7 +407,7 @@ class TaskQueueService:
     def get_task_runner_count(self) -> int:
         """Runners in ``running`` status, on every host."""
         with self.database.transaction(read_only=True) as connection:
-            return transitions.count_running_runners(connection)
+            return runners.count_running_runners(connection)
 
     def get_missing_task_runner_count(self) -> int:
         """``TaskRunnerLimit`` minus running runners, never below 0."""
@@ -428,7 +423,7 @@ class TaskQueueService:
         """
         registered_at = boottime()  # the runner's lease runs from before its row is written
         with self.database.transaction() as connection:
-            runner_id = transitions.register_runner(
+            runner_id = runners.register_runner(
                 connection,
                 limit=self.settings.task_runner_limit,
                 process_id=os.getpid(),

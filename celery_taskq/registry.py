@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
-from celery_taskq.exceptions import ConfigurationError, HandlerError
+from celery_taskq.core.exceptions import ConfigurationError, HandlerError
 
 if TYPE_CHECKING:
     from celery_taskq.handlers import TaskHandler

@@ -1,10 +1,10 @@
 """Reports: read-only roll-ups of the three tables, as frozen values.
 
 One module serves the command line (``celery-taskq report``), dashboards, an HTTP API and
-metrics exporters alike: every function takes a :class:`~celery_taskq.db.Database`, reads in
-one read-only transaction with SQLAlchemy ``select()`` expressions, and returns frozen
-dataclasses (no ORM object escapes). Times are timezone-aware UTC datetimes; durations and
-ages are seconds as ``float``.
+metrics exporters alike: every function takes a
+:class:`~celery_taskq.core.storage.database.Database`, reads in one read-only transaction with
+SQLAlchemy ``select()`` expressions, and returns frozen dataclasses (no ORM object escapes).
+Times are timezone-aware UTC datetimes; durations and ages are seconds as ``float``.
 
 **The window.** A :class:`ReportWindow` is half-open, ``since <= t < until``; a missing bound
 is open. What ``t`` is:
@@ -25,7 +25,7 @@ Due work is a picture of *now* (the ``now`` passed in) and ignores the window.
 runners (a runner runs any handler).
 
 **Indexes.** Filters are plain comparisons on columns (never a function of a column), and
-the open/scheduled/running predicates are the SQL fragments of :mod:`celery_taskq.models`
+the open/scheduled/running predicates are the SQL fragments of :mod:`celery_taskq.core.models`
 that the partial indexes are declared with, so SQLite and PostgreSQL use those indexes: due
 work (``ix_TaskRuns_scheduled``, ``ix_TaskRuns_running_by_runner``, ``ix_TaskQueue_due``),
 the "no open run" test of dead letters (``uq_TaskRuns_one_open_run_per_task``) and a task's
@@ -71,9 +71,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import aliased
 
-from celery_taskq.db import Database
-from celery_taskq.exceptions import InvalidArgumentError
-from celery_taskq.models import (
+from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.models import (
     FAILED_RUN_STATUSES,
     RUN_OPEN_SQL,
     RUN_RUNNING_SQL,
@@ -88,6 +87,7 @@ from celery_taskq.models import (
     TaskRunner,
     UTCDateTime,
 )
+from celery_taskq.core.storage.database import Database
 from celery_taskq.report_limits import DEFAULT_LIMIT as DEFAULT_LIMIT  # re-exported
 from celery_taskq.report_limits import MAX_LIMIT as MAX_LIMIT  # re-exported
 

@@ -26,13 +26,16 @@ from typing import Any, TypeVar
 
 import psutil
 
-from celery_taskq import transitions
 from celery_taskq.backoff import Backoff
 from celery_taskq.capture import capture_output
 from celery_taskq.context import Progress, RunContext
-from celery_taskq.db import ClaimedRun, Database
-from celery_taskq.decoding import UnreadableJson
-from celery_taskq.exceptions import SchemaNotReadyError, StorageError, StorageRefusedError
+from celery_taskq.core.exceptions import SchemaNotReadyError, StorageError, StorageRefusedError
+from celery_taskq.core.models import RunStatus
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.statements import claim, runners, runs, tasks
+from celery_taskq.core.statements.claim import ClaimedRun
+from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.decoding import UnreadableJson
 from celery_taskq.handlers import (
     CANCELLED_CODE,
     Continue,
@@ -42,11 +45,9 @@ from celery_taskq.handlers import (
 )
 from celery_taskq.intake import check_task_data
 from celery_taskq.lease import KernelDeadline, Lease, boottime
-from celery_taskq.models import RunStatus
 from celery_taskq.notify import RunListener, RunNotifier, notifier_for
 from celery_taskq.outcome import RunOutcome, refused_outcome, storable_outcome
 from celery_taskq.outcome_values import describe_exception
-from celery_taskq.settings import Settings
 from celery_taskq.time_limit import (
     TIME_LIMIT_CODE,
     RunTimeLimitExceeded,
@@ -155,12 +156,10 @@ class TaskRunner:
                 # A transaction that claimed failed with its connection: its commit may have
                 # landed all the same, leaving a run ``running`` under this live runner that
                 # the overseer would never time out. Such a run is taken up first.
-                orphan = transitions.running_run_of_runner(connection, self.task_runner_id)
+                orphan = runs.running_run_of_runner(connection, self.task_runner_id)
                 claimed = None if orphan is None else ClaimedRun(*orphan)
             if claimed is None:
-                claimed = self.database.claim_next_run(
-                    connection, self.task_runner_id, self.clock()
-                )
+                claimed = claim.claim_next_run(connection, self.task_runner_id, self.clock())
         self._claim_uncertain = False
         self._log_claimed(claimed)
         return claimed
@@ -283,33 +282,29 @@ class TaskRunner:
         """One attempt at writing the outcome (one transaction), claiming the next run with it
         when the loop goes on."""
         if (
-            transitions.is_plain_success(outcome)
+            runs.is_plain_success(outcome)
             and self._may_claim_ahead is not None
             and self._may_claim_ahead()
         ):
-            values = transitions.success_values(
-                claimed.run_id, self.task_runner_id, outcome, self.clock()
-            )
-            done = self.database.finish_success_and_claim(values)
+            values = runs.success_values(claimed.run_id, self.task_runner_id, outcome, self.clock())
+            done = claim.finish_success_and_claim(self.database, values)
             if done is not None:
                 recorded, self._claimed_ahead = done
                 return recorded
         with self.database.transaction() as connection:
             now = self.clock()
-            recorded = transitions.finish_run(
+            recorded = runs.finish_run(
                 connection, claimed.run_id, self.task_runner_id, outcome, now
             )
             if recorded and outcome.status in (RunStatus.ERROR, RunStatus.TIMEOUT):
-                transitions.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
+                runs.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
             if self._may_claim_ahead is not None and self._may_claim_ahead():
-                self._claimed_ahead = self.database.claim_next_run(
-                    connection, self.task_runner_id, now
-                )
+                self._claimed_ahead = claim.claim_next_run(connection, self.task_runner_id, now)
         return recorded
 
     def _load_run_input(self, claimed: ClaimedRun) -> tuple[str, Any, Any] | None:
         with self.database.transaction(read_only=True) as connection:
-            return transitions.load_run_input(connection, claimed.task_queue_id)
+            return runs.load_run_input(connection, claimed.task_queue_id)
 
     def _until_stored(self, what: str, attempt: Callable[[], _T]) -> _T:
         """``attempt`` (one transaction), repeated until the database is reachable again.
@@ -355,15 +350,15 @@ class TaskRunner:
 
     def _save_checkpoint(self, run_id: int, checkpoint: Any) -> None:
         with self.database.transaction() as connection:
-            transitions.save_run_checkpoint(connection, run_id, checkpoint)
+            runs.save_run_checkpoint(connection, run_id, checkpoint)
 
     def _is_cancelled(self, task_queue_id: int) -> bool:
         with self.database.transaction(read_only=True) as connection:
-            return transitions.is_cancelled(connection, task_queue_id)
+            return tasks.is_cancelled(connection, task_queue_id)
 
     def _write_progress(self, run_id: int, progress: Progress) -> None:
         with self.database.transaction() as connection:
-            transitions.set_run_progress(connection, run_id, progress)
+            runs.set_run_progress(connection, run_id, progress)
         self.notifier.publish(run_id)
 
     def _execute(self, context: RunContext) -> tuple[RunOutcome, Backoff]:
@@ -581,11 +576,11 @@ class TaskRunner:
         try:
             with self.database.transaction() as connection:
                 if claimed_ahead is not None:
-                    transitions.release_run(connection, claimed_ahead.run_id, self.task_runner_id)
+                    runs.release_run(connection, claimed_ahead.run_id, self.task_runner_id)
                 if crashed:
-                    transitions.time_out_runners(connection, [self.task_runner_id], self.clock())
+                    runners.time_out_runners(connection, [self.task_runner_id], self.clock())
                 else:
-                    transitions.finish_runner(connection, self.task_runner_id, self.clock())
+                    runners.finish_runner(connection, self.task_runner_id, self.clock())
         except Exception:
             # The database is out: the row stays ``running`` and the overseer finds this
             # process gone (or its lease expired) and times it out.
@@ -711,7 +706,7 @@ class Heartbeat:
             sent_at = Lease.renewing()
             try:
                 with self.database.transaction() as connection:
-                    alive = transitions.beat_heart(connection, self.runner_id, self.clock())
+                    alive = runners.beat_heart(connection, self.runner_id, self.clock())
             except Exception:
                 logger.exception(
                     "heartbeat of runner %s failed",

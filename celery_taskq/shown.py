@@ -12,7 +12,7 @@ out of range. What is left out is marked where it was:
 - a lone surrogate: U+FFFD. ``NaN`` and infinities: the strings ``"NaN"``, ``"Infinity"``.
 
 Only what is shown changes; :func:`celery_taskq.get_task`, a program's own read, returns the
-stored values (decoded by :mod:`celery_taskq.decoding`).
+stored values (decoded by :mod:`celery_taskq.core.storage.decoding`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from celery_taskq.core.storage.storable import MAX_JSON_DEPTH
 from celery_taskq.listing import TaskPage
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot, TaskSummary
-from celery_taskq.storable import MAX_JSON_DEPTH
 
 SHOWN_MAX_DEPTH = MAX_JSON_DEPTH
 """Levels of nested objects and lists shown: all that any intake accepts."""

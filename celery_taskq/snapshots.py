@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from celery_taskq.models import Base, RunStatus
+from celery_taskq.core.models import Base, RunStatus
 
 
 def _columns(snapshot_class: type[Any], row: Base, **extra: Any) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_taskq.context import Progress, RunContext
-from celery_taskq.exceptions import InvalidTaskDataError, InvalidTaskError
+from celery_taskq.core.exceptions import InvalidTaskDataError, InvalidTaskError
 from celery_taskq.handlers import Continue, TaskCancelledError, TaskError, TaskHandler
 from celery_taskq.registry import register
 

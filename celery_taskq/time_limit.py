@@ -35,11 +35,12 @@ from datetime import datetime
 from types import FrameType, TracebackType
 from typing import Any
 
-from celery_taskq import stop_points, transitions
+from celery_taskq import stop_points
 from celery_taskq.capture import peek_output
-from celery_taskq.db import Database
+from celery_taskq.core.models import RunStatus
+from celery_taskq.core.statements import runners, runs
+from celery_taskq.core.storage.database import Database
 from celery_taskq.lease import KernelDeadline, boottime
-from celery_taskq.models import RunStatus
 from celery_taskq.outcome import RunOutcome
 from celery_taskq.stop_points import StopPoints
 
@@ -272,5 +273,5 @@ def abandon_run(
         percents_completed=percent,
     )
     with database.transaction() as connection:
-        transitions.finish_run(connection, run_id, runner_id, outcome, now)
-        transitions.time_out_runners(connection, [runner_id], now)
+        runs.finish_run(connection, run_id, runner_id, outcome, now)
+        runners.time_out_runners(connection, [runner_id], now)

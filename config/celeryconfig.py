@@ -24,7 +24,7 @@ runs a ready-made one, configured from ``TASKQ_*`` environment variables alone.
 
 Where each celery_taskq setting comes from, first match wins: the environment variable
 ``TASKQ_<NAME>``, then the ``taskq_<name>`` key below, then the default in
-:mod:`celery_taskq.settings`. Every ``taskq_*`` value below *is* that default: change the ones
+:mod:`celery_taskq.core.settings`. Every ``taskq_*`` value below *is* that default: change the ones
 you need and delete the rest.
 """
 

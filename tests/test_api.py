@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from celery_taskq import TaskqError, enqueue, get_task
-from celery_taskq.db import Database
-from celery_taskq.exceptions import HandlerModuleNotFoundError, TaskNotFoundError
-from celery_taskq.models import RunStatus, TaskQueue
+from celery_taskq.core.exceptions import HandlerModuleNotFoundError, TaskNotFoundError
+from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
 from tests.helpers import count
 
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from celery_taskq.db import Database
-from celery_taskq.models import RunnerRole, RunStatus, TaskQueue
+from celery_taskq.core.models import RunnerRole, RunStatus, TaskQueue
+from celery_taskq.core.storage.database import Database
 from tests.celery_stack import CeleryStack
 from tests.helpers import runners, runs_of, task_row
 
@@ -33,7 +33,7 @@ print(json.dumps(out))
 
 
 def audited_task(database: Database, celery_task_id: str) -> int:
-    from celery_taskq.models import TaskRun
+    from celery_taskq.core.models import TaskRun
 
     with database.transaction(read_only=True) as connection:
         task_id = connection.execute(

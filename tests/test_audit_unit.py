@@ -68,7 +68,7 @@ def test_which_tasks_are_audited() -> None:
     from celery import Celery
 
     from celery_taskq.celery import AuditedTask, install
-    from celery_taskq.settings import Settings
+    from celery_taskq.core.settings import Settings
 
     chosen_only = Celery("chosen", broker="memory://")
     state = install(chosen_only, settings=Settings())

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 from celery_taskq.broker import TRANSPORT_PATH, SQLTransport, split_sql_broker_url
 from celery_taskq.celery import _prune_sql_broker, install
-from celery_taskq.settings import Settings
+from celery_taskq.core.settings import Settings
 
 
 def test_sql_broker_urls_use_the_tuned_transport(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 from celery_taskq import Step
 from celery_taskq.api import enqueue, enqueue_steps
 from celery_taskq.celery import DUPLICATE_TICK
-from celery_taskq.db import Database
-from celery_taskq.models import RunnerStatus, RunStatus, TaskRun, TaskRunner
+from celery_taskq.core.models import RunnerStatus, RunStatus, TaskRun, TaskRunner
+from celery_taskq.core.storage.database import Database
 from tests import registered as _registered  # noqa: F401  (registers tests.reports.send here)
 from tests.celery_stack import RUNNER_LIMIT, CeleryStack
 from tests.helpers import runners, runs_of, wait_for

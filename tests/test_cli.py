@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from celery_taskq.cli import main
-from celery_taskq.db import Database
-from celery_taskq.models import RunStatus, TaskQueue
+from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.storage.database import Database
 from tests.helpers import count, insert_task_row, runners, runs_of, task_row
 from tests.test_schema import HEAD_REVISION
 
@@ -151,7 +151,7 @@ def test_cli_module_leaves_other_commands_modules_unimported() -> None:
     # the reports, Celery, the web server) would sit in every runner's memory.
     heavy = [
         "alembic",
-        "celery_taskq.migrate",
+        "celery_taskq.core.storage.migrate",
         "celery_taskq.reports",
         "celery_taskq.report_render",
         "celery",

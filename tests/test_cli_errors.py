@@ -19,9 +19,9 @@ import click
 import pytest
 
 from celery_taskq.cli import EXIT_BUG, EXIT_FAILURE, EXIT_USAGE, cli, main
-from celery_taskq.db import Database
-from celery_taskq.exceptions import StorageError, TaskqError
-from celery_taskq.models import TaskQueue
+from celery_taskq.core.exceptions import StorageError, TaskqError
+from celery_taskq.core.models import TaskQueue
+from celery_taskq.core.storage.database import Database
 from tests.conftest import CLI, PROJECT_ROOT
 from tests.helpers import count
 

@@ -7,7 +7,7 @@ by ``-A`` loaded), Flower's options by Flower's tornado options (and its ``FLOWE
 variables by Flower's own reading of them). ``celery-taskq worker``, which passes unknown
 arguments through to Celery, is run with Celery's ``start`` replaced, and the arguments it hands
 to Celery are parsed by Celery's worker command. Every ``TASKQ_*`` name must be a setting of
-:class:`celery_taskq.settings.Settings`. The file is read as compose reads it: variables
+:class:`celery_taskq.core.settings.Settings`. The file is read as compose reads it: variables
 (``${NAME:-default}``, ``${NAME:?error}``, ``$$``) are substituted from the environment
 :data:`COMPOSE_ENVIRONMENT` (what an operator sets), or the one a test gives.
 """
@@ -50,7 +50,7 @@ from celery_taskq.celery import (
     worker_queues,
 )
 from celery_taskq.cli import cli as taskq_main
-from celery_taskq.settings import ENV_PREFIX, Settings
+from celery_taskq.core.settings import ENV_PREFIX, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -789,7 +789,7 @@ def test_celeryconfig_names_only_real_settings() -> None:
 
 
 def test_celeryconfig_values_are_the_defaults() -> None:
-    """The example shows each setting it sets at its default from celery_taskq.settings."""
+    """The example shows each setting it sets at its default from celery_taskq.core.settings."""
     module = load_celeryconfig()
     for setting in fields(Settings):
         key = CELERY_CONFIG_PREFIX + setting.name

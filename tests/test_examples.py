@@ -7,8 +7,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from celery_taskq.db import Database
-from celery_taskq.models import RunStatus
+from celery_taskq.core.models import RunStatus
+from celery_taskq.core.storage.database import Database
 from tests.conftest import CLI, PROJECT_ROOT
 from tests.helpers import runs_of
 

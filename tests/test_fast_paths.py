@@ -13,14 +13,17 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, text
 
-from celery_taskq import api, db, transitions
-from celery_taskq.db import Database
-from celery_taskq.exceptions import StorageError
-from celery_taskq.models import RunStatus, TaskQueue
+from celery_taskq import api
+from celery_taskq.core.exceptions import StorageError
+from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.statements import tasks
+from celery_taskq.core.statements.claim import finish_success_and_claim
+from celery_taskq.core.storage import database as db
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.runner import StopReason, utc_now
 from celery_taskq.runner import TaskRunner as Runner
-from celery_taskq.settings import Settings
 from tests.conftest import FakeClock
 from tests.helpers import runs_of, task_row
 
@@ -196,7 +199,7 @@ def test_new_runs_roll_up_as_a_full_recount_would(
     task = task_row(database, task_id)
     assert (task.last_status, task.task_runs_failed) == (RunStatus.SCHEDULED, 1)
     with database.transaction() as connection:
-        transitions.rollup_tasks(connection, [task_id])
+        tasks.rollup_tasks(connection, [task_id])
     recounted = task_row(database, task_id)
     assert (recounted.last_status, recounted.task_runs_failed) == (RunStatus.SCHEDULED, 1)
 
@@ -258,10 +261,10 @@ def test_a_refused_driver_statement_is_a_storage_error_and_writes_nothing(
     }
     try:
         with database.autocommit() as connection:
-            task_id = transitions.insert_due_task(connection, values)
+            task_id = tasks.insert_due_task(connection, values)
         refused = {**values, "max_retries": 0}  # MaxRetries >= 1 is a check constraint
         with pytest.raises(StorageError, match="refused the change"), database.autocommit() as c:
-            transitions.insert_due_task(c, refused)
+            tasks.insert_due_task(c, refused)
         with database.transaction() as connection:
             rows = connection.execute(select(TaskQueue.id, TaskQueue.task_data)).all()
         assert [tuple(row) for row in rows] == [(task_id, {"kept": ["as", "json"]})]
@@ -290,7 +293,7 @@ def test_a_driver_statement_on_a_dead_connection_fails_once_and_the_next_one_rec
         }
         # Handed back moments ago, the dead connection is not pinged: the statement meets it.
         with pytest.raises(StorageError, match="database error"):
-            database.finish_success_and_claim(values)
-        assert database.finish_success_and_claim(values) == (False, None)
+            finish_success_and_claim(database, values)
+        assert finish_success_and_claim(database, values) == (False, None)
     finally:
         database.close()

@@ -21,13 +21,13 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 
-from celery_taskq.db import Database
-from celery_taskq.exceptions import StorageError, StorageRefusedError
-from celery_taskq.models import RunnerStatus, RunStatus, TaskRun
+from celery_taskq.core.exceptions import StorageError, StorageRefusedError
+from celery_taskq.core.models import RunnerStatus, RunStatus, TaskRun
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.outcome import REFUSED_CODE, RESULT_TOO_LARGE_CODE
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.runner import UNREADABLE_DATA_CODE, StopReason
-from celery_taskq.settings import Settings
 from celery_taskq.time_limit import TIME_LIMIT_CODE
 from tests.chaos.support import open_runs
 from tests.helpers import cli, runners, runs_of, start_runner, wait_for
@@ -199,14 +199,14 @@ def test_a_time_limit_never_stops_a_handler_inside_a_database_write(
 def test_an_outcome_the_database_refuses_is_recorded_as_refused(
     service: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from celery_taskq import transitions
+    from celery_taskq.core.statements import runs
 
     task_id = service.add_task("tests.handlers.AlwaysFail", max_retries=1)
     service.process_queue()
     runner = service.get_task_runner()
     assert runner is not None
     # Given the database refuses the first outcome written (a refusal, not an outage)
-    finish_run = transitions.finish_run
+    finish_run = runs.finish_run
     refusals: list[tuple[Any, ...]] = []
 
     def refuse_once(*args: Any) -> bool:
@@ -215,7 +215,7 @@ def test_an_outcome_the_database_refuses_is_recorded_as_refused(
             raise StorageRefusedError("value too long for type character varying(255)")
         return finish_run(*args)
 
-    monkeypatch.setattr(transitions, "finish_run", refuse_once)
+    monkeypatch.setattr(runs, "finish_run", refuse_once)
     # When the runner records the run
     assert runner.run_once()
     # Then it is not retried as an outage: the run ends error, saying the database refused it
@@ -228,7 +228,7 @@ def test_an_outcome_the_database_refuses_is_recorded_as_refused(
 def test_a_runner_that_crashes_ends_timeout_with_its_run(
     service: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from celery_taskq import transitions
+    from celery_taskq.core.statements import claim, runs
 
     task_id = service.add_task("tests.handlers.Succeed", {"n": 1})
     service.process_queue()
@@ -239,8 +239,8 @@ def test_a_runner_that_crashes_ends_timeout_with_its_run(
     def broken(*_args: Any) -> bool:
         raise RuntimeError("a bug in recording")
 
-    monkeypatch.setattr(transitions, "finish_run", broken)
-    monkeypatch.setattr(runner.database, "finish_success_and_claim", lambda _values: None)
+    monkeypatch.setattr(runs, "finish_run", broken)
+    monkeypatch.setattr(claim, "finish_success_and_claim", lambda _database, _values: None)
     # When the loop crashes on it
     with pytest.raises(RuntimeError, match="a bug in recording"):
         runner.run(burst=True)

@@ -22,8 +22,8 @@ import pytest
 
 from celery_taskq.api import enqueue
 from celery_taskq.celery import PROCESS_TASK, RUNNER_TASK
-from celery_taskq.db import Database
-from celery_taskq.models import RunStatus
+from celery_taskq.core.models import RunStatus
+from celery_taskq.core.storage.database import Database
 from tests.celery_stack import CeleryStack
 from tests.helpers import runs_of, wait_for
 

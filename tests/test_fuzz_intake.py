@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from celery_taskq.api import enqueue, enqueue_many
 from celery_taskq.cli import cli
-from celery_taskq.db import Database
-from celery_taskq.exceptions import InvalidTaskError
-from celery_taskq.models import TaskQueue, TaskRun
-from celery_taskq.settings import Settings
+from celery_taskq.core.exceptions import InvalidTaskError
+from celery_taskq.core.models import TaskQueue, TaskRun
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.web import create_app
 from tests.helpers import count, task_row
 from tests.web_support import TOKEN, web_settings

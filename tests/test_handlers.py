@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from celery_taskq.exceptions import (
+from celery_taskq.core.exceptions import (
     HandlerClassNotFoundError,
     HandlerError,
     HandlerModuleNotFoundError,

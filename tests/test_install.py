@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from celery_taskq.celery import INSTALL_DEFAULTS, install
-from celery_taskq.settings import Settings
+from celery_taskq.core.settings import Settings
 
 SETTINGS = Settings(broker_url="redis://127.0.0.1:6399/3")
 

@@ -7,9 +7,14 @@ import sys
 
 CORE_MODULES = [
     "celery_taskq",
-    "celery_taskq.models",
-    "celery_taskq.db",
-    "celery_taskq.transitions",
+    "celery_taskq.core.models",
+    "celery_taskq.core.storage.database",
+    "celery_taskq.core.statements.claim",
+    "celery_taskq.core.statements.runs",
+    "celery_taskq.core.statements.tasks",
+    "celery_taskq.core.statements.runners",
+    "celery_taskq.core.statements.beat",
+    "celery_taskq.core.statements.native",
     "celery_taskq.liveness",
     "celery_taskq.handlers",
     "celery_taskq.capture",

@@ -18,8 +18,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from celery_taskq.cli import main
-from celery_taskq.migrate import alembic_config, current_revision, upgrade_database
-from celery_taskq.models import Base
+from celery_taskq.core.models import Base
+from celery_taskq.core.storage.migrate import alembic_config, current_revision, upgrade_database
 from tests.conftest import CLI
 
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

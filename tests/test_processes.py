@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from celery_taskq.db import Database
-from celery_taskq.models import RunnerStatus, RunStatus, TaskRun
+from celery_taskq.core.models import RunnerStatus, RunStatus, TaskRun
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
 from tests.helpers import cli, count, runners, runs_of, start_runner, task_row, wait_for
 

@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, insert, update
 
-from celery_taskq import transitions
-from celery_taskq.db import Database
-from celery_taskq.exceptions import (
+from celery_taskq.core.exceptions import (
     HandlerClassNotFoundError,
     HandlerModuleNotFoundError,
     HandlerNotAllowedError,
@@ -24,11 +22,14 @@ from celery_taskq.exceptions import (
     InvalidTaskError,
     NotATaskHandlerError,
 )
+from celery_taskq.core.models import RunnerStatus, RunStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.statements.claim import claim_next_run
+from celery_taskq.core.statements.runners import beat_heart, running_runners, time_out_runners
+from celery_taskq.core.storage.database import Database
 from celery_taskq.lease import process_namespace
-from celery_taskq.models import RunnerStatus, RunStatus, TaskQueue, TaskRun, TaskRunner
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.runner import current_process_start_time
-from celery_taskq.settings import Settings
 from tests.conftest import TEST_HOST, FakeClock
 from tests.helpers import count, drive, runners, runs_of, task_row, wait_for
 
@@ -180,7 +181,7 @@ def test_open_run_is_enforced_by_the_database(
 ) -> None:
     task_id = service.add_task("tests.handlers.Succeed")
     service.create_task_run(task_id)
-    from celery_taskq.exceptions import StorageError
+    from celery_taskq.core.exceptions import StorageError
 
     with pytest.raises(StorageError), database.transaction() as connection:
         connection.execute(
@@ -337,9 +338,9 @@ def give_running_run(service: TaskQueueService, database: Database, runner_id: i
     task_id = service.add_task("tests.handlers.Succeed")
     service.create_task_run(task_id)
     with database.transaction() as connection:
-        claimed = database.claim_next_run(connection, runner_id, service.clock())
+        claimed = claim_next_run(connection, runner_id, service.clock())
         assert claimed is not None
-        from celery_taskq.transitions import rollup_tasks
+        from celery_taskq.core.statements.tasks import rollup_tasks
 
         rollup_tasks(connection, [task_id])
     return task_id
@@ -412,13 +413,13 @@ def test_overseer_does_not_reap_a_runner_that_renewed_its_lease_since_it_was_jud
     remote = add_runner(database, clock, hostname="other-host", process_id=dead_pid())
     clock.advance(settings.heartbeat_timeout + settings.lease_margin + 1)
     with database.transaction(read_only=True) as connection:
-        (judged,) = transitions.running_runners(connection)
+        (judged,) = running_runners(connection)
     # Given the runner renewed its heartbeat after the overseer read it
     with database.transaction() as connection:
-        assert transitions.beat_heart(connection, remote, clock.now)
+        assert beat_heart(connection, remote, clock.now)
     # When the overseer times out what it judged dead
     with database.transaction() as connection:
-        timed_out = transitions.time_out_runners(connection, (), clock.now, judged=[judged])
+        timed_out = time_out_runners(connection, (), clock.now, judged=[judged])
     # Then the runner lives on
     assert timed_out == []
     assert runners(database)[0].status is RunnerStatus.RUNNING

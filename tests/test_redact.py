@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from celery_taskq.core.settings import DEFAULT_REDACT_PATTERNS
 from celery_taskq.redact import MASK, REDACTED, mask_credentials, redact
-from celery_taskq.settings import DEFAULT_REDACT_PATTERNS
 
 PATTERNS = DEFAULT_REDACT_PATTERNS
 

@@ -9,19 +9,19 @@ from dataclasses import replace
 import pytest
 
 from celery_taskq import TaskHandler, register
-from celery_taskq.db import Database
-from celery_taskq.exceptions import (
+from celery_taskq.core.exceptions import (
     ConfigurationError,
     HandlerError,
     HandlerModuleNotFoundError,
     HandlerNotAllowedError,
     InvalidTaskError,
 )
+from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.handlers import load_handler_class
-from celery_taskq.models import RunStatus, TaskQueue
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.registry import registered_names, unregister
-from celery_taskq.settings import Settings
 from tests import registered
 from tests.conftest import CLI, FakeClock
 from tests.helpers import count, drive, insert_task_row, runs_of, task_row

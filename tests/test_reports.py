@@ -14,9 +14,17 @@ from sqlalchemy import insert
 
 from celery_taskq import reports
 from celery_taskq.cli import main
-from celery_taskq.db import Database
-from celery_taskq.exceptions import InvalidArgumentError
-from celery_taskq.models import RunnerRole, RunnerStatus, RunStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.models import (
+    RunnerRole,
+    RunnerStatus,
+    RunStatus,
+    TaskQueue,
+    TaskRun,
+    TaskRunner,
+)
+from celery_taskq.core.statements.tasks import rollup_tasks
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.reports import (
     DeadLetter,
@@ -33,7 +41,6 @@ from celery_taskq.reports import (
     build_report,
     report_as_dict,
 )
-from celery_taskq.transitions import rollup_tasks
 from tests.conftest import FakeClock
 from tests.helpers import drive
 

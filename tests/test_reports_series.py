@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import update
 
 from celery_taskq import reports
-from celery_taskq.db import Database
-from celery_taskq.exceptions import InvalidArgumentError
-from celery_taskq.models import RunnerRole, RunnerStatus, RunStatus, TaskRun, TaskRunner
+from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus, TaskRun, TaskRunner
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.reports import (
     DurationHistogram,

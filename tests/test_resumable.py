@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from celery_taskq.db import Database
-from celery_taskq.models import RunStatus
+from celery_taskq.core.models import RunStatus
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
 from tests.helpers import drive, results, runs_of, task_row
 
 

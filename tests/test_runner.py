@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from celery_taskq import transitions
-from celery_taskq.db import Database
-from celery_taskq.models import RunnerStatus, RunStatus
+from celery_taskq.core.models import RunnerStatus, RunStatus
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.statements import runs
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.runner import StopReason
 from celery_taskq.runner import TaskRunner as Runner
-from celery_taskq.settings import Settings
 from tests.conftest import FakeClock
 from tests.helpers import insert_task_row, runners, runs_of, task_row, wait_for
 
@@ -266,13 +266,13 @@ def test_final_status_and_roll_up_land_in_one_transaction(
     # Given the transaction fails after the run's final state and roll-up have been sent (a
     # success is written and rolled up by one statement on PostgreSQL, two on SQLite; a
     # failure is rolled up by rollup_tasks)
-    finish_run = transitions.finish_run
+    finish_run = runs.finish_run
 
     def finish_then_fail(*args: Any) -> bool:
         finish_run(*args)
         raise RuntimeError("roll-up failed")
 
-    monkeypatch.setattr("celery_taskq.transitions.finish_run", finish_then_fail)
+    monkeypatch.setattr("celery_taskq.core.statements.runs.finish_run", finish_then_fail)
     with pytest.raises(RuntimeError, match="roll-up failed"):
         runner.process_task_run(claimed)
     # Then neither the run's final status nor anything else of it was written

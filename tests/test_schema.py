@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from celery_taskq.migrate import current_revision, upgrade_database
-from celery_taskq.models import Base
+from celery_taskq.core.models import Base
+from celery_taskq.core.storage.migrate import current_revision, upgrade_database
 
 HEAD_REVISION = "0007"
 

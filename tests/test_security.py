@@ -26,12 +26,12 @@ from sqlalchemy import select, update
 
 import celery_taskq.web
 from celery_taskq.cli import main
-from celery_taskq.db import Database
-from celery_taskq.exceptions import HandlerNotAllowedError
-from celery_taskq.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.exceptions import HandlerNotAllowedError
+from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.settings import DEFAULT_REDACT_PATTERNS, Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
 from celery_taskq.redact import REDACTED, redact
-from celery_taskq.settings import DEFAULT_REDACT_PATTERNS, Settings
 from celery_taskq.steps import STEPS_HANDLER
 from celery_taskq.web import create_app
 from tests.conftest import PROJECT_ROOT, FakeClock

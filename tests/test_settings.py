@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from celery_taskq.celery import settings_from_celery
-from celery_taskq.exceptions import ConfigurationError
-from celery_taskq.settings import DEFAULT_TASK_RUNNER_LIMIT, Settings
+from celery_taskq.core.exceptions import ConfigurationError
+from celery_taskq.core.settings import DEFAULT_TASK_RUNNER_LIMIT, Settings
 
 
 def test_defaults() -> None:

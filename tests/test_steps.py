@@ -11,12 +11,16 @@ from sqlalchemy import insert
 
 from celery_taskq import Step, TaskSpec
 from celery_taskq.context import Progress, RunContext
-from celery_taskq.db import Database
-from celery_taskq.exceptions import HandlerNotAllowedError, InvalidTaskDataError, InvalidTaskError
+from celery_taskq.core.exceptions import (
+    HandlerNotAllowedError,
+    InvalidTaskDataError,
+    InvalidTaskError,
+)
+from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.handlers import TaskCancelledError, create_task_handler
-from celery_taskq.models import RunStatus, TaskQueue
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
 from celery_taskq.steps import (
     NESTED_STEPS_CODE,
     NESTED_STEPS_MESSAGE,

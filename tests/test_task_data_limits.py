@@ -19,13 +19,17 @@ from fastapi.testclient import TestClient
 
 from celery_taskq.api import enqueue, enqueue_many
 from celery_taskq.cli import main
-from celery_taskq.db import Database
-from celery_taskq.decoding import loads_json
-from celery_taskq.exceptions import ConfigurationError, InvalidTaskDataError, TaskDataLimitError
+from celery_taskq.core.exceptions import (
+    ConfigurationError,
+    InvalidTaskDataError,
+    TaskDataLimitError,
+)
+from celery_taskq.core.models import TaskQueue, TaskRun
+from celery_taskq.core.settings import DEFAULT_TASK_DATA_MAX_BYTES, Settings
+from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.decoding import loads_json
+from celery_taskq.core.storage.storable import MAX_JSON_DEPTH
 from celery_taskq.intake import check_task_data
-from celery_taskq.models import TaskQueue, TaskRun
-from celery_taskq.settings import DEFAULT_TASK_DATA_MAX_BYTES, Settings
-from celery_taskq.storable import MAX_JSON_DEPTH
 from celery_taskq.web import create_app
 from tests.helpers import count
 from tests.web_support import TOKEN, web_settings

@@ -21,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from celery_taskq.cli import main
-from celery_taskq.db import Database
-from celery_taskq.models import RunnerStatus, RunStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.models import RunnerStatus, RunStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
 from celery_taskq.web import create_app
 from tests.conftest import FakeClock
 from tests.helpers import count, drive
@@ -724,4 +724,4 @@ def test_the_web_layer_reads_through_the_core_and_writes_no_sql() -> None:
     for module in web.glob("*.py"):
         source = module.read_text()
         assert "sqlalchemy" not in source, module.name
-        assert "celery_taskq.models import TaskQueue" not in source, module.name
+        assert "celery_taskq.core.models import TaskQueue" not in source, module.name

@@ -24,10 +24,10 @@ from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from sqlalchemy import update
 
-from celery_taskq.db import Database
-from celery_taskq.models import RunnerRole, RunnerStatus, RunStatus, TaskRunner
+from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus, TaskRunner
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
 from celery_taskq.web import create_app
 from tests.conftest import PROJECT_ROOT
 from tests.fixtures.postgres import servers_required

@@ -12,7 +12,7 @@ from dataclasses import replace
 import uvicorn
 from fastapi import FastAPI
 
-from celery_taskq.settings import Settings
+from celery_taskq.core.settings import Settings
 
 TOKEN = "s3cret-token"  # noqa: S105 - the test dashboard's token
 FLOWER = "http://flower.example:5555"

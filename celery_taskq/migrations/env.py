@@ -1,16 +1,16 @@
 """Alembic environment: runs the package's migrations against the configured database.
 
 All migrations of one upgrade run in one transaction that holds the database's migration
-lock (see :mod:`celery_taskq.migrate`): Alembic finds the connection already in a transaction
-and neither commits nor begins one of its own.
+lock (see :mod:`celery_taskq.core.storage.migrate`): Alembic finds the connection already in a
+transaction and neither commits nor begins one of its own.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-from celery_taskq.migrate import locked_migration_transaction
-from celery_taskq.models import Base
+from celery_taskq.core.models import Base
+from celery_taskq.core.storage.migrate import locked_migration_transaction
 
 target_metadata = Base.metadata
 

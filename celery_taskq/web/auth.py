@@ -30,7 +30,7 @@ from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from celery_taskq.settings import Settings
+from celery_taskq.core.settings import Settings
 from celery_taskq.web.errors import ApiError, error_response
 from celery_taskq.web.state import WebState, get_state
 

@@ -14,7 +14,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from celery_taskq.settings import Settings
+from celery_taskq.core.settings import Settings
 from celery_taskq.web.errors import error_response
 
 MAX_BODY_BYTES = 2 * 1024 * 1024

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 
-from celery_taskq.models import RunStatus
+from celery_taskq.core.models import RunStatus
 from celery_taskq.reports import RunSeries
 
 STACK_ORDER = (

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from celery_taskq.settings import Settings
+from celery_taskq.core.settings import Settings
 from celery_taskq.web.auth import (
     UNAUTHORISED,
     keyed_hash,

@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from celery_taskq.exceptions import (
+from celery_taskq.core.exceptions import (
     DuplicateTaskError,
     InvalidTaskError,
     NotFoundError,

@@ -18,8 +18,8 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from celery_taskq.decoding import loads_json
-from celery_taskq.exceptions import DuplicateTaskError, InvalidArgumentError
+from celery_taskq.core.exceptions import DuplicateTaskError, InvalidArgumentError
+from celery_taskq.core.storage.decoding import loads_json
 from celery_taskq.web import inputs
 from celery_taskq.web.auth import SESSION_COOKIE, WRITES_DISABLED, new_session, token_matches
 from celery_taskq.web.csrf import check_form_credentials, check_origin

@@ -16,11 +16,13 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from celery_taskq import reports
-from celery_taskq.decoding import loads_json
-from celery_taskq.exceptions import InvalidArgumentError
+from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.storage.decoding import loads_json
+from celery_taskq.core.storage.storable import (
+    json_problem as json_problem,  # re-exported for schemas
+)
+from celery_taskq.core.storage.storable import text_problem as text_problem
 from celery_taskq.listing import TaskFilter, parse_status
-from celery_taskq.storable import json_problem as json_problem  # re-exported for schemas
-from celery_taskq.storable import text_problem as text_problem
 
 MAX_ID = 2**63 - 1
 """Largest id a path or cursor may name (64-bit keys on both databases)."""
@@ -100,7 +102,8 @@ def cursor(value: str | int | None, name: str = "before_id") -> int | None:
 
 
 class _JsonBodyRequest(Request):
-    """A request whose JSON body is parsed by :func:`celery_taskq.decoding.loads_json`."""
+    """A request whose JSON body is parsed by
+    :func:`~celery_taskq.core.storage.decoding.loads_json`."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):

@@ -37,8 +37,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from celery_taskq import reports
-from celery_taskq.db import Database
-from celery_taskq.models import RunnerRole, RunnerStatus, RunStatus
+from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus
+from celery_taskq.core.storage.database import Database
 from celery_taskq.reports import ReportWindow
 from celery_taskq.shown import SHOWN_SHORT_MAX_CHARS, shown_text
 from celery_taskq.web.state import WebState, get_state

@@ -6,7 +6,7 @@ import logging
 
 import uvicorn
 
-from celery_taskq.settings import Settings
+from celery_taskq.core.settings import Settings
 from celery_taskq.web.app import create_app
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from celery_taskq.models import (
+from celery_taskq.core.models import (
     CELERY_HANDLER_PREFIX,
     FAILED_RUN_STATUSES,
     OPEN_RUN_STATUSES,

@@ -34,9 +34,9 @@ from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_redis.executor import RedisExecutor
 from sqlalchemy import func, select
 
-from celery_taskq.db import Database
-from celery_taskq.migrate import upgrade_database
-from celery_taskq.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.migrate import upgrade_database
 from celery_taskq.queue import TaskQueueService
 from tests.celery_stack import CeleryStack
 from tests.conftest import PROJECT_ROOT

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from celery_taskq.celery import DUPLICATE_TICK
-from celery_taskq.db import Database
-from celery_taskq.models import RunStatus
+from celery_taskq.core.models import RunStatus
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
 from tests.chaos.support import (
     GroupedCeleryStack,
     Ledger,

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from celery_taskq.api import enqueue_many
-from celery_taskq.db import Database
-from celery_taskq.models import RunnerRole, RunnerStatus, RunStatus, TaskRun, TaskRunner
+from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus, TaskRun, TaskRunner
+from celery_taskq.core.storage.database import Database
 from tests.chaos.support import (
     CLI,
     GroupedCeleryStack,

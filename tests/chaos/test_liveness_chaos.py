@@ -15,11 +15,11 @@ import psutil
 import pytest
 from sqlalchemy import update
 
-from celery_taskq.db import Database
+from celery_taskq.core.models import RunnerStatus, RunStatus, TaskRunner
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
 from celery_taskq.liveness import PROCESS_START_TOLERANCE_SECONDS
-from celery_taskq.models import RunnerStatus, RunStatus, TaskRunner
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.settings import Settings
 from tests.chaos.support import (
     CLI,
     Ledger,

@@ -16,7 +16,7 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-# celery_taskq.models.TASK_EXHAUSTED_SQL as of this revision (a migration never changes).
+# celery_taskq.core.models.TASK_EXHAUSTED_SQL as of this revision (a migration never changes).
 TASK_EXHAUSTED_SQL = '"LastStatus" IN (\'error\', \'timeout\') AND "TaskRunsFailed" >= "MaxRetries"'
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from celery_taskq.exceptions import ConfigurationError
+from celery_taskq.core.exceptions import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///celery_taskq.db"
 """A SQLite file in the working directory: the embedded default."""

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, pool, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from celery_taskq.exceptions import ConfigurationError, TaskqError
+from celery_taskq.core.exceptions import ConfigurationError, TaskqError
 
 MIGRATIONS_LOCATION = "celery_taskq:migrations"
 

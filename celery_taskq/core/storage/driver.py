@@ -22,7 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ClauseElement
 
-from celery_taskq.exceptions import StorageError
+from celery_taskq.core.exceptions import StorageError
 
 
 class DriverStatement:

@@ -3,8 +3,8 @@
 Intake refuses what it cannot store cleanly, but rows may come from an older version, another
 writer or a hand-written ``UPDATE``: JSON text that does not parse, a document nested deeper
 than Python's recursion limit, a number too long to convert, SQLite text that is not UTF-8.
-The engine decodes with these functions (:class:`celery_taskq.db.Database` installs them), so
-reading such a row never raises:
+The engine decodes with these functions (:class:`celery_taskq.core.storage.database.Database`
+installs them), so reading such a row never raises:
 
 - :func:`read_json` is the engines' JSON deserializer. A document nested past the recursion
   limit is decoded without recursion; one that cannot be decoded at all reads back as an
