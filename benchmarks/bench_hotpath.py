@@ -4,10 +4,10 @@
         [--profile enqueue|drain]
 
 Queues ``--tasks`` no-op tasks with ``enqueue()`` one at a time, then drains them with one
-:class:`~celery_taskq.runner.TaskRunner` in this process (``burst``), and prints both rates.
-No Celery and no broker: what is left is celery_taskq's own cost per task. With ``--profile``
-the chosen phase runs under pyinstrument and its top lines are printed (benchmarks/PROFILES.md
-keeps them). PostgreSQL is a private cluster started as benchmarks/bench_drain.py starts one.
+:class:`~celery_taskq.core.runner.loop.TaskRunner` in this process (``burst``), and prints both
+rates. No Celery and no broker: what is left is celery_taskq's own cost per task. With ``--profile``
+the chosen phase runs under pyinstrument and its top lines are printed (benchmarks/PROFILES.md keeps
+them). PostgreSQL is a private cluster started as benchmarks/bench_drain.py starts one.
 """
 
 # ruff: noqa: E402 - the project root must be on sys.path before its packages are imported

@@ -33,10 +33,10 @@ from sqlalchemy.exc import DBAPIError
 from celery_taskq import __version__
 from celery_taskq.core.exceptions import TaskqError
 from celery_taskq.core.models import FAILED_RUN_STATUSES, OPEN_RUN_STATUSES, RunStatus
+from celery_taskq.core.runner.lease import leave_namespace_init
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.decoding import loads_json
-from celery_taskq.lease import leave_namespace_init
 from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
 from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
 from celery_taskq.redact import redacted_page, redacted_task

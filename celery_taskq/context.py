@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from celery_taskq.core.runner.outcome_values import cut_text, storable_json
 from celery_taskq.core.storage.storable import MAX_INT32
 from celery_taskq.handlers import TaskCancelledError
-from celery_taskq.outcome_values import cut_text, storable_json
 
 if TYPE_CHECKING:
     from celery_taskq.handlers import TaskHandler

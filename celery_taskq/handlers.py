@@ -77,7 +77,7 @@ class TaskHandler:
     the configured retry backoff for its tasks; ``time_budget`` (seconds) overrides the
     configured ``run_time_budget``, which sets ``run.deadline``. ``time_limit`` (seconds)
     overrides the configured ``run_time_limit``: a run still working then is stopped and ends
-    ``timeout`` (``0``: no limit; see :mod:`celery_taskq.time_limit`).
+    ``timeout`` (``0``: no limit; see :mod:`celery_taskq.core.runner.time_limit`).
     """
 
     retry_backoff_base: float | None = None

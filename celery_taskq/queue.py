@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from celery_taskq import intake, registry
+from celery_taskq.core.clock import Clock, utc_now
 from celery_taskq.core.exceptions import InvalidArgumentError, NotFoundError, TaskNotFoundError
 from celery_taskq.core.models import (
     CELERY_HANDLER_PREFIX,
@@ -44,21 +45,22 @@ from celery_taskq.core.models import (
     TaskQueue,
     TaskRun,
 )
-from celery_taskq.core.settings import Settings
-from celery_taskq.core.statements import beat, runners, tasks
-from celery_taskq.core.storage.database import Database, translate_errors
-from celery_taskq.handlers import TaskHandler, create_task_handler
-from celery_taskq.intake import TaskSpec, check_on_duplicate
-from celery_taskq.lease import boottime, process_namespace
-from celery_taskq.liveness import (
+from celery_taskq.core.runner.lease import boottime, process_namespace
+from celery_taskq.core.runner.liveness import (
     RunnerRecord,
+    current_process_start_time,
     judge_by_lease,
     judge_runner,
     kill_runner_process,
     process_start_time,
 )
+from celery_taskq.core.runner.loop import TaskRunner
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.statements import beat, runners, tasks
+from celery_taskq.core.storage.database import Database, translate_errors
+from celery_taskq.handlers import TaskHandler, create_task_handler
+from celery_taskq.intake import TaskSpec, check_on_duplicate
 from celery_taskq.notify import notifier_for
-from celery_taskq.runner import Clock, TaskRunner, current_process_start_time, utc_now
 from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
 from celery_taskq.steps import STEPS_HANDLER, Step, steps_data
 
@@ -329,9 +331,9 @@ class TaskQueueService:
     # -- the overseer ----------------------------------------------------------------------
 
     def refresh_task_runners_status(self) -> list[int]:
-        """Time out every ``running`` runner that can no longer be executing a run; return
-        their ids. See :mod:`celery_taskq.liveness` for the judgement: a runner of this machine
-        that is alive but out of its lease is killed first."""
+        """Time out every ``running`` runner that can no longer be executing a run; return their
+        ids. See :mod:`celery_taskq.core.runner.liveness` for the judgement: a runner of this
+        machine that is alive but out of its lease is killed first."""
         now = self.clock()
         with self.database.transaction(read_only=True) as connection:
             records = runners.running_runners(connection)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from celery_taskq.backoff import Backoff
+from celery_taskq.core.runner.backoff import Backoff
 
 
 def test_delay_doubles_then_is_capped() -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from celery_taskq.capture import (
+from celery_taskq.core.runner.capture import (
     SPOOL_TRIM_INTERVAL,
     SPOOL_TRIM_SLACK,
     TRUNCATION_MARKER,

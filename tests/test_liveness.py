@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import psutil
 
-from celery_taskq.liveness import (
+from celery_taskq.core.runner.liveness import (
     RunnerRecord,
     judge_runner,
     kill_runner_process,

@@ -429,10 +429,11 @@ def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
         "celery_taskq/render.py",  # renders what cli.py redacted
         "celery_taskq/web/schemas.py",  # serialises what api_routes.py redacted
         "celery_taskq/redact.py",
-        "celery_taskq/runner.py",  # hands the real data to the handler
-        "celery_taskq/outcome.py",  # stores change_data_on_error's new data
+        "celery_taskq/core/runner/loop.py",  # hands the real data to the handler
+        "celery_taskq/core/runner/outcome.py",  # stores change_data_on_error's new data
         "celery_taskq/shown.py",  # bounds what the places above then redact
-        "celery_taskq/transitions.py",
+        "celery_taskq/core/statements/runs.py",
+        "celery_taskq/core/statements/tasks.py",
         "celery_taskq/intake.py",
         "celery_taskq/audit.py",
         "celery_taskq/snapshots.py",

@@ -14,12 +14,16 @@ import psutil
 import pytest
 
 from celery_taskq.api import enqueue
-from celery_taskq.capture import TRUNCATION_MARKER
 from celery_taskq.core.models import RunnerStatus, RunStatus
+from celery_taskq.core.runner.capture import TRUNCATION_MARKER
+from celery_taskq.core.runner.time_limit import (
+    TIME_LIMIT_CODE,
+    UNSTOPPABLE_EXIT_CODE,
+    effective_limit,
+)
 from celery_taskq.core.settings import DEFAULT_OUTPUT_CAP_BYTES, Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.queue import TaskQueueService
-from celery_taskq.time_limit import TIME_LIMIT_CODE, UNSTOPPABLE_EXIT_CODE, effective_limit
 from tests.celery_stack import CeleryStack
 from tests.conftest import FakeClock
 from tests.fault_handlers import MEGABYTE

@@ -28,8 +28,8 @@ from celery_taskq.core.models import (
     TaskRun,
     TaskRunner,
 )
+from celery_taskq.core.runner.liveness import RunnerRecord
 from celery_taskq.core.statements.tasks import rollup_tasks
-from celery_taskq.liveness import RunnerRecord
 
 RUNNER_REGISTRY_LOCK_KEY = 0x7461736B71
 """PostgreSQL advisory lock serialising runner registration against TaskRunnerLimit."""

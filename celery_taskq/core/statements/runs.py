@@ -30,9 +30,9 @@ from celery_taskq.core.models import (
     TaskRun,
     UTCDateTime,
 )
+from celery_taskq.core.runner.outcome import RunOutcome
 from celery_taskq.core.statements.tasks import is_cancelled, rollup_tasks
 from celery_taskq.core.storage.driver import DriverStatement
-from celery_taskq.outcome import RunOutcome
 
 
 def load_run_input(connection: Connection, task_queue_id: int) -> tuple[str, Any, Any] | None:

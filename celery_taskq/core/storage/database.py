@@ -42,8 +42,8 @@ from celery_taskq.core.exceptions import (
     StorageError,
     StorageRefusedError,
 )
+from celery_taskq.core.runner.stop_points import no_stop
 from celery_taskq.core.storage.decoding import read_json, read_sqlite_text
-from celery_taskq.stop_points import no_stop
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Database:
         """Yield a connection inside one transaction, committed on success.
 
         A time limit's soft stop waits until the transaction has ended
-        (:mod:`celery_taskq.stop_points`).
+        (:mod:`celery_taskq.core.runner.stop_points`).
         """
         with no_stop(), translate_errors(), self.engine.connect() as connection:
             if read_only:

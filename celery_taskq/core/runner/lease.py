@@ -8,11 +8,11 @@ holding the GIL in one long C call, a process stopped by ``SIGSTOP``, a thread d
 So a runner that can no longer renew its lease cannot go on executing a run past it, and a
 process that was stopped past its lease never resumes (the kernel kills it while stopped).
 
-The overseer, on its side (see :mod:`celery_taskq.liveness`), hands a run to another runner
-only when its holder is proved dead (same host and PID namespace), or its lease expired more
-than ``TASKQ_LEASE_MARGIN`` seconds ago. The margin covers the clock difference between the
-two hosts; ``CLOCK_BOOTTIME`` keeps counting through a suspend, so a resumed machine finds its
-timer already expired.
+The overseer, on its side (see :mod:`celery_taskq.core.runner.liveness`), hands a run to another
+runner only when its holder is proved dead (same host and PID namespace), or its lease expired more
+than ``TASKQ_LEASE_MARGIN`` seconds ago. The margin covers the clock difference between the two
+hosts; ``CLOCK_BOOTTIME`` keeps counting through a suspend, so a resumed machine finds its timer
+already expired.
 
 The lease's start is taken *before* each renewal is sent (:meth:`Lease.renewing`), so the
 timer never outlives ``HeartbeatOn + duration`` as the runner's clock reads it.

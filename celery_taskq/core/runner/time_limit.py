@@ -35,14 +35,14 @@ from datetime import datetime
 from types import FrameType, TracebackType
 from typing import Any
 
-from celery_taskq import stop_points
-from celery_taskq.capture import peek_output
 from celery_taskq.core.models import RunStatus
+from celery_taskq.core.runner import stop_points
+from celery_taskq.core.runner.capture import peek_output
+from celery_taskq.core.runner.lease import KernelDeadline, boottime
+from celery_taskq.core.runner.outcome import RunOutcome
+from celery_taskq.core.runner.stop_points import StopPoints
 from celery_taskq.core.statements import runners, runs
 from celery_taskq.core.storage.database import Database
-from celery_taskq.lease import KernelDeadline, boottime
-from celery_taskq.outcome import RunOutcome
-from celery_taskq.stop_points import StopPoints
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +89,12 @@ def effective_limit(handler_limit: float | None, configured: float | None) -> fl
 class TimeLimit:
     """Context manager enforcing ``limit`` seconds on the code inside it (see the module doc).
 
-    ``on_unstoppable`` is called by the watchdog thread, just before the process ends, when the
-    code is still running ``grace`` seconds after the soft stop. A ``None`` limit does nothing.
-    On leaving, a limit that fired always surfaces as :class:`RunTimeLimitExceeded`.
-    ``hard_stop`` (a :class:`~celery_taskq.lease.KernelDeadline`, made here by default) ends the
-    process from outside the interpreter :data:`HARD_STOP_SLACK` seconds after the watchdog
-    should have, in case the watchdog cannot run (a handler holding the GIL, a stopped
-    process).
+    ``on_unstoppable`` is called by the watchdog thread, just before the process ends, when the code
+    is still running ``grace`` seconds after the soft stop. A ``None`` limit does nothing. On
+    leaving, a limit that fired always surfaces as :class:`RunTimeLimitExceeded`. ``hard_stop`` (a
+    :class:`~celery_taskq.core.runner.lease.KernelDeadline`, made here by default) ends the process
+    from outside the interpreter :data:`HARD_STOP_SLACK` seconds after the watchdog should have, in
+    case the watchdog cannot run (a handler holding the GIL, a stopped process).
     """
 
     def __init__(

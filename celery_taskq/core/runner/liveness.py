@@ -1,8 +1,8 @@
 """Whether a ``running`` runner row may lose its runs: a pure judgement, and the kill it may ask.
 
-A runner holds a lease on its runs (:mod:`celery_taskq.lease`) that lasts ``lease`` seconds
-(``TASKQ_HEARTBEAT_TIMEOUT``) after its last heartbeat. Its runs may go to another runner only
-when it can no longer be executing them:
+A runner holds a lease on its runs (:mod:`celery_taskq.core.runner.lease`) that lasts ``lease``
+seconds (``TASKQ_HEARTBEAT_TIMEOUT``) after its last heartbeat. Its runs may go to another runner
+only when it can no longer be executing them:
 
 * **Same machine** — same host name *and* same PID namespace as the overseer: the runner is
   judged by its PID and its process's start time (PIDs get reused). A process that is gone is
@@ -16,6 +16,7 @@ when it can no longer be executing them:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,3 +158,8 @@ def kill_runner_process(
             return True
         time.sleep(0.01)
     return False
+
+
+def current_process_start_time() -> float:
+    """This process's start time as psutil reports it (recorded on the runner row)."""
+    return float(psutil.Process(os.getpid()).create_time())

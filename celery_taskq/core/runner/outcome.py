@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_taskq.core.models import RunStatus
-from celery_taskq.outcome_values import (
+from celery_taskq.core.runner.outcome_values import (
     ERROR_CODE_MAX_LENGTH,
     ERROR_MESSAGE_MAX_LENGTH,
     cut_text,

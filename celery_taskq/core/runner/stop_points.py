@@ -1,12 +1,11 @@
 """Where a time limit's soft stop may land: never inside a database transaction.
 
-The soft stop of :mod:`celery_taskq.time_limit` raises an exception into a running handler
-between two bytecodes. Raised inside a database driver or SQLAlchemy's connection handling,
+The soft stop of :mod:`celery_taskq.core.runner.time_limit` raises an exception into a running
+handler between two bytecodes. Raised inside a database driver or SQLAlchemy's connection handling,
 it can leave a transaction open on a pooled connection; on SQLite that transaction holds the
 database's write lock, and every other process waits on it until the runner dies. So
-:class:`celery_taskq.core.storage.database.Database` wraps each transaction in :func:`no_stop`,
-and a stop that arrives meanwhile is *deferred*: raised the moment the outermost transaction has
-ended.
+:class:`celery_taskq.core.storage.database.Database` wraps each transaction in :func:`no_stop`, and
+a stop that arrives meanwhile is *deferred*: raised the moment the outermost transaction has ended.
 
 A thread with no time limit in force pays one dictionary lookup per transaction.
 """
