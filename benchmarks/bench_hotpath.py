@@ -28,9 +28,9 @@ if str(PROJECT_ROOT) not in sys.path:
 
 from benchmarks.bench_drain import HANDLER, postgres_server
 from celery_taskq import api
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.migrate import upgrade_database
-from celery_taskq.queue import TaskQueueService
 
 
 @contextlib.contextmanager

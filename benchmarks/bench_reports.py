@@ -41,13 +41,14 @@ if str(PROJECT_ROOT) not in sys.path:
 from sqlalchemy import text
 
 from benchmarks.bench_drain import machine, postgres_server
-from celery_taskq import listing, reports
+from celery_taskq import reports
+from celery_taskq.core import listing
+from celery_taskq.core.listing import TaskFilter
 from celery_taskq.core.models import RunStatus
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import upgrade_database
-from celery_taskq.listing import TaskFilter
-from celery_taskq.queue import TaskQueueService
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "RESULTS-reports.md"
 HANDLERS = 12

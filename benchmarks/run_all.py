@@ -68,10 +68,10 @@ from benchmarks.bench_drain import (
     wait_until,
 )
 from celery_taskq import api
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import upgrade_database
-from celery_taskq.queue import TaskQueueService
 
 SYSTEMS = ("plain", "native", "native-flower", "postgresql", "sqlite")
 TITLES = {

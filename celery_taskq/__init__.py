@@ -14,12 +14,12 @@ from celery_taskq.api import (
     retry,
     watch,
 )
-from celery_taskq.context import RunContext
+from celery_taskq.core.context import RunContext
 from celery_taskq.core.exceptions import TaskqError
-from celery_taskq.handlers import Continue, TaskError, TaskHandler
-from celery_taskq.intake import TaskSpec
-from celery_taskq.registry import register
-from celery_taskq.steps import Step
+from celery_taskq.core.handlers import Continue, TaskError, TaskHandler
+from celery_taskq.core.intake import TaskSpec
+from celery_taskq.core.registry import register
+from celery_taskq.core.steps import Step
 
 __version__ = "0.1.0"
 

@@ -18,16 +18,16 @@ from typing import Any
 from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 
-from celery_taskq import listing
+from celery_taskq.core import listing
 from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.intake import TaskSpec
+from celery_taskq.core.listing import TaskFilter, TaskPage, parse_status
 from celery_taskq.core.models import RunStatus
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
+from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot
+from celery_taskq.core.steps import STEPS_HANDLER, Step, steps_data
 from celery_taskq.core.storage.database import Database
-from celery_taskq.intake import TaskSpec
-from celery_taskq.listing import TaskFilter, TaskPage, parse_status
-from celery_taskq.queue import TaskQueueService
-from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
-from celery_taskq.steps import STEPS_HANDLER, Step, steps_data
 
 EnqueueHook = Callable[[TaskQueueService, int, bool], None]
 """Called after :func:`enqueue` with the service, the new task id and whether it is due now."""
@@ -144,7 +144,8 @@ def enqueue_steps(
     connection: Connection | None = None,
     database_url: str | None = None,
 ) -> int:
-    """Queue a multi-step task: ``steps`` run in order in each run (see :mod:`celery_taskq.steps`).
+    """Queue a multi-step task: ``steps`` run in order in each run (see
+    :mod:`celery_taskq.core.steps`).
 
     Each step names a handler, its settings (the step's ``run.data``) and whether its failure
     interrupts the task. Every step's handler is loaded and validates its settings before

@@ -22,13 +22,13 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import insert
 
 from celery_taskq.core.models import CELERY_HANDLER_PREFIX, RunStatus, TaskQueue
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.capture import CapturedOutput, capture_output
 from celery_taskq.core.runner.heartbeat import Heartbeat
 from celery_taskq.core.runner.lease import process_namespace
 from celery_taskq.core.runner.liveness import current_process_start_time
 from celery_taskq.core.runner.outcome import RunOutcome
 from celery_taskq.core.statements import native, runners, runs
-from celery_taskq.queue import TaskQueueService
 
 logger = logging.getLogger(__name__)
 

@@ -34,9 +34,10 @@ from sqlalchemy.engine import make_url
 from celery_taskq import api
 from celery_taskq.audit import QUEUED_BY_HEADER, TASK_ID_HEADER, NativeTaskAuditor
 from celery_taskq.broker import TRANSPORT_PATH, split_sql_broker_url
+from celery_taskq.core.overseer import on_process
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService, on_process
 
 logger = logging.getLogger(__name__)
 

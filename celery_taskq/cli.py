@@ -32,18 +32,19 @@ from sqlalchemy.exc import DBAPIError
 
 from celery_taskq import __version__
 from celery_taskq.core.exceptions import TaskqError
+from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
 from celery_taskq.core.models import FAILED_RUN_STATUSES, OPEN_RUN_STATUSES, RunStatus
+from celery_taskq.core.overseer import on_create_task_runners, on_debug, on_process
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.lease import leave_namespace_init
 from celery_taskq.core.settings import Settings
+from celery_taskq.core.snapshots import TaskSnapshot
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.decoding import loads_json
-from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
-from celery_taskq.queue import TaskQueueService, on_create_task_runners, on_debug, on_process
 from celery_taskq.redact import redacted_page, redacted_task
 from celery_taskq.render import progress_bar, render_page, render_page_json, render_task
 from celery_taskq.report_limits import DEFAULT_LIMIT, MAX_LIMIT
 from celery_taskq.shown import shown_page, shown_task
-from celery_taskq.snapshots import TaskSnapshot
 from celery_taskq.terminal import escape_controls
 
 logger = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ import re
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from celery_taskq.listing import TaskPage
-from celery_taskq.snapshots import TaskSummary
+from celery_taskq.core.listing import TaskPage
+from celery_taskq.core.snapshots import TaskSummary
 
 REDACTED = "[redacted]"
 """What the value of a secret key is shown as."""

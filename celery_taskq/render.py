@@ -6,8 +6,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from celery_taskq.listing import TaskPage
-from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
+from celery_taskq.core.listing import TaskPage
+from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot
 from celery_taskq.terminal import escape_controls
 
 
@@ -55,7 +55,7 @@ def _checkpoint_in_results(run: RunSnapshot) -> bool:
 
 
 def _step_lines(results: Any) -> list[str]:
-    """One line per step of a multi-step run's results (see :mod:`celery_taskq.steps`)."""
+    """One line per step of a multi-step run's results (see :mod:`celery_taskq.core.steps`)."""
     steps = results.get("steps") if isinstance(results, dict) else None
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         return []

@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from celery_taskq.core.listing import TaskPage
+from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot, TaskSummary
 from celery_taskq.core.storage.storable import MAX_JSON_DEPTH
-from celery_taskq.listing import TaskPage
-from celery_taskq.snapshots import RunSnapshot, TaskSnapshot, TaskSummary
 
 SHOWN_MAX_DEPTH = MAX_JSON_DEPTH
 """Levels of nested objects and lists shown: all that any intake accepts."""

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import upgrade_database
-from celery_taskq.queue import TaskQueueService
 
 pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.redis", "tests.celery_stack"]
 

@@ -12,8 +12,8 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from celery_taskq.core.models import Base, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.conftest import CLI
 
 

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from celery_taskq import TaskError, TaskHandler
-from celery_taskq.context import RunContext
+from celery_taskq.core.context import RunContext
 
 
 class StoreHostileText(TaskHandler):

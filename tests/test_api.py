@@ -10,9 +10,9 @@ import pytest
 from celery_taskq import TaskqError, enqueue, get_task
 from celery_taskq.core.exceptions import HandlerModuleNotFoundError, TaskNotFoundError
 from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.helpers import count
 
 

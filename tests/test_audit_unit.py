@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from celery_taskq.audit import NativeTaskAuditor, json_safe
-from celery_taskq.queue import TaskQueueService
+from celery_taskq.core.queue import TaskQueueService
 
 
 def broken_service() -> TaskQueueService:

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from celery_taskq import TaskSpec, api, enqueue, enqueue_many, enqueue_steps
 from celery_taskq.core.exceptions import InvalidArgumentError, InvalidTaskError
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.conftest import FakeClock
 from tests.helpers import count, runs_of, task_row
 

@@ -17,6 +17,7 @@ from celery_taskq import api
 from celery_taskq.core.clock import utc_now
 from celery_taskq.core.exceptions import StorageError
 from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.loop import StopReason
 from celery_taskq.core.runner.loop import TaskRunner as Runner
 from celery_taskq.core.settings import Settings
@@ -24,7 +25,6 @@ from celery_taskq.core.statements import tasks
 from celery_taskq.core.statements.claim import finish_success_and_claim
 from celery_taskq.core.storage import database as db
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.conftest import FakeClock
 from tests.helpers import runs_of, task_row
 

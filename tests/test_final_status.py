@@ -23,13 +23,13 @@ from sqlalchemy.engine import make_url
 
 from celery_taskq.core.exceptions import StorageError, StorageRefusedError
 from celery_taskq.core.models import RunnerStatus, RunStatus, TaskRun
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.execution import UNREADABLE_DATA_CODE
 from celery_taskq.core.runner.loop import StopReason
 from celery_taskq.core.runner.outcome import REFUSED_CODE, RESULT_TOO_LARGE_CODE
 from celery_taskq.core.runner.time_limit import TIME_LIMIT_CODE
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.chaos.support import open_runs
 from tests.helpers import cli, runners, runs_of, start_runner, wait_for
 from tests.outcome_handlers import ENDINGS

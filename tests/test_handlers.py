@@ -11,7 +11,8 @@ from celery_taskq.core.exceptions import (
     HandlerNotAllowedError,
     NotATaskHandlerError,
 )
-from celery_taskq.handlers import TaskHandler, create_task_handler, load_handler_class
+from celery_taskq.core.handlers import TaskHandler
+from celery_taskq.core.loading import create_task_handler, load_handler_class
 from tests import handlers
 
 

@@ -24,9 +24,9 @@ from sqlalchemy import create_engine, text
 
 from celery_taskq.cli import main
 from celery_taskq.core.exceptions import StorageError
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.shown import SHOWN_MAX_CHARS, TOO_DEEP
 from celery_taskq.web import create_app
 from tests.conftest import CLI

@@ -12,8 +12,8 @@ from celery_taskq.api import list_tasks, retry
 from celery_taskq.cli import main
 from celery_taskq.core.exceptions import InvalidArgumentError, TaskNotFoundError
 from celery_taskq.core.models import RunStatus
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.conftest import FakeClock
 from tests.helpers import drive, insert_task_row, runs_of, task_row
 

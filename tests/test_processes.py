@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from celery_taskq.core.models import RunnerStatus, RunStatus, TaskRun
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.helpers import cli, count, runners, runs_of, start_runner, task_row, wait_for
 
 pytestmark = pytest.mark.slow

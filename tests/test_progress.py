@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from celery_taskq import notify
 from celery_taskq.api import enqueue, watch
 from celery_taskq.cli import main
-from celery_taskq.context import PROGRESS_MIN_INTERVAL_SECONDS, Progress, RunContext
+from celery_taskq.core import notify
+from celery_taskq.core.context import PROGRESS_MIN_INTERVAL_SECONDS, Progress, RunContext
 from celery_taskq.core.models import RunStatus
+from celery_taskq.core.notify import NoNotifier, RedisNotifier, notifier_for
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.notify import NoNotifier, RedisNotifier, notifier_for
-from celery_taskq.queue import TaskQueueService
 from tests.conftest import CLI
 from tests.helpers import runs_of
 

@@ -23,13 +23,13 @@ from celery_taskq.core.exceptions import (
     NotATaskHandlerError,
 )
 from celery_taskq.core.models import RunnerStatus, RunStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.lease import process_namespace
 from celery_taskq.core.runner.liveness import current_process_start_time
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements.claim import claim_next_run
 from celery_taskq.core.statements.runners import beat_heart, running_runners, time_out_runners
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.conftest import TEST_HOST, FakeClock
 from tests.helpers import count, drive, runners, runs_of, task_row, wait_for
 

@@ -16,12 +16,12 @@ from celery_taskq.core.exceptions import (
     HandlerNotAllowedError,
     InvalidTaskError,
 )
+from celery_taskq.core.loading import load_handler_class
 from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.queue import TaskQueueService
+from celery_taskq.core.registry import registered_names, unregister
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.handlers import load_handler_class
-from celery_taskq.queue import TaskQueueService
-from celery_taskq.registry import registered_names, unregister
 from tests import registered
 from tests.conftest import CLI, FakeClock
 from tests.helpers import count, drive, insert_task_row, runs_of, task_row

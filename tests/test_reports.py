@@ -23,9 +23,9 @@ from celery_taskq.core.models import (
     TaskRun,
     TaskRunner,
 )
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.statements.tasks import rollup_tasks
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.reports import (
     DeadLetter,
     DueWork,

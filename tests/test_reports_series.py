@@ -11,8 +11,8 @@ from sqlalchemy import update
 from celery_taskq import reports
 from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus, TaskRun, TaskRunner
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.reports import (
     DurationHistogram,
     ReportWindow,

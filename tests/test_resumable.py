@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from celery_taskq.core.models import RunStatus
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.helpers import drive, results, runs_of, task_row
 
 

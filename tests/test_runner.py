@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from celery_taskq.core.models import RunnerStatus, RunStatus
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.loop import StopReason
 from celery_taskq.core.runner.loop import TaskRunner as Runner
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements import runs
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.conftest import FakeClock
 from tests.helpers import insert_task_row, runners, runs_of, task_row, wait_for
 

@@ -28,11 +28,11 @@ import celery_taskq.web
 from celery_taskq.cli import main
 from celery_taskq.core.exceptions import HandlerNotAllowedError
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import DEFAULT_REDACT_PATTERNS, Settings
+from celery_taskq.core.steps import STEPS_HANDLER
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.redact import REDACTED, redact
-from celery_taskq.steps import STEPS_HANDLER
 from celery_taskq.web import create_app
 from tests.conftest import PROJECT_ROOT, FakeClock
 from tests.helpers import count, drive, insert_task_row, results, runs_of, task_row
@@ -434,8 +434,8 @@ def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
         "celery_taskq/shown.py",  # bounds what the places above then redact
         "celery_taskq/core/statements/runs.py",
         "celery_taskq/core/statements/tasks.py",
-        "celery_taskq/intake.py",
+        "celery_taskq/core/intake.py",
         "celery_taskq/audit.py",
-        "celery_taskq/snapshots.py",
-        "celery_taskq/steps.py",
+        "celery_taskq/core/snapshots.py",
+        "celery_taskq/core/steps.py",
     }, readers

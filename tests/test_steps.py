@@ -10,23 +10,24 @@ import pytest
 from sqlalchemy import insert
 
 from celery_taskq import Step, TaskSpec
-from celery_taskq.context import Progress, RunContext
+from celery_taskq.core.context import Progress, RunContext
 from celery_taskq.core.exceptions import (
     HandlerNotAllowedError,
     InvalidTaskDataError,
     InvalidTaskError,
 )
+from celery_taskq.core.handlers import TaskCancelledError
+from celery_taskq.core.loading import create_task_handler
 from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
-from celery_taskq.core.storage.database import Database
-from celery_taskq.handlers import TaskCancelledError, create_task_handler
-from celery_taskq.queue import TaskQueueService
-from celery_taskq.steps import (
+from celery_taskq.core.steps import (
     NESTED_STEPS_CODE,
     NESTED_STEPS_MESSAGE,
     STEPS_HANDLER,
     MultiStepTask,
 )
+from celery_taskq.core.storage.database import Database
 from tests.conftest import FakeClock
 from tests.helpers import count, drive, results, runs_of, task_row
 
@@ -215,7 +216,7 @@ def test_a_cancelled_task_stops_between_steps(tmp_path: Path) -> None:
 NESTED_REFUSAL = r"step 2 \(.*\): a step cannot itself be a multi-step task \(taskq\.steps\)"
 
 
-@pytest.mark.parametrize("inner", [STEPS_HANDLER, "celery_taskq.steps.MultiStepTask"])
+@pytest.mark.parametrize("inner", [STEPS_HANDLER, "celery_taskq.core.steps.MultiStepTask"])
 def test_a_step_that_is_itself_a_multi_step_task_is_refused_at_enqueue(
     service: TaskQueueService, database: Database, tmp_path: Path, inner: str
 ) -> None:

@@ -27,9 +27,9 @@ from sqlalchemy.exc import DBAPIError
 from celery_taskq.api import enqueue, enqueue_many
 from celery_taskq.cli import main
 from celery_taskq.core.exceptions import InvalidTaskError, StorageError
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.web import create_app
 from tests.web_support import TOKEN, web_settings
 

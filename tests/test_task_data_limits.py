@@ -3,7 +3,7 @@
 ``enqueue``, ``enqueue_many``, the command line, the HTTP form and the HTTP JSON API are each
 given the same documents: one level too deep, thousands of levels deep (past Python's recursion
 limit, where a JSON parser would fail before any check), and one too large. Each refuses them
-with the message of :func:`celery_taskq.intake.check_task_data` (the HTTP intakes with a 422)
+with the message of :func:`celery_taskq.core.intake.check_task_data` (the HTTP intakes with a 422)
 and writes nothing. On SQLite and PostgreSQL.
 """
 
@@ -24,12 +24,12 @@ from celery_taskq.core.exceptions import (
     InvalidTaskDataError,
     TaskDataLimitError,
 )
+from celery_taskq.core.intake import check_task_data
 from celery_taskq.core.models import TaskQueue, TaskRun
 from celery_taskq.core.settings import DEFAULT_TASK_DATA_MAX_BYTES, Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.decoding import loads_json
 from celery_taskq.core.storage.storable import MAX_JSON_DEPTH
-from celery_taskq.intake import check_task_data
 from celery_taskq.web import create_app
 from tests.helpers import count
 from tests.web_support import TOKEN, web_settings

@@ -13,9 +13,9 @@ from celery_taskq.api import cancel, enqueue
 from celery_taskq.cli import main
 from celery_taskq.core.exceptions import DuplicateTaskError, InvalidArgumentError
 from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.helpers import count, drive, runs_of, task_row, wait_for
 
 

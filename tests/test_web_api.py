@@ -22,9 +22,9 @@ from sqlalchemy import update
 
 from celery_taskq.cli import main
 from celery_taskq.core.models import RunnerStatus, RunStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.web import create_app
 from tests.conftest import FakeClock
 from tests.helpers import count, drive

@@ -25,9 +25,9 @@ from playwright.sync_api import Error as PlaywrightError
 from sqlalchemy import update
 
 from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus, TaskRunner
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.web import create_app
 from tests.conftest import PROJECT_ROOT
 from tests.fixtures.postgres import servers_required

@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from playwright.sync_api import Page
 
-from celery_taskq.listing import TaskFilter, list_tasks
-from celery_taskq.queue import TaskQueueService
+from celery_taskq.core.listing import TaskFilter, list_tasks
+from celery_taskq.core.queue import TaskQueueService
 from tests import test_web_browser
 from tests.helpers import drive
 from tests.web_support import TOKEN

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
 
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.web import create_app
 from tests.helpers import drive
 from tests.web_support import TOKEN, web_settings

@@ -33,9 +33,9 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 import celery_taskq.web
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.web import create_app
 from celery_taskq.web.body_limit import MAX_BODY_BYTES, BodyLimitMiddleware, body_limit
 from tests.conftest import PROJECT_ROOT

@@ -1,7 +1,7 @@
 """Errors raised by celery_taskq.
 
 Every library error derives from :class:`TaskqError`; its docstring is its default message.
-:class:`celery_taskq.handlers.TaskError` is *not* part of this tree: handlers raise it to
+:class:`celery_taskq.core.handlers.TaskError` is *not* part of this tree: handlers raise it to
 report a known failure of their own, and it is recorded on the run rather than propagated.
 
 .. code-block:: text

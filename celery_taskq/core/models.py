@@ -2,7 +2,7 @@
 
 Table and column names are the documented ones (a contract: reports and users' SQL depend on
 them). Python attributes are snake_case; columns keep their names. Models hold columns,
-constraints and indexes only: state changes live in :mod:`celery_taskq.queue` and
+constraints and indexes only: state changes live in :mod:`celery_taskq.core.queue` and
 :mod:`celery_taskq.core.runner.loop`.
 """
 

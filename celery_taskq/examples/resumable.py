@@ -11,8 +11,8 @@ import math
 import time
 from typing import Any
 
-from celery_taskq.context import RunContext
-from celery_taskq.handlers import Continue, TaskHandler
+from celery_taskq.core.context import RunContext
+from celery_taskq.core.handlers import Continue, TaskHandler
 
 
 def is_prime(number: int) -> bool:

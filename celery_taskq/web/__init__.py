@@ -1,7 +1,7 @@
 """The web dashboard, the HTTP API (``/api/v1``) and Prometheus metrics (``/metrics``).
 
 Built with FastAPI, server-rendered Jinja2 templates and uvicorn. Every figure is read through
-the core's read layers (:mod:`celery_taskq.reports`, :mod:`celery_taskq.listing` and the queue
+the core's read layers (:mod:`celery_taskq.reports`, :mod:`celery_taskq.core.listing` and the queue
 service's snapshots); nothing here writes SQL. The core never imports this package.
 
 Read-only unless ``TASKQ_DASHBOARD_TOKEN`` is set: then enqueue, cancel and retry are open to

@@ -12,10 +12,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from celery_taskq import listing, reports
+from celery_taskq import reports
+from celery_taskq.core import listing
 from celery_taskq.core.exceptions import DuplicateTaskError, InvalidArgumentError
+from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskFilter
 from celery_taskq.core.models import RunStatus
-from celery_taskq.listing import MAX_PAGE_SIZE, TaskFilter
 from celery_taskq.redact import redacted_task
 from celery_taskq.shown import shown_run, shown_task
 from celery_taskq.web import inputs

@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from celery_taskq import __version__
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from celery_taskq.web import api_routes, forms, metrics, pages
 from celery_taskq.web.api_routes import API_PATH
 from celery_taskq.web.auth import ApiTokenGuard, token_routes

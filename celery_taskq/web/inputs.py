@@ -17,12 +17,12 @@ from fastapi.routing import APIRoute
 
 from celery_taskq import reports
 from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.listing import TaskFilter, parse_status
 from celery_taskq.core.storage.decoding import loads_json
 from celery_taskq.core.storage.storable import (
     json_problem as json_problem,  # re-exported for schemas
 )
 from celery_taskq.core.storage.storable import text_problem as text_problem
-from celery_taskq.listing import TaskFilter, parse_status
 
 MAX_ID = 2**63 - 1
 """Largest id a path or cursor may name (64-bit keys on both databases)."""

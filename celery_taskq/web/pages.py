@@ -11,10 +11,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from celery_taskq import listing, reports
+from celery_taskq import reports
+from celery_taskq.core import listing
 from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskPage
 from celery_taskq.core.models import RunStatus
-from celery_taskq.listing import MAX_PAGE_SIZE, TaskPage
 from celery_taskq.redact import redacted_task
 from celery_taskq.shown import shown_page, shown_task
 from celery_taskq.web import inputs, views

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus
+from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot, TaskSummary
 from celery_taskq.reports import RunnerReport, RunSeries
-from celery_taskq.snapshots import RunSnapshot, TaskSnapshot, TaskSummary
 from celery_taskq.web.inputs import MAX_TEXT, json_problem, text_problem
 from celery_taskq.web.views import flower_task_url, flower_worker_url, run_duration
 

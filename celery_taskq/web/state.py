@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import jinja2
 from fastapi import Request
 
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 
 
 @dataclass(frozen=True)

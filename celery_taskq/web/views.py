@@ -10,7 +10,7 @@ from celery_taskq.core.models import (
     OPEN_RUN_STATUSES,
     RunStatus,
 )
-from celery_taskq.snapshots import RunSnapshot, TaskSummary
+from celery_taskq.core.snapshots import RunSnapshot, TaskSummary
 
 
 def run_duration(run: RunSnapshot) -> float | None:

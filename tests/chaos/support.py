@@ -35,9 +35,9 @@ from pytest_redis.executor import RedisExecutor
 from sqlalchemy import func, select
 
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import upgrade_database
-from celery_taskq.queue import TaskQueueService
 from tests.celery_stack import CeleryStack
 from tests.conftest import PROJECT_ROOT
 from tests.fixtures.postgres import (

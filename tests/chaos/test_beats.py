@@ -11,9 +11,9 @@ import pytest
 
 from celery_taskq.celery import DUPLICATE_TICK
 from celery_taskq.core.models import RunStatus
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.chaos.support import (
     GroupedCeleryStack,
     Ledger,

@@ -25,12 +25,12 @@ import pytest
 from sqlalchemy import update
 
 from celery_taskq.core.models import RunnerStatus, RunStatus, TaskRunner
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.lease import process_namespace
 from celery_taskq.core.runner.time_limit import HARD_STOP_SLACK
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements.runners import RUNNER_STOPPED_MESSAGE, time_out_runners
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.chaos.support import (
     CLI,
     Ledger,

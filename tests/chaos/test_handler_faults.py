@@ -15,6 +15,7 @@ import pytest
 
 from celery_taskq.api import enqueue
 from celery_taskq.core.models import RunnerStatus, RunStatus
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.capture import TRUNCATION_MARKER
 from celery_taskq.core.runner.time_limit import (
     TIME_LIMIT_CODE,
@@ -23,7 +24,6 @@ from celery_taskq.core.runner.time_limit import (
 )
 from celery_taskq.core.settings import DEFAULT_OUTPUT_CAP_BYTES, Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.celery_stack import CeleryStack
 from tests.conftest import FakeClock
 from tests.fault_handlers import MEGABYTE

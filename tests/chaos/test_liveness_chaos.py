@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import update
 
 from celery_taskq.core.models import RunnerStatus, RunStatus, TaskRunner
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.liveness import PROCESS_START_TOLERANCE_SECONDS
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.chaos.support import (
     CLI,
     Ledger,

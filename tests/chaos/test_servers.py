@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from celery_taskq.core.models import RunnerStatus, RunStatus
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.queue import TaskQueueService
 from tests.chaos.support import (
     CLI,
     GroupedCeleryStack,

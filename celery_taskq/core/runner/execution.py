@@ -15,8 +15,11 @@ import traceback
 from datetime import timedelta
 from typing import Any
 
-from celery_taskq.context import RunContext
 from celery_taskq.core.clock import Clock
+from celery_taskq.core.context import RunContext
+from celery_taskq.core.handlers import CANCELLED_CODE, Continue, TaskError, TaskHandler
+from celery_taskq.core.intake import check_task_data
+from celery_taskq.core.loading import create_task_handler
 from celery_taskq.core.models import RunStatus
 from celery_taskq.core.runner.backoff import Backoff
 from celery_taskq.core.runner.capture import capture_output
@@ -32,14 +35,6 @@ from celery_taskq.core.runner.time_limit import (
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.decoding import UnreadableJson
-from celery_taskq.handlers import (
-    CANCELLED_CODE,
-    Continue,
-    TaskError,
-    TaskHandler,
-    create_task_handler,
-)
-from celery_taskq.intake import check_task_data
 
 logger = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ from typing import Any
 
 import psutil
 
-from celery_taskq.context import RunContext
 from celery_taskq.core.clock import Clock, utc_now
+from celery_taskq.core.context import RunContext
 from celery_taskq.core.exceptions import SchemaNotReadyError, StorageError
 from celery_taskq.core.models import RunStatus
+from celery_taskq.core.notify import RunListener, RunNotifier, notifier_for
 from celery_taskq.core.runner.execution import HandlerExecution
 from celery_taskq.core.runner.heartbeat import Heartbeat
 from celery_taskq.core.runner.lease import KernelDeadline, Lease, boottime
@@ -38,7 +39,6 @@ from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements import runners, runs
 from celery_taskq.core.statements.claim import ClaimedRun
 from celery_taskq.core.storage.database import Database
-from celery_taskq.notify import RunListener, RunNotifier, notifier_for
 
 logger = logging.getLogger(__name__)
 

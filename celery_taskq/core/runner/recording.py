@@ -14,16 +14,16 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery_taskq.context import Progress
 from celery_taskq.core.clock import Clock
+from celery_taskq.core.context import Progress
 from celery_taskq.core.exceptions import SchemaNotReadyError, StorageError, StorageRefusedError
 from celery_taskq.core.models import RunStatus
+from celery_taskq.core.notify import RunNotifier
 from celery_taskq.core.runner.backoff import Backoff
 from celery_taskq.core.runner.outcome import RunOutcome, refused_outcome
 from celery_taskq.core.statements import claim, runs, tasks
 from celery_taskq.core.statements.claim import ClaimedRun
 from celery_taskq.core.storage.database import Database
-from celery_taskq.notify import RunNotifier
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 
-from celery_taskq.context import Progress
+from celery_taskq.core.context import Progress
 from celery_taskq.core.models import (
     RUN_RUNNING_SQL,
     TASK_OPEN_SQL,

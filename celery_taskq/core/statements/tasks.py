@@ -22,6 +22,7 @@ from sqlalchemy import (
     update,
 )
 
+from celery_taskq.core.handlers import CANCELLED_CODE
 from celery_taskq.core.models import (
     FAILED_RUN_STATUSES,
     RUN_OPEN_SQL,
@@ -34,7 +35,6 @@ from celery_taskq.core.models import (
 )
 from celery_taskq.core.storage.dialects import upsert
 from celery_taskq.core.storage.driver import DriverStatement
-from celery_taskq.handlers import CANCELLED_CODE
 
 ROLLUP_BATCH_SIZE = 500
 """Queue rows rolled up per statement, to keep parameter lists well inside driver limits."""

@@ -14,7 +14,7 @@ installs them), so reading such a row never raises:
 
 :func:`loads_json` is ``json.loads`` without the recursion limit, for every intake that parses
 JSON text (command line, form, HTTP API): a deep document then meets the same depth limit as
-any other (:func:`celery_taskq.intake.check_task_data`) instead of a ``RecursionError``.
+any other (:func:`celery_taskq.core.intake.check_task_data`) instead of a ``RecursionError``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What both databases can store: text without NUL, valid Unicode, 32-bit counts, UTC times,
 and JSON no deeper than every reader can show.
 
-Every way in (the API, the command line, HTTP) goes through :mod:`celery_taskq.intake`, which
+Every way in (the API, the command line, HTTP) goes through :mod:`celery_taskq.core.intake`, which
 asks these questions before a row is written, so a value one database would refuse (PostgreSQL
 text holds no NUL; no driver encodes a lone surrogate) is refused on both with a clear
 :class:`~celery_taskq.core.exceptions.InvalidTaskError` instead of a driver error.

@@ -27,9 +27,11 @@ from celery_taskq.core.exceptions import (
     StorageError,
     TaskDataLimitError,
 )
+from celery_taskq.core.handlers import TaskHandler
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.settings import DEFAULT_MAX_RETRIES, DEFAULT_TASK_DATA_MAX_BYTES
 from celery_taskq.core.statements import tasks
+from celery_taskq.core.steps import MultiStepTask, check_steps
 from celery_taskq.core.storage.storable import (
     MAX_INT32,
     MAX_JSON_DEPTH,
@@ -38,8 +40,6 @@ from celery_taskq.core.storage.storable import (
     text_problem,
     time_problem,
 )
-from celery_taskq.handlers import TaskHandler
-from celery_taskq.steps import MultiStepTask, check_steps
 
 UNIQUE_INSERT_ATTEMPTS = 3
 """Tries at inserting a task whose unique key is released by a task finishing meanwhile."""

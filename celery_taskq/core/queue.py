@@ -22,21 +22,20 @@ seed step                              here
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
 
-from celery_taskq import intake, registry
+from celery_taskq.core import intake, registry
 from celery_taskq.core.clock import Clock, utc_now
 from celery_taskq.core.exceptions import InvalidArgumentError, NotFoundError, TaskNotFoundError
+from celery_taskq.core.handlers import TaskHandler
+from celery_taskq.core.intake import TaskSpec, check_on_duplicate
+from celery_taskq.core.loading import create_task_handler
 from celery_taskq.core.models import (
     CELERY_HANDLER_PREFIX,
     FAILED_RUN_STATUSES,
@@ -45,40 +44,18 @@ from celery_taskq.core.models import (
     TaskQueue,
     TaskRun,
 )
-from celery_taskq.core.runner.lease import boottime, process_namespace
-from celery_taskq.core.runner.liveness import (
-    RunnerRecord,
-    current_process_start_time,
-    judge_by_lease,
-    judge_runner,
-    kill_runner_process,
-    process_start_time,
-)
-from celery_taskq.core.runner.loop import TaskRunner
+from celery_taskq.core.notify import notifier_for
+from celery_taskq.core.overseer import QueueOverseer
 from celery_taskq.core.settings import Settings
-from celery_taskq.core.statements import beat, runners, tasks
+from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot
+from celery_taskq.core.statements import tasks
+from celery_taskq.core.steps import STEPS_HANDLER, Step, steps_data
 from celery_taskq.core.storage.database import Database, translate_errors
-from celery_taskq.handlers import TaskHandler, create_task_handler
-from celery_taskq.intake import TaskSpec, check_on_duplicate
-from celery_taskq.notify import notifier_for
-from celery_taskq.snapshots import RunSnapshot, TaskSnapshot
-from celery_taskq.steps import STEPS_HANDLER, Step, steps_data
 
 logger = logging.getLogger(__name__)
 
-RUNNER_COMMAND = (sys.executable, "-m", "celery_taskq", "runner")
-"""How :meth:`TaskQueueService.create_missing_task_runners` starts a detached runner."""
 
-
-@dataclass(frozen=True)
-class ProcessReport:
-    """What one OnProcess tick did."""
-
-    timed_out_runners: tuple[int, ...]
-    tasks_given_runs: int
-
-
-class TaskQueueService:
+class TaskQueueService(QueueOverseer):
     """Adds tasks, oversees runners, creates runs and starts runners."""
 
     def __init__(
@@ -182,7 +159,7 @@ class TaskQueueService:
         return ids
 
     def add_steps_task(self, steps: Sequence[Step | Mapping[str, Any]], **options: Any) -> int:
-        """Queue a multi-step task (see :mod:`celery_taskq.steps`); ``options`` as for
+        """Queue a multi-step task (see :mod:`celery_taskq.core.steps`); ``options`` as for
         :meth:`add_task`. Each step's handler is loaded under the allow-list and its
         ``validate`` is given the step's settings before anything is written."""
         return self.add_task(STEPS_HANDLER, steps_data(steps), **options)
@@ -282,7 +259,7 @@ class TaskQueueService:
     ) -> Iterator[RunSnapshot]:
         """Yield the run each time it changes, until it has finished (or ``timeout`` passes).
 
-        With Redis pub/sub configured (see :mod:`celery_taskq.notify`) a change is read as soon
+        With Redis pub/sub configured (see :mod:`celery_taskq.core.notify`) a change is read as soon
         as the runner announces it; the table is read every ``interval`` seconds regardless.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -327,192 +304,3 @@ class TaskQueueService:
             extra={"action": "task_retried", "queue_id": task_id, "run_id": run_id},
         )
         return run_id
-
-    # -- the overseer ----------------------------------------------------------------------
-
-    def refresh_task_runners_status(self) -> list[int]:
-        """Time out every ``running`` runner that can no longer be executing a run; return their
-        ids. See :mod:`celery_taskq.core.runner.liveness` for the judgement: a runner of this
-        machine that is alive but out of its lease is killed first."""
-        now = self.clock()
-        with self.database.transaction(read_only=True) as connection:
-            records = runners.running_runners(connection)
-        namespace = process_namespace()
-        dead: list[RunnerRecord] = []
-        for runner in records:
-            verdict = judge_runner(
-                runner,
-                this_host=self.settings.hostname,
-                this_namespace=namespace,
-                now=now,
-                heartbeat_timeout=self.settings.heartbeat_timeout,
-                lease_margin=self.settings.lease_margin,
-                start_time_of=process_start_time,
-            )
-            if verdict.kill_first and not kill_runner_process(
-                runner.process_id, runner.process_create_time
-            ):
-                silence = (now - (runner.heartbeat_on or runner.started_on)).total_seconds()
-                verdict = judge_by_lease(
-                    silence, self.settings.heartbeat_timeout, self.settings.lease_margin
-                )
-            if not verdict.alive:
-                logger.warning(
-                    "runner %s (pid %s on %s) is dead: %s",
-                    runner.id,
-                    runner.process_id,
-                    runner.hostname,
-                    verdict.reason,
-                    extra={"action": "runner_reaped", "runner_id": runner.id},
-                )
-                dead.append(runner)
-        if not dead:
-            return []
-        with self.database.transaction() as connection:
-            return runners.time_out_runners(connection, (), now, judged=dead)
-
-    def create_task_run(self, task_queue_id: int) -> int | None:
-        """Create a run for one queue row if the rules allow; return the run id or ``None``.
-
-        Rules: the task is due, it has no scheduled or running run, and it never ran or its
-        last run failed with ``TaskRunsFailed < MaxRetries``.
-        """
-        with self.database.transaction() as connection:
-            created = tasks.create_runs(connection, self.clock(), task_queue_id)
-            if not created:
-                return None
-            return tasks.open_run_id(connection, task_queue_id)
-
-    def claim_beat_tick(self, event: str, interval: float) -> bool:
-        """Whether this process carries out ``event``'s current tick (first caller wins)."""
-        now = self.clock()
-        with self.database.transaction() as connection:
-            return beat.claim_beat_tick(connection, event, int(now.timestamp() // interval), now)
-
-    def create_missing_task_runs(self) -> int:
-        """Create runs for every due, unfinished task in one statement; return how many."""
-        with self.database.transaction() as connection:
-            created = tasks.create_runs(connection, self.clock())
-        if created:
-            logger.info("created %s task runs", len(created), extra={"action": "runs_created"})
-            self.notifier.announce_work()
-        return len(created)
-
-    def process_queue(self) -> ProcessReport:
-        """The seed's ``processQueue``: refresh runner status, then create missing runs."""
-        timed_out = self.refresh_task_runners_status()
-        created = self.create_missing_task_runs()
-        return ProcessReport(tuple(timed_out), created)
-
-    # -- runners ---------------------------------------------------------------------------
-
-    def get_task_runner_count(self) -> int:
-        """Runners in ``running`` status, on every host."""
-        with self.database.transaction(read_only=True) as connection:
-            return runners.count_running_runners(connection)
-
-    def get_missing_task_runner_count(self) -> int:
-        """``TaskRunnerLimit`` minus running runners, never below 0."""
-        return max(self.settings.task_runner_limit - self.get_task_runner_count(), 0)
-
-    def get_task_runner(
-        self, *, worker_hostname: str | None = None, worker_limit: int | None = None
-    ) -> TaskRunner | None:
-        """Register a runner row for this process and return its runner, unless at the limit.
-
-        A Celery worker process passes its worker's name and how many runners that worker may
-        hold, so runners never take every pool process.
-        """
-        registered_at = boottime()  # the runner's lease runs from before its row is written
-        with self.database.transaction() as connection:
-            runner_id = runners.register_runner(
-                connection,
-                limit=self.settings.task_runner_limit,
-                process_id=os.getpid(),
-                hostname=self.settings.hostname,
-                process_create_time=current_process_start_time(),
-                now=self.clock(),
-                worker_hostname=worker_hostname,
-                worker_limit=worker_limit,
-                process_namespace=process_namespace(),
-            )
-        if runner_id is None:
-            logger.info(
-                "TaskRunnerLimit of %s reached: no runner started",
-                self.settings.task_runner_limit,
-                extra={"action": "runner_limit_reached"},
-            )
-            return None
-        logger.info(
-            "runner %s started (pid %s)",
-            runner_id,
-            os.getpid(),
-            extra={"action": "runner_started", "runner_id": runner_id},
-        )
-        return TaskRunner(
-            self.database,
-            runner_id,
-            self.settings,
-            clock=self.clock,
-            notifier=self.notifier,
-            registered_at=registered_at,
-        )
-
-    def run_standalone(self) -> bool:
-        """The seed's ``runStandalone``: get a runner and let it work one iteration."""
-        runner = self.get_task_runner()
-        if runner is None:
-            return False
-        runner.run(cli_mode=False)
-        return True
-
-    def create_missing_task_runners(self, runner_args: Sequence[str] = ()) -> int:
-        """Start the missing runners: detached processes in CLI mode, else one standalone run.
-
-        Returns the number of runner processes started (or 1/0 for the standalone case).
-        """
-        if not self.cli_mode:
-            return int(self.run_standalone())
-        _reap_spawned_runners()
-        missing = self.get_missing_task_runner_count()
-        environment = dict(os.environ, TASKQ_DATABASE_URL=self.settings.database_url)
-        for _ in range(missing):
-            process = subprocess.Popen(  # noqa: S603 - a fixed argv of this interpreter, no shell
-                [*RUNNER_COMMAND, *runner_args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                close_fds=True,
-                env=environment,
-            )
-            _spawned_runners.append(process)
-        if missing:
-            logger.info("started %s runner processes", missing, extra={"action": "runners_spawned"})
-        return missing
-
-
-_spawned_runners: list[subprocess.Popen[bytes]] = []
-"""Runner processes this process started; kept so that they are reaped, never left zombies."""
-
-
-def _reap_spawned_runners() -> None:
-    _spawned_runners[:] = [process for process in _spawned_runners if process.poll() is None]
-
-
-# -- the three events ----------------------------------------------------------------------
-
-
-def on_process(service: TaskQueueService) -> ProcessReport:
-    """``task-queue:OnProcess``: run on a schedule; refreshes runners and creates runs."""
-    return service.process_queue()
-
-
-def on_create_task_runners(service: TaskQueueService, runner_args: Sequence[str] = ()) -> int:
-    """``task-queue:OnCreateTaskRunners``: start the missing runners."""
-    return service.create_missing_task_runners(runner_args)
-
-
-def on_debug(service: TaskQueueService) -> bool:
-    """``task-queue:OnDebug``: work one iteration in this process."""
-    return service.run_standalone()

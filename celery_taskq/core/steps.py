@@ -36,10 +36,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celery_taskq.context import Progress, RunContext
+from celery_taskq.core.context import Progress, RunContext
 from celery_taskq.core.exceptions import InvalidTaskDataError, InvalidTaskError
-from celery_taskq.handlers import Continue, TaskCancelledError, TaskError, TaskHandler
-from celery_taskq.registry import register
+from celery_taskq.core.handlers import Continue, TaskCancelledError, TaskError, TaskHandler
+from celery_taskq.core.registry import register
 
 STEPS_HANDLER = "taskq.steps"
 """The registered name of the built-in multi-step handler."""

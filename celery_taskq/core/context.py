@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from celery_taskq.core.handlers import TaskCancelledError
 from celery_taskq.core.runner.outcome_values import cut_text, storable_json
 from celery_taskq.core.storage.storable import MAX_INT32
-from celery_taskq.handlers import TaskCancelledError
 
 if TYPE_CHECKING:
-    from celery_taskq.handlers import TaskHandler
+    from celery_taskq.core.handlers import TaskHandler
 
 CANCEL_CHECK_INTERVAL_SECONDS = 0.5
 """A running handler looks up whether its task was cancelled at most this often."""
@@ -111,7 +111,7 @@ class RunContext:
         Stored in ``PercentsCompleted``, ``ProgressStep``, ``ProgressSteps`` and
         ``ProgressStatus``, written at most every ``PROGRESS_MIN_INTERVAL_SECONDS`` however
         often it is called (the latest value is always written when the run ends). Raises
-        :class:`~celery_taskq.handlers.TaskCancelledError` once the task was cancelled.
+        :class:`~celery_taskq.core.handlers.TaskCancelledError` once the task was cancelled.
         """
         if isinstance(percent, bool) or not isinstance(percent, int | float) or math.isnan(percent):
             raise ValueError(f"progress must be a number from 0 to 100, not {percent!r}")
@@ -159,7 +159,7 @@ class RunContext:
         return self._cancelled
 
     def raise_if_cancelled(self) -> None:
-        """Raise :class:`~celery_taskq.handlers.TaskCancelledError` if the task was cancelled.
+        """Raise :class:`~celery_taskq.core.handlers.TaskCancelledError` if the task was cancelled.
 
         Long handlers call it (or :meth:`set_progress`, which does) between steps, so a
         cancelled task stops cooperatively.

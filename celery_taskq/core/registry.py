@@ -20,12 +20,10 @@ import importlib
 import re
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from celery_taskq.core.exceptions import ConfigurationError, HandlerError
-
-if TYPE_CHECKING:
-    from celery_taskq.handlers import TaskHandler
+from celery_taskq.core.handlers import TaskHandler
 
 HandlerClass = TypeVar("HandlerClass", bound="type[TaskHandler]")
 
@@ -48,8 +46,6 @@ def register(name: str) -> Callable[[HandlerClass], HandlerClass]:
     check_name(name)
 
     def decorator(handler_class: HandlerClass) -> HandlerClass:
-        from celery_taskq.handlers import TaskHandler
-
         if not (isinstance(handler_class, type) and issubclass(handler_class, TaskHandler)):
             raise HandlerError(
                 f"@register({name!r}) must decorate a subclass of celery_taskq.TaskHandler, "

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.snapshots import TaskSummary
 from celery_taskq.core.storage.database import Database
-from celery_taskq.snapshots import TaskSummary
 
 MAX_PAGE_SIZE = 1000
 """Most tasks one page may hold."""
