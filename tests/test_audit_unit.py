@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from celery_taskq.audit import NativeTaskAuditor, json_safe
+from celery_taskq.celery.audit import NativeTaskAuditor, json_safe
 from celery_taskq.core.queue import TaskQueueService
 
 
@@ -17,7 +17,7 @@ def broken_service() -> TaskQueueService:
 def test_audit_failures_are_logged_counted_and_swallowed(caplog: pytest.LogCaptureFixture) -> None:
     auditor = NativeTaskAuditor(get_service=broken_service, should_audit=lambda _: True)
     headers: dict[str, object] = {}
-    with caplog.at_level(logging.ERROR, logger="celery_taskq.audit"):
+    with caplog.at_level(logging.ERROR, logger="celery_taskq.celery.audit"):
         auditor.on_publish(
             task_id="abc-123",
             task_name="app.send",

@@ -10,8 +10,13 @@ from celery import Celery
 from kombu.connection import Connection
 from sqlalchemy import create_engine, text
 
-from celery_taskq.broker import TRANSPORT_PATH, SQLTransport, split_sql_broker_url
-from celery_taskq.celery import _prune_sql_broker, install
+from celery_taskq.celery import install
+from celery_taskq.celery.broker import (
+    TRANSPORT_PATH,
+    SQLTransport,
+    prune_sql_broker,
+    split_sql_broker_url,
+)
 from celery_taskq.core.settings import Settings
 
 
@@ -49,7 +54,7 @@ def test_prune_deletes_only_old_delivered_messages(tmp_path: Path) -> None:
             {"old": datetime.now() - timedelta(hours=1)},
         )
     # When the broker is pruned
-    _prune_sql_broker(url)
+    prune_sql_broker(url)
     # Then only the old delivered message is gone
     with engine.connect() as connection:
         left = connection.execute(text("SELECT id, visible FROM kombu_message ORDER BY id")).all()

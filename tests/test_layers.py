@@ -21,7 +21,6 @@ CORE_MODULES = [
     "celery_taskq.core.queue",
     "celery_taskq.core.runner.loop",
     "celery_taskq.api",
-    "celery_taskq.audit",
     "celery_taskq.core.registry",
     "celery_taskq.core.intake",
     "celery_taskq.core.steps",

@@ -435,7 +435,7 @@ def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
         "celery_taskq/core/statements/runs.py",
         "celery_taskq/core/statements/tasks.py",
         "celery_taskq/core/intake.py",
-        "celery_taskq/audit.py",
+        "celery_taskq/celery/audit.py",
         "celery_taskq/core/snapshots.py",
         "celery_taskq/core/steps.py",
     }, readers

@@ -1,0 +1,79 @@
+"""The Celery layer: beat drives the periodic events, worker processes are task runners.
+
+:func:`install` adds celery_taskq to an existing Celery app; :data:`app` (resolved lazily) is
+a ready one, so ``celery -A celery_taskq worker -B`` works with no user code.
+
+Queues and routing:
+
+``taskq.events``
+    the beat ticks (OnProcess, OnCreateTaskRunners): short tasks.
+``taskq.runners``
+    runner tasks: each holds a pool process while its runner loop works the queue, leaving
+    after ``runner_max_idle`` seconds without work or ``runner_max_lifetime`` seconds.
+
+A worker holds at most ``concurrency - 1`` runners (at least 1), so one pool process always
+stays free for the event tasks and the app's own tasks: runners cannot starve them.
+
+The modules: :mod:`~celery_taskq.celery.install` (``install()``, ``create_app()``),
+:mod:`~celery_taskq.celery.routing` (queues, routes, beat entries),
+:mod:`~celery_taskq.celery.state` (settings from Celery config, per-process state),
+:mod:`~celery_taskq.celery.tasks` (the event and runner tasks),
+:mod:`~celery_taskq.celery.audit_signals` and :mod:`~celery_taskq.celery.audit` (the native task
+audit), :mod:`~celery_taskq.celery.broker` (the SQL broker). This layer imports the core and the
+public API's enqueue hook (:func:`celery_taskq.api.add_enqueue_hook`), nothing else of the
+project.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from celery_taskq.celery.audit_signals import AuditedTask
+from celery_taskq.celery.broker import BROKER_MESSAGES_KEPT_FOR
+from celery_taskq.celery.install import create_app, install
+from celery_taskq.celery.routing import (
+    CREATE_RUNNERS_TASK,
+    EVENTS_QUEUE,
+    INSTALL_DEFAULTS,
+    PROCESS_TASK,
+    RUNNER_TASK,
+    RUNNERS_QUEUE,
+    worker_queues,
+)
+from celery_taskq.celery.state import SETTINGS_PREFIX, TaskqCelery, settings_from_celery
+from celery_taskq.celery.tasks import DUPLICATE_TICK, RUNNER_REQUEST_MIN_INTERVAL
+
+__all__ = [
+    "BROKER_MESSAGES_KEPT_FOR",
+    "CREATE_RUNNERS_TASK",
+    "DUPLICATE_TICK",
+    "EVENTS_QUEUE",
+    "INSTALL_DEFAULTS",
+    "PROCESS_TASK",
+    "RUNNERS_QUEUE",
+    "RUNNER_REQUEST_MIN_INTERVAL",
+    "RUNNER_TASK",
+    "SETTINGS_PREFIX",
+    "AuditedTask",
+    "TaskqCelery",
+    "app",
+    "create_app",
+    "install",
+    "settings_from_celery",
+    "worker_queues",
+]
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A celery_taskq` imports this module and reads `app`: build it on first access.
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(name)

@@ -1,0 +1,95 @@
+"""What :func:`~celery_taskq.celery.install.install` added to an app, and the per-process state
+its tasks share: the queue service (never shared across fork), the worker and its shutdown.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from celery import Celery, signals
+
+from celery_taskq.celery.audit import NativeTaskAuditor
+from celery_taskq.core.queue import TaskQueueService
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.storage.database import Database
+
+SETTINGS_PREFIX = "taskq_"
+"""Celery config keys ``taskq_<setting>`` configure celery_taskq (below ``TASKQ_*`` env vars)."""
+
+
+@dataclass
+class TaskqCelery:
+    """What :func:`install` added to an app, and the per-process state its tasks share."""
+
+    app: Celery
+    settings: Settings
+    _service: TaskQueueService | None = None
+    _service_lock: threading.Lock = field(default_factory=threading.Lock)
+    worker: Any = None
+    shutting_down: Any = None
+    auditor: NativeTaskAuditor | None = None
+
+    @property
+    def service(self) -> TaskQueueService:
+        """This process's queue service (created on first use, so never shared across fork)."""
+        with self._service_lock:
+            if self._service is None:
+                self._service = TaskQueueService(
+                    Database(self.settings.database_url), self.settings
+                )
+            return self._service
+
+    def after_fork(self) -> None:
+        """Drop database connections inherited from the parent process."""
+        if self._service is not None:
+            self._service.database.dispose_after_fork()
+
+    def worker_runner_limit(self) -> int:
+        """Runners one worker may hold: all pool processes but one, and at least one."""
+        concurrency = getattr(self.worker, "concurrency", None) or 1
+        return max(int(concurrency) - 1, 1)
+
+    def stop_requested(self) -> bool:
+        """Whether this worker is shutting down (warm): runners leave after their run."""
+        return self.shutting_down is not None and self.shutting_down.is_set()
+
+
+def settings_from_celery(
+    conf: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Resolve settings: ``TASKQ_*`` env vars, then ``taskq_*`` Celery config, then defaults."""
+    overrides = {
+        setting.name: conf.get(SETTINGS_PREFIX + setting.name)
+        for setting in fields(Settings)
+        if conf.get(SETTINGS_PREFIX + setting.name) is not None
+    }
+    return Settings.resolve(overrides=overrides, environ=environ)
+
+
+def connect_worker_signals(app: Celery, state: TaskqCelery) -> None:
+    """Keep ``state`` informed of the worker: its start, each forked pool process, its shutdown."""
+    uid = f"celery_taskq-{id(app)}"
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        # Created before the pool forks, so every child shares it.
+        state.worker = sender
+        state.shutting_down = multiprocessing.Event()
+
+    def on_worker_process_init(**_: Any) -> None:
+        state.after_fork()
+
+    def on_worker_shutting_down(**_: Any) -> None:
+        if state.shutting_down is not None:
+            state.shutting_down.set()
+
+    signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid=uid + "-init")
+    signals.worker_process_init.connect(
+        on_worker_process_init, weak=False, dispatch_uid=uid + "-process-init"
+    )
+    signals.worker_shutting_down.connect(
+        on_worker_shutting_down, weak=False, dispatch_uid=uid + "-shutdown"
+    )
