@@ -12,7 +12,7 @@ Errors are handled in one place, :func:`main`:
 - anything else is a bug: the traceback, a line saying so, exit 70.
 
 Text from the database is printed with control characters escaped
-(:mod:`celery_taskq.terminal`), and so is every error line.
+(:mod:`celery_taskq.reports.terminal`), and so is every error line.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from celery_taskq.core.settings import Settings
 from celery_taskq.core.snapshots import TaskSnapshot
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.decoding import loads_json
-from celery_taskq.redact import redacted_page, redacted_task
 from celery_taskq.render import progress_bar, render_page, render_page_json, render_task
-from celery_taskq.report_limits import DEFAULT_LIMIT, MAX_LIMIT
-from celery_taskq.shown import shown_page, shown_task
-from celery_taskq.terminal import escape_controls
+from celery_taskq.reports.limits import DEFAULT_LIMIT, MAX_LIMIT
+from celery_taskq.reports.redact import redacted_page, redacted_task
+from celery_taskq.reports.shown import shown_page, shown_task
+from celery_taskq.reports.terminal import escape_controls
 
 logger = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def report_command(
         raise click.UsageError("--json and --csv cannot be combined: choose one")
     # Reports and their rendering only here: they stay out of runners' memory.
     from celery_taskq import reports
-    from celery_taskq.report_render import render_report, render_report_csv, render_report_json
+    from celery_taskq.reports.text import render_report, render_report_csv, render_report_json
 
     now = reports.utc_now()
     report = reports.build_report(

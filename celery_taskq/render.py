@@ -8,7 +8,7 @@ from typing import Any
 
 from celery_taskq.core.listing import TaskPage
 from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot
-from celery_taskq.terminal import escape_controls
+from celery_taskq.reports.terminal import escape_controls
 
 
 def _time(value: datetime | None) -> str:
@@ -71,7 +71,7 @@ def _step_lines(results: Any) -> list[str]:
 
 def render_task(task: TaskSnapshot) -> str:
     """A task and all its runs, oldest run first; stored text is shown escaped
-    (:func:`~celery_taskq.terminal.escape_controls`)."""
+    (:func:`~celery_taskq.reports.terminal.escape_controls`)."""
     lines = [
         f"task {task.id}: {task.task_handler_class}",
         f"  data: {json.dumps(task.task_data, sort_keys=True)}",

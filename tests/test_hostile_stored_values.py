@@ -27,7 +27,7 @@ from celery_taskq.core.exceptions import StorageError
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.shown import SHOWN_MAX_CHARS, TOO_DEEP
+from celery_taskq.reports.shown import SHOWN_MAX_CHARS, TOO_DEEP
 from celery_taskq.web import create_app
 from tests.conftest import CLI
 from tests.web_support import web_settings

@@ -27,8 +27,9 @@ CORE_MODULES = [
     "celery_taskq.core.context",
     "celery_taskq.core.listing",
     "celery_taskq.core.snapshots",
-    "celery_taskq.reports",
-    "celery_taskq.report_render",
+    "celery_taskq.reports.report",
+    "celery_taskq.reports.series",
+    "celery_taskq.reports.text",
 ]
 FORBIDDEN = ["celery", "kombu", "click", "flask", "starlette", "fastapi", "django"]
 

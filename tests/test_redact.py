@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from celery_taskq.core.settings import DEFAULT_REDACT_PATTERNS
-from celery_taskq.redact import MASK, REDACTED, mask_credentials, redact
+from celery_taskq.reports.redact import MASK, REDACTED, mask_credentials, redact
 
 PATTERNS = DEFAULT_REDACT_PATTERNS
 

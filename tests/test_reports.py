@@ -41,6 +41,7 @@ from celery_taskq.reports import (
     build_report,
     report_as_dict,
 )
+from celery_taskq.reports.sql import report_transaction
 from tests.conftest import FakeClock
 from tests.helpers import drive
 
@@ -319,7 +320,7 @@ def test_report_reads_run_without_jit_on_postgresql(postgresql_schema_url: str) 
     # JIT compiling cost more than the report queries themselves at a million rows.
     database = Database(postgresql_schema_url)
     try:
-        with reports._report_transaction(database) as connection:
+        with report_transaction(database) as connection:
             assert connection.exec_driver_sql("SHOW jit").scalar_one() == "off"
         with database.transaction(read_only=True) as connection:
             assert connection.exec_driver_sql("SHOW jit").scalar_one() == "on"  # the report's only

@@ -32,7 +32,7 @@ from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import DEFAULT_REDACT_PATTERNS, Settings
 from celery_taskq.core.steps import STEPS_HANDLER
 from celery_taskq.core.storage.database import Database
-from celery_taskq.redact import REDACTED, redact
+from celery_taskq.reports.redact import REDACTED, redact
 from celery_taskq.web import create_app
 from tests.conftest import PROJECT_ROOT, FakeClock
 from tests.helpers import count, drive, insert_task_row, results, runs_of, task_row
@@ -428,10 +428,10 @@ def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
     assert readers <= shown_at | {
         "celery_taskq/render.py",  # renders what cli.py redacted
         "celery_taskq/web/schemas.py",  # serialises what api_routes.py redacted
-        "celery_taskq/redact.py",
+        "celery_taskq/reports/redact.py",
         "celery_taskq/core/runner/loop.py",  # hands the real data to the handler
         "celery_taskq/core/runner/outcome.py",  # stores change_data_on_error's new data
-        "celery_taskq/shown.py",  # bounds what the places above then redact
+        "celery_taskq/reports/shown.py",  # bounds what the places above then redact
         "celery_taskq/core/statements/runs.py",
         "celery_taskq/core/statements/tasks.py",
         "celery_taskq/core/intake.py",

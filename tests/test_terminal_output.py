@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from celery_taskq.cli import main
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
-from celery_taskq.terminal import escape_controls
+from celery_taskq.reports.terminal import escape_controls
 from tests.helpers import cli, drive, insert_task_row, runs_of
 
 HOSTILE = (

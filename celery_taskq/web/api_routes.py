@@ -2,8 +2,8 @@
 
 Reads are open; enqueue, cancel and retry need the dashboard token (see
 :mod:`celery_taskq.web.auth`). Errors are ``{"error": "<message>"}`` with the status of
-:mod:`celery_taskq.web.errors`. Stored values are answered as :mod:`celery_taskq.shown` shows
-them: whatever was stored renders, cut and marked where it is too deep or too large.
+:mod:`celery_taskq.web.errors`. Stored values are answered as :mod:`celery_taskq.reports.shown`
+shows them: whatever was stored renders, cut and marked where it is too deep or too large.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from celery_taskq.core import listing
 from celery_taskq.core.exceptions import DuplicateTaskError, InvalidArgumentError
 from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskFilter
 from celery_taskq.core.models import RunStatus
-from celery_taskq.redact import redacted_task
-from celery_taskq.shown import shown_run, shown_task
+from celery_taskq.reports.redact import redacted_task
+from celery_taskq.reports.shown import shown_run, shown_task
 from celery_taskq.web import inputs
 from celery_taskq.web.auth import require_api_token
 from celery_taskq.web.errors import ApiError

@@ -17,7 +17,7 @@ metric                                   type       what
 ``taskq_oldest_due_run_age_seconds``     gauge      how long the oldest due run has waited
 =======================================  =========  ==========================================
 
-Handler labels are shown as :func:`celery_taskq.shown.shown_text` shows a ``varchar(255)``:
+Handler labels are shown as :func:`celery_taskq.reports.shown.shown_text` shows a ``varchar(255)``:
 whatever a writer stored there, the exposition stays valid UTF-8 of bounded size.
 """
 
@@ -40,7 +40,7 @@ from celery_taskq import reports
 from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus
 from celery_taskq.core.storage.database import Database
 from celery_taskq.reports import ReportWindow
-from celery_taskq.shown import SHOWN_SHORT_MAX_CHARS, shown_text
+from celery_taskq.reports.shown import SHOWN_SHORT_MAX_CHARS, shown_text
 from celery_taskq.web.state import WebState, get_state
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)

@@ -1,7 +1,7 @@
 """The dashboard's pages: overview, task list, task, runners, sign-in. Read-only HTML.
 
-Tasks and runs are shown through :mod:`celery_taskq.shown`: any stored value renders, cut and
-marked where it is too deep or too large.
+Tasks and runs are shown through :mod:`celery_taskq.reports.shown`: any stored value renders, cut
+and marked where it is too deep or too large.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from celery_taskq.core import listing
 from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskPage
 from celery_taskq.core.models import RunStatus
-from celery_taskq.redact import redacted_task
-from celery_taskq.shown import shown_page, shown_task
+from celery_taskq.reports.redact import redacted_task
+from celery_taskq.reports.shown import shown_page, shown_task
 from celery_taskq.web import inputs, views
 from celery_taskq.web.charts import bar_chart
 from celery_taskq.web.inputs import MAX_ID

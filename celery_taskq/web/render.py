@@ -66,6 +66,6 @@ def render(
         **context,
     }
     html = state.templates.get_template(template).render(page)
-    # Values are shown through celery_taskq.shown; "replace" keeps any stray lone surrogate
+    # Values are shown through celery_taskq.reports.shown; "replace" keeps any stray lone surrogate
     # from failing the whole page.
     return HTMLResponse(html.encode("utf-8", "replace"), status_code=status_code)

@@ -20,7 +20,7 @@ MAX_JSON_DEPTH = 100
 
 Not a setting: the tools every reader uses (``json``, pydantic, Jinja) recurse, so a document
 much deeper than this cannot be shown whole. Readers show this many levels of any stored
-document and mark the rest (:mod:`celery_taskq.shown`)."""
+document and mark the rest (:mod:`celery_taskq.reports.shown`)."""
 
 
 def text_problem(value: str) -> str | None:

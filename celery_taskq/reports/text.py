@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from celery_taskq.reports import Report, RunCounts, TaskCounts, report_as_dict
-from celery_taskq.terminal import escape_controls
+from celery_taskq.reports.counts import RunCounts, TaskCounts
+from celery_taskq.reports.report import Report, report_as_dict
+from celery_taskq.reports.terminal import escape_controls
 
 MESSAGE_WIDTH = 60
 """Characters of an error message shown in a text table (the CSV and JSON keep it whole)."""
