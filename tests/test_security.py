@@ -413,7 +413,8 @@ def test_a_configured_pattern_redacts_in_the_api(
 
 def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
     shown_at = {
-        "celery_taskq/cli.py",
+        "celery_taskq/cli/tasks.py",
+        "celery_taskq/cli/demo.py",
         "celery_taskq/web/api_routes.py",
         "celery_taskq/web/pages.py",
     }
@@ -426,7 +427,7 @@ def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
         if re.search(r"\.task_data\b", path.read_text())
     }
     assert readers <= shown_at | {
-        "celery_taskq/render.py",  # renders what cli.py redacted
+        "celery_taskq/cli/task_text.py",  # renders what cli/tasks.py redacted
         "celery_taskq/web/schemas.py",  # serialises what api_routes.py redacted
         "celery_taskq/reports/redact.py",
         "celery_taskq/core/runner/loop.py",  # hands the real data to the handler

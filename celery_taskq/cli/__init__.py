@@ -1,0 +1,124 @@
+"""The ``celery-taskq`` command: thin drivers over the queue service, one module per command group.
+
+Errors are handled in one place, :func:`main`:
+
+- a usage error (a bad option or argument, an id out of range, data that is not JSON) is
+  click's: the usage line and one ``Error:`` line, exit 2;
+- a refusal or a failure is one ``error:`` line, exit 1: a library error
+  (:class:`~celery_taskq.core.exceptions.TaskqError`), and what a hostile or impossible input can
+  provoke from Python or the driver (``ValueError``, ``OverflowError`` and other
+  ``ArithmeticError``, ``RecursionError``, ``MemoryError``, ``OSError``, a database error).
+  The line gives the message and its chain of causes; ``-vv`` logs the traceback too;
+- anything else is a bug: the traceback, a line saying so, exit 70.
+
+Text from the database is printed with control characters escaped
+(:mod:`celery_taskq.reports.terminal`), and so is every error line.
+
+The commands, by group: :mod:`~celery_taskq.cli.tasks` (enqueue, show, list, watch, cancel,
+retry), :mod:`~celery_taskq.cli.runners` (process, create-runners, debug, runner, worker),
+:mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.db`, :mod:`~celery_taskq.cli.dashboard`
+and :mod:`~celery_taskq.cli.demo`; shared by them: :mod:`~celery_taskq.cli.invocation`,
+:mod:`~celery_taskq.cli.params`, :mod:`~celery_taskq.cli.errors` and
+:mod:`~celery_taskq.cli.task_text`.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import replace
+
+import click
+
+from celery_taskq import __version__
+from celery_taskq.cli import dashboard, db, demo, report, runners, tasks
+from celery_taskq.cli.errors import (
+    EXIT_BUG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    FAILURES,
+    failure_message,
+    one_line,
+)
+from celery_taskq.cli.invocation import CliContext
+from celery_taskq.core.settings import Settings
+from celery_taskq.reports.terminal import escape_controls
+
+logger = logging.getLogger(__name__)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    envvar="TASKQ_DATABASE_URL",
+    show_envvar=True,
+    help="SQLAlchemy URL of the database [default: sqlite:///celery_taskq.db].",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.version_option(__version__, prog_name="celery-taskq")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, verbose: int) -> None:
+    """celery_taskq: an audited task queue over the TaskQueue, TaskRuns and TaskRunners tables."""
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings.resolve()
+    if database_url:
+        settings = replace(settings, database_url=database_url)
+    ctx.obj = CliContext(settings)
+    ctx.call_on_close(ctx.obj.close)
+
+
+for _command in (
+    db.db_group,
+    tasks.enqueue,
+    tasks.show,
+    tasks.list_command,
+    tasks.watch,
+    tasks.cancel,
+    tasks.retry,
+    report.report_command,
+    runners.process,
+    runners.create_runners,
+    runners.debug,
+    runners.runner,
+    runners.worker,
+    dashboard.dashboard,
+    demo.demo,
+):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the command; every error ends as an exit code (see the module)."""
+    try:
+        cli.main(args=argv, prog_name="celery-taskq", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        click.echo(f"error: {escape_controls(one_line(exc.format_message()))}", err=True)
+        return EXIT_FAILURE
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_FAILURE
+    except FAILURES as exc:
+        logger.debug("the command failed", exc_info=exc)
+        click.echo(f"error: {escape_controls(failure_message(exc))}", err=True)
+        return EXIT_FAILURE
+    except Exception as exc:
+        traceback.print_exc()
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: a bug in celery-taskq {__version__}; "
+            "please report it with the traceback above",
+            err=True,
+        )
+        return EXIT_BUG
+    return EXIT_OK
+
+
+__all__ = ["EXIT_BUG", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "cli", "failure_message", "main"]

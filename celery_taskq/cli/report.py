@@ -1,0 +1,106 @@
+"""``celery-taskq report``: every report section as tables, JSON or CSV (the reports are imported
+only here, out of runners' memory).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+
+from celery_taskq.cli.invocation import CliContext, pass_context
+from celery_taskq.core.exceptions import TaskqError
+from celery_taskq.reports.limits import DEFAULT_LIMIT, MAX_LIMIT
+
+
+class ReportTimeParamType(click.ParamType):  # type: ignore[type-arg]
+    """An ISO 8601 time with a UTC offset, or a duration back from now (``24h``, ``1h30m``)."""
+
+    name = "time"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime | timedelta:
+        if isinstance(value, datetime | timedelta):
+            return value
+        from celery_taskq import reports  # only for `report`: it stays out of runners' memory
+
+        try:
+            moment = reports.parse_moment(str(value))
+            # A duration reaching back before year 1 only overflows later, when resolved.
+            reports.resolve_moment(moment, reports.utc_now())
+        except TaskqError as exc:
+            self.fail(str(exc), param, ctx)
+        except (OverflowError, ValueError):
+            self.fail(f"{value!r} is out of range", param, ctx)
+        return moment
+
+
+@click.command("report")
+@click.option(
+    "--since",
+    type=ReportTimeParamType(),
+    default="24h",
+    show_default=True,
+    help="Start of the window: ISO 8601 with an offset, or a duration back from now "
+    "(90s, 30m, 24h, 7d, 2w, 1h30m).",
+)
+@click.option(
+    "--until",
+    type=ReportTimeParamType(),
+    help="End of the window, excluded; same forms [default: open].",
+)
+@click.option("--handler", help="Exact TaskHandlerClass (every section but runners).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIMIT),
+    default=DEFAULT_LIMIT,
+    show_default=True,
+    help="Rows of slowest runs, recent failures, dead letters and runners.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables.")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="CSV instead of tables: per section a '# <section>' line (the JSON key), "
+    "a header row, the rows and an empty line.",
+)
+@pass_context
+def report_command(
+    context: CliContext,
+    since: datetime | timedelta,
+    until: datetime | timedelta | None,
+    handler: str | None,
+    limit: int,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
+    """Totals, failure rates, durations, slowest runs, failures, dead letters, runners, due work.
+
+    Tasks fall in the window by when they were queued; runs by when they ended (running runs:
+    started; scheduled runs: became due); dead letters by when their last run ended; runners
+    by their lifetime. Due work and heartbeat ages are as of now.
+    """
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv cannot be combined: choose one")
+    # Reports and their rendering only here: they stay out of runners' memory.
+    from celery_taskq import reports
+    from celery_taskq.reports.text import render_report, render_report_csv, render_report_json
+
+    now = reports.utc_now()
+    report = reports.build_report(
+        context.service.database,
+        since=reports.resolve_moment(since, now),
+        until=reports.resolve_moment(until, now),
+        handler=handler,
+        now=now,
+        limit=limit,
+    )
+    if as_json:
+        click.echo(render_report_json(report))
+    elif as_csv:
+        click.echo(render_report_csv(report), nl=False)
+    else:
+        click.echo(render_report(report))
