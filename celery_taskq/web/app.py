@@ -13,13 +13,14 @@ from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.web import api_routes, forms, metrics, pages
 from celery_taskq.web.api_routes import API_PATH
-from celery_taskq.web.auth import ApiTokenGuard, token_routes
+from celery_taskq.web.auth import token_routes
 from celery_taskq.web.body_limit import BodyLimitMiddleware, body_limit
-from celery_taskq.web.errors import install_error_handlers
+from celery_taskq.web.error_responses import install_error_handlers
 from celery_taskq.web.head import HeadMiddleware
 from celery_taskq.web.headers import SecurityHeadersMiddleware
-from celery_taskq.web.render import create_environment
 from celery_taskq.web.state import WebState
+from celery_taskq.web.templating import create_environment
+from celery_taskq.web.token_guard import ApiTokenGuard
 
 OPENAPI_PATH = f"{API_PATH}/openapi.json"
 

@@ -3,8 +3,9 @@
 * No ``TASKQ_DASHBOARD_TOKEN`` configured: every write answers 403 (writes are disabled), and
   the dashboard is read-only.
 * A token configured: the HTTP API wants ``Authorization: Bearer <token>``; a missing or wrong
-  one answers 401, before the request's body is read (:class:`ApiTokenGuard`). A cookie never
-  authenticates an API request.
+  one answers 401, before the request's body is read
+  (:class:`~celery_taskq.web.token_guard.ApiTokenGuard`). A cookie never authenticates an API
+  request.
 * HTML forms carry the token in a ``token`` field, or rely on the session cookie that signing
   in (``POST /login`` with the token) sets: an HttpOnly, ``SameSite=Strict`` cookie holding a
   random session id and its HMAC keyed by the token (never the token itself). A form sent by
@@ -26,12 +27,10 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
-from starlette.datastructures import Headers
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import BaseRoute
 
 from celery_taskq.core.settings import Settings
-from celery_taskq.web.errors import ApiError, error_response
+from celery_taskq.web.errors import ApiError
 from celery_taskq.web.state import WebState, get_state
 
 SESSION_COOKIE = "taskq_session"
@@ -131,31 +130,3 @@ def token_routes(routes: Sequence[BaseRoute]) -> list[APIRoute]:
         if isinstance(route, APIRoute)
         and any(dependency.call is require_api_token for dependency in route.dependant.dependencies)
     ]
-
-
-class ApiTokenGuard:
-    """Refuses a request to a token route before anything reads its body.
-
-    FastAPI parses a route's JSON body before it runs the route's dependencies; this pure ASGI
-    middleware runs the same check as :func:`require_api_token` first, so that a request
-    without the token costs no parsing (the body size is capped before, by
-    :class:`celery_taskq.web.body_limit.BodyLimitMiddleware`).
-    """
-
-    def __init__(self, app: ASGIApp, *, state: WebState, routes: Sequence[APIRoute]) -> None:
-        self.app = app
-        self.state = state
-        self.routes = tuple(routes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and any(
-            route.matches(scope)[0] is Match.FULL for route in self.routes
-        ):
-            refusal = api_refusal(self.state, Headers(scope=scope).get("authorization"))
-            if refusal is not None:
-                response = error_response(
-                    Request(scope), refusal.status_code, refusal.message, headers=refusal.headers
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

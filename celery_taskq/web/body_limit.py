@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from celery_taskq.core.settings import Settings
-from celery_taskq.web.errors import error_response
+from celery_taskq.web.error_responses import error_response
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 """Largest request body the dashboard reads, for the API and forms alike (2 MiB), unless the

@@ -25,8 +25,8 @@ from celery_taskq.web.auth import SESSION_COOKIE, WRITES_DISABLED, new_session, 
 from celery_taskq.web.csrf import check_form_credentials, check_origin
 from celery_taskq.web.errors import ApiError
 from celery_taskq.web.inputs import MAX_ID
-from celery_taskq.web.render import render
 from celery_taskq.web.state import WebState, get_state
+from celery_taskq.web.templating import render
 
 State = Annotated[WebState, Depends(get_state)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID)]

@@ -21,8 +21,8 @@ from celery_taskq.reports.shown import shown_page, shown_task
 from celery_taskq.web import inputs, views
 from celery_taskq.web.charts import bar_chart
 from celery_taskq.web.inputs import MAX_ID
-from celery_taskq.web.render import render
 from celery_taskq.web.state import WebState, get_state
+from celery_taskq.web.templating import render
 
 State = Annotated[WebState, Depends(get_state)]
 
