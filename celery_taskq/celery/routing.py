@@ -29,7 +29,8 @@ INSTALL_DEFAULTS: dict[str, Any] = {
     "task_track_started": True,
     "worker_prefetch_multiplier": 1,
 }
-"""Celery settings :func:`install` gives an app that does not set them itself."""
+"""Celery settings :func:`~celery_taskq.celery.install.install` gives an app that does not set
+them."""
 
 
 def configure_app(app: Celery, settings: Settings) -> None:

@@ -23,7 +23,8 @@ SETTINGS_PREFIX = "taskq_"
 
 @dataclass
 class TaskqCelery:
-    """What :func:`install` added to an app, and the per-process state its tasks share."""
+    """What :func:`~celery_taskq.celery.install.install` added to an app, and the per-process state
+    its tasks share."""
 
     app: Celery
     settings: Settings

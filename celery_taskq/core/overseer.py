@@ -33,7 +33,7 @@ from celery_taskq.core.storage.database import Database
 logger = logging.getLogger(__name__)
 
 RUNNER_COMMAND = (sys.executable, "-m", "celery_taskq", "runner")
-"""How :meth:`TaskQueueService.create_missing_task_runners` starts a detached runner."""
+"""How :meth:`QueueOverseer.create_missing_task_runners` starts a detached runner."""
 
 
 @dataclass(frozen=True)

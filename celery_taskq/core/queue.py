@@ -14,9 +14,13 @@ seed step                              here
 ``runStandalone``                      :meth:`TaskQueueService.run_standalone`
 ``createMissingTaskRunners``           :meth:`TaskQueueService.create_missing_task_runners`
 ``processQueue``                       :meth:`TaskQueueService.process_queue`
-``OnProcess`` / ``OnCreateTaskRunners``  :meth:`on_process` / :meth:`on_create_task_runners`
-``OnDebug``                            :meth:`on_debug`
+``OnProcess``                          :func:`~celery_taskq.core.overseer.on_process`
+``OnCreateTaskRunners``                :func:`~celery_taskq.core.overseer.on_create_task_runners`
+``OnDebug``                            :func:`~celery_taskq.core.overseer.on_debug`
 =====================================  ==============================================
+
+Adding, cancelling, retrying and reading tasks are here; the overseer's steps and the events are
+in :mod:`celery_taskq.core.overseer` (:class:`TaskQueueService` inherits the steps).
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery_taskq.core.context import RunContext
-from celery_taskq.core.handlers import TaskError, TaskHandler
+from celery_taskq import RunContext, TaskError, TaskHandler
 
 
 class Greet(TaskHandler):

@@ -11,8 +11,7 @@ import math
 import time
 from typing import Any
 
-from celery_taskq.core.context import RunContext
-from celery_taskq.core.handlers import Continue, TaskHandler
+from celery_taskq import Continue, RunContext, TaskHandler
 
 
 def is_prime(number: int) -> bool:

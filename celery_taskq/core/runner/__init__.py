@@ -1,6 +1,7 @@
 """The task runner: the loop that claims runs, executes their handlers and records them.
 
-* :mod:`~celery_taskq.core.runner.loop` — :class:`TaskRunner` and its exits;
+* :mod:`~celery_taskq.core.runner.loop` — :class:`~celery_taskq.core.runner.loop.TaskRunner` and
+  its exits;
 * :mod:`~celery_taskq.core.runner.recording` — claims and recording, waiting out outages;
 * :mod:`~celery_taskq.core.runner.execution` — one handler run, and its outcome;
 * :mod:`~celery_taskq.core.runner.heartbeat`, :mod:`~celery_taskq.core.runner.lease` and

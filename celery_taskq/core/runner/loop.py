@@ -145,13 +145,13 @@ class TaskRunner(RunRecording, HandlerExecution):
     def process_task_run(self, claimed: ClaimedRun) -> RunOutcome:
         """Execute a claimed run with output captured and record its final state.
 
-        Inside :meth:`run`, while the loop will go on, the transaction that records this run
-        also claims the next one (one transaction per run instead of two). That claim is the
-        same atomic claim as :meth:`get_next_task_run`'s, made the moment before the next
-        handler starts, so what a crash can lose is unchanged: a run is ``running`` exactly
-        while a handler of this runner is about to run it or runs it, and a run's outcome is
-        committed before the next run starts. A claimed run that the loop does not start (it
-        was asked to stop meanwhile) is handed back to ``scheduled`` when the loop ends.
+        Inside :meth:`run`, while the loop will go on, the transaction that records this run also
+        claims the next one (one transaction per run instead of two). That claim is the same atomic
+        claim as :meth:`~celery_taskq.core.runner.recording.RunRecording.get_next_task_run`'s, made
+        the moment before the next handler starts, so what a crash can lose is unchanged: a run is
+        ``running`` exactly while a handler of this runner is about to run it or runs it, and a
+        run's outcome is committed before the next run starts. A claimed run that the loop does not
+        start (it was asked to stop meanwhile) is handed back to ``scheduled`` when the loop ends.
         """
         if claimed.handler is None:
             # Once claimed, a run must end recorded: database outages are waited out here.
