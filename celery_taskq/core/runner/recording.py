@@ -45,7 +45,6 @@ class RunRecording:
     task_runner_id: int
     clock: Clock
     notifier: RunNotifier
-    runs_done: int
     _stop: threading.Event
     _claim_uncertain: bool
     _claimed_ahead: ClaimedRun | None
