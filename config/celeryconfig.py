@@ -152,3 +152,13 @@ taskq_run_time_budget = 60.0
 # The broker of the ready-made app (`celery -A celery_taskq`, `celery-taskq worker`). In your
 # own app set broker_url above instead; when broker_url is unset, install() applies this one.
 # taskq_broker_url = "sqla+sqlite:///celery_taskq-broker.db"
+
+# Whether Celery workers run handler tasks; False is audit-only mode (native tasks are still
+# audited, no runner tasks are sent).
+taskq_handler_runners = True
+
+# Whether beat's event ticks and runner tasks send Celery task events (Flower then shows them).
+taskq_internal_task_events = False
+
+# PostgreSQL only: the schema that holds the tables ("" : the connection's default schema).
+taskq_db_schema = ""

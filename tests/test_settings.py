@@ -42,3 +42,17 @@ def test_allow_list_from_a_comma_separated_variable() -> None:
 def test_bad_values_are_refused_clearly(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Settings.resolve(environ=env)
+
+
+def test_switches_read_the_usual_words_and_refuse_others() -> None:
+    for word, expected in (
+        ("on", True),
+        ("TRUE", True),
+        ("1", True),
+        ("off", False),
+        ("no", False),
+    ):
+        settings = Settings.resolve(environ={"TASKQ_HANDLER_RUNNERS": word})
+        assert settings.handler_runners is expected, word
+    with pytest.raises(ConfigurationError, match="TASKQ_INTERNAL_TASK_EVENTS='maybe'"):
+        Settings.resolve(environ={"TASKQ_INTERNAL_TASK_EVENTS": "maybe"})

@@ -138,6 +138,12 @@ class Settings:
     Left out of ``repr`` so that logging the settings never shows it."""
     flower_url: str = ""
     """Base URL of Flower; the dashboard links runs and workers to it (empty: no links)."""
+    handler_runners: bool = True
+    """Whether Celery workers run handler tasks; ``False`` is audit-only mode."""
+    internal_task_events: bool = False
+    """Whether beat ticks and runner tasks send Celery task events (Flower then shows them)."""
+    db_schema: str = ""
+    """PostgreSQL schema of the tables (empty: the connection's default schema)."""
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -212,6 +218,10 @@ _FLOAT_FIELDS = {
 
 _TUPLE_FIELDS = {"allowed_handler_prefixes", "imports", "redact_patterns"}
 
+_BOOL_FIELDS = {"handler_runners", "internal_task_events"}
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+_FALSE_WORDS = {"0", "false", "no", "off"}
+
 
 def _parse(name: str, raw: str, source: str) -> Any:
     try:
@@ -221,6 +231,8 @@ def _parse(name: str, raw: str, source: str) -> Any:
 
 
 def _coerce(name: str, value: Any) -> Any:
+    if name in _BOOL_FIELDS:
+        return _boolean(value)
     if name in _INT_FIELDS:
         return int(value)
     if name in _FLOAT_FIELDS:
@@ -229,6 +241,17 @@ def _coerce(name: str, value: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(item.strip() for item in items if item.strip())
     return str(value)
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ValueError("expected true or false (1/0, yes/no, on/off)")
 
 
 def _require(condition: bool, message: str) -> None:
