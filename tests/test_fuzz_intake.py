@@ -27,6 +27,7 @@ from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.web import create_app
 from tests.helpers import count, task_row
+from tests.strategies import any_text, json_documents
 from tests.web_support import TOKEN, web_settings
 
 FUZZ = settings(
@@ -36,23 +37,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-# Every character, lone surrogates and NUL included.
-any_text = st.text(st.characters(codec=None, categories=None), max_size=20)
 short_text = st.one_of(any_text, st.text(max_size=8), st.sampled_from(["", " ", "a\x00b"]))
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    short_text,
-)
-json_like = st.recursive(
-    json_scalars,
-    lambda children: st.one_of(
-        st.lists(children, max_size=4), st.dictionaries(short_text, children, max_size=4)
-    ),
-    max_leaves=12,
-)
+json_like = json_documents(short_text)
 task_data = st.one_of(json_like, st.builds(set), st.builds(object), st.binary(max_size=4))
 handlers = st.one_of(
     st.sampled_from(

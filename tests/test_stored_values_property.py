@@ -31,6 +31,7 @@ from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.web import create_app
+from tests.strategies import any_text, json_documents
 from tests.web_support import TOKEN, web_settings
 
 HANDLER = "tests.handlers.Succeed"
@@ -45,21 +46,7 @@ PROPERTY = settings(
     ],
 )
 
-any_text = st.text(st.characters(codec=None, categories=None), max_size=20)
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    any_text,
-)
-documents = st.recursive(
-    scalars,
-    lambda children: st.one_of(
-        st.lists(children, max_size=4), st.dictionaries(any_text, children, max_size=4)
-    ),
-    max_leaves=12,
-)
+documents = json_documents(any_text)
 
 
 @dataclass(frozen=True)
