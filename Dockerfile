@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every celery_taskq process: `celery-taskq db upgrade`, `celery-taskq worker`,
-# `celery -A celery_taskq beat` and `celery -A celery_taskq flower` (see docker-compose.yml).
+# `celery -A celery_taskq beat`, `celery -A celery_taskq flower` and `celery-taskq dashboard`
+# (see docker-compose.yml).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,11 +15,14 @@ RUN groupadd --system taskq \
     && useradd --system --gid taskq --create-home --home-dir /home/taskq taskq \
     && install --directory --owner taskq --group taskq /var/lib/celery_taskq
 
-# Only what the build needs (.dockerignore keeps the rest of the context out).
+# Only what the build needs (.dockerignore keeps the rest of the context out). The extras: the
+# PostgreSQL driver, the dashboard and Flower; the base install brings the Redis transport.
+# tests/test_deploy_path.py installs with this very line in a fresh venv and runs the compose
+# services' commands on it.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY celery_taskq ./celery_taskq
-RUN pip install ".[flower]"
+RUN pip install ".[postgres,web,flower]"
 
 USER taskq
 WORKDIR /home/taskq

@@ -748,16 +748,18 @@ def test_readme_tells_how_to_expose_the_dashboard_and_flower() -> None:
         assert variable in section, variable
 
 
-def test_image_installs_flower_and_runs_unprivileged() -> None:
-    """The Dockerfile installs the ``flower`` extra and drops root; the extras exist."""
+def test_image_installs_what_its_services_run_and_runs_unprivileged() -> None:
+    """The Dockerfile installs the PostgreSQL driver, the dashboard and Flower, not the test
+    tools, and drops root; the dev extra brings every extra (the tests use them all)."""
     dockerfile = dockerfile_path(compose_services()).read_text()
-    assert re.search(r"pip install [\"']?\.\[flower\]", dockerfile)
+    assert re.search(r"^RUN pip install \"\.\[postgres,web,flower\]\"$", dockerfile, re.M)
     users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.MULTILINE)
     assert users, "the image runs as root"
     assert users[-1] not in {"root", "0"}
     extras = tomllib.loads(PYPROJECT_FILE.read_text())["project"]["optional-dependencies"]
     assert "flower>=2.0" in extras["flower"]
-    assert {"flower>=2.0", "pyyaml>=6", "types-PyYAML>=6"} <= set(extras["dev"])
+    assert extras["all"] == ["celery_taskq[postgres,web,flower]"]
+    assert {"celery_taskq[all]", "pyyaml>=6", "types-PyYAML>=6"} <= set(extras["dev"])
 
 
 # --- config/celeryconfig.py -------------------------------------------------------------------
