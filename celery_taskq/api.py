@@ -53,7 +53,7 @@ def get_service(
         service = _services.get(key)
         if service is None:
             settings = replace(settings, database_url=url)
-            service = TaskQueueService(Database(url), settings)
+            service = TaskQueueService(Database(url, schema=settings.db_schema), settings)
             _services[key] = service
         return service
 

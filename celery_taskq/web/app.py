@@ -35,7 +35,9 @@ def create_app(
     """
     settings = settings or (service.settings if service is not None else Settings.resolve())
     owned = service is None
-    service = service or TaskQueueService(Database(settings.database_url), settings)
+    service = service or TaskQueueService(
+        Database(settings.database_url, schema=settings.db_schema), settings
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

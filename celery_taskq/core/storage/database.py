@@ -6,7 +6,8 @@ SQLite each write transaction is ``BEGIN IMMEDIATE`` (the write lock is taken up
 writers never deadlock on a lock upgrade) in WAL mode with ``synchronous=NORMAL``. On
 PostgreSQL transactions run at READ COMMITTED and the claim uses ``FOR UPDATE SKIP LOCKED``
 (:mod:`celery_taskq.core.statements.claim`). Connections are pooled per process; a connection
-inherited through ``fork()`` is never used.
+inherited through ``fork()`` is never used. With a schema (the ``db_schema`` setting; PostgreSQL
+only), every connection resolves unqualified names in it (:mod:`celery_taskq.core.storage.schema`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from celery_taskq.core.exceptions import (
 )
 from celery_taskq.core.runner.stop_points import no_stop
 from celery_taskq.core.storage.decoding import read_json, read_sqlite_text
+from celery_taskq.core.storage.schema import check_schema, install_search_path
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +57,18 @@ READ_ONLY = "taskq_read_only"
 
 
 class Database:
-    """One engine per process, with the dialect's transaction rules installed."""
+    """One engine per process, with the dialect's transaction rules installed.
 
-    def __init__(self, url: str | URL, *, echo: bool = False) -> None:
+    ``schema`` is the PostgreSQL schema of the tables (empty: the connection's default); a
+    non-empty one is refused on SQLite.
+    """
+
+    def __init__(self, url: str | URL, *, echo: bool = False, schema: str = "") -> None:
         try:
             self.url = make_url(url)
         except Exception as exc:
             raise ConfigurationError(f"database URL {str(url)!r} is not valid: {exc}") from exc
+        self.schema = check_schema(self.url.get_backend_name(), schema)
         self.engine = self._create_engine(echo)
         self._echo = echo
         self._autocommit_engine: Engine | None = None
@@ -88,6 +95,8 @@ class Database:
             return engine
         if self.url.get_backend_name() == "postgresql":
             engine = create_engine(self.url, echo=echo, json_deserializer=read_json)
+            if self.schema:
+                install_search_path(engine, self.schema)
             _install_fork_guard(engine)  # first: a parent's connection is never pinged
             _install_idle_ping(engine)
             return engine
@@ -136,6 +145,8 @@ class Database:
                     pool_size=2,
                     max_overflow=8,
                 )
+                if self.schema:
+                    install_search_path(engine, self.schema)
                 _install_fork_guard(engine)
                 _install_idle_ping(engine)
                 self._autocommit_engine = engine
