@@ -31,7 +31,7 @@ def demo(context: CliContext, timeout: float) -> None:
         migrate,  # Alembic only here: it stays out of runners' memory
     )
 
-    migrate.upgrade_database(context.settings.database_url)
+    migrate.upgrade_database(context.settings.database_url, schema=context.settings.db_schema)
     service = context.service
     task_ids = [
         service.add_task("celery_taskq.examples.Greet", {"name": "world"}, queued_by="demo"),

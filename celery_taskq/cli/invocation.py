@@ -1,10 +1,11 @@
-"""What one invocation of ``celery-taskq`` shares: the settings, resolved once, and the queue
-service built from them.
+"""What one invocation of ``celery-taskq`` shares: the settings, resolved once, the Celery app
+given with ``--app`` (if any), and the queue service built from the settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -18,15 +19,18 @@ class CliContext:
     """Settings resolved once for the invocation, and the service built from them."""
 
     settings: Settings
+    app_name: str | None = None
+    """The ``--app`` value, passed on to the runner processes the command starts."""
+    celery_app: Any = None
+    """The Celery app ``--app`` names (a ``celery.Celery``), or ``None``."""
     _service: TaskQueueService | None = None
 
     @property
     def service(self) -> TaskQueueService:
         """The queue service in CLI mode (runners are started as detached processes)."""
         if self._service is None:
-            self._service = TaskQueueService(
-                Database(self.settings.database_url), self.settings, cli_mode=True
-            )
+            database = Database(self.settings.database_url, schema=self.settings.db_schema)
+            self._service = TaskQueueService(database, self.settings, cli_mode=True)
         return self._service
 
     def close(self) -> None:

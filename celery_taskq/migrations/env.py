@@ -2,7 +2,9 @@
 
 All migrations of one upgrade run in one transaction that holds the database's migration
 lock (see :mod:`celery_taskq.core.storage.migrate`): Alembic finds the connection already in a
-transaction and neither commits nor begins one of its own.
+transaction and neither commits nor begins one of its own. The revision lives in
+``taskq_alembic_version`` (in the ``db_schema`` schema when one is set); an old
+``alembic_version`` of celery_taskq's is carried over to it first, in the same transaction.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ from __future__ import annotations
 from alembic import context
 
 from celery_taskq.core.models import Base
-from celery_taskq.core.storage.migrate import locked_migration_transaction
+from celery_taskq.core.storage.migrate import (
+    carry_over_version_table,
+    locked_migration_transaction,
+    version_table_options,
+)
 
 target_metadata = Base.metadata
 
@@ -22,13 +28,16 @@ def run_migrations() -> None:
     )
     if not url:
         raise RuntimeError("no database URL given to the migrations")
-    with locked_migration_transaction(url) as connection:
+    schema = context.config.attributes.get("db_schema") or ""
+    with locked_migration_transaction(url, schema) as connection:
+        context.config.attributes["carried_over"] = carry_over_version_table(connection, schema)
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
             transaction_per_migration=False,
+            **version_table_options(schema),
         )
         context.run_migrations()
 
