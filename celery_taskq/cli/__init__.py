@@ -14,6 +14,11 @@ Errors are handled in one place, :func:`main`:
 Text from the database is printed with control characters escaped
 (:mod:`celery_taskq.reports.terminal`), and so is every error line.
 
+Settings: with ``--app`` (``-A``, ``TASKQ_APP``) the command reads the Celery app's config as its
+workers do (``TASKQ_*`` variables, then the app's ``taskq_*`` keys, then the defaults); without
+it, the variables and the defaults. ``--database-url`` wins over both. The current directory is
+on the import path, as with ``celery -A`` (:mod:`~celery_taskq.cli.app_loading`).
+
 The commands, by group: :mod:`~celery_taskq.cli.tasks` (enqueue, show, list, watch, cancel,
 retry), :mod:`~celery_taskq.cli.runners` (process, create-runners, debug, runner, worker),
 :mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.db`, :mod:`~celery_taskq.cli.dashboard`
@@ -32,6 +37,12 @@ import click
 
 from celery_taskq import __version__
 from celery_taskq.cli import dashboard, db, demo, report, runners, tasks
+from celery_taskq.cli.app_loading import (
+    APP_ENV,
+    load_celery_app,
+    put_working_directory_on_path,
+    settings_of_app,
+)
 from celery_taskq.cli.errors import (
     EXIT_BUG,
     EXIT_FAILURE,
@@ -50,6 +61,15 @@ logger = logging.getLogger(__name__)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
+    "-A",
+    "--app",
+    "app_name",
+    envvar=APP_ENV,
+    show_envvar=True,
+    help="The Celery app whose config to read, as `celery -A` takes it (module or "
+    "module:attribute); its taskq_* keys apply below the TASKQ_* variables.",
+)
+@click.option(
     "--database-url",
     envvar="TASKQ_DATABASE_URL",
     show_envvar=True,
@@ -58,16 +78,18 @@ logger = logging.getLogger(__name__)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="celery-taskq")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, verbose: int) -> None:
+def cli(ctx: click.Context, app_name: str | None, database_url: str | None, verbose: int) -> None:
     """celery_taskq: an audited task queue over the TaskQueue, TaskRuns and TaskRunners tables."""
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    settings = Settings.resolve()
+    put_working_directory_on_path()
+    celery_app = load_celery_app(app_name) if app_name else None
+    settings = Settings.resolve() if celery_app is None else settings_of_app(celery_app)
     if database_url:
         settings = replace(settings, database_url=database_url)
-    ctx.obj = CliContext(settings)
+    ctx.obj = CliContext(settings, app_name=app_name or None, celery_app=celery_app)
     ctx.call_on_close(ctx.obj.close)
 
 

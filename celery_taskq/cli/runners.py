@@ -4,11 +4,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 import click
 
+from celery_taskq.cli.app_loading import APP_ENV
 from celery_taskq.cli.invocation import CliContext, pass_context
 from celery_taskq.cli.params import SecondsParamType
 from celery_taskq.core.overseer import on_create_task_runners, on_debug, on_process
@@ -55,9 +59,31 @@ def _runner_args(burst: bool, max_runs: int | None, max_idle: float | None) -> l
 def create_runners(
     context: CliContext, burst: bool, max_runs: int | None, max_idle: float | None
 ) -> None:
-    """OnCreateTaskRunners: start TaskRunnerLimit minus live runners as detached processes."""
-    started = on_create_task_runners(context.service, _runner_args(burst, max_runs, max_idle))
+    """OnCreateTaskRunners: start TaskRunnerLimit minus live runners as detached processes.
+
+    With --app the runners read the same app's config.
+    """
+    with _app_in_environment(context.app_name):
+        started = on_create_task_runners(context.service, _runner_args(burst, max_runs, max_idle))
     click.echo(f"runners started: {started}")
+
+
+@contextmanager
+def _app_in_environment(app_name: str | None) -> Iterator[None]:
+    # The runners are started with this process's environment: with the app in it, they
+    # resolve the settings this process resolved, not the variables alone.
+    if app_name is None:
+        yield
+        return
+    previous = os.environ.get(APP_ENV)
+    os.environ[APP_ENV] = app_name
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[APP_ENV]
+        else:
+            os.environ[APP_ENV] = previous
 
 
 @click.command()
@@ -105,9 +131,20 @@ def runner(
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @pass_context
 def worker(context: CliContext, beat: bool, celery_args: tuple[str, ...]) -> None:
-    """A Celery worker serving celery_taskq's queues; extra arguments go to `celery worker`."""
-    from celery_taskq.celery import create_app, worker_queues
+    """A Celery worker serving celery_taskq's queues; extra arguments go to `celery worker`.
 
-    app = create_app(context.settings)
+    With --app it is that app's worker (the app must have called celery_taskq.celery.install).
+    """
+    from celery_taskq.celery import TaskqCelery, create_app, worker_queues
+
+    if context.celery_app is None:
+        app = create_app(context.settings)
+    elif isinstance(getattr(context.celery_app, "taskq", None), TaskqCelery):
+        app = context.celery_app
+    else:
+        raise click.ClickException(
+            f"the Celery app {context.app_name!r} has not installed celery_taskq: "
+            "call celery_taskq.celery.install(app) where the app is made"
+        )
     argv = ["worker", "-Q", worker_queues(app), *(["--beat"] if beat else []), *celery_args]
     app.worker_main(argv)
