@@ -6,6 +6,11 @@ import click
 
 from celery_taskq.cli.invocation import CliContext, pass_context
 
+WEB_EXTRA_MODULES = frozenset(
+    {"fastapi", "starlette", "pydantic", "jinja2", "uvicorn", "prometheus_client"}
+)
+"""What the ``web`` extra installs, and the dashboard alone imports."""
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -18,6 +23,12 @@ def dashboard(context: CliContext, host: str, port: int) -> None:
 
     Read-only unless TASKQ_DASHBOARD_TOKEN is set; TASKQ_FLOWER_URL adds links to Flower.
     """
-    from celery_taskq.web.server import serve  # FastAPI and uvicorn only when serving
-
+    try:
+        from celery_taskq.web.server import serve  # FastAPI and uvicorn only when serving
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in WEB_EXTRA_MODULES:
+            raise
+        raise click.ClickException(
+            f"the dashboard needs the web extra: pip install 'celery_taskq[web]' ({exc})"
+        ) from None
     serve(context.settings, host=host, port=port)

@@ -94,6 +94,7 @@ class Database:
             _install_fork_guard(engine)
             return engine
         if self.url.get_backend_name() == "postgresql":
+            require_driver(self.url)
             engine = create_engine(self.url, echo=echo, json_deserializer=read_json)
             if self.schema:
                 install_search_path(engine, self.schema)
@@ -262,3 +263,22 @@ def translate_errors() -> Iterator[None]:
         raise StorageError(f"database error: {exc.orig}") from exc
     except DBAPIError as exc:
         raise StorageError(f"database error: {exc.orig}") from exc
+
+
+POSTGRES_EXTRA = "pip install 'celery_taskq[postgres]'"
+"""What installs the PostgreSQL driver (psycopg 3), which the base install leaves out."""
+
+
+def require_driver(url: URL) -> None:
+    """Refuse a PostgreSQL URL whose driver is not installed, in one line naming the extra."""
+    if url.get_backend_name() != "postgresql":
+        return
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError as exc:
+        advice = POSTGRES_EXTRA
+        if url.get_driver_name() != "psycopg":
+            advice += " and a postgresql+psycopg:// URL"
+        raise ConfigurationError(
+            f"a PostgreSQL database needs the postgres extra: {advice} ({exc})"
+        ) from None

@@ -55,6 +55,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from celery_taskq.core.exceptions import ConfigurationError, TaskqError
+from celery_taskq.core.storage.database import require_driver
 from celery_taskq.core.storage.schema import check_schema, install_search_path, quoted
 
 MIGRATIONS_LOCATION = "celery_taskq:migrations"
@@ -323,6 +324,7 @@ def _migration_engine(database_url: str, schema: str) -> Engine:
         raise ConfigurationError(f"unsupported database {backend!r}: use sqlite or postgresql")
     check_schema(backend, schema)
     if backend == "postgresql":
+        require_driver(url)
         return create_engine(url, poolclass=pool.NullPool)
     engine = create_engine(
         url, poolclass=pool.NullPool, connect_args={"timeout": MIGRATION_LOCK_TIMEOUT_SECONDS}
