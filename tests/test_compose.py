@@ -50,6 +50,7 @@ from celery_taskq.celery import (
     worker_queues,
 )
 from celery_taskq.cli import cli as taskq_main
+from celery_taskq.cli.app_loading import APP_ENV
 from celery_taskq.core.settings import ENV_PREFIX, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -565,14 +566,15 @@ def test_celery_taskq_program_is_the_package_cli() -> None:
     ids=lambda path: path.name,
 )
 def test_taskq_variables_are_settings(source: Path) -> None:
-    """Every ``TASKQ_*`` name is ``TASKQ_`` plus the upper-cased name of a Settings field.
+    """Every ``TASKQ_*`` name is ``TASKQ_`` plus the upper-cased name of a Settings field, or
+    the command line's ``TASKQ_APP``.
 
     The whole text is searched, so values, ``${...}`` references and comments count too.
     """
     names = set(TASKQ_NAME.findall(source.read_text()))
     if source == COMPOSE_FILE:
         assert names, "docker-compose.yml sets no TASKQ_* variable"
-    unknown = names - SETTING_ENV_NAMES
+    unknown = names - SETTING_ENV_NAMES - {APP_ENV}
     assert not unknown, f"{source.name}: not settings: {sorted(unknown)}"
 
 
