@@ -742,6 +742,27 @@ def test_flower_reads_its_basic_auth_from_the_environment(monkeypatch: pytest.Mo
     }
 
 
+def test_every_app_service_runs_the_app_taskq_app_names() -> None:
+    """Unset, TASKQ_APP leaves the ready app; set, every service of the app image runs that
+    app: the celery-taskq commands through the variable, the celery ones through ``-A``."""
+    for app_name, expected in ((None, "celery_taskq"), ("myapp.celery:app", "myapp.celery:app")):
+        environ = dict(COMPOSE_ENVIRONMENT)
+        if app_name is not None:
+            environ[APP_ENV] = app_name
+        services = compose_services(environ)
+        defaults = image_defaults(dockerfile_path(services))
+        for name in built_image_services(services):
+            environment = environment_of(services[name])
+            assert environment[APP_ENV] == (app_name or ""), name
+            assert environment["CELERY_BROKER_URL"] == environment["TASKQ_BROKER_URL"], name
+            for argv in [
+                service_argv(services[name], defaults),
+                *healthcheck_argvs(services[name]),
+            ]:
+                if argv[:1] == [CELERY_PROGRAM]:
+                    assert argv[argv.index("-A") + 1] == expected, (name, argv)
+
+
 def test_readme_tells_how_to_expose_the_dashboard_and_flower() -> None:
     """The README's docker-compose section names both variables."""
     after = README_FILE.read_text().split("### docker-compose", 1)[1]
