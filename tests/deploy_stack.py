@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,7 +309,7 @@ class Deployment:
                 process.wait(timeout=30)
 
 
-def wait_until(condition: Any, what: str, deployment: Deployment) -> Any:
+def wait_until(condition: Callable[[], Any], what: str, deployment: Deployment) -> Any:
     """Poll ``condition`` until it returns something true; fail with the logs after a while."""
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
@@ -318,10 +318,6 @@ def wait_until(condition: Any, what: str, deployment: Deployment) -> Any:
             return value
         time.sleep(0.3)
     pytest.fail(f"{what} within {WAIT_SECONDS} s\n{deployment.logs()}")
-
-
-READY_APP = "ready app"
-YOUR_APP = "your app"
 
 
 # --- Talking to the dashboard and Flower ------------------------------------------------------
