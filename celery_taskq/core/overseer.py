@@ -1,6 +1,10 @@
 """The overseer's half of the queue service: runner liveness, run creation, runner counts and
 starting runners, and the seed's three events (OnProcess, OnCreateTaskRunners, OnDebug).
 
+How many runners to start is judged by :meth:`QueueOverseer.runner_demand`: one per scheduled
+run that no idle runner will take, within TaskRunnerLimit. The Celery layer sends that many
+runner tasks and none while nothing is due.
+
 :class:`QueueOverseer` is a base class of :class:`~celery_taskq.core.queue.TaskQueueService`;
 the events take the service.
 """
@@ -27,7 +31,8 @@ from celery_taskq.core.runner.liveness import (
 )
 from celery_taskq.core.runner.loop import TaskRunner
 from celery_taskq.core.settings import Settings
-from celery_taskq.core.statements import beat, runners, tasks
+from celery_taskq.core.statements import beat, dispatch, runners, tasks
+from celery_taskq.core.statements.dispatch import RunnerDemand
 from celery_taskq.core.storage.database import Database
 
 logger = logging.getLogger(__name__)
@@ -142,6 +147,18 @@ class QueueOverseer:
         """``TaskRunnerLimit`` minus running runners, never below 0."""
         return max(self.settings.task_runner_limit - self.get_task_runner_count(), 0)
 
+    def runner_demand(self) -> RunnerDemand:
+        """Scheduled runs, live runners and busy runners (one read); its
+        :meth:`~celery_taskq.core.statements.dispatch.RunnerDemand.runners_wanted` is how
+        many runners to start."""
+        with self.database.transaction(read_only=True) as connection:
+            return dispatch.runner_demand(connection)
+
+    def runners_wanted(self) -> int:
+        """Runners to start now: none unless a scheduled run waits for one, never more than
+        the scheduled runs that no idle runner will take, within TaskRunnerLimit."""
+        return self.runner_demand().runners_wanted(self.settings.task_runner_limit)
+
     def get_task_runner(
         self, *, worker_hostname: str | None = None, worker_limit: int | None = None
     ) -> TaskRunner | None:
@@ -151,10 +168,12 @@ class QueueOverseer:
         hold, so runners never take every pool process.
         """
         registered_at = boottime()  # the runner's lease runs from before its row is written
+        limit = self.settings.task_runner_limit
+        running = 0
         with self.database.transaction() as connection:
             runner_id = runners.register_runner(
                 connection,
-                limit=self.settings.task_runner_limit,
+                limit=limit,
                 process_id=os.getpid(),
                 hostname=self.settings.hostname,
                 process_create_time=current_process_start_time(),
@@ -163,14 +182,21 @@ class QueueOverseer:
                 worker_limit=worker_limit,
                 process_namespace=process_namespace(),
             )
+            if runner_id is None:
+                # Still under the registration lock: the counts are the ones that refused.
+                running = runners.count_running_runners(connection)
         if runner_id is None:
-            logger.info(
-                "TaskRunnerLimit of %s reached: no runner started",
-                self.settings.task_runner_limit,
-                extra={"action": "runner_limit_reached"},
+            if running >= limit:
+                hit = f"TaskRunnerLimit of {limit} reached ({running} running)"
+            else:
+                hit = f"worker {worker_hostname} holds its limit of {worker_limit} runners"
+            logger.debug(
+                "no runner started: %s",
+                hit,
+                extra={"action": "runner_limit_reached", "limit_hit": hit},
             )
             return None
-        logger.info(
+        logger.debug(
             "runner %s started (pid %s)",
             runner_id,
             os.getpid(),

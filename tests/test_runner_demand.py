@@ -1,0 +1,94 @@
+"""Runner demand: how many runners the overseer asks for, and which limit refuses one.
+
+The counts are read from the tables on SQLite and PostgreSQL; the policy that turns them into a
+number of runners is a pure function.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+
+from celery_taskq.core.queue import TaskQueueService
+from celery_taskq.core.statements.dispatch import RunnerDemand
+from tests.conftest import FakeClock
+
+
+@pytest.mark.parametrize(
+    ("demand", "limit", "wanted"),
+    [
+        (RunnerDemand(scheduled_runs=0, live_runners=0, busy_runners=0), 8, 0),
+        (RunnerDemand(scheduled_runs=3, live_runners=0, busy_runners=0), 8, 3),
+        (RunnerDemand(scheduled_runs=30, live_runners=0, busy_runners=0), 8, 8),
+        # two idle runners will take two of the three runs
+        (RunnerDemand(scheduled_runs=3, live_runners=2, busy_runners=0), 8, 1),
+        # busy runners take nothing now: each scheduled run wants a runner, within the limit
+        (RunnerDemand(scheduled_runs=3, live_runners=2, busy_runners=2), 8, 3),
+        (RunnerDemand(scheduled_runs=30, live_runners=7, busy_runners=7), 8, 1),
+        (RunnerDemand(scheduled_runs=30, live_runners=8, busy_runners=8), 8, 0),
+        (RunnerDemand(scheduled_runs=1, live_runners=4, busy_runners=1), 8, 0),
+        (RunnerDemand(scheduled_runs=5, live_runners=0, busy_runners=0), 0, 0),
+    ],
+)
+def test_runners_wanted_follow_the_scheduled_runs_within_the_limit(
+    demand: RunnerDemand, limit: int, wanted: int
+) -> None:
+    assert demand.runners_wanted(limit) == wanted
+
+
+def test_demand_counts_scheduled_runs_and_idle_and_busy_runners(service: TaskQueueService) -> None:
+    # Given nothing queued: no runner is wanted
+    assert service.runner_demand() == RunnerDemand(0, 0, 0)
+    assert service.runners_wanted() == 0
+    # When three due tasks are queued, three runners are wanted
+    for n in range(3):
+        service.add_task("tests.handlers.Succeed", {"n": n}, create_run=True)
+    assert service.runner_demand() == RunnerDemand(3, 0, 0)
+    assert service.runners_wanted() == 3
+    # An idle runner will take one of them
+    runner = service.get_task_runner()
+    assert runner is not None
+    assert service.runner_demand() == RunnerDemand(3, 1, 0)
+    assert service.runners_wanted() == 2
+    # Once it holds a run, it is busy: the two runs left want two runners
+    claimed = runner.get_next_task_run()
+    assert claimed is not None
+    assert service.runner_demand() == RunnerDemand(2, 1, 1)
+    assert service.runners_wanted() == 2
+    runner.process_task_run(claimed)
+    runner.run(burst=True)
+    # When the queue is drained, nothing is wanted, and the ended runner is not counted
+    assert service.runner_demand() == RunnerDemand(0, 0, 0)
+
+
+def test_a_task_not_yet_due_wants_no_runner(service: TaskQueueService, clock: FakeClock) -> None:
+    service.add_task(
+        "tests.handlers.Succeed", {}, scheduled_on=clock() + timedelta(hours=1), create_run=True
+    )
+    service.process_queue()
+    assert service.runners_wanted() == 0
+
+
+def test_the_limit_hit_is_named(
+    service: TaskQueueService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="celery_taskq.core.overseer")
+    # Given a worker that holds its one runner, under a TaskRunnerLimit of 8
+    assert service.get_task_runner(worker_hostname="w@h", worker_limit=1) is not None
+    # When it asks for another, the per-worker limit is the one named
+    assert service.get_task_runner(worker_hostname="w@h", worker_limit=1) is None
+    (refusal,) = [r for r in caplog.records if getattr(r, "action", "") == "runner_limit_reached"]
+    assert refusal.levelno == logging.DEBUG
+    assert refusal.getMessage() == "no runner started: worker w@h holds its limit of 1 runners"
+    # And once TaskRunnerLimit is full, TaskRunnerLimit is the one named
+    caplog.clear()
+    for _ in range(service.settings.task_runner_limit - 1):
+        assert service.get_task_runner() is not None
+    assert service.get_task_runner(worker_hostname="v@h", worker_limit=4) is None
+    (refusal,) = [r for r in caplog.records if getattr(r, "action", "") == "runner_limit_reached"]
+    limit = service.settings.task_runner_limit
+    assert refusal.getMessage() == (
+        f"no runner started: TaskRunnerLimit of {limit} reached ({limit} running)"
+    )
