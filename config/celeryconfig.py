@@ -1,8 +1,7 @@
 """Example Celery configuration for running celery_taskq inside a Celery app of your own.
 
-Copy this file next to your code as ``celeryconfig.py``, adjust it, and load it *before*
-installing celery_taskq: :func:`celery_taskq.celery.install` reads the ``taskq_*`` keys once,
-when it is called::
+Copy this file next to your code as ``celeryconfig.py``, adjust it, and load it in the app
+that you give to :func:`celery_taskq.celery.install`, which reads the ``taskq_*`` keys::
 
     # myapp/celery.py
     from celery import Celery
@@ -11,10 +10,12 @@ when it is called::
 
     app = Celery("myapp")
     app.config_from_object("celeryconfig")
-    install(app)  # event tasks, runner task, beat entries, routes and signals
+    install(app)  # event tasks, runner task, beat entries and signals
 
-Then start one beat and any number of workers; each worker must consume your own queue(s) and
-both celery_taskq queues::
+(``install()`` may come before ``config_from_object`` too: what it adds is added again when the
+configuration is loaded and when a worker or beat starts.) Then start one beat and any number of
+workers; each worker must consume your own queue(s) and, as this file declares them, both
+celery_taskq queues::
 
     celery -A myapp worker -Q celery,taskq.events,taskq.runners --concurrency 4 --loglevel INFO
     celery -A myapp beat --loglevel INFO
@@ -27,6 +28,8 @@ Where each celery_taskq setting comes from, first match wins: the environment va
 :mod:`celery_taskq.core.settings`. Every ``taskq_*`` value below *is* that default: change the ones
 you need and delete the rest.
 """
+
+from kombu import Queue
 
 # --- Broker and results ------------------------------------------------------------------------
 
@@ -43,33 +46,36 @@ broker_url = "redis://localhost:6379/0"
 
 # --- Queues and routing ------------------------------------------------------------------------
 
-# install() routes celery_taskq's tasks itself:
+# celery_taskq's tasks:
 #
-#   taskq.on_process, taskq.on_create_task_runners  ->  queue "taskq.events"
+#   taskq.on_process, taskq.on_create_task_runners
 #       beat's ticks (OnProcess, OnCreateTaskRunners): short tasks.
-#   taskq.runner                                     ->  queue "taskq.runners"
-#       one task per runner; it holds a pool process while its runner works the queue, and
-#       leaves after taskq_runner_max_idle seconds without work or taskq_runner_max_lifetime.
+#   taskq.runner
+#       sent only while handler runs are due, one per run no idle runner will take; it holds a
+#       pool process while its runner works the queue, and leaves once the queue has been empty
+#       for taskq_runner_max_idle seconds (or after taskq_runner_max_lifetime).
 #
+# install() adds no queue: left alone, these tasks ride your routing (task_routes, else the
+# default queue), and your workers consume the queues they consumed before. Declaring
+# celery_taskq's two queues, as below, gives its tasks queues of their own: ticks then never
+# wait behind a backlog of your tasks. A worker started with no queue option (-Q) consumes every
+# declared queue, and one given a queue option must name them:
+#
+#   celery -A myapp worker -Q celery,taskq.events,taskq.runners --concurrency 4 --loglevel INFO
+#
+# A worker that consumes none of the queues celery_taskq's tasks go to says so in its log, once.
+task_queues = [Queue("celery"), Queue("taskq.events"), Queue("taskq.runners")]
+
 # A worker holds at most concurrency - 1 runners, so one pool process stays free for the ticks
-# and your own tasks. A worker that does not consume both queues leaves ticks or runners
-# unserved: start workers with -Q celery,taskq.events,taskq.runners (plus your own queues).
-#
-# A worker started with no queue option (-Q) consumes every queue in task_queues. When
-# task_queues is unset, install() sets it to the default queue ("celery") and both celery_taskq
-# queues. If you declare your own, list celery_taskq's too:
-#
-# from kombu import Queue
-# task_queues = [Queue("celery"), Queue("taskq.events"), Queue("taskq.runners")]
-#
-# Your own routes are kept (install() puts its routes in front of them), and so are your own
-# beat_schedule entries:
+# and your own tasks. Your own routes and beat_schedule entries are kept, whether install() is
+# called before or after this file is loaded:
 #
 # task_routes = {"myapp.tasks.*": {"queue": "celery"}}
 #
 # install() also sets worker_prefetch_multiplier = 1 and turns on worker_send_task_events,
-# task_send_sent_event and task_track_started, so that Flower and `celery events` see the
-# runner tasks, unless this file sets them: values given here for those four are kept.
+# task_send_sent_event and task_track_started, so that Flower and `celery events` see your
+# tasks, unless this file sets them: values given here for those four are kept. celery_taskq's
+# own tasks send no events (Flower shows your work) unless taskq_internal_task_events is True.
 
 # --- celery_taskq ------------------------------------------------------------------------------
 
@@ -128,13 +134,15 @@ taskq_imports: tuple[str, ...] = ()
 # Seconds between beat's OnProcess ticks (time out dead runners, create runs for due tasks).
 taskq_process_interval = 2.0
 
-# Seconds between beat's OnCreateTaskRunners ticks (send one runner task per missing runner).
+# Seconds between beat's OnCreateTaskRunners ticks (send a runner task for each due handler run
+# that no idle runner will take, within TaskRunnerLimit; none while nothing is due).
 taskq_create_runners_interval = 5.0
 
-# A runner task leaves after this many seconds without work...
-taskq_runner_max_idle = 30.0
+# A runner task leaves after this many seconds without work (0: as soon as the queue is empty),
+# handing its pool process back to your tasks...
+taskq_runner_max_idle = 1.0
 # ...and after this many seconds in all (once its current run is over), freeing the pool
-# process; OnCreateTaskRunners sends a new runner task when one is missing.
+# process; OnCreateTaskRunners sends a new runner task while handler runs are still due.
 taskq_runner_max_lifetime = 600.0
 
 # Retry backoff after a failed handler run: base * 2 ** (failures - 1) seconds, at most the
@@ -153,11 +161,13 @@ taskq_run_time_budget = 60.0
 # own app set broker_url above instead; when broker_url is unset, install() applies this one.
 # taskq_broker_url = "sqla+sqlite:///celery_taskq-broker.db"
 
-# Whether Celery workers run handler tasks; False is audit-only mode (native tasks are still
-# audited, no runner tasks are sent).
+# Whether Celery workers run handler tasks; False is audit-only mode: no runner task is sent at
+# all and beat has no OnCreateTaskRunners entry (native tasks are still audited; handler tasks
+# wait for a standalone `celery-taskq runner`).
 taskq_handler_runners = True
 
-# Whether beat's event ticks and runner tasks send Celery task events (Flower then shows them).
+# Whether beat's event ticks and runner tasks send Celery task events (Flower then shows them;
+# off, Flower's task list holds only your tasks, and Celery's lines about them are DEBUG lines).
 taskq_internal_task_events = False
 
 # PostgreSQL only: the schema that holds the tables ("" : the connection's default schema).

@@ -27,9 +27,12 @@ class CeleryStack:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
+    unset_env: set[str] = field(default_factory=set)
+    """Variables the processes started from now on do not get (a test's own defaults)."""
+
     @property
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])
@@ -44,6 +47,7 @@ class CeleryStack:
             "TASKQ_HEARTBEAT_INTERVAL": "0.5",
             **self.extra_env,
         }
+        return {name: value for name, value in env.items() if name not in self.unset_env}
 
     def start(self, *args: str, log_name: str) -> subprocess.Popen[bytes]:
         log = (self.directory / log_name).open("wb")
@@ -54,7 +58,9 @@ class CeleryStack:
         self.processes.append(process)
         return process
 
-    def start_worker(self, *, beat: bool = True, name: str = "worker") -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, *, beat: bool = True, name: str = "worker", loglevel: str = "INFO"
+    ) -> subprocess.Popen[bytes]:
         return self.start(
             "-m",
             "celery_taskq",
@@ -63,7 +69,7 @@ class CeleryStack:
             "--concurrency",
             "3",
             "--loglevel",
-            "INFO",
+            loglevel,
             "--hostname",
             f"{name}@%h",
             "--schedule",

@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 
 from celery_taskq import Step
 from celery_taskq.api import enqueue, enqueue_steps
-from celery_taskq.celery import DUPLICATE_TICK
-from celery_taskq.core.models import RunnerStatus, RunStatus, TaskRun, TaskRunner
+from celery_taskq.celery import DUPLICATE_TICK, PROCESS_TASK, RUNNER_TASK
+from celery_taskq.core.models import BeatTick, RunnerStatus, RunStatus, TaskRun, TaskRunner
 from celery_taskq.core.storage.database import Database
 from tests import registered as _registered  # noqa: F401  (registers tests.reports.send here)
 from tests.celery_stack import RUNNER_LIMIT, CeleryStack
@@ -122,7 +122,7 @@ def test_two_beats_do_no_work_twice(stack: CeleryStack, db: Database) -> None:
         )
         for n in range(10)
     ]
-    stack.start_worker(beat=False)
+    stack.start_worker(beat=False, loglevel="DEBUG")  # a skipped tick is a DEBUG line
     stack.start_beat("beat-1")
     stack.start_beat("beat-2")
     wait_for(
@@ -214,3 +214,141 @@ def test_multi_step_resumable_and_registered_tasks_under_celery(
     assert items.read_text().split() == [str(n) for n in range(6)]
     assert [r.checkpoint for r in runs_of(db, chunked_id)] == [{"next": 2}, {"next": 4}, None]
     assert runs_of(db, named_id)[0].results == {"sent_to": "ops"}
+
+
+ORDERED_APP = """
+import os
+
+from celery import Celery
+
+from celery_taskq.celery import install
+
+app = Celery("ordered")
+
+
+class Config:
+    broker_url = os.environ["APP_BROKER_URL"]
+    broker_connection_retry_on_startup = True
+    taskq_database_url = os.environ["APP_DATABASE_URL"]
+
+
+def configure():
+    app.config_from_object(Config)
+    app.conf.update(taskq_process_interval=0.5, taskq_create_runners_interval=1.0)
+    app.conf.beat_schedule = {"app.tick": {"task": "ordered.tick", "schedule": 0.5}}
+
+
+if os.environ["INSTALL_FIRST"] == "1":
+    install(app)
+    configure()
+else:
+    configure()
+    install(app)
+
+
+@app.task(name="ordered.tick")
+def tick():
+    with open("app-ticks", "a") as ticks:
+        ticks.write("tick\\n")
+"""
+
+
+@pytest.mark.parametrize("install_first", [True, False], ids=["install-first", "install-last"])
+def test_install_before_or_after_the_app_configures_itself_gives_working_ticks(
+    stack: CeleryStack, db: Database, install_first: bool
+) -> None:
+    # Given an app that calls install() before or after config_from_object, conf.update and a
+    # beat_schedule assignment, and whose only celery_taskq settings are in its Celery config
+    (stack.directory / "ordered.py").write_text(ORDERED_APP)
+    stack.unset_env.update(name for name in stack.env if name.startswith("TASKQ_"))
+    stack.extra_env.update(
+        PYTHONPATH=os.pathsep.join([str(stack.directory), stack.env["PYTHONPATH"]]),
+        APP_BROKER_URL=stack.broker_url,
+        APP_DATABASE_URL=stack.database_url,
+        INSTALL_FIRST="1" if install_first else "0",
+    )
+    stack.start(
+        *("-m", "celery", "-A", "ordered", "worker", "-B", "-c", "2", "--loglevel", "INFO"),
+        *("--schedule", str(stack.directory / "ordered-schedule")),
+        log_name="ordered.log",
+    )
+    # When a handler task is queued in the database its config names
+    task_id = enqueue("tests.handlers.Succeed", {"n": 1}, database_url=stack.database_url)
+    # Then beat's ticks send a runner that runs it, the app's own beat entry runs too, ...
+    wait_for(
+        lambda: [r.status for r in runs_of(db, task_id)] == [RunStatus.SUCCESS],
+        timeout=60,
+        what=f"the task to run (see {stack.directory / 'ordered.log'})",
+    )
+    wait_for(
+        lambda: (stack.directory / "app-ticks").exists(), timeout=30, what="the app's beat entry"
+    )
+    # ... and OnProcess ticks every 0.5 s, as conf.update() says: its slots are half-seconds
+    with db.transaction(read_only=True) as connection:
+        slots = (
+            connection.execute(select(BeatTick.slot).where(BeatTick.event == "process"))
+            .scalars()
+            .all()
+        )
+    assert slots
+    assert max(slots) > 1.9 * datetime.now(UTC).timestamp()
+    assert "celery_taskq: " not in stack.log("ordered.log")  # no warning that anything is missing
+
+
+def beat_ticks(database: Database, event: str) -> int:
+    with database.transaction(read_only=True) as connection:
+        return int(
+            connection.execute(
+                select(func.count()).select_from(BeatTick).where(BeatTick.event == event)
+            ).scalar_one()
+        )
+
+
+def test_runners_start_only_for_due_work_and_leave_when_the_queue_is_empty(
+    stack: CeleryStack, db: Database
+) -> None:
+    # Given a worker whose beat ticks while nothing is due (OnCreateTaskRunners every second)
+    worker = stack.start_worker()
+    wait_for(lambda: beat_ticks(db, "create_runners") >= 3, timeout=60, what="three ticks")
+    # Then no runner was started: every pool process stayed free for the app's tasks
+    assert runners(db) == []
+    # When handler work is due, runners start and run it ...
+    task_ids = [
+        enqueue("tests.handlers.Succeed", {"n": n}, database_url=stack.database_url)
+        for n in range(4)
+    ]
+    wait_for(
+        lambda: all([r.status for r in runs_of(db, t)] == [RunStatus.SUCCESS] for t in task_ids),
+        timeout=60,
+        what="the tasks to run",
+    )
+    # ... at most the worker's limit of them (concurrency 3 - 1) ...
+    assert 1 <= len(runners(db)) <= RUNNER_LIMIT
+    # ... and once the queue is empty they leave (runner_max_idle: 3 s here), with the worker
+    # still up and beat still ticking, long before runner_max_lifetime.
+    wait_for(
+        lambda: all(row.status is RunnerStatus.SUCCESS for row in runners(db)),
+        timeout=30,
+        what="the idle runners to leave",
+    )
+    assert worker.poll() is None
+    last_finish = max(r.finished_on for t in task_ids for r in runs_of(db, t) if r.finished_on)
+    for row in runners(db):
+        assert row.finished_on is not None
+        assert (row.finished_on - last_finish).total_seconds() < 20
+
+
+def test_audit_only_mode_sends_no_runner_task(stack: CeleryStack, db: Database) -> None:
+    # Given audit-only mode, and a due handler task
+    stack.extra_env.update(TASKQ_HANDLER_RUNNERS="false")
+    task_id = enqueue("tests.handlers.Succeed", database_url=stack.database_url)
+    stack.start_worker(loglevel="DEBUG")  # Celery's lines about taskq's tasks are DEBUG lines
+    # When beat has ticked a while
+    wait_for(lambda: beat_ticks(db, "process") >= 4, timeout=60, what="OnProcess ticks")
+    # Then the run waits for a standalone runner: no runner task was sent or registered
+    assert [r.status for r in runs_of(db, task_id)] == [RunStatus.SCHEDULED]
+    assert runners(db) == []
+    assert beat_ticks(db, "create_runners") == 0
+    log = stack.log("worker.log")
+    assert f"{PROCESS_TASK}[" in log  # the log shows the internal tasks it received ...
+    assert f"{RUNNER_TASK}[" not in log  # ... and no runner task was among them

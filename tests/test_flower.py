@@ -1,16 +1,24 @@
-"""Flower sees celery_taskq's workers and tasks: the task events config works end to end.
+"""Flower shows the app's work: celery_taskq's internal tasks are quiet unless asked.
 
-A real ``celery-taskq worker --beat`` on a Redis broker (database: SQLite) and a real Flower
-process; the test reads Flower's HTTP API on 127.0.0.1. It does not settle for Flower answering
-200: it checks what Flower can only know from events. With ``worker_send_task_events`` off
-Flower never learns that a runner task was received or started; with ``task_send_sent_event``
-off no OnProcess task has a ``sent`` time. (Both checked by hand by switching each setting off.)
+A real worker with embedded beat on a Redis broker (database: SQLite) and a real Flower
+process; the tests read Flower's HTTP API on 127.0.0.1.
+
+- With the default settings, Flower's task list (``/api/tasks``) holds the app's tasks and none
+  of celery_taskq's, while beat ticks and a runner task runs a handler task: the internal tasks
+  send no task events and no ``task-sent`` event.
+- With ``internal_task_events`` on, Flower sees them. That test does not settle for Flower
+  answering 200: it checks what Flower can only know from events. With
+  ``worker_send_task_events`` off Flower never learns that a runner task was received or
+  started; with ``task_send_sent_event`` off no OnProcess task has a ``sent`` time. (Both
+  checked by hand by switching each setting off.)
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,10 +27,11 @@ from typing import Any
 
 import port_for
 import pytest
+from sqlalchemy import func, select
 
 from celery_taskq.api import enqueue
 from celery_taskq.celery import PROCESS_TASK, RUNNER_TASK
-from celery_taskq.core.models import RunStatus
+from celery_taskq.core.models import BeatTick, RunStatus
 from celery_taskq.core.storage.database import Database
 from tests.celery_stack import CeleryStack
 from tests.helpers import runs_of, wait_for
@@ -71,29 +80,115 @@ class Flower:
         return list(found.values()) if isinstance(found, dict) else []
 
 
-def start_flower(stack: CeleryStack) -> Flower:
+def start_flower(stack: CeleryStack, app: str = "celery_taskq") -> Flower:
     port = port_for.select_random()
     stack.start(
         "-m",
         "celery",
         "-A",
-        "celery_taskq",
+        app,
         "flower",
         f"--port={port}",
         f"--address={FLOWER_HOST}",
         log_name="flower.log",
     )
-    return Flower(port)
+    flower = Flower(port)
+    # Events sent before Flower listens are never seen: wait until it answers.
+    wait_for(lambda: flower.get("/api/tasks") is not None, timeout=60, what="Flower to answer")
+    return flower
 
 
 def is_ours(worker: Any) -> bool:
     return isinstance(worker, str) and worker.startswith("worker@")
 
 
-def test_flower_sees_the_worker_and_the_runner_and_event_tasks(
+STACK_OVERRIDES = (
+    "TASKQ_TASK_RUNNER_LIMIT",
+    "TASKQ_PROCESS_INTERVAL",
+    "TASKQ_CREATE_RUNNERS_INTERVAL",
+    "TASKQ_RUNNER_MAX_IDLE",
+    "TASKQ_POLL_INTERVAL",
+    "TASKQ_HEARTBEAT_INTERVAL",
+)
+"""The stack's quicker settings, dropped so that the worker runs with the defaults."""
+
+
+def test_flower_lists_the_apps_tasks_and_no_internal_task(redis_stack: CeleryStack) -> None:
+    # Given an app with install() (tests/native_app.py), a worker with embedded beat at the
+    # default settings, and Flower listening
+    stack = redis_stack
+    stack.extra_env.update(NATIVE_BROKER_URL=stack.broker_url)
+    flower = start_flower(stack, "tests.native_app")
+    stack.unset_env.update(STACK_OVERRIDES)
+    stack.start(
+        *("-m", "celery", "-A", "tests.native_app", "worker", "-B", "-c", "2"),
+        *("--hostname", "worker@%h", "--schedule", str(stack.directory / "schedule")),
+        log_name="worker.log",
+    )
+    # When the app's task runs, and a handler task is run by a runner task
+    app_task = stack_app_task(stack)
+    task_id = enqueue("tests.handlers.Succeed", {"n": 1}, database_url=stack.database_url)
+    db = Database(stack.database_url)
+    try:
+        wait_for(
+            lambda: [run.status for run in runs_of(db, task_id)] == [RunStatus.SUCCESS],
+            timeout=60,
+            what=f"a runner task to run the handler task (see {stack.directory / 'worker.log'})",
+        )
+        ticks_seen = wait_for(
+            lambda: process_ticks(db) >= 3 and process_ticks(db),
+            timeout=30,
+            what="three OnProcess ticks",
+        )
+    finally:
+        db.close()
+    # Then Flower lists the app's task, and none of celery_taskq's
+    wait_for(
+        lambda: [
+            t for t in flower.tasks() if (t.get("uuid"), t.get("state")) == (app_task, "SUCCESS")
+        ],
+        timeout=30,
+        what="Flower to show the app's task succeeded",
+    )
+    names = {task.get("name") for task in flower.tasks()}
+    assert names == {"native.add"}, f"Flower lists {names} after {ticks_seen} OnProcess ticks"
+
+
+def stack_app_task(stack: CeleryStack) -> str:
+    """Send ``native.add`` as the app would; its Celery task id."""
+    caller = subprocess.run(
+        [sys.executable, "-c", SEND_APP_TASK],
+        env=stack.env,
+        cwd=stack.directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert caller.returncode == 0, caller.stderr
+    return caller.stdout.strip()
+
+
+SEND_APP_TASK = """
+from tests.native_app import add
+print(add.delay(1, 2).id)
+"""
+
+
+def process_ticks(database: Database) -> int:
+    with database.transaction(read_only=True) as connection:
+        return int(
+            connection.execute(
+                select(func.count()).select_from(BeatTick).where(BeatTick.event == "process")
+            ).scalar_one()
+        )
+
+
+def test_with_internal_task_events_flower_sees_the_runner_and_event_tasks(
     redis_stack: CeleryStack,
 ) -> None:
     stack = redis_stack
+    stack.extra_env.update(TASKQ_INTERNAL_TASK_EVENTS="true")
     flower = start_flower(stack)
     stack.start_worker()
     task_ids = [

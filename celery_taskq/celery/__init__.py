@@ -3,21 +3,24 @@
 :func:`install` adds celery_taskq to an existing Celery app; :data:`app` (resolved lazily) is
 a ready one, so ``celery -A celery_taskq worker -B`` works with no user code.
 
-Queues and routing:
+What an installed app gets:
 
-``taskq.events``
-    the beat ticks (OnProcess, OnCreateTaskRunners): short tasks.
-``taskq.runners``
-    runner tasks: each holds a pool process while its runner loop works the queue, leaving
-    after ``runner_max_idle`` seconds without work or ``runner_max_lifetime`` seconds.
-
-A worker holds at most ``concurrency - 1`` runners (at least 1), so one pool process always
-stays free for the event tasks and the app's own tasks: runners cannot starve them.
+* beat entries for OnProcess and OnCreateTaskRunners, whose ticks run as short tasks;
+* runner tasks, sent only while handler runs are scheduled, one per run that no idle runner
+  will take (within TaskRunnerLimit). A worker holds at most ``concurrency - 1`` runners (at
+  least 1), so one pool process stays free for the ticks and the app's own tasks; a runner
+  leaves after ``runner_max_idle`` seconds (1 s) without work. ``handler_runners = False``
+  (audit-only mode) sends none;
+* no queue of its own: the tasks follow the app's routing unless the app declares
+  ``taskq.events`` and ``taskq.runners`` (the ready app does);
+* quiet internal tasks: no task events (Flower shows the app's work) unless
+  ``internal_task_events`` is on.
 
 The modules: :mod:`~celery_taskq.celery.install` (``install()``, ``create_app()``),
-:mod:`~celery_taskq.celery.routing` (queues, routes, beat entries),
+:mod:`~celery_taskq.celery.routing` (queues, beat entries, Celery defaults),
+:mod:`~celery_taskq.celery.startup` (applying them when the app's configuration is final),
 :mod:`~celery_taskq.celery.state` (settings from Celery config, per-process state),
-:mod:`~celery_taskq.celery.tasks` (the event and runner tasks),
+:mod:`~celery_taskq.celery.tasks` (the event and runner tasks, runner dispatch),
 :mod:`~celery_taskq.celery.audit_signals` and :mod:`~celery_taskq.celery.audit` (the native task
 audit), :mod:`~celery_taskq.celery.broker` (the SQL broker). This layer imports the core and the
 public API's enqueue hook (:func:`celery_taskq.api.add_enqueue_hook`), nothing else of the
@@ -37,20 +40,23 @@ from celery_taskq.celery.routing import (
     CREATE_RUNNERS_TASK,
     EVENTS_QUEUE,
     INSTALL_DEFAULTS,
+    INTERNAL_TASKS,
     PROCESS_TASK,
     RUNNER_TASK,
     RUNNERS_QUEUE,
     worker_queues,
 )
 from celery_taskq.celery.state import SETTINGS_PREFIX, TaskqCelery, settings_from_celery
-from celery_taskq.celery.tasks import DUPLICATE_TICK, RUNNER_REQUEST_MIN_INTERVAL
+from celery_taskq.celery.tasks import AUDIT_ONLY, DUPLICATE_TICK, RUNNER_REQUEST_MIN_INTERVAL
 
 __all__ = [
+    "AUDIT_ONLY",
     "BROKER_MESSAGES_KEPT_FOR",
     "CREATE_RUNNERS_TASK",
     "DUPLICATE_TICK",
     "EVENTS_QUEUE",
     "INSTALL_DEFAULTS",
+    "INTERNAL_TASKS",
     "PROCESS_TASK",
     "RUNNERS_QUEUE",
     "RUNNER_REQUEST_MIN_INTERVAL",

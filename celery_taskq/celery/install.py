@@ -6,8 +6,9 @@ from celery import Celery
 
 from celery_taskq import api
 from celery_taskq.celery.audit_signals import connect_audit
-from celery_taskq.celery.routing import configure_app
-from celery_taskq.celery.state import TaskqCelery, connect_worker_signals, settings_from_celery
+from celery_taskq.celery.routing import declare_own_queues
+from celery_taskq.celery.startup import connect_startup
+from celery_taskq.celery.state import TaskqCelery, connect_worker_signals
 from celery_taskq.celery.tasks import register_tasks, runner_request_hook
 from celery_taskq.core.settings import Settings
 
@@ -15,27 +16,38 @@ from celery_taskq.core.settings import Settings
 def install(
     app: Celery, *, settings: Settings | None = None, audit_celery_tasks: bool = False
 ) -> TaskqCelery:
-    """Add celery_taskq to ``app``: event and runner tasks, beat entries, routes and signals.
+    """Add celery_taskq to ``app``: event and runner tasks, beat entries and signals.
+
+    The call may come before or after the app configures itself: what depends on the app's
+    configuration (the ``taskq_*`` settings, the beat entries, the Celery defaults for Flower,
+    the broker) is added again whenever that configuration is loaded, and when a worker or beat
+    starts (:mod:`celery_taskq.celery.startup`). No queue is added: celery_taskq's tasks follow
+    the app's routing, unless the app declares celery_taskq's queues
+    (:mod:`celery_taskq.celery.routing`).
 
     With ``audit_celery_tasks=True`` every plain task of the app is audited (a ``TaskQueue``
     row per task, a ``TaskRuns`` row per execution attempt); otherwise only tasks whose base
     is :class:`~celery_taskq.celery.audit_signals.AuditedTask`.
     """
-    settings = settings or settings_from_celery(app.conf)
-    state = TaskqCelery(app=app, settings=settings)
-    configure_app(app, settings)
+    state = TaskqCelery(app=app, given_settings=settings)
     register_tasks(app, state)
     connect_worker_signals(app, state)
     connect_audit(app, state, audit_all=audit_celery_tasks)
     api.add_enqueue_hook(runner_request_hook(app, state))
     app.taskq = state
+    connect_startup(app, state)
     return state
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    """A Celery app configured from the environment, with celery_taskq installed."""
+    """A Celery app configured from the environment, with celery_taskq installed.
+
+    Its beat ticks and runner tasks have queues of their own (``taskq.events``,
+    ``taskq.runners``), which ``celery-taskq worker`` consumes beside the default queue.
+    """
     settings = settings or Settings.resolve()
     celery_app = Celery("celery_taskq", broker=settings.broker_url)
     celery_app.conf.task_ignore_result = True
+    declare_own_queues(celery_app)
     install(celery_app, settings=settings)
     return celery_app

@@ -1,9 +1,20 @@
-"""Where celery_taskq's tasks go: queue and task names, routes, beat entries, and the Celery
-settings :func:`~celery_taskq.celery.install.install` gives an app that does not set them.
+"""Where celery_taskq's tasks go, and what it adds to an app's configuration.
+
+Queues: celery_taskq adds none to an app. Its tasks ride the app's own routing (the app's
+``task_routes``, else its default queue), so the queues the app's workers consume are the ones
+they consumed before. An app that wants them apart declares :data:`EVENTS_QUEUE` and
+:data:`RUNNERS_QUEUE` in its ``task_queues``; the tasks then go there (:func:`own_queue`). The
+ready app (:func:`~celery_taskq.celery.install.create_app`) does.
+
+Configuration: :func:`apply_config` adds the beat entries and, where the app is silent,
+:data:`INSTALL_DEFAULTS` and the broker. It is idempotent and runs whenever the app's
+configuration may have changed (see :mod:`celery_taskq.celery.startup`), so it does not matter
+whether ``install()`` comes before or after the app configures itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
@@ -13,15 +24,24 @@ from celery_taskq.celery.broker import TRANSPORT_PATH, split_sql_broker_url
 from celery_taskq.core.settings import Settings
 
 EVENTS_QUEUE = "taskq.events"
-"""Queue of the beat-driven event tasks."""
+"""Queue of the beat-driven event tasks, where the app declares it."""
 
 RUNNERS_QUEUE = "taskq.runners"
-"""Queue of the runner tasks."""
+"""Queue of the runner tasks, where the app declares it."""
 
 PROCESS_TASK = "taskq.on_process"
 CREATE_RUNNERS_TASK = "taskq.on_create_task_runners"
 RUNNER_TASK = "taskq.runner"
 
+INTERNAL_TASKS = frozenset({PROCESS_TASK, CREATE_RUNNERS_TASK, RUNNER_TASK})
+"""celery_taskq's own tasks: quiet unless ``internal_task_events`` is on."""
+
+OWN_QUEUES = {
+    PROCESS_TASK: EVENTS_QUEUE,
+    CREATE_RUNNERS_TASK: EVENTS_QUEUE,
+    RUNNER_TASK: RUNNERS_QUEUE,
+}
+"""The queue each task goes to when the app declares it."""
 
 INSTALL_DEFAULTS: dict[str, Any] = {
     "worker_send_task_events": True,
@@ -30,54 +50,102 @@ INSTALL_DEFAULTS: dict[str, Any] = {
     "worker_prefetch_multiplier": 1,
 }
 """Celery settings :func:`~celery_taskq.celery.install.install` gives an app that does not set
-them."""
+them: Flower and ``celery events`` see the app's tasks, and a worker holds no message behind a
+runner task."""
 
 
-def configure_app(app: Celery, settings: Settings) -> None:
-    """Routes, queues, beat entries, :data:`INSTALL_DEFAULTS` and the broker, where ``app`` is
-    silent."""
-    routes = {
-        PROCESS_TASK: {"queue": EVENTS_QUEUE},
-        CREATE_RUNNERS_TASK: {"queue": EVENTS_QUEUE},
-        RUNNER_TASK: {"queue": RUNNERS_QUEUE},
-    }
-    if not app.conf.task_queues:
-        # Workers started without -Q then consume the app's default queue and both of ours.
-        app.conf.task_queues = [
-            Queue(name)  # type: ignore[no-untyped-call]
-            for name in (app.conf.task_default_queue, EVENTS_QUEUE, RUNNERS_QUEUE)
-        ]
-    existing_routes = app.conf.task_routes
-    app.conf.task_routes = [routes, existing_routes] if existing_routes else routes
-    app.conf.beat_schedule = {
-        **(app.conf.beat_schedule or {}),
+def declared_queues(app: Celery) -> set[str]:
+    """Names of the queues in the app's ``task_queues`` (empty when it declares none)."""
+    return {_queue_name(queue) for queue in _as_list(app.conf.task_queues)}
+
+
+def own_queue(app: Celery, task_name: str) -> str | None:
+    """The queue of its own that ``task_name`` goes to: the one :data:`OWN_QUEUES` names, if the
+    app declares it; ``None`` otherwise (the task follows the app's routing)."""
+    queue = OWN_QUEUES.get(task_name)
+    return queue if queue is not None and queue in declared_queues(app) else None
+
+
+def route_queue(app: Celery, task_name: str) -> str:
+    """The queue ``task_name`` is sent to by this app: its own queue, or the app's route."""
+    queue = own_queue(app, task_name)
+    if queue is not None:
+        return queue
+    routed = app.amqp.router.route({}, task_name).get("queue")
+    return _queue_name(routed) if routed is not None else str(app.conf.task_default_queue)
+
+
+def beat_entries(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The beat schedule entries of the periodic events (none for runners in audit-only
+    mode)."""
+    entries = {
         PROCESS_TASK: {
             "task": PROCESS_TASK,
             "schedule": settings.process_interval,
             "options": {"expires": settings.process_interval * 2},
         },
-        CREATE_RUNNERS_TASK: {
+    }
+    if settings.handler_runners:
+        entries[CREATE_RUNNERS_TASK] = {
             "task": CREATE_RUNNERS_TASK,
             "schedule": settings.create_runners_interval,
             "options": {"expires": settings.create_runners_interval * 2},
-        },
-    }
-    # Where the app is silent: Flower and `celery events` see workers, runner tasks and their
-    # states, and a worker holds no message behind its long-running runner tasks. What the app
-    # sets itself is kept (events cost a Redis publish per task and state change).
+        }
+    return entries
+
+
+def missing_beat_entries(schedule: Iterable[str], settings: Settings) -> list[str]:
+    """The entries of :func:`beat_entries` that ``schedule`` (entry names) lacks."""
+    present = set(schedule)
+    return [name for name in beat_entries(settings) if name not in present]
+
+
+def apply_config(app: Celery, settings: Settings) -> None:
+    """Beat entries, :data:`INSTALL_DEFAULTS` and the broker, where ``app`` is silent.
+
+    Idempotent: what is already there is left as it is, and the app's own values win.
+    """
+    conf = app.conf
+    schedule = conf.beat_schedule or {}
+    missing = missing_beat_entries(schedule, settings)
+    if missing:
+        entries = beat_entries(settings)
+        conf.beat_schedule = {**schedule, **{name: entries[name] for name in missing}}
+    # What the app sets itself is kept (events cost a Redis publish per task and state change).
     for key, value in INSTALL_DEFAULTS.items():
-        if not app.conf.value_set_for(key):
-            app.conf[key] = value
+        if not conf.value_set_for(key):
+            conf[key] = value
     # The app's own broker wins; an app without one takes celery_taskq's setting.
-    broker_url = str(app.conf.broker_url or settings.broker_url)
+    broker_url = str(conf.broker_url or settings.broker_url)
     sql_database = split_sql_broker_url(broker_url)
     if sql_database is not None:
-        app.conf.broker_url = sql_database
-        app.conf.broker_transport = TRANSPORT_PATH
-    else:
-        app.conf.broker_url = broker_url
+        conf.broker_url = sql_database
+        conf.broker_transport = TRANSPORT_PATH
+    elif conf.broker_url != broker_url:
+        conf.broker_url = broker_url
+
+
+def declare_own_queues(app: Celery) -> None:
+    """Give the app :data:`EVENTS_QUEUE` and :data:`RUNNERS_QUEUE` beside its default queue
+    (the ready app does; so may any app that wants celery_taskq's tasks on queues apart)."""
+    app.conf.task_queues = [
+        Queue(name)  # type: ignore[no-untyped-call]
+        for name in (app.conf.task_default_queue, EVENTS_QUEUE, RUNNERS_QUEUE)
+    ]
 
 
 def worker_queues(app: Celery) -> str:
     """The ``-Q`` value for a worker that serves the app's default queue and celery_taskq's."""
     return ",".join((app.conf.task_default_queue, EVENTS_QUEUE, RUNNERS_QUEUE))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if not value:
+        return []
+    if isinstance(value, dict):
+        return list(value.values())
+    return list(value)
+
+
+def _queue_name(queue: Any) -> str:
+    return str(getattr(queue, "name", queue))

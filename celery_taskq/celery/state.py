@@ -4,6 +4,7 @@ its tasks share: the queue service (never shared across fork), the worker and it
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 
+logger = logging.getLogger(__name__)
+
 SETTINGS_PREFIX = "taskq_"
 """Celery config keys ``taskq_<setting>`` configure celery_taskq (below ``TASKQ_*`` env vars)."""
 
@@ -24,24 +27,56 @@ SETTINGS_PREFIX = "taskq_"
 @dataclass
 class TaskqCelery:
     """What :func:`~celery_taskq.celery.install.install` added to an app, and the per-process state
-    its tasks share."""
+    its tasks share.
+
+    Its :attr:`settings` are those given to ``install()``, or else resolved from the app's
+    configuration when first needed and again whenever that configuration may have changed
+    (:meth:`reconfigure`): ``install()`` may come before the app configures itself.
+    """
 
     app: Celery
-    settings: Settings
+    given_settings: Settings | None = None
+    _settings: Settings | None = None
     _service: TaskQueueService | None = None
     _service_lock: threading.Lock = field(default_factory=threading.Lock)
     worker: Any = None
     shutting_down: Any = None
     auditor: NativeTaskAuditor | None = None
+    warned: set[str] = field(default_factory=set)
+    """What this process has already warned about (each warning is given once)."""
+
+    @property
+    def settings(self) -> Settings:
+        """celery_taskq's settings: the given ones, else ``TASKQ_*`` env vars, then the app's
+        ``taskq_*`` config keys, then the defaults."""
+        if self._settings is None:
+            self._settings = self.given_settings or settings_from_celery(self.app.conf)
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        self.given_settings = self._settings = value
+
+    def reconfigure(self) -> Settings:
+        """Resolve the settings again from the app's configuration (unless they were given);
+        a queue service made with other settings is dropped. Returns the settings."""
+        if self.given_settings is None:
+            resolved = settings_from_celery(self.app.conf)
+            if resolved != self._settings:
+                self._settings = resolved
+                with self._service_lock:
+                    if self._service is not None and self._service.settings != resolved:
+                        self._service.database.close()
+                        self._service = None
+        return self.settings
 
     @property
     def service(self) -> TaskQueueService:
         """This process's queue service (created on first use, so never shared across fork)."""
+        settings = self.settings
         with self._service_lock:
             if self._service is None:
-                self._service = TaskQueueService(
-                    Database(self.settings.database_url), self.settings
-                )
+                self._service = TaskQueueService(Database(settings.database_url), settings)
             return self._service
 
     def after_fork(self) -> None:
@@ -49,14 +84,24 @@ class TaskqCelery:
         if self._service is not None:
             self._service.database.dispose_after_fork()
 
+    def worker_concurrency(self) -> int:
+        """Pool processes of this worker (1 when unknown)."""
+        return int(getattr(self.worker, "concurrency", None) or 1)
+
     def worker_runner_limit(self) -> int:
         """Runners one worker may hold: all pool processes but one, and at least one."""
-        concurrency = getattr(self.worker, "concurrency", None) or 1
-        return max(int(concurrency) - 1, 1)
+        return max(self.worker_concurrency() - 1, 1)
 
     def stop_requested(self) -> bool:
         """Whether this worker is shutting down (warm): runners leave after their run."""
         return self.shutting_down is not None and self.shutting_down.is_set()
+
+    def warn_once(self, key: str, message: str, *args: Any) -> None:
+        """Log a one-line warning, the first time only (per process and ``key``)."""
+        if key in self.warned:
+            return
+        self.warned.add(key)
+        logger.warning(message, *args, extra={"action": "install_incomplete", "what": key})
 
 
 def settings_from_celery(

@@ -71,8 +71,9 @@ DEFAULT_PROCESS_INTERVAL = 2.0
 DEFAULT_CREATE_RUNNERS_INTERVAL = 5.0
 """Seconds between beat's OnCreateTaskRunners ticks."""
 
-DEFAULT_RUNNER_MAX_IDLE = 30.0
-"""A runner started as a Celery task leaves after this many seconds without work."""
+DEFAULT_RUNNER_MAX_IDLE = 1.0
+"""A runner started as a Celery task leaves after this many seconds without work (0: as soon
+as it finds the queue empty), handing its pool process back to the app's tasks."""
 
 DEFAULT_RUNNER_MAX_LIFETIME = 600.0
 """A runner started as a Celery task leaves after this many seconds (after its current run)."""
