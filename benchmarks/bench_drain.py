@@ -65,7 +65,7 @@ from sqlalchemy import func, select, text
 
 from benchmarks import plain_app
 from celery_taskq import api
-from celery_taskq.core.models import RunnerRole, RunnerStatus, TaskQueue, TaskRun, TaskRunner
+from celery_taskq.core.models import RunnerRole, TaskQueue, TaskRun, TaskRunner
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import upgrade_database
 from tests.fixtures.postgres import (
@@ -561,13 +561,12 @@ def run_taskq(config: Config, children: Children, target: TaskqTarget, label: st
                 raise BenchmarkError(f"celery_taskq ({label}): no run has start and finish times")
             drain_rate = rate(config.tasks, (last - first).total_seconds())
             wall = (last - launched).total_seconds()
+            # The pool processes that ran the jobs: a runner that found the queue empty may
+            # have left already (after runner_max_idle), its process lives on in the pool.
             with database.transaction(read_only=True) as connection:
                 runner_pids = list(
                     connection.execute(
-                        select(TaskRunner.process_id).where(
-                            TaskRunner.status == RunnerStatus.RUNNING,
-                            TaskRunner.role == RunnerRole.RUNNER,
-                        )
+                        select(TaskRunner.process_id).where(TaskRunner.role == RunnerRole.RUNNER)
                     ).scalars()
                 )
             rss = rss_of(runner_pids)

@@ -16,6 +16,9 @@ repetitions of
   ``TaskQueue`` rows of which 1,000 are due;
 * the resident memory of a runner: the Celery pool process that ran the jobs, and a standalone
   ``celery-taskq runner``;
+* what ``install()`` costs a Celery app's own tasks: a burst of 2-second tasks on a ``-c 4``
+  worker of the app with and without celery_taskq, and beside due handler work; and handler
+  runs dispatched by runner tasks or by one message per run (benchmarks/bench_capacity.py);
 
 and a table of the targets with the ratio measured in this run. Nothing here is a test.
 """
@@ -45,7 +48,7 @@ if str(PROJECT_ROOT) not in sys.path:
 import psutil
 from sqlalchemy import text
 
-from benchmarks import bench_drain
+from benchmarks import bench_capacity, bench_drain
 from benchmarks.bench_drain import (
     HANDLER,
     BenchmarkError,
@@ -108,6 +111,8 @@ class Results:
     enqueue_many: dict[str, list[float]] = field(default_factory=dict)
     ticks: dict[int, list[float]] = field(default_factory=dict)
     standalone_rss_mb: list[float] = field(default_factory=list)
+    capacity: bench_capacity.CapacityResults | None = None
+    capacity_config: bench_capacity.CapacityConfig | None = None
 
 
 def enqueue_many_rate(database_url: str, tasks: int) -> float:
@@ -272,9 +277,6 @@ def targets(results: Results) -> list[Target]:
         values = [s.runner_rss_mb for s in results.drains.get(system, []) if s.runner_rss_mb]
         return median(values)
 
-    def check(value: float, ok: Callable[[float], bool]) -> bool | None:
-        return None if value != value else ok(value)  # NaN: not measured
-
     plain_drain, plain_enqueue = drain("plain"), enqueue("plain")
     pg_ratio = drain("postgresql") / plain_drain
     native_ratio = drain("native") / plain_drain
@@ -285,6 +287,7 @@ def targets(results: Results) -> list[Target]:
     tick = median(results.ticks.get(biggest, []))
     runner_rss = max(rss("postgresql"), median(results.standalone_rss_mb))
     return [
+        *capacity_targets(results),
         Target(
             "handler runs on PostgreSQL drain vs plain Celery + Redis",
             f"{pg_ratio:.2f}x ({drain('postgresql'):,.0f} vs {plain_drain:,.0f} jobs/s)",
@@ -344,6 +347,38 @@ def targets(results: Results) -> list[Target]:
             "Target not met: runner RSS",
         ),
     ]
+
+
+def capacity_targets(results: Results) -> list[Target]:
+    """The targets of the app's capacity with celery_taskq installed (if measured)."""
+    capacity, config = results.capacity, results.capacity_config
+    if capacity is None or config is None:
+        return []
+    walls = {case: median([s.wall for s in samples]) for case, samples in capacity.bursts.items()}
+    ratio = bench_capacity.idle_ratio(capacity)
+    fewest = bench_capacity.fewest_processes_beside_handlers(capacity)
+    return [
+        Target(
+            f"`-c {config.concurrency}` worker, no handler work: a burst of the app's 2 s tasks "
+            "with install() vs without",
+            f"{ratio:.2f}x ({walls['installed']:.2f} vs {walls['plain']:.2f} s)",
+            "<= 1.10x",
+            check(ratio, lambda v: v <= 1.10),
+            "-",
+        ),
+        Target(
+            "handler work due: pool processes the app's tasks still get",
+            f"at least {fewest} (burst wall {walls['handler-work']:.2f} s)",
+            ">= 1",
+            fewest >= 1,
+            "-",
+        ),
+    ]
+
+
+def check(value: float, ok: Callable[[float], bool]) -> bool | None:
+    """Whether ``value`` meets its bound; ``None`` when it was not measured (NaN)."""
+    return None if value != value else ok(value)
 
 
 def report(
@@ -437,6 +472,7 @@ def report(
             for size, values in results.ticks.items()
         ),
         "",
+        *capacity_section(results),
         "## Every repetition",
         "",
         "| system | rep | enqueue (/s) | drain (jobs/s) | p50 (ms) | p99 (ms) | RSS (MB) |",
@@ -450,7 +486,26 @@ def report(
                 f"| {percentile(s.latencies, 0.99) * 1000:.1f} "
                 f"| {s.runner_rss_mb or float('nan'):.1f} |"
             )
+    lines += capacity_repetitions(results)
     return "\n".join(lines) + "\n"
+
+
+def capacity_section(results: Results) -> list[str]:
+    """The capacity and dispatch sections of bench_capacity.py, with a blank line after."""
+    if results.capacity is None or results.capacity_config is None:
+        return []
+    lines = bench_capacity.report_lines(results.capacity_config, results.capacity)
+    # Its per-repetition tables join this file's "Every repetition" section.
+    cut = lines.index("### Every repetition")
+    return [*lines[:cut]]
+
+
+def capacity_repetitions(results: Results) -> list[str]:
+    """bench_capacity.py's per-repetition tables."""
+    if results.capacity is None or results.capacity_config is None:
+        return []
+    lines = bench_capacity.report_lines(results.capacity_config, results.capacity)
+    return ["", *lines[lines.index("### Every repetition") + 2 :]]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -464,6 +519,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tick-sizes", default="10000,100000,1000000")
     parser.add_argument("--tick-due", type=int, default=1000)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument(
+        "--no-capacity",
+        action="store_true",
+        help="leave out the app-capacity and dispatch measurements (bench_capacity.py)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="1000 jobs, 1 repetition, tick up to 100,000 rows"
     )
@@ -560,6 +620,12 @@ def main(argv: list[str] | None = None) -> int:
                 rss = standalone_runner_rss(children, target, directory, 500)
                 results.standalone_rss_mb.append(rss)
                 say(f"standalone runner rss {rss:.1f} MB")
+            if not args.no_capacity:
+                results.capacity_config = bench_capacity.CapacityConfig(repeat=config.repeat)
+                servers = bench_capacity.Servers(
+                    children, redis_server, postgres, directory, results.capacity_config
+                )
+                results.capacity = bench_capacity.measure(servers, say)
             for size in args.tick_sizes:
                 say(f"tick at {size:,} rows ...")
                 results.ticks[size] = tick_milliseconds(postgres, size, args.tick_due, TICK_REPEAT)
