@@ -352,3 +352,57 @@ def test_audit_only_mode_sends_no_runner_task(stack: CeleryStack, db: Database) 
     log = stack.log("worker.log")
     assert f"{PROCESS_TASK}[" in log  # the log shows the internal tasks it received ...
     assert f"{RUNNER_TASK}[" not in log  # ... and no runner task was among them
+
+
+SEND_APP_TASK = """
+from tests.native_app import add
+print(add.delay(2, 3).id)
+"""
+
+
+def test_a_one_process_worker_takes_turns_between_handler_runs_and_the_apps_tasks(
+    stack: CeleryStack, db: Database
+) -> None:
+    # Given a worker of one pool process, of an app with install(), and handler runs of 1 s due
+    stack.extra_env.update(NATIVE_BROKER_URL=stack.broker_url)
+    task_ids = [
+        enqueue("tests.handlers.Sleep", {"seconds": 1}, database_url=stack.database_url)
+        for _ in range(4)
+    ]
+    stack.start(
+        *("-m", "celery", "-A", "tests.native_app", "worker", "-B", "-c", "1"),
+        *("--loglevel", "INFO", "--schedule", str(stack.directory / "one-schedule")),
+        log_name="one-process.log",
+    )
+    wait_for(
+        lambda: any(r.status is RunStatus.RUNNING for t in task_ids for r in runs_of(db, t)),
+        timeout=60,
+        what="the first handler run to start",
+    )
+    # When the app's task is sent while a runner holds the only process
+    caller = subprocess.run(
+        [sys.executable, "-c", SEND_APP_TASK],
+        env=stack.env,
+        cwd=stack.directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert caller.returncode == 0, caller.stderr
+    celery_task_id = caller.stdout.strip()
+    wait_for(
+        lambda: all([r.status for r in runs_of(db, t)] == [RunStatus.SUCCESS] for t in task_ids),
+        timeout=90,
+        what="the handler runs to finish",
+    )
+
+    def app_task_started() -> datetime | None:
+        with db.transaction(read_only=True) as connection:
+            return connection.execute(
+                select(TaskRun.started_on).where(TaskRun.celery_task_id == celery_task_id)
+            ).scalar()
+
+    app_started = wait_for(app_task_started, timeout=60, what="the app's task to run")
+    # Then the app's task ran between two handler runs, not after the queue was empty
+    handler_starts = sorted(r.started_on for t in task_ids for r in runs_of(db, t) if r.started_on)
+    assert app_started < handler_starts[-1], (app_started, handler_starts)
