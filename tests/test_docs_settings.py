@@ -33,7 +33,8 @@ COMPUTED_DEFAULTS = {"hostname": socket.gethostname}
 """Fields whose declared default is empty and filled in when the settings are resolved."""
 
 NOT_READ_FROM_CELERY_CONFIG = {"redact_patterns", "dashboard_token", "flower_url"}
-"""Settings only the dashboard and the CLI use; they read the environment, not Celery config."""
+"""Settings only the dashboard and the CLI use; a Celery app's config reaches them only through
+``celery-taskq -A`` (or ``TASKQ_APP``), so ``config/celeryconfig.py`` need not show them."""
 
 SETTINGS_ROW = re.compile(r"^\|\s*`(\w+)`\s*\|(.*)\|\s*$", re.MULTILINE)
 CODE_SPAN = re.compile(r"`([^`]*)`")

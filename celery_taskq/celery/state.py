@@ -76,7 +76,9 @@ class TaskqCelery:
         settings = self.settings
         with self._service_lock:
             if self._service is None:
-                self._service = TaskQueueService(Database(settings.database_url), settings)
+                self._service = TaskQueueService(
+                    Database(settings.database_url, schema=settings.db_schema), settings
+                )
             return self._service
 
     def after_fork(self) -> None:
