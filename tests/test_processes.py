@@ -84,8 +84,10 @@ def test_three_runners_drain_300_tasks_each_run_once(
     subprocess_env: dict[str, str],
     spawn: list[subprocess.Popen[str]],
 ) -> None:
+    # Each run takes 20 ms, so one runner alone would need 6 s: longer than the others take to
+    # start, however fast the claim gets.
     for number in range(300):
-        live.add_task("tests.handlers.Succeed", {"n": number})
+        live.add_task("tests.handlers.Sleep", {"seconds": 0.02, "n": number})
     assert live.create_missing_task_runs() == 300
     children = [start_runner(spawn, subprocess_env, "--burst") for _ in range(3)]
     for child in children:

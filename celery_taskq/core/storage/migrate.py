@@ -53,6 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.schema import CreateSchema, DropTable
 
 from celery_taskq.core.exceptions import ConfigurationError, TaskqError
 from celery_taskq.core.storage.database import require_driver
@@ -214,7 +215,7 @@ def carry_over_version_table(connection: Connection, schema: str = "") -> str | 
         return None
     context = MigrationContext.configure(connection, opts=version_table_options(schema))
     context.stamp(_script_directory(), revision)
-    connection.execute(text(f"DROP TABLE {_old_table_name(schema)}"))
+    connection.execute(DropTable(Table(OLD_VERSION_TABLE, MetaData(), schema=schema or None)))
     return revision
 
 
@@ -261,10 +262,6 @@ def _unrecorded_tables_message(connection: Connection, schema: str) -> str:
     )
 
 
-def _old_table_name(schema: str) -> str:
-    return f"{quoted(schema)}.{OLD_VERSION_TABLE}" if schema else OLD_VERSION_TABLE
-
-
 def _script_directory() -> ScriptDirectory:
     config = Config()
     config.set_main_option("script_location", MIGRATIONS_LOCATION)
@@ -304,7 +301,7 @@ def _use_schema(connection: Connection, schema: str) -> None:
         text("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = :schema"), {"schema": schema}
     ).first()
     if exists is None:  # CREATE SCHEMA IF NOT EXISTS would need CREATE on the database even then
-        connection.execute(text(f"CREATE SCHEMA {quoted(schema)}"))
+        connection.execute(CreateSchema(schema))
     connection.execute(
         text("SELECT set_config('search_path', :path, true)"), {"path": quoted(schema)}
     )
