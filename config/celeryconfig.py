@@ -172,3 +172,7 @@ taskq_internal_task_events = False
 
 # PostgreSQL only: the schema that holds the tables ("" : the connection's default schema).
 taskq_db_schema = ""
+
+# Seconds after its due time a published native task that never started is reported as possibly
+# lost (never re-published unless asked: celery-taskq resend ID).
+taskq_native_lost_after = 3600.0

@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect
 
 from celery_taskq.core.storage.migrate import current_revision, schema_differences, upgrade_database
 
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 
 DOCUMENTED_COLUMNS = {
     "TaskQueue": [
@@ -47,6 +47,15 @@ ADDED_RUNNER_COLUMNS = [
     "Role",
     "ProcessNamespace",
 ]
+ADDED_NATIVE_TASK_COLUMNS = [
+    "CeleryTaskId",
+    "CeleryParentId",
+    "CeleryRootId",
+    "CeleryGroupId",
+    "CeleryChordId",
+    "ResentFromId",
+]
+ADDED_NATIVE_RUN_COLUMNS = ["Attempt", "Eager"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
@@ -71,6 +80,13 @@ def test_upgrade_of_an_empty_database_matches_the_models(empty_database_url: str
                 assert present[: len(columns)] == columns
             runner_columns = [column["name"] for column in inspector.get_columns("TaskRunners")]
             assert runner_columns[len(DOCUMENTED_COLUMNS["TaskRunners"]) :] == ADDED_RUNNER_COLUMNS
+            task_columns = [column["name"] for column in inspector.get_columns("TaskQueue")]
+            assert task_columns[-len(ADDED_NATIVE_TASK_COLUMNS) :] == ADDED_NATIVE_TASK_COLUMNS
+            run_columns = [column["name"] for column in inspector.get_columns("TaskRuns")]
+            assert run_columns[-len(ADDED_NATIVE_RUN_COLUMNS) :] == ADDED_NATIVE_RUN_COLUMNS
+            task_indexes = {index["name"] for index in inspector.get_indexes("TaskQueue")}
+            assert "uq_TaskQueue_CeleryTaskId" in task_indexes
+            assert "ix_TaskQueue_native_never_started" in task_indexes
             index_names = {index["name"] for index in inspector.get_indexes("TaskRuns")}
             assert "uq_TaskRuns_one_open_run_per_task" in index_names
             assert "ix_TaskRuns_scheduled" in index_names

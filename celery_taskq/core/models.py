@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Dialect,
     Double,
@@ -153,6 +154,9 @@ TASK_EXHAUSTED_SQL = (
 RUN_SCHEDULED_SQL = f"\"Status\" = '{RunStatus.SCHEDULED.value}'"
 RUN_RUNNING_SQL = f"\"Status\" = '{RunStatus.RUNNING.value}'"
 RUN_OPEN_SQL = _sql_in("Status", OPEN_RUN_STATUSES)
+NATIVE_NEVER_STARTED_SQL = (
+    f""""LastStatus" IS NULL AND "TaskHandlerClass" LIKE '{CELERY_HANDLER_PREFIX}%'"""
+)
 RUNNER_RUNNING_SQL = f"\"Status\" = '{RunnerStatus.RUNNING.value}'"
 RUNNER_ROLE_RUNNER_SQL = f"\"Role\" = '{RunnerRole.RUNNER.value}'"
 
@@ -185,6 +189,17 @@ class TaskQueue(Base):
     title: Mapped[str | None] = mapped_column("Title", String(255))
     unique_key: Mapped[str | None] = mapped_column("UniqueKey", String(255))
     cancel_requested_on: Mapped[datetime | None] = mapped_column("CancelRequestedOn")
+    celery_task_id: Mapped[str | None] = mapped_column("CeleryTaskId", String(255))
+    """The Celery task id of an audited native task: one row per id, whatever its attempts."""
+    celery_parent_id: Mapped[str | None] = mapped_column("CeleryParentId", String(255))
+    celery_root_id: Mapped[str | None] = mapped_column("CeleryRootId", String(255))
+    celery_group_id: Mapped[str | None] = mapped_column("CeleryGroupId", String(255))
+    celery_chord_id: Mapped[str | None] = mapped_column("CeleryChordId", String(255))
+    """The task id of the chord callback this task is a header member of."""
+    resent_from_id: Mapped[int | None] = mapped_column(
+        "ResentFromId", Id, ForeignKey("TaskQueue.Id", ondelete="SET NULL")
+    )
+    """The task this one re-sends (``celery-taskq resend``)."""
 
     __table_args__ = (
         CheckConstraint('"MaxRetries" >= 1', name="max_retries_positive"),
@@ -204,6 +219,15 @@ class TaskQueue(Base):
             "Id",
             postgresql_where=text(TASK_EXHAUSTED_SQL),
             sqlite_where=text(TASK_EXHAUSTED_SQL),
+        ),
+        Index("uq_TaskQueue_CeleryTaskId", "CeleryTaskId", unique=True),
+        Index("ix_TaskQueue_CeleryRootId", "CeleryRootId"),
+        Index("ix_TaskQueue_CeleryGroupId", "CeleryGroupId"),
+        Index(
+            "ix_TaskQueue_native_never_started",
+            "ScheduledOn",
+            postgresql_where=text(NATIVE_NEVER_STARTED_SQL),
+            sqlite_where=text(NATIVE_NEVER_STARTED_SQL),
         ),
         Index(
             "uq_TaskQueue_UniqueKey_unfinished",
@@ -274,6 +298,12 @@ class TaskRun(Base):
     progress_steps: Mapped[int | None] = mapped_column("ProgressSteps", Integer)
     progress_status: Mapped[str | None] = mapped_column("ProgressStatus", String(255))
     checkpoint: Mapped[Any | None] = mapped_column("Checkpoint", JsonDocument)
+    attempt: Mapped[int | None] = mapped_column("Attempt", Integer)
+    """A native Celery task's attempt number: Celery's ``request.retries`` (0 for the first)."""
+    eager: Mapped[bool] = mapped_column(
+        "Eager", Boolean(create_constraint=False), server_default=text("false")
+    )
+    """Whether the attempt ran eagerly in the caller (``task_always_eager``, ``.apply()``)."""
 
     __table_args__ = (
         CheckConstraint(

@@ -85,6 +85,7 @@ DEFAULT_RUN_TIME_LIMIT = 0.0
 """Seconds a run may work before its handler is stopped and the run ends ``timeout`` (0: none)."""
 
 DEFAULT_RUN_TIME_LIMIT_GRACE = 10.0
+DEFAULT_NATIVE_LOST_AFTER = 3600.0
 """Seconds a stopped handler has to return before its runner process is ended."""
 
 DEFAULT_REDACT_PATTERNS = (
@@ -145,6 +146,9 @@ class Settings:
     """Whether beat ticks and runner tasks send Celery task events (Flower then shows them)."""
     db_schema: str = ""
     """PostgreSQL schema of the tables (empty: the connection's default schema)."""
+    native_lost_after: float = DEFAULT_NATIVE_LOST_AFTER
+    """Seconds after its due time a published native task that never started counts as
+    possibly lost (reports, dashboard, metrics); it is never re-published unless asked."""
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -167,6 +171,7 @@ class Settings:
         _require(self.run_time_budget > 0, "run_time_budget must be positive")
         _require(self.run_time_limit >= 0, "run_time_limit must be 0 (none) or more")
         _require(self.run_time_limit_grace > 0, "run_time_limit_grace must be positive")
+        _require(self.native_lost_after > 0, "native_lost_after must be positive")
         _require(
             self.heartbeat_timeout > self.heartbeat_interval,
             "heartbeat_timeout must be longer than heartbeat_interval",
@@ -215,6 +220,7 @@ _FLOAT_FIELDS = {
     "run_time_budget",
     "run_time_limit",
     "run_time_limit_grace",
+    "native_lost_after",
 }
 
 _TUPLE_FIELDS = {"allowed_handler_prefixes", "imports", "redact_patterns"}
