@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from celery_taskq.core.listing import TaskPage
-from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot
+from celery_taskq.core.snapshots import RelatedTask, RunSnapshot, TaskSnapshot
 from celery_taskq.reports.terminal import escape_controls
 
 
@@ -25,11 +25,18 @@ def _block(title: str, text: str | None) -> list[str]:
 
 def render_run(run: RunSnapshot) -> list[str]:
     """Lines describing one run."""
+    native = ""
+    if run.attempt is not None:
+        native += f"  attempt {run.attempt}"
+    if run.eager:
+        native += "  eager"
     lines = [
         f"  run {run.id}: {run.status.value}  {run.percents_completed}%  "
         f"started {_time(run.started_on)}  finished {_time(run.finished_on)}  "
-        f"runner {run.task_runner_id if run.task_runner_id is not None else '-'}"
+        f"runner {run.task_runner_id if run.task_runner_id is not None else '-'}{native}"
     ]
+    if run.celery_task_id:
+        lines.append(f"    celery task id: {run.celery_task_id}")
     if run.progress_step is not None or run.progress_status:
         lines.append(f"    progress: {progress_text(run)}")
     if run.error_code or run.error_message:
@@ -69,8 +76,35 @@ def _step_lines(results: Any) -> list[str]:
     return lines
 
 
-def render_task(task: TaskSnapshot) -> str:
-    """A task and all its runs, oldest run first; stored text is shown escaped
+RELATION_LABELS = {
+    "parent": "parent",
+    "root": "root",
+    "group": "group",
+    "chord": "chord callback",
+    "resent_from": "re-sends",
+}
+"""How ``show`` names each relation of a native Celery task."""
+
+
+def relation_lines(task: TaskSnapshot, relations: tuple[RelatedTask, ...]) -> list[str]:
+    """A native task's Celery id and relations, each with the task that holds the id."""
+    lines = []
+    if task.celery_task_id is not None:
+        lines.append(f"  celery task id: {task.celery_task_id}")
+    for relation in relations:
+        found = "no task" if relation.task_id is None else f"task {relation.task_id}"
+        if relation.relation == "resent_from":
+            lines.append(
+                f"  {RELATION_LABELS[relation.relation]}: task {relation.value}"
+                + ("" if relation.task_id is not None else " (no longer stored)")
+            )
+        else:
+            lines.append(f"  {RELATION_LABELS[relation.relation]}: {relation.value} ({found})")
+    return lines
+
+
+def render_task(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()) -> str:
+    """A task, its relations and all its runs, oldest run first; stored text is shown escaped
     (:func:`~celery_taskq.reports.terminal.escape_controls`)."""
     lines = [
         f"task {task.id}: {task.task_handler_class}",
@@ -79,6 +113,7 @@ def render_task(task: TaskSnapshot) -> str:
         f"scheduled {_time(task.scheduled_on)}",
         f"  last status: {task.last_status.value if task.last_status else '-'}; "
         f"failed runs: {task.task_runs_failed}/{task.max_retries}",
+        *relation_lines(task, relations),
         f"  runs: {len(task.runs)}",
     ]
     for run in task.runs:

@@ -11,10 +11,16 @@ import click
 from celery_taskq.cli.invocation import CliContext, pass_context
 from celery_taskq.cli.params import TASK_ID, AwareDateTimeParamType, JsonParamType, SecondsParamType
 from celery_taskq.cli.task_text import progress_bar, render_page, render_page_json, render_task
-from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskFilter, list_tasks, parse_status
+from celery_taskq.core.listing import (
+    MAX_PAGE_SIZE,
+    TaskFilter,
+    list_tasks,
+    parse_status,
+    related_tasks,
+)
 from celery_taskq.core.models import OPEN_RUN_STATUSES, RunStatus
 from celery_taskq.reports.redact import redacted_page, redacted_task
-from celery_taskq.reports.shown import shown_page, shown_task
+from celery_taskq.reports.shown import shown_page, shown_relations, shown_task
 
 
 @click.command()
@@ -63,9 +69,11 @@ def enqueue(
 @click.argument("task_id", type=TASK_ID)
 @pass_context
 def show(context: CliContext, task_id: int) -> None:
-    """Print a task and every one of its runs."""
+    """Print a task, its Celery relations (native tasks) and every one of its runs."""
     snapshot = context.service.get_task(task_id)
-    click.echo(render_task(shown_task(redacted_task(snapshot, context.settings.redact_patterns))))
+    relations = shown_relations(related_tasks(context.service.database, snapshot))
+    shown = shown_task(redacted_task(snapshot, context.settings.redact_patterns))
+    click.echo(render_task(shown, relations))
 
 
 @click.command("list")

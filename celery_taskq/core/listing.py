@@ -1,4 +1,5 @@
-"""Listing tasks: filters and keyset pagination over ``TaskQueue`` (newest first)."""
+"""Listing tasks: filters and keyset pagination over ``TaskQueue`` (newest first), and the
+tasks a native Celery task is related to."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from sqlalchemy import select
 
 from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.models import RunStatus, TaskQueue
-from celery_taskq.core.snapshots import TaskSummary
+from celery_taskq.core.snapshots import RelatedTask, TaskSummary
 from celery_taskq.core.storage.database import Database
 
 MAX_PAGE_SIZE = 1000
@@ -77,3 +78,46 @@ def list_tasks(
         tasks = tuple(TaskSummary.from_row(row) for row in rows[:limit])
     next_before_id = tasks[-1].id if len(rows) > limit else None
     return TaskPage(tasks, next_before_id)
+
+
+def related_tasks(database: Database, task: TaskSummary) -> tuple[RelatedTask, ...]:
+    """The relations ``task`` has stored (parent, root, group, chord, resent-from), each with
+    the ``TaskQueue`` row it names, or ``None`` where no row holds that id.
+
+    Celery ids are looked up through ``uq_TaskQueue_CeleryTaskId``, the re-sent task by its
+    primary key: one short read, whatever the table's size. Relations not stored are left out.
+    """
+    stored = {
+        "parent": task.celery_parent_id,
+        "root": task.celery_root_id,
+        "group": task.celery_group_id,
+        "chord": task.celery_chord_id,
+    }
+    # SQLite keeps whatever type a writer stored: every stored id is looked up as text.
+    celery_ids = {name: str(value) for name, value in stored.items() if value is not None}
+    wanted = sorted(set(celery_ids.values()))
+    found: dict[str, int] = {}
+    resent_from_found = False
+    with database.transaction(read_only=True) as connection:
+        if wanted:
+            query = select(TaskQueue.celery_task_id, TaskQueue.id).where(
+                TaskQueue.celery_task_id.in_(wanted)
+            )
+            found = {str(celery_id): int(row_id) for celery_id, row_id in connection.execute(query)}
+        if task.resent_from_id is not None:
+            resent_from_found = (
+                connection.execute(
+                    select(TaskQueue.id).where(TaskQueue.id == task.resent_from_id)
+                ).first()
+                is not None
+            )
+    relations = [RelatedTask(name, value, found.get(value)) for name, value in celery_ids.items()]
+    if task.resent_from_id is not None:
+        relations.append(
+            RelatedTask(
+                "resent_from",
+                str(task.resent_from_id),
+                task.resent_from_id if resent_from_found else None,
+            )
+        )
+    return tuple(relations)

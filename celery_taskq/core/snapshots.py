@@ -38,6 +38,10 @@ class RunSnapshot:
     progress_status: str | None
     celery_task_id: str | None
     checkpoint: Any
+    attempt: int | None = None
+    """A native Celery task's attempt number (Celery's ``request.retries``); None for handlers."""
+    eager: bool = False
+    """The attempt ran eagerly in the caller (``task_always_eager``, ``.apply()``)."""
 
     @classmethod
     def from_row(cls, row: Base) -> RunSnapshot:
@@ -61,6 +65,14 @@ class TaskSummary:
     title: str | None
     unique_key: str | None
     cancel_requested_on: datetime | None
+    celery_task_id: str | None = None
+    """The Celery task id of an audited native task (the relations below are Celery ids too)."""
+    celery_parent_id: str | None = None
+    celery_root_id: str | None = None
+    celery_group_id: str | None = None
+    celery_chord_id: str | None = None
+    resent_from_id: int | None = None
+    """The ``TaskQueue.Id`` this task re-sends (``celery-taskq resend``)."""
 
     @classmethod
     def from_row(cls, row: Base) -> TaskSummary:
@@ -78,3 +90,22 @@ class TaskSnapshot(TaskSummary):
     def from_row(cls, row: Base, runs: tuple[RunSnapshot, ...] = ()) -> TaskSnapshot:
         """Copy an ORM ``TaskQueue`` and its runs."""
         return cls(**_columns(cls, row, runs=runs))
+
+
+RELATIONS = ("parent", "root", "group", "chord", "resent_from")
+"""The relations of a native Celery task, in the order readers show them."""
+
+
+@dataclass(frozen=True)
+class RelatedTask:
+    """One relation of a task: the value stored, and the ``TaskQueue`` row it names.
+
+    ``task_id`` is ``None`` when no row holds that id (a task that was never audited, a group
+    id, a row deleted since).
+    """
+
+    relation: str
+    """One of :data:`RELATIONS`."""
+    value: str
+    """The Celery id stored; for ``resent_from``, the ``TaskQueue.Id`` as text."""
+    task_id: int | None

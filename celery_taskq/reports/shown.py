@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery_taskq.core.listing import TaskPage
-from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot, TaskSummary
+from celery_taskq.core.snapshots import RelatedTask, RunSnapshot, TaskSnapshot, TaskSummary
 from celery_taskq.core.storage.storable import MAX_JSON_DEPTH
 
 SHOWN_MAX_DEPTH = MAX_JSON_DEPTH
@@ -169,6 +169,11 @@ def _shown_int(value: Any) -> int | None:
         return None
 
 
+def _shown_flag(value: Any) -> bool:
+    """A stored boolean: true only for true (or SQLite's 1), whatever else was stored."""
+    return value is True or _shown_int(value) == 1
+
+
 def shown_run(run: RunSnapshot) -> RunSnapshot:
     """A run snapshot with every value shown safely."""
     return dataclasses.replace(
@@ -184,6 +189,8 @@ def shown_run(run: RunSnapshot) -> RunSnapshot:
         progress_steps=_shown_int(run.progress_steps),
         progress_status=shown_optional_text(run.progress_status, SHOWN_SHORT_MAX_CHARS),
         celery_task_id=shown_optional_text(run.celery_task_id, SHOWN_SHORT_MAX_CHARS),
+        attempt=_shown_int(run.attempt),
+        eager=_shown_flag(run.eager),
     )
 
 
@@ -198,10 +205,24 @@ def shown_task(task: _Task) -> _Task:
         "task_runs_failed": _shown_int(task.task_runs_failed) or 0,
         "title": shown_optional_text(task.title, short),
         "unique_key": shown_optional_text(task.unique_key, short),
+        "celery_task_id": shown_optional_text(task.celery_task_id, short),
+        "celery_parent_id": shown_optional_text(task.celery_parent_id, short),
+        "celery_root_id": shown_optional_text(task.celery_root_id, short),
+        "celery_group_id": shown_optional_text(task.celery_group_id, short),
+        "celery_chord_id": shown_optional_text(task.celery_chord_id, short),
+        "resent_from_id": _shown_int(task.resent_from_id),
     }
     if isinstance(task, TaskSnapshot):
         changes["runs"] = tuple(shown_run(run) for run in task.runs)
     return dataclasses.replace(task, **changes)
+
+
+def shown_relations(relations: tuple[RelatedTask, ...]) -> tuple[RelatedTask, ...]:
+    """Relations with their stored values shown safely."""
+    return tuple(
+        dataclasses.replace(relation, value=shown_text(relation.value, SHOWN_SHORT_MAX_CHARS))
+        for relation in relations
+    )
 
 
 def shown_page(page: TaskPage) -> TaskPage:

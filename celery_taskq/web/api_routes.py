@@ -18,7 +18,7 @@ from celery_taskq.core.exceptions import DuplicateTaskError, InvalidArgumentErro
 from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskFilter
 from celery_taskq.core.models import RunStatus
 from celery_taskq.reports.redact import redacted_task
-from celery_taskq.reports.shown import shown_run, shown_task
+from celery_taskq.reports.shown import shown_relations, shown_run, shown_task
 from celery_taskq.web import inputs
 from celery_taskq.web.auth import require_api_token
 from celery_taskq.web.errors import ApiError
@@ -114,9 +114,12 @@ def list_tasks(
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, responses=_errors(404, 422, 503))
 def get_task(state: State, task_id: TaskId) -> TaskOut:
-    """A task with every run, oldest first."""
-    task = redacted_task(state.service.get_task(task_id), state.settings.redact_patterns)
-    return TaskOut.of_snapshot(shown_task(task), state.settings.flower_url)
+    """A task with its relations (native Celery tasks: parent, root, group, chord, re-sent
+    from, each with the task holding that id) and every run, oldest first."""
+    snapshot = state.service.get_task(task_id)
+    relations = shown_relations(listing.related_tasks(state.database, snapshot))
+    task = redacted_task(snapshot, state.settings.redact_patterns)
+    return TaskOut.of_snapshot(shown_task(task), state.settings.flower_url, relations, API_PATH)
 
 
 @router.get("/runs/{run_id}", response_model=RunOut, responses=_errors(404, 422, 503))

@@ -17,7 +17,7 @@ from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskPage
 from celery_taskq.core.models import RunStatus
 from celery_taskq.reports.redact import redacted_task
-from celery_taskq.reports.shown import shown_page, shown_task
+from celery_taskq.reports.shown import shown_page, shown_relations, shown_task
 from celery_taskq.web import inputs, views
 from celery_taskq.web.charts import bar_chart
 from celery_taskq.web.inputs import MAX_ID
@@ -43,6 +43,15 @@ NOTICES = {
     "signed-out": "Signed out.",
 }
 """Fixed messages a redirect after a form may show (chosen by code, never echoed input)."""
+
+RELATION_LABELS = {
+    "parent": "parent",
+    "root": "root",
+    "group": "group",
+    "chord": "chord callback",
+    "resent_from": "re-sends task",
+}
+"""How the task page names each relation of a native Celery task."""
 
 router = APIRouter(include_in_schema=False)
 
@@ -135,15 +144,18 @@ def task(
     task_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     done: str | None = None,
 ) -> Response:
-    """A task and every run: status, times, runner, output, results, live progress."""
-    snapshot = shown_task(
-        redacted_task(state.service.get_task(task_id), state.settings.redact_patterns)
-    )
+    """A task, its Celery relations, and every run: status, times, runner, output, results,
+    live progress."""
+    stored = state.service.get_task(task_id)
+    relations = shown_relations(listing.related_tasks(state.database, stored))
+    snapshot = shown_task(redacted_task(stored, state.settings.redact_patterns))
     return render(
         request,
         "task.html",
         {
             "task": snapshot,
+            "relations": relations,
+            "relation_labels": RELATION_LABELS,
             "runs": [
                 {
                     "run": run,

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus
-from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot, TaskSummary
+from celery_taskq.core.snapshots import RelatedTask, RunSnapshot, TaskSnapshot, TaskSummary
 from celery_taskq.reports import RunnerReport, RunSeries
 from celery_taskq.web.inputs import MAX_TEXT, json_problem, text_problem
 from celery_taskq.web.views import flower_task_url, flower_worker_url, run_duration
@@ -45,6 +45,10 @@ class RunOut(BaseModel):
     task_runner_id: int | None
     celery_task_id: str | None
     flower_task_url: str | None
+    attempt: int | None = Field(
+        default=None, description="A native Celery task's attempt (request.retries, 0 first)."
+    )
+    eager: bool = Field(default=False, description="The attempt ran eagerly in the caller.")
 
     @classmethod
     def of(cls, run: RunSnapshot, flower_url: str) -> RunOut:
@@ -68,6 +72,8 @@ class RunOut(BaseModel):
             task_runner_id=run.task_runner_id,
             celery_task_id=run.celery_task_id,
             flower_task_url=flower_task_url(flower_url, run),
+            attempt=run.attempt,
+            eager=run.eager,
         )
 
 
@@ -86,6 +92,16 @@ class TaskSummaryOut(BaseModel):
     task_runs_failed: int
     unique_key: str | None
     cancel_requested_on: datetime | None
+    celery_task_id: str | None = Field(
+        default=None, description="The Celery task id of an audited native task."
+    )
+    celery_parent_id: str | None = None
+    celery_root_id: str | None = None
+    celery_group_id: str | None = None
+    celery_chord_id: str | None = None
+    resent_from_id: int | None = Field(
+        default=None, description="The task this one re-sends (TaskQueue.Id)."
+    )
 
     @staticmethod
     def fields_of(task: TaskSummary) -> dict[str, Any]:
@@ -103,6 +119,12 @@ class TaskSummaryOut(BaseModel):
             "task_runs_failed": task.task_runs_failed,
             "unique_key": task.unique_key,
             "cancel_requested_on": task.cancel_requested_on,
+            "celery_task_id": task.celery_task_id,
+            "celery_parent_id": task.celery_parent_id,
+            "celery_root_id": task.celery_root_id,
+            "celery_group_id": task.celery_group_id,
+            "celery_chord_id": task.celery_chord_id,
+            "resent_from_id": task.resent_from_id,
         }
 
     @classmethod
@@ -111,16 +133,47 @@ class TaskSummaryOut(BaseModel):
         return cls(**cls.fields_of(task))
 
 
-class TaskOut(TaskSummaryOut):
-    """A task with every run, oldest first."""
+class RelationOut(BaseModel):
+    """A relation of a native Celery task, and the task that holds the id (if any)."""
 
+    relation: Literal["parent", "root", "group", "chord", "resent_from"]
+    value: str = Field(description="The Celery id stored (resent_from: the TaskQueue.Id).")
+    task_id: int | None = Field(description="The task holding that id; null when none does.")
+    url: str | None = Field(description="That task's document in this API.")
+
+    @classmethod
+    def of(cls, relation: RelatedTask, api_path: str) -> RelationOut:
+        """From a relation; ``api_path`` is where the API is mounted (``/api/v1``)."""
+        url = None if relation.task_id is None else f"{api_path}/tasks/{relation.task_id}"
+        return cls(
+            relation=relation.relation,  # type: ignore[arg-type]
+            value=relation.value,
+            task_id=relation.task_id,
+            url=url,
+        )
+
+
+class TaskOut(TaskSummaryOut):
+    """A task with its relations (native Celery tasks) and every run, oldest first."""
+
+    relations: list[RelationOut] = Field(default_factory=list)
     runs: list[RunOut]
 
     @classmethod
-    def of_snapshot(cls, task: TaskSnapshot, flower_url: str) -> TaskOut:
-        """From a snapshot with its runs."""
+    def of_snapshot(
+        cls,
+        task: TaskSnapshot,
+        flower_url: str,
+        relations: tuple[RelatedTask, ...] = (),
+        api_path: str = "/api/v1",
+    ) -> TaskOut:
+        """From a snapshot with its runs and relations."""
         runs = [RunOut.of(run, flower_url) for run in task.runs]
-        return cls(**cls.fields_of(task), runs=runs)
+        return cls(
+            **cls.fields_of(task),
+            relations=[RelationOut.of(relation, api_path) for relation in relations],
+            runs=runs,
+        )
 
 
 class TaskPageOut(BaseModel):
