@@ -176,3 +176,10 @@ taskq_db_schema = ""
 # Seconds after its due time a published native task that never started is reported as possibly
 # lost (never re-published unless asked: celery-taskq resend ID).
 taskq_native_lost_after = 3600.0
+
+# The native audit's writes: handed to a background thread and committed in batches (True), or
+# each committed before the task goes on (False). A batch holds at most taskq_audit_batch_size
+# writes, gathered for at most taskq_audit_batch_window seconds after the first.
+taskq_audit_write_behind = True
+taskq_audit_batch_size = 200
+taskq_audit_batch_window = 0.02

@@ -85,8 +85,21 @@ DEFAULT_RUN_TIME_LIMIT = 0.0
 """Seconds a run may work before its handler is stopped and the run ends ``timeout`` (0: none)."""
 
 DEFAULT_RUN_TIME_LIMIT_GRACE = 10.0
-DEFAULT_NATIVE_LOST_AFTER = 3600.0
 """Seconds a stopped handler has to return before its runner process is ended."""
+
+DEFAULT_NATIVE_LOST_AFTER = 3600.0
+"""Seconds after its due time a native task that never started counts as possibly lost."""
+
+DEFAULT_AUDIT_WRITE_BEHIND = True
+"""Whether the native audit's writes leave the task at once and are written by a background
+thread in batches (``False``: each write commits before the task goes on)."""
+
+DEFAULT_AUDIT_BATCH_SIZE = 200
+"""Most audit writes one background transaction holds."""
+
+DEFAULT_AUDIT_BATCH_WINDOW = 0.02
+"""Seconds the background writer gathers audit writes after the first before it commits them
+(it commits sooner when ``audit_batch_size`` are waiting)."""
 
 DEFAULT_REDACT_PATTERNS = (
     "password",
@@ -149,6 +162,11 @@ class Settings:
     native_lost_after: float = DEFAULT_NATIVE_LOST_AFTER
     """Seconds after its due time a published native task that never started counts as
     possibly lost (reports, dashboard, metrics); it is never re-published unless asked."""
+    audit_write_behind: bool = DEFAULT_AUDIT_WRITE_BEHIND
+    """Whether native audit writes are batched by a background thread (``False``: each is
+    committed before the task goes on)."""
+    audit_batch_size: int = DEFAULT_AUDIT_BATCH_SIZE
+    audit_batch_window: float = DEFAULT_AUDIT_BATCH_WINDOW
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -172,6 +190,8 @@ class Settings:
         _require(self.run_time_limit >= 0, "run_time_limit must be 0 (none) or more")
         _require(self.run_time_limit_grace > 0, "run_time_limit_grace must be positive")
         _require(self.native_lost_after > 0, "native_lost_after must be positive")
+        _require(self.audit_batch_size > 0, "audit_batch_size must be positive")
+        _require(self.audit_batch_window >= 0, "audit_batch_window must be 0 or more")
         _require(
             self.heartbeat_timeout > self.heartbeat_interval,
             "heartbeat_timeout must be longer than heartbeat_interval",
@@ -204,6 +224,7 @@ _INT_FIELDS = {
     "output_cap_bytes",
     "task_data_max_bytes",
     "result_max_bytes",
+    "audit_batch_size",
 }
 _FLOAT_FIELDS = {
     "poll_interval",
@@ -221,11 +242,12 @@ _FLOAT_FIELDS = {
     "run_time_limit",
     "run_time_limit_grace",
     "native_lost_after",
+    "audit_batch_window",
 }
 
 _TUPLE_FIELDS = {"allowed_handler_prefixes", "imports", "redact_patterns"}
 
-_BOOL_FIELDS = {"handler_runners", "internal_task_events"}
+_BOOL_FIELDS = {"handler_runners", "internal_task_events", "audit_write_behind"}
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _FALSE_WORDS = {"0", "false", "no", "off"}
 
