@@ -3,22 +3,27 @@ run's attempt in ``show``, the HTTP API and the dashboard, whatever was stored."
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import insert
+from sqlalchemy import event, insert, text, update
 
+from celery_taskq import reports
 from celery_taskq.cli import main
+from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.listing import related_tasks
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.snapshots import RelatedTask
 from celery_taskq.core.storage.database import Database
+from celery_taskq.reports import LostTask
+from celery_taskq.reports.lost import possibly_lost_in
 from celery_taskq.web import create_app
 from tests.web_support import web_settings
 
@@ -202,3 +207,122 @@ def test_dashboard_task_page_links_relations(client: TestClient, family: dict[st
     assert "<script>alert(1)" not in orphan
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in orphan
     assert "Celery" not in client.get(f"/tasks/{family['handler']}").text.split("<h2>Data")[0]
+
+
+# -- possibly lost native tasks ---------------------------------------------------------------
+
+NOW = T0 + timedelta(hours=3)
+
+
+@pytest.fixture
+def lost(database: Database) -> dict[str, int]:
+    """Native tasks never started, long and not long past due; one that ran; a handler task."""
+    ids = {
+        "oldest": native_row(database, "c-lost-1", scheduled_on=T0),
+        "lost": native_row(database, "c-lost-2", scheduled_on=T0 + timedelta(minutes=30)),
+        "other": native_row(
+            database,
+            "c-lost-3",
+            task_handler_class="celery:app.other",
+            scheduled_on=T0 + timedelta(minutes=40),
+        ),
+        "recent": native_row(database, "c-recent", scheduled_on=NOW - timedelta(minutes=59)),
+        "ran": native_row(database, "c-ran", scheduled_on=T0),
+        "handler": native_row(
+            database, None, task_handler_class="tests.handlers.Succeed", scheduled_on=T0
+        ),
+    }
+    native_run(database, ids["ran"], 0, False)
+    with database.transaction() as connection:
+        connection.execute(rollup_last_status(ids["ran"]))
+    return ids
+
+
+def rollup_last_status(task_id: int) -> Any:
+    return update(TaskQueue).where(TaskQueue.id == task_id).values(last_status=RunStatus.SUCCESS)
+
+
+def test_possibly_lost_counts_never_started_native_tasks_past_the_limit(
+    database: Database, lost: dict[str, int]
+) -> None:
+    found = reports.possibly_lost(database, now=NOW, lost_after=3600)
+
+    assert (found.count, found.lost_after, found.oldest_age) == (3, 3600.0, 3 * 3600.0)
+    assert [task.task_id for task in found.tasks] == [lost["oldest"], lost["lost"], lost["other"]]
+    assert found.tasks[1] == LostTask(
+        task_id=lost["lost"],
+        handler="celery:app.step",
+        celery_task_id="c-lost-2",
+        scheduled_on=T0 + timedelta(minutes=30),
+        queued_on=T0,
+        age=2.5 * 3600,
+    )
+    # The handler filter, the limit, and a longer grace narrow it
+    assert reports.possibly_lost(database, now=NOW, handler="celery:app.other").count == 1
+    assert len(reports.possibly_lost(database, now=NOW, limit=1).tasks) == 1
+    assert reports.possibly_lost(database, now=NOW, lost_after=4 * 3600).count == 0
+    with pytest.raises(InvalidArgumentError, match="lost_after must be a positive"):
+        reports.possibly_lost(database, now=NOW, lost_after=0)
+    # And the whole report carries the same section
+    report = reports.build_report(database, now=NOW, lost_after=3600)
+    assert report.possibly_lost == found
+
+
+def test_possibly_lost_reads_its_partial_index(database: Database, lost: dict[str, int]) -> None:
+    with database.transaction(read_only=True) as connection:
+        plans = []
+        for query, values in captured_lost_queries(connection):
+            explain = "EXPLAIN QUERY PLAN" if connection.dialect.name == "sqlite" else "EXPLAIN"
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plans.append(str(connection.execute(text(f"{explain} {query}"), values).all()))
+    assert len(plans) == 2
+    for plan in plans:
+        assert "ix_TaskQueue_native_never_started" in plan
+
+
+def captured_lost_queries(connection: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The statements the report runs, with their values (read back through an event)."""
+    captured: list[tuple[str, dict[str, Any]]] = []
+
+    def capture(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: Any
+    ) -> None:
+        if "ScheduledOn" in statement and "LIMIT" not in statement.upper().split("WHERE")[0]:
+            captured.append((str(context.compiled.statement), dict(context.compiled_parameters[0])))
+
+    event.listen(connection, "before_cursor_execute", capture)
+    try:
+        possibly_lost_in(connection, NOW, 3600.0, None, 5)
+    finally:
+        event.remove(connection, "before_cursor_execute", capture)
+    return captured
+
+
+def test_possibly_lost_in_report_dashboard_and_metrics(
+    settings: Settings,
+    database_url: str,
+    lost: dict[str, int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reports, "utc_now", lambda: NOW)
+    out = run_cli(database_url, capsys, "report")
+    assert "possibly lost (native tasks never started 3600 s past due, now): 3\n" in out
+    assert re.search(rf"\n{lost['oldest']} +celery:app.step +c-lost-1 +\S+ +10800.000\n", out)
+    document = json.loads(run_cli(database_url, capsys, "report", "--json"))
+    assert document["possibly_lost"]["count"] == 3
+    assert document["possibly_lost"]["tasks"][0]["celery_task_id"] == "c-lost-1"
+    # The lost-after setting is read by the command
+    monkeypatch.setenv("TASKQ_NATIVE_LOST_AFTER", "36000")
+    assert ": 0\n" in run_cli(database_url, capsys, "report").split("possibly lost")[1]
+
+    with TestClient(create_app(web_settings(settings))) as client:
+        page = client.get("/").text
+        api = client.get("/api/v1/report").json()
+        metrics = client.get("/metrics").text
+    assert '<p id="possibly-lost-count"><span class="n">3</span>' in page
+    assert f'<td><a href="/tasks/{lost["oldest"]}">{lost["oldest"]}</a></td>' in page
+    assert api["possibly_lost"]["count"] == 3
+    # Metrics read the wall clock, long after T0: the "recent" task is past due as well
+    assert "\ntaskq_native_possibly_lost 4.0\n" in metrics

@@ -713,6 +713,7 @@ def test_cli_report_tables(run_cli: RunCli, rows: Rows) -> None:
         "dead letters (out of retries, no open run)",
         "runners",
         "due work (now)",
+        "possibly lost (native tasks never started 3600 s past due, now): 0",
     ]
     section = {title: lines[lines.index(title) + 1 :] for title in titles}
     totals = section["totals (tasks by last status, runs by status)"]
@@ -788,6 +789,7 @@ def test_cli_report_csv(run_cli: RunCli, rows: Rows) -> None:
         "dead_letters",
         "runners",
         "due_work",
+        "possibly_lost",
     ]
     assert tables["totals"] == [
         [

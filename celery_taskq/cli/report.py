@@ -77,11 +77,13 @@ def report_command(
     as_json: bool,
     as_csv: bool,
 ) -> None:
-    """Totals, failure rates, durations, slowest runs, failures, dead letters, runners, due work.
+    """Totals, failure rates, durations, slowest runs, failures, dead letters, runners, due work
+    and possibly lost native tasks.
 
     Tasks fall in the window by when they were queued; runs by when they ended (running runs:
     started; scheduled runs: became due); dead letters by when their last run ended; runners
-    by their lifetime. Due work and heartbeat ages are as of now.
+    by their lifetime. Due work, heartbeat ages and possibly lost native tasks (never started
+    TASKQ_NATIVE_LOST_AFTER seconds past due) are as of now.
     """
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined: choose one")
@@ -97,6 +99,7 @@ def report_command(
         handler=handler,
         now=now,
         limit=limit,
+        lost_after=context.settings.native_lost_after,
     )
     if as_json:
         click.echo(render_report_json(report))

@@ -19,7 +19,8 @@ is open. What ``t`` is:
 * a runner: its lifetime, ``StartedOn`` to ``FinishedOn`` (still running: open), overlaps the
   window.
 
-Due work is a picture of *now* (the ``now`` passed in) and ignores the window.
+Due work and possibly lost native tasks are a picture of *now* (the ``now`` passed in) and
+ignore the window.
 
 **The handler filter** is an exact ``TaskHandlerClass``; it narrows every section except the
 runners (a runner runs any handler).
@@ -42,7 +43,8 @@ SQLite in Python from the exact durations, with the same formula.
 **The modules.** One per section — :mod:`~celery_taskq.reports.counts` (totals and failure
 rates), :mod:`~celery_taskq.reports.durations`, :mod:`~celery_taskq.reports.failures`,
 :mod:`~celery_taskq.reports.dead_letter`, :mod:`~celery_taskq.reports.runner_report`,
-:mod:`~celery_taskq.reports.due` and :mod:`~celery_taskq.reports.series` — and
+:mod:`~celery_taskq.reports.due`, :mod:`~celery_taskq.reports.lost` and
+:mod:`~celery_taskq.reports.series` — and
 :mod:`~celery_taskq.reports.report` for all of them at once, over the shared
 :mod:`~celery_taskq.reports.window` and :mod:`~celery_taskq.reports.sql`.
 :mod:`~celery_taskq.reports.text` renders a report; :mod:`~celery_taskq.reports.limits`,
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
     )
     from celery_taskq.reports.failures import FailedRun, recent_failures
     from celery_taskq.reports.limits import DEFAULT_LIMIT, MAX_LIMIT
+    from celery_taskq.reports.lost import LostTask, PossiblyLost, possibly_lost
     from celery_taskq.reports.report import Report, build_report, report_as_dict
     from celery_taskq.reports.runner_report import RunnerCount, RunnerReport, runner_counts, runners
     from celery_taskq.reports.series import MAX_BUCKETS, RunBucket, RunSeries, runs_over_time
@@ -124,6 +127,9 @@ _EXPORTS = {
     "RunBucket": "series",
     "RunSeries": "series",
     "runs_over_time": "series",
+    "LostTask": "lost",
+    "PossiblyLost": "lost",
+    "possibly_lost": "lost",
     "Report": "report",
     "build_report": "report",
     "report_as_dict": "report",
@@ -143,6 +149,8 @@ __all__ = [
     "FailureRate",
     "FailureRates",
     "HandlerTotals",
+    "LostTask",
+    "PossiblyLost",
     "Report",
     "ReportWindow",
     "RunBucket",
@@ -161,6 +169,7 @@ __all__ = [
     "failure_rates",
     "parse_moment",
     "percentile_cont",
+    "possibly_lost",
     "recent_failures",
     "report_as_dict",
     "resolve_moment",

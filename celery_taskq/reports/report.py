@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from celery_taskq.core.settings import DEFAULT_NATIVE_LOST_AFTER
 from celery_taskq.core.storage.database import Database
 from celery_taskq.reports.counts import (
     FailureRates,
@@ -30,6 +31,7 @@ from celery_taskq.reports.durations import (
 )
 from celery_taskq.reports.failures import FailedRun, recent_failures_in
 from celery_taskq.reports.limits import DEFAULT_LIMIT
+from celery_taskq.reports.lost import PossiblyLost, check_lost_after, possibly_lost_in
 from celery_taskq.reports.runner_report import RunnerReport, runners_in
 from celery_taskq.reports.sql import report_transaction
 from celery_taskq.reports.window import ReportWindow, check_handler, check_limit, check_now
@@ -51,6 +53,7 @@ class Report:
     dead_letters: tuple[DeadLetter, ...]
     runners: tuple[RunnerReport, ...]
     due_work: DueWork
+    possibly_lost: PossiblyLost
 
 
 def build_report(
@@ -61,14 +64,17 @@ def build_report(
     handler: str | None = None,
     now: datetime | None = None,
     limit: int = DEFAULT_LIMIT,
+    lost_after: float = DEFAULT_NATIVE_LOST_AFTER,
 ) -> Report:
     """Every section for one window, read in one read-only transaction.
 
-    ``now`` (default: the current time) is what heartbeat ages and due work are measured
-    against; ``limit`` bounds each top-N section.
+    ``now`` (default: the current time) is what heartbeat ages, due work and possibly lost
+    native tasks (never started ``lost_after`` seconds past due) are measured against;
+    ``limit`` bounds each top-N section.
     """
     window = ReportWindow(since, until)
     now, handler, limit = check_now(now), check_handler(handler), check_limit(limit)
+    lost_after = check_lost_after(lost_after)
     with report_transaction(database) as connection:
         finished = finished_runs_in(connection, window, handler)
         report_totals = totals_of(
@@ -88,6 +94,7 @@ def build_report(
             dead_letters=dead_letters_in(connection, window, handler, limit),
             runners=runners_in(connection, window, now, limit),
             due_work=due_work_in(connection, now, handler),
+            possibly_lost=possibly_lost_in(connection, now, lost_after, handler, limit),
         )
 
 

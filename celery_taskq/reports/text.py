@@ -98,6 +98,7 @@ def sections(report: Report, *, raw: bool = False) -> list[Section]:
         ]
     rates = report.failure_rates
     due = report.due_work
+    lost = report.possibly_lost
     return [
         Section(
             "totals",
@@ -217,6 +218,22 @@ def sections(report: Report, *, raw: bool = False) -> list[Section]:
                     fmt.seconds(due.oldest_due_age),
                     str(due.due_tasks_without_run),
                 ),
+            ),
+        ),
+        Section(
+            "possibly_lost",
+            f"possibly lost (native tasks never started {lost.lost_after:g} s past due, now): "
+            f"{lost.count}",
+            ("TASK", "HANDLER", "CELERY_TASK_ID", "SCHEDULED", "AGE"),
+            tuple(
+                (
+                    str(task.task_id),
+                    task.handler,
+                    task.celery_task_id or empty,
+                    fmt.time(task.scheduled_on),
+                    fmt.seconds(task.age),
+                )
+                for task in lost.tasks
             ),
         ),
     ]

@@ -163,6 +163,7 @@ def report(
         handler=inputs.optional_text(handler, "handler"),
         now=now,
         limit=limit,
+        lost_after=state.settings.native_lost_after,
     )
     return reports.report_as_dict(built)
 

@@ -15,6 +15,8 @@ metric                                   type       what
 ``taskq_runners_timed_out_total{role}``  counter    runners found dead and reaped (``timeout``)
 ``taskq_due_runs``                       gauge      scheduled runs due now
 ``taskq_oldest_due_run_age_seconds``     gauge      how long the oldest due run has waited
+``taskq_native_possibly_lost``           gauge      native tasks published and never started
+                                                    ``native_lost_after`` seconds past due
 =======================================  =========  ==========================================
 
 Handler labels are shown as :func:`celery_taskq.reports.shown.shown_text` shows a ``varchar(255)``:
@@ -38,6 +40,7 @@ from prometheus_client.registry import Collector
 
 from celery_taskq import reports
 from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus
+from celery_taskq.core.settings import DEFAULT_NATIVE_LOST_AFTER
 from celery_taskq.core.storage.database import Database
 from celery_taskq.reports import ReportWindow
 from celery_taskq.reports.shown import SHOWN_SHORT_MAX_CHARS, shown_text
@@ -52,8 +55,9 @@ TASK_STATUSES = ("never_run", *(status.value for status in RunStatus))
 class TaskqCollector(Collector):
     """Reads the tables on each :meth:`collect` (one scrape)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, lost_after: float = DEFAULT_NATIVE_LOST_AFTER) -> None:
         self.database = database
+        self.lost_after = lost_after
 
     def collect(self) -> Iterator[Metric]:
         """The metric families of the module's table."""
@@ -114,16 +118,24 @@ class TaskqCollector(Collector):
             "Seconds the oldest due scheduled run has waited (0: none is due).",
             value=due.oldest_due_age or 0.0,
         )
+        lost = reports.possibly_lost(self.database, lost_after=self.lost_after, limit=1)
+        yield GaugeMetricFamily(
+            "taskq_native_possibly_lost",
+            "Native Celery tasks published and never started native_lost_after seconds past due.",
+            value=lost.count,
+        )
 
 
 def _label(handler: str) -> str:
     return shown_text(handler, SHOWN_SHORT_MAX_CHARS)
 
 
-def metrics_registry(database: Database) -> CollectorRegistry:
+def metrics_registry(
+    database: Database, lost_after: float = DEFAULT_NATIVE_LOST_AFTER
+) -> CollectorRegistry:
     """A registry holding only the tables' collector (no process metrics of this replica)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TaskqCollector(database))
+    registry.register(TaskqCollector(database, lost_after))
     return registry
 
 
@@ -134,5 +146,6 @@ router = APIRouter()
 def metrics(state: Annotated[WebState, Depends(get_state)]) -> Response:
     """The Prometheus text exposition of :class:`TaskqCollector`."""
     return Response(
-        generate_latest(metrics_registry(state.database)), media_type=CONTENT_TYPE_LATEST
+        generate_latest(metrics_registry(state.database, state.settings.native_lost_after)),
+        media_type=CONTENT_TYPE_LATEST,
     )

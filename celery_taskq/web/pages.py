@@ -67,7 +67,13 @@ def overview(
         raise InvalidArgumentError(f"since must be one of {', '.join(OVERVIEW_WINDOWS)}")
     now = reports.utc_now()
     window = inputs.window(since, None, now)
-    report = reports.build_report(state.database, since=window.since, now=now, limit=5)
+    report = reports.build_report(
+        state.database,
+        since=window.since,
+        now=now,
+        limit=5,
+        lost_after=state.settings.native_lost_after,
+    )
     series = reports.runs_over_time(
         state.database, reports.ReportWindow(window.since, now), CHART_BUCKETS
     )
