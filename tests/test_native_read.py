@@ -322,6 +322,8 @@ def test_possibly_lost_in_report_dashboard_and_metrics(
         api = client.get("/api/v1/report").json()
         metrics = client.get("/metrics").text
     assert '<p id="possibly-lost-count"><span class="n">3</span>' in page
+    assert '<div class="l">failure rate per task</div>' in page
+    assert '<div class="l">failure rate per attempt</div>' in page
     assert f'<td><a href="/tasks/{lost["oldest"]}">{lost["oldest"]}</a></td>' in page
     assert api["possibly_lost"]["count"] == 3
     # Metrics read the wall clock, long after T0: the "recent" task is past due as well

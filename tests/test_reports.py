@@ -224,11 +224,39 @@ def test_failure_rates_overall_and_per_handler(database: Database, rows: Rows) -
 
     rates = reports.failure_rates(database, HOUR)
 
-    # A: success x3, error x1 ended inside; B: error, timeout; C: nothing finished
-    assert rates.overall == FailureRate(None, finished=6, failed=3, rate=0.5)
+    # A: success x3, error x1 ended inside, and its three tasks all succeeded in the end (the
+    # error was retried); B: error, timeout, and its task is out of retries; C: nothing finished
+    assert rates.overall == FailureRate(
+        None, 6, 3, 0.5, tasks=4, failed_tasks=1, task_failure_rate=0.25
+    )
     assert rates.by_handler == (
-        FailureRate(A, finished=4, failed=1, rate=0.25),
-        FailureRate(B, finished=2, failed=2, rate=1.0),
+        FailureRate(A, 4, 1, 0.25, tasks=3, failed_tasks=0, task_failure_rate=0.0),
+        FailureRate(B, 2, 2, 1.0, tasks=1, failed_tasks=1, task_failure_rate=1.0),
+    )
+
+
+def test_failure_rate_per_task_counts_final_outcomes_only(database: Database, rows: Rows) -> None:
+    # Given a task retried until it succeeded, one failed with retries left, one failed and
+    # then cancelled, one out of retries, and one whose last run is still open
+    retried = rows.task(A, at(1), max_retries=3)
+    rows.run(retried, RunStatus.ERROR, started=at(2), seconds=1)
+    rows.run(retried, RunStatus.TIMEOUT, started=at(3), seconds=1)
+    rows.run(retried, RunStatus.SUCCESS, started=at(4), seconds=1)
+    pending = rows.task(A, at(1), max_retries=3)
+    rows.run(pending, RunStatus.ERROR, started=at(2), seconds=1)
+    cancelled = rows.task(A, at(1), max_retries=3, cancelled_on=at(5))
+    rows.run(cancelled, RunStatus.ERROR, started=at(2), seconds=1)
+    exhausted = rows.task(A, at(1), max_retries=1)
+    rows.run(exhausted, RunStatus.TIMEOUT, started=at(2), seconds=1)
+    open_again = rows.task(A, at(1), max_retries=3)
+    rows.run(open_again, RunStatus.ERROR, started=at(2), seconds=1)
+    rows.run(open_again, RunStatus.SCHEDULED)
+
+    rates = reports.failure_rates(database, HOUR)
+
+    # Then per task: 1 succeeded, 2 failed for good; per attempt: 6 of 7 failed
+    assert rates.overall == FailureRate(
+        None, 7, 6, 6 / 7, tasks=3, failed_tasks=2, task_failure_rate=2 / 3
     )
 
 
@@ -242,8 +270,8 @@ def test_handler_filter_narrows_totals_and_rates(database: Database, rows: Rows)
     assert totals.tasks == TaskCounts(never_run=1, success=2, error=1)
     assert totals.runs == RunCounts(success=3, error=1)
     assert [row.handler for row in totals.by_handler] == [A]
-    assert rates.overall == FailureRate(None, finished=4, failed=1, rate=0.25)
-    assert nothing.overall == FailureRate(None, finished=0, failed=0, rate=None)
+    assert rates.overall == FailureRate(None, 4, 1, 0.25, 3, 0, 0.0)
+    assert nothing.overall == FailureRate(None, 0, 0, None, 0, 0, None)
     assert nothing.by_handler == ()
 
 
@@ -594,9 +622,12 @@ def test_build_report_and_its_dict(database: Database, rows: Rows) -> None:
     }
     assert document["failure_rates"]["overall"] == {
         "handler": None,
-        "finished": 2,
-        "failed": 1,
-        "rate": 0.5,
+        "attempts": 2,
+        "failed_attempts": 1,
+        "attempt_failure_rate": 0.5,
+        "tasks": 2,
+        "failed_tasks": 1,
+        "task_failure_rate": 0.5,
     }
     assert document["durations"] == [
         {"handler": A, "runs": 1, "p50": 2.5, "p90": 2.5, "p99": 2.5, "max": 2.5},
@@ -706,7 +737,8 @@ def test_cli_report_tables(run_cli: RunCli, rows: Rows) -> None:
     titles = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line == ""]
     assert titles == [
         "totals (tasks by last status, runs by status)",
-        "failure rate (error + timeout over finished runs)",
+        "failure rates (per task: final outcome failed; per attempt: error + timeout over "
+        "finished runs)",
         "durations of finished runs (seconds)",
         "slowest runs",
         "recent failures",
@@ -725,10 +757,13 @@ def test_cli_report_tables(run_cli: RunCli, rows: Rows) -> None:
     # Columns line up: every cell starts where its header does
     assert totals[1].index("tasks") == totals[0].index("OF")
     assert totals[1].index("3") == totals[0].index("TOTAL")
-    rates = section["failure rate (error + timeout over finished runs)"]
-    assert rates[1].split() == ["(all)", "2", "1", "50.0%"]
-    assert rates[2].split() == [A, "1", "0", "0.0%"]
-    assert rates[3].split() == [B, "1", "1", "100.0%"]
+    rates = section[titles[1]]
+    assert rates[0].split() == [
+        "HANDLER", "TASKS", "FAILED_TASKS", "PER_TASK", "ATTEMPTS", "FAILED_ATTEMPTS", "PER_ATTEMPT"
+    ]  # fmt: skip
+    assert rates[1].split() == ["(all)", "2", "1", "50.0%", "2", "1", "50.0%"]
+    assert rates[2].split() == [A, "1", "0", "0.0%", "1", "0", "0.0%"]
+    assert rates[3].split() == [B, "1", "1", "100.0%", "1", "1", "100.0%"]
     durations = section["durations of finished runs (seconds)"]
     assert durations[1].split() == [A, "1", "2.500", "2.500", "2.500", "2.500"]
     slowest = section["slowest runs"]
@@ -808,7 +843,10 @@ def test_cli_report_csv(run_cli: RunCli, rows: Rows) -> None:
         [B, "tasks", "1", "0", "0", "0", "0", "1", "0"],
         [B, "runs", "1", "", "0", "0", "0", "1", "0"],
     ]
-    assert tables["failure_rates"][1:] == [["(all)", "1", "1", "1.0"], [B, "1", "1", "1.0"]]
+    assert tables["failure_rates"][1:] == [
+        ["(all)", "1", "1", "1.0", "1", "1", "1.0"],
+        [B, "1", "1", "1.0", "1", "1", "1.0"],
+    ]
     assert tables["durations"][1:] == [[B, "1", "0.5", "0.5", "0.5", "0.5"]]
     assert tables["recent_failures"][1:] == [
         [

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from celery_taskq.reports.counts import (
         FailureRate,
         FailureRates,
+        FinalOutcomes,
         HandlerTotals,
         RunCounts,
         TaskCounts,
@@ -99,6 +100,7 @@ _EXPORTS = {
     "utc_now": "window",
     "FailureRate": "counts",
     "FailureRates": "counts",
+    "FinalOutcomes": "counts",
     "HandlerTotals": "counts",
     "RunCounts": "counts",
     "TaskCounts": "counts",
@@ -148,6 +150,7 @@ __all__ = [
     "FailedRun",
     "FailureRate",
     "FailureRates",
+    "FinalOutcomes",
     "HandlerTotals",
     "LostTask",
     "PossiblyLost",

@@ -1,4 +1,5 @@
-"""Totals and failure rates: tasks by last status and runs by status, in all and per handler."""
+"""Totals and failure rates: tasks by last status and runs by status, in all and per handler;
+failure rates per attempt and per task."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from dataclasses import dataclass, field
 from sqlalchemy import (
     Connection,
     and_,
+    case,
+    exists,
     func,
     or_,
     select,
     text,
 )
+from sqlalchemy.orm import aliased
 
 from celery_taskq.core.models import (
+    FAILED_RUN_STATUSES,
     RUN_RUNNING_SQL,
     RUN_SCHEDULED_SQL,
     RunStatus,
@@ -24,7 +29,13 @@ from celery_taskq.core.models import (
 )
 from celery_taskq.core.storage.database import Database
 from celery_taskq.reports.durations import finished_runs_in
-from celery_taskq.reports.sql import for_handler, of_run_task, read_with, within
+from celery_taskq.reports.sql import (
+    for_handler,
+    of_run_task,
+    read_with,
+    runs_with_handler,
+    within,
+)
 from celery_taskq.reports.window import ReportWindow, check_handler
 
 
@@ -98,21 +109,43 @@ class Totals:
 
 @dataclass(frozen=True)
 class FailureRate:
-    """Failed (``error`` + ``timeout``) over finished runs; ``rate`` is ``None`` with none."""
+    """Failure rates of one handler (or of all), per attempt and per task, each labelled.
+
+    *Per attempt*: failed (``error`` + ``timeout``) runs over finished runs. A failed attempt
+    counts even when a later one (an autoretry, a retry) succeeded.
+    *Per task*: tasks whose final outcome failed over tasks that reached a final outcome, each
+    counted in the window in which its last run ended. Final: the last run succeeded, or it
+    failed with no retry left (``TaskRunsFailed >= MaxRetries``) or the task was cancelled; a
+    task whose failed run will be retried has no final outcome yet and is not counted.
+    A rate is ``None`` when nothing was counted.
+    """
 
     handler: str | None
     """``None`` for all handlers together."""
-    finished: int
-    failed: int
-    rate: float | None
+    attempts: int
+    """Finished runs."""
+    failed_attempts: int
+    attempt_failure_rate: float | None
+    tasks: int
+    """Tasks whose final outcome is known."""
+    failed_tasks: int
+    task_failure_rate: float | None
 
 
 @dataclass(frozen=True)
 class FailureRates:
-    """The failure rate over all handlers, and per handler (sorted by handler)."""
+    """The failure rates over all handlers, and per handler (sorted by handler)."""
 
     overall: FailureRate
     by_handler: tuple[FailureRate, ...]
+
+
+@dataclass(frozen=True)
+class FinalOutcomes:
+    """Tasks whose final outcome is known: ``succeeded`` plus ``failed``."""
+
+    succeeded: int = 0
+    failed: int = 0
 
 
 def task_counts_in(
@@ -204,22 +237,76 @@ def totals_in(connection: Connection, window: ReportWindow, handler: str | None)
     )
 
 
-def _failure_rate(handler: str | None, runs: RunCounts) -> FailureRate:
-    finished, failed = runs.finished, runs.failed
+def final_outcomes_in(
+    connection: Connection, window: ReportWindow, handler: str | None
+) -> dict[str, FinalOutcomes]:
+    """Tasks whose last run ended in the window with a final outcome, per handler.
+
+    Driven from the window's finished runs (``ix_TaskRuns_FinishedOn``); a run is its task's
+    last when no later run of the task exists (``ix_TaskRuns_TaskQueueId_Id``).
+    """
+    later_run = aliased(TaskRun, name="LaterRun")
+    has_later_run = (
+        select(later_run.id)
+        .where(later_run.task_queue_id == TaskRun.task_queue_id, later_run.id > TaskRun.id)
+        .correlate(TaskRun)
+    )
+    failed_final = and_(
+        TaskRun.status.in_(FAILED_RUN_STATUSES),
+        or_(
+            TaskQueue.task_runs_failed >= TaskQueue.max_retries,
+            TaskQueue.cancel_requested_on.is_not(None),
+        ),
+    )
+    outcome = case(
+        (TaskRun.status == RunStatus.SUCCESS, "succeeded"), (failed_final, "failed"), else_=None
+    )
+    query = for_handler(
+        runs_with_handler(TaskQueue.task_handler_class, outcome, func.count())
+        .where(within(TaskRun.finished_on, window), ~exists(has_later_run))
+        .group_by(TaskQueue.task_handler_class, outcome),
+        handler,
+    )
+    counted: dict[str, dict[str, int]] = defaultdict(dict)
+    for handler_class, final, number in connection.execute(query):
+        if final is not None:
+            counted[handler_class][final] = number
+    return {name: FinalOutcomes(**by_outcome) for name, by_outcome in counted.items()}
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _failure_rate(handler: str | None, runs: RunCounts, outcomes: FinalOutcomes) -> FailureRate:
+    tasks = outcomes.succeeded + outcomes.failed
     return FailureRate(
         handler=handler,
-        finished=finished,
-        failed=failed,
-        rate=failed / finished if finished else None,
+        attempts=runs.finished,
+        failed_attempts=runs.failed,
+        attempt_failure_rate=_ratio(runs.failed, runs.finished),
+        tasks=tasks,
+        failed_tasks=outcomes.failed,
+        task_failure_rate=_ratio(outcomes.failed, tasks),
     )
 
 
-def failure_rates_of(counted: Totals) -> FailureRates:
-    """The failure rates of counted totals."""
+def failure_rates_of(counted: Totals, outcomes: dict[str, FinalOutcomes]) -> FailureRates:
+    """The failure rates of counted totals and of the tasks' final outcomes."""
+    runs_of = {row.handler: row.runs for row in counted.by_handler}
+    handlers = sorted(
+        {name for name, runs in runs_of.items() if runs.finished}
+        | {name for name, final in outcomes.items() if final.succeeded + final.failed}
+    )
+    overall = FinalOutcomes(
+        succeeded=sum(final.succeeded for final in outcomes.values()),
+        failed=sum(final.failed for final in outcomes.values()),
+    )
     return FailureRates(
-        overall=_failure_rate(None, counted.runs),
+        overall=_failure_rate(None, counted.runs, overall),
         by_handler=tuple(
-            _failure_rate(row.handler, row.runs) for row in counted.by_handler if row.runs.finished
+            _failure_rate(name, runs_of.get(name, RunCounts()), outcomes.get(name, FinalOutcomes()))
+            for name in handlers
         ),
     )
 
@@ -237,8 +324,16 @@ def totals(database: Database, window: ReportWindow, *, handler: str | None = No
 def failure_rates(
     database: Database, window: ReportWindow, *, handler: str | None = None
 ) -> FailureRates:
-    """Failed (``error`` + ``timeout``) over finished runs that ended in the window.
+    """Failure rates per attempt (failed over finished runs that ended in the window) and per
+    task (final failures over final outcomes reached in the window; see :class:`FailureRate`).
 
     Overall, and per handler for the handlers with a finished run.
     """
-    return failure_rates_of(totals(database, window, handler=handler))
+    handler = check_handler(handler)
+
+    def read(connection: Connection) -> FailureRates:
+        return failure_rates_of(
+            totals_in(connection, window, handler), final_outcomes_in(connection, window, handler)
+        )
+
+    return read_with(database, read)

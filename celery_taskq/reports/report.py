@@ -17,6 +17,7 @@ from celery_taskq.reports.counts import (
     Totals,
     add_counts,
     failure_rates_of,
+    final_outcomes_in,
     open_run_counts_in,
     task_counts_in,
     totals_of,
@@ -87,7 +88,9 @@ def build_report(
             handler=handler,
             limit=limit,
             totals=report_totals,
-            failure_rates=failure_rates_of(report_totals),
+            failure_rates=failure_rates_of(
+                report_totals, final_outcomes_in(connection, window, handler)
+            ),
             durations=finished.durations,
             slowest_runs=slowest_runs_in(connection, window, handler, limit),
             recent_failures=recent_failures_in(connection, window, handler, limit),

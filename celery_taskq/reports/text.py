@@ -108,14 +108,26 @@ def sections(report: Report, *, raw: bool = False) -> list[Section]:
         ),
         Section(
             "failure_rates",
-            "failure rate (error + timeout over finished runs)",
-            ("HANDLER", "FINISHED", "FAILED", "RATE"),
+            "failure rates (per task: final outcome failed; per attempt: error + timeout "
+            "over finished runs)",
+            (
+                "HANDLER",
+                "TASKS",
+                "FAILED_TASKS",
+                "PER_TASK",
+                "ATTEMPTS",
+                "FAILED_ATTEMPTS",
+                "PER_ATTEMPT",
+            ),
             tuple(
                 (
                     rate.handler or ALL_HANDLERS,
-                    str(rate.finished),
-                    str(rate.failed),
-                    fmt.ratio(rate.rate),
+                    str(rate.tasks),
+                    str(rate.failed_tasks),
+                    fmt.ratio(rate.task_failure_rate),
+                    str(rate.attempts),
+                    str(rate.failed_attempts),
+                    fmt.ratio(rate.attempt_failure_rate),
                 )
                 for rate in (rates.overall, *rates.by_handler)
             ),
