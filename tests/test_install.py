@@ -45,9 +45,10 @@ def test_an_app_that_is_silent_gets_events_for_flower_and_no_prefetch() -> None:
     assert {key: app.conf[key] for key in INSTALL_DEFAULTS} == {
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_track_started": True,
         "worker_prefetch_multiplier": 1,
     }
+    # What a caller of the app's tasks sees is not changed: no STARTED state in the backend
+    assert app.conf.task_track_started is False
 
 
 def test_what_the_app_sets_itself_is_kept() -> None:

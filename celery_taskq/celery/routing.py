@@ -46,12 +46,15 @@ OWN_QUEUES = {
 INSTALL_DEFAULTS: dict[str, Any] = {
     "worker_send_task_events": True,
     "task_send_sent_event": True,
-    "task_track_started": True,
     "worker_prefetch_multiplier": 1,
 }
 """Celery settings :func:`~celery_taskq.celery.install.install` gives an app that does not set
 them: Flower and ``celery events`` see the app's tasks, and a worker holds no message behind a
-runner task."""
+runner task.
+
+Not ``task_track_started``: it would change what the app's callers see (``AsyncResult.state``
+``STARTED`` instead of ``PENDING`` while a task runs), and Flower learns that a task started
+from the ``task-started`` event anyway."""
 
 
 def declared_queues(app: Celery) -> set[str]:
