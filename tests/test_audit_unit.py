@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from celery_taskq.celery.audit import NativeTaskAuditor, json_safe
+from celery_taskq.celery.audit import NativeTaskAuditor, TaskMessage, json_safe
 from celery_taskq.core.queue import TaskQueueService
 
 
@@ -16,46 +16,25 @@ def broken_service() -> TaskQueueService:
 
 def test_audit_failures_are_logged_counted_and_swallowed(caplog: pytest.LogCaptureFixture) -> None:
     auditor = NativeTaskAuditor(get_service=broken_service, should_audit=lambda _: True)
-    headers: dict[str, object] = {}
+    message = TaskMessage(task_id="abc-123", task_name="app.send", args=(1,))
     with caplog.at_level(logging.ERROR, logger="celery_taskq.celery.audit"):
-        auditor.on_publish(
-            task_id="abc-123",
-            task_name="app.send",
-            args=(1,),
-            kwargs={},
-            headers=headers,
-            eta=None,
-            max_retries=3,
-        )
-        auditor.on_prerun(
-            task_id="abc-123",
-            task_name="app.send",
-            args=(1,),
-            kwargs={},
-            headers={},
-            worker_hostname="w@h",
-        )
+        auditor.on_publish(message)
+        auditor.on_start(message, worker_hostname="w@h", ignore_result=False)
     assert auditor.failures == 2
-    assert headers == {}
     messages = [record.getMessage() for record in caplog.records]
     assert messages == [
         "audit of Celery task abc-123 failed in on_publish",
-        "audit of Celery task abc-123 failed in on_prerun",
+        "audit of Celery task abc-123 failed in on_start",
     ]
     assert all(getattr(r, "action", None) == "audit_failed" for r in caplog.records)
 
 
 def test_tasks_not_audited_are_left_alone() -> None:
     auditor = NativeTaskAuditor(get_service=broken_service, should_audit=lambda _: False)
-    auditor.on_publish(
-        task_id="x",
-        task_name="app.other",
-        args=(),
-        kwargs={},
-        headers={},
-        eta=None,
-        max_retries=None,
-    )
+    message = TaskMessage(task_id="x", task_name="app.other")
+    auditor.on_publish(message)
+    auditor.on_start(message, worker_hostname="w@h", ignore_result=False)
+    auditor.on_revoked(message, terminated=False, expired=False)
     assert auditor.failures == 0
 
 
@@ -89,5 +68,11 @@ def test_which_tasks_are_audited() -> None:
     everything = Celery("everything", broker="memory://")
     all_state = install(everything, settings=Settings(), audit_celery_tasks=True)
     assert all_state.auditor is not None
+
+    @everything.task(name="opted_out", taskq_audit=False)  # type: ignore[untyped-decorator]
+    def opted_out() -> None:
+        """Never audited: the task says so."""
+
     assert all_state.auditor.should_audit("plain")
+    assert not all_state.auditor.should_audit("opted_out")
     assert not all_state.auditor.should_audit("taskq.on_process")

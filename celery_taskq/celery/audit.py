@@ -1,45 +1,61 @@
-"""Audit of native Celery tasks: one ``TaskQueue`` row per task, one ``TaskRuns`` row per attempt.
+"""Audit of native Celery tasks: one ``TaskQueue`` row per task id, one ``TaskRuns`` row per
+execution attempt, whatever the path (retry, autoretry, redelivery, replace, eager).
 
-:class:`NativeTaskAuditor` has one method per Celery signal and takes plain values, so it is
-tested without Celery; :mod:`celery_taskq.celery` connects it. Each method is guarded: a
-failure to write audit rows is logged with the Celery task id and counted in
-:attr:`NativeTaskAuditor.failures`, and never breaks the user's task.
+:class:`NativeTaskAuditor` has one method per moment of a task's life and takes plain values
+(:class:`TaskMessage`), so it is tested without Celery; :mod:`celery_taskq.celery.audit_signals`
+connects it to Celery's signals. It never waits on the database: every write is an operation
+handed to an :class:`~celery_taskq.celery.audit_writer.AuditWriter`, written in order in this
+process. An operation needs nothing back: the end of an attempt finds its run through the
+:class:`_Attempt` its start operation filled in (same process, same order), or by
+``(CeleryTaskId, Attempt, TaskRunnerId)``. What the operations write is idempotent and
+order-robust across processes (:mod:`celery_taskq.core.statements.native_attempts`).
+
+Each method is guarded: a failure is logged with the Celery task id and counted in
+:attr:`NativeTaskAuditor.failures`, and never breaks the user's task. Nothing here keeps an
+exception or a traceback object: only their text, until the attempt's end is handed over.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
-from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import insert
+from sqlalchemy import Connection
 
-from celery_taskq.core.models import CELERY_HANDLER_PREFIX, RunStatus, TaskQueue
+from celery_taskq.celery.audit_message import (
+    QUEUED_BY_HEADER,
+    NotedError,
+    TaskMessage,
+    attempt_end,
+    coded,
+    json_safe,
+)
+from celery_taskq.celery.audit_writer import AuditWriter
+from celery_taskq.celery.native_output import OutputCapture, start_capture
+from celery_taskq.core.native_codes import NativeCode
 from celery_taskq.core.queue import TaskQueueService
-from celery_taskq.core.runner.capture import CapturedOutput, capture_output
 from celery_taskq.core.runner.heartbeat import Heartbeat
 from celery_taskq.core.runner.lease import process_namespace
-from celery_taskq.core.runner.liveness import current_process_start_time
-from celery_taskq.core.runner.outcome import RunOutcome
-from celery_taskq.core.statements import native, runners, runs
+from celery_taskq.core.runner.liveness import current_process_start_time, process_start_time
+from celery_taskq.core.runner.outcome import RunOutcome, storable_outcome
+from celery_taskq.core.statements import native, native_attempts
+from celery_taskq.core.statements.native_attempts import AttemptEnd
 
 logger = logging.getLogger(__name__)
 
-TASK_ID_HEADER = "taskq_task_id"
-"""Message header carrying the ``TaskQueue.Id`` of an audited task from publisher to worker."""
-
-QUEUED_BY_HEADER = "taskq_queued_by"
-"""Message header a caller may set (``apply_async(headers=...)``) to fill ``QueuedById``."""
-
-UNLIMITED_RETRIES = 1_000_000
-"""``MaxRetries`` recorded for a Celery task that retries without limit."""
+__all__ = [
+    "QUEUED_BY_HEADER",
+    "NativeTaskAuditor",
+    "NotedError",
+    "TaskMessage",
+    "json_safe",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,32 +70,48 @@ def _guarded(method: Callable[P, R]) -> Callable[P, R | None]:
             auditor = args[0]
             if isinstance(auditor, NativeTaskAuditor):
                 auditor.failures += 1
+            task_id = kwargs.get("task_id") or getattr(
+                kwargs.get("message") or (args[1] if len(args) > 1 else None), "task_id", None
+            )
             logger.exception(
                 "audit of Celery task %s failed in %s",
-                kwargs.get("task_id"),
+                task_id,
                 method.__name__,
-                extra={"action": "audit_failed", "celery_task_id": kwargs.get("task_id")},
+                extra={"action": "audit_failed", "celery_task_id": task_id},
             )
             return None
 
     return wrapper
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` as a JSON document; what JSON cannot hold becomes its ``repr``."""
-    return json.loads(json.dumps(value, default=repr, allow_nan=False))
+@dataclass
+class _Attempt:
+    """One attempt running in this thread; its start operation fills in ``run_id``."""
+
+    message: TaskMessage
+    started_on: datetime
+    ignore_result: bool
+    capture: OutputCapture | None
+    run_id: int | None = None
+    runner_id: int | None = None
+    output: tuple[str, str] | None = None
+    error: NotedError | None = None
+    replaced: bool = False
+
+    def finish_capture(self) -> tuple[str, str]:
+        if self.output is None:
+            self.output = ("", "") if self.capture is None else self.capture.finish()
+            self.capture = None
+        return self.output
 
 
 @dataclass
-class _Attempt:
-    run_id: int
-    runner_id: int
-    output: ExitStack
-    captured: CapturedOutput
-    error_code: str | None = None
-    error_message: str | None = None
-    traceback: str = ""
-    ended: bool = False
+class _ProcessRunner:
+    """This process's runner row; its registration operation fills in ``id``."""
+
+    pid: int
+    id: int | None = None
+    heartbeat: Heartbeat | None = None
 
 
 @dataclass
@@ -88,206 +120,309 @@ class NativeTaskAuditor:
 
     get_service: Callable[[], TaskQueueService]
     should_audit: Callable[[str], bool]
+    writer: AuditWriter | None = None
+    """Where the writes of publishers and attempts go (by default: on the service's database)."""
+    main_writer: AuditWriter | None = None
+    """Where the worker's main process writes: at once, in the calling thread. The main process
+    forks pool processes, and a SQLite connection inside a transaction must not be forked (the
+    child would find the database locked), so no writer thread of its may be in one."""
+    capture_output: bool = True
+    worker_hostname: str = ""
+    """The worker this process belongs to (set when the worker or a pool process starts)."""
     failures: int = 0
-    _attempts: dict[str, _Attempt] = field(default_factory=dict)
-    _runner_id: int | None = None
-    _runner_pid: int | None = None
-    _heartbeat: Heartbeat | None = None
+    _local: threading.local = field(default_factory=threading.local)
+    _runner: _ProcessRunner | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.writer is None:
+            self.writer = AuditWriter(lambda: self.get_service().database)
+        if self.main_writer is None:
+            self.main_writer = AuditWriter(lambda: self.get_service().database)
+            self.main_writer.close()  # closed: each write is made before submit() returns
+
+    def _submit_in_main(self, op: Callable[[Connection], None], describe: str) -> None:
+        assert self.main_writer is not None  # noqa: S101 - set by __post_init__
+        self.main_writer.submit(op, describe=describe)
+
+    def _submit(self, op: Callable[[Connection], None], describe: str) -> None:
+        assert self.writer is not None  # noqa: S101 - set by __post_init__
+        self.writer.submit(op, describe=describe)
+
+    def _attempts(self) -> dict[str, list[_Attempt]]:
+        attempts: dict[str, list[_Attempt]] | None = getattr(self._local, "attempts", None)
+        if attempts is None:
+            attempts = self._local.attempts = {}
+        return attempts
+
+    def current_attempt(self, task_id: str) -> _Attempt | None:
+        """The innermost attempt of ``task_id`` running in this thread, if any."""
+        stack = self._attempts().get(task_id)
+        return stack[-1] if stack else None
 
     # -- publisher side ----------------------------------------------------------------------
 
     @_guarded
-    def on_publish(
-        self,
-        *,
-        task_id: str,
-        task_name: str,
-        args: Any,
-        kwargs: Any,
-        headers: dict[str, Any],
-        eta: datetime | None,
-        max_retries: int | None,
-    ) -> None:
-        """``before_task_publish``: record the task, unless this is a retry of a recorded one."""
-        if not self.should_audit(task_name):
+    def on_publish(self, message: TaskMessage) -> None:
+        """``before_task_publish``: the task's row, unless an attempt of it sends it again."""
+        if not self.should_audit(message.task_name):
             return
-        attempt = self._attempts.get(task_id)
-        if attempt is not None:
-            # Published from inside its own attempt: a Celery retry. The next attempt may start
-            # at once, so this one ends now; postrun fills in its output and error.
-            self._end_for_retry(attempt)
+        own = self.current_attempt(message.task_id)
+        for stack in self._attempts().values():
+            for attempt in stack:
+                if message.replaced_nesting > attempt.message.replaced_nesting:
+                    attempt.replaced = True  # Task.replace() sends the replacement from here
+        if own is not None:
+            # A retry or a replacement: the next attempt of the same row, which may start at
+            # once in another process. This attempt's start is written first, so the attempts
+            # keep their order (the caller of .delay() never comes here).
+            assert self.writer is not None  # noqa: S101 - set by __post_init__
+            self.writer.flush(timeout=5.0)
             return
-        if headers.get(TASK_ID_HEADER) is not None:
-            return
-        service = self.get_service()
-        now = service.clock()
-        with service.database.transaction() as connection:
-            if native.task_of_celery_id(connection, task_id) is not None:
-                return  # Celery republished it for a retry: the attempts go on one task
-            queue_id = connection.execute(
-                insert(TaskQueue)
-                .values(
-                    task_handler_class=CELERY_HANDLER_PREFIX + task_name,
-                    task_data=json_safe({"args": list(args or ()), "kwargs": dict(kwargs or {})}),
-                    scheduled_on=eta or now,
-                    queued_on=now,
-                    queued_by_id=_queued_by(headers),
-                    max_retries=UNLIMITED_RETRIES if max_retries is None else max_retries + 1,
-                    task_runs_failed=0,
-                )
-                .returning(TaskQueue.id)
-            ).scalar_one()
-        headers[TASK_ID_HEADER] = int(queue_id)
+        task = self._native_task(message, self.get_service().clock())
+        self._submit(
+            lambda connection: native.record_published(connection, task),
+            f"publish {message.task_id}",
+        )
 
     # -- worker side -------------------------------------------------------------------------
 
     @_guarded
-    def on_prerun(
-        self,
-        *,
-        task_id: str,
-        task_name: str,
-        args: Any,
-        kwargs: Any,
-        headers: Mapping[str, Any],
-        worker_hostname: str,
-    ) -> None:
-        """``task_prerun``: open a ``running`` run and start capturing output."""
-        if not self.should_audit(task_name):
+    def on_start(self, message: TaskMessage, *, worker_hostname: str, ignore_result: bool) -> None:
+        """``task_prerun``: the attempt's run, ``running``; its output is captured."""
+        if not self.should_audit(message.task_name):
             return
         service = self.get_service()
-        runner_id = self._worker_runner_id(service, worker_hostname)
         now = service.clock()
-        recorded_id = headers.get(TASK_ID_HEADER)
-        # A task its publisher recorded needs one statement on PostgreSQL: autocommit spares
-        # the BEGIN and COMMIT round trips.
-        fast = recorded_id is not None and service.database.dialect == "postgresql"
-        with (
-            service.database.autocommit() if fast else service.database.transaction()
-        ) as connection:
-            queue_id = recorded_id or native.task_of_celery_id(connection, task_id)
-            if queue_id is None:  # published by a process that does not audit
-                queue_id = connection.execute(
-                    insert(TaskQueue)
-                    .values(
-                        task_handler_class=CELERY_HANDLER_PREFIX + task_name,
-                        task_data=json_safe(
-                            {"args": list(args or ()), "kwargs": dict(kwargs or {})}
-                        ),
-                        scheduled_on=now,
-                        queued_on=now,
-                        queued_by_id=_queued_by(headers),
-                        max_retries=UNLIMITED_RETRIES,
-                        task_runs_failed=0,
-                    )
-                    .returning(TaskQueue.id)
-                ).scalar_one()
-            run_id = native.start_native_run(
+        runner = None if message.eager else self._process_runner(service, worker_hostname)
+        capture = start_capture(service.settings.output_cap_bytes) if self.capture_output else None
+        attempt = _Attempt(message, now, ignore_result, capture)
+        self._attempts().setdefault(message.task_id, []).append(attempt)
+        task = self._native_task(message, now)
+
+        def start(connection: Connection) -> None:
+            attempt.runner_id = None if runner is None else runner.id
+            attempt.run_id = native_attempts.start_attempt(
                 connection,
-                task_queue_id=int(queue_id),
-                celery_task_id=task_id,
-                runner_id=runner_id,
-                now=now,
+                task,
+                attempt=message.retries,
+                eager=message.eager,
+                runner_id=attempt.runner_id,
+                started_on=now,
             )
-        output = ExitStack()
-        captured = output.enter_context(capture_output(service.settings.output_cap_bytes))
-        self._attempts[task_id] = _Attempt(run_id, runner_id, output, captured)
+
+        self._submit(start, f"start {message.task_id}")
 
     @_guarded
-    def on_failure(self, *, task_id: str, exception: BaseException, traceback: str) -> None:
-        """``task_failure``: remember the error for the run."""
-        attempt = self._attempts.get(task_id)
-        if attempt is not None:
-            attempt.error_code = type(exception).__name__
-            attempt.error_message = str(exception)
-            attempt.traceback = traceback
-
-    @_guarded
-    def on_retry(self, *, task_id: str, reason: BaseException, traceback: str) -> None:
-        """``task_retry``: this attempt failed; Celery will deliver the next one."""
-        self.on_failure(task_id=task_id, exception=reason, traceback=traceback)
-
-    @_guarded
-    def on_postrun(self, *, task_id: str, state: str | None, retval: Any) -> None:
-        """``task_postrun``: stop capturing and record the attempt's final state."""
-        attempt = self._attempts.pop(task_id, None)
+    def on_outcome(self, *, task_id: str, error: NotedError | None = None) -> None:
+        """``task_success``, ``task_failure``, ``task_retry`` in the attempt's process: its
+        output ends here (before Celery logs the outcome), with the error if any."""
+        attempt = self.current_attempt(task_id)
         if attempt is None:
             return
-        attempt.output.close()
-        succeeded = state == "SUCCESS"
-        error_output = attempt.captured.stderr
-        if attempt.traceback:
-            error_output += attempt.traceback
-        outcome = RunOutcome(
-            status=RunStatus.SUCCESS if succeeded else RunStatus.ERROR,
-            standard_output=attempt.captured.stdout,
-            error_output=error_output,
-            results=json_safe(retval) if succeeded and retval is not None else None,
-            error_code=None if succeeded else attempt.error_code or state,
-            error_message=None if succeeded else attempt.error_message,
-            percents_completed=100 if succeeded else None,
-        )
-        service = self.get_service()
-        single_statement = (
-            not attempt.ended
-            and runs.is_plain_success(outcome)
-            and service.database.dialect == "postgresql"
-        )
-        with (
-            service.database.autocommit() if single_statement else service.database.transaction()
-        ) as connection:
-            if attempt.ended:
-                runs.amend_ended_run(connection, attempt.run_id, attempt.runner_id, outcome)
-            else:
-                runs.finish_run(
-                    connection, attempt.run_id, attempt.runner_id, outcome, service.clock()
-                )
+        attempt.finish_capture()
+        if error is not None:
+            attempt.error = error
 
-    def _end_for_retry(self, attempt: _Attempt) -> None:
-        if attempt.ended:
+    @_guarded
+    def on_end(
+        self, *, task_id: str, state: str | None, retval: Any, requeue: bool = False
+    ) -> None:
+        """``task_postrun``: the attempt's outcome, from Celery's state."""
+        stack = self._attempts().get(task_id)
+        if not stack:
             return
-        service = self.get_service()
-        outcome = RunOutcome(
-            RunStatus.ERROR, "", "", error_code="Retry", error_message="Celery retries the task"
+        attempt = stack.pop()
+        if not stack:
+            del self._attempts()[task_id]
+        stdout, stderr = attempt.finish_capture()
+        end = attempt_end(
+            state,
+            retval,
+            error=attempt.error,
+            requeue=requeue,
+            ignore_result=attempt.ignore_result,
+            replaced=attempt.replaced,
         )
-        with service.database.transaction() as connection:
-            runs.finish_run(connection, attempt.run_id, attempt.runner_id, outcome, service.clock())
-        attempt.ended = True
+        if end is None:
+            return  # interrupted (SystemExit): the worker's main process records why
+        error = attempt.error
+        outcome = storable_outcome(
+            RunOutcome(
+                status=end.status,
+                standard_output=stdout,
+                error_output=stderr + (error.traceback if error is not None else ""),
+                results=end.results,
+                error_code=end.error_code,
+                error_message=end.error_message,
+            ),
+            self.get_service().settings.result_max_bytes,
+        )
+        end = AttemptEnd(
+            status=outcome.status,
+            error_code=outcome.error_code,
+            error_message=outcome.error_message,
+            standard_output=outcome.standard_output,
+            error_output=outcome.error_output,
+            results=outcome.results,
+            final=end.final,
+        )
+        now = self.get_service().clock()
+
+        def finish(connection: Connection) -> None:
+            run_id = attempt.run_id
+            if run_id is None:
+                run_id = native_attempts.find_attempt(
+                    connection, task_id, attempt.message.retries, attempt.runner_id
+                )
+            if run_id is not None:
+                native_attempts.end_attempt(connection, run_id, end, now)
+
+        self._submit(finish, f"end {task_id}")
+
+    # -- the worker's main process -----------------------------------------------------------
+
+    @_guarded
+    def on_revoked(self, message: TaskMessage, *, terminated: bool, expired: bool) -> None:
+        """``task_revoked`` (main process): terminated while it ran, or discarded unstarted."""
+        if not self.should_audit(message.task_name):
+            return
+        if terminated:
+            code = NativeCode.TERMINATED
+        else:
+            code = NativeCode.EXPIRED if expired else NativeCode.REVOKED
+        self._record_seen_end(message, coded(code))
+
+    @_guarded
+    def on_main_failure(self, message: TaskMessage, error: NotedError, *, final: bool) -> None:
+        """``task_failure`` outside the attempt's process (the worker's main process saw the
+        attempt end: its process lost, a hard time limit)."""
+        if not self.should_audit(message.task_name):
+            return
+        end = AttemptEnd(error.status, error.code, error.message, final=final)
+        self._record_seen_end(message, end)
+        if error.code == NativeCode.WORKER_LOST:
+            self._close_dead_processes(self.worker_hostname)
+
+    def _record_seen_end(self, message: TaskMessage, end: AttemptEnd) -> None:
+        now = self.get_service().clock()
+        task = self._native_task(message, now)
+
+        def record(connection: Connection) -> None:
+            native_attempts.record_seen_end(
+                connection, task, attempt=message.retries, end=end, now=now
+            )
+
+        self._submit_in_main(record, f"{end.error_code} {message.task_id}")
+
+    # -- worker processes --------------------------------------------------------------------
+
+    @_guarded
+    def on_process_init(self, worker_hostname: str) -> None:
+        """``worker_process_init``: a new pool process; the rows of those that died close."""
+        self.worker_hostname = worker_hostname
+        self._close_dead_processes(worker_hostname, in_main=False)
 
     @_guarded
     def on_process_shutdown(self) -> None:
-        """``worker_process_shutdown``: end this process's runner row ``success``."""
-        if self._runner_id is None or self._runner_pid != os.getpid():
+        """``worker_process_shutdown``: this process's runner row ends ``success``."""
+        runner = self._runner
+        if runner is None or runner.pid != os.getpid():
             return
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
+        if runner.heartbeat is not None:
+            runner.heartbeat.stop()
+        now = self.get_service().clock()
+
+        def close(connection: Connection) -> None:
+            if runner.id is not None:
+                native.close_runner_process(connection, runner.id, now)
+
+        self._submit(close, "runner end")
+        assert self.writer is not None  # noqa: S101 - set by __post_init__
+        self.writer.flush(timeout=5.0)
+
+    @_guarded
+    def on_worker_shutdown(self, worker_hostname: str) -> None:
+        """``worker_shutdown`` (main process): close the rows of its processes that ended
+        without closing them (killed), and its own (solo and threads pools)."""
+        self._close_dead_processes(worker_hostname, this_process=os.getpid())
+        assert self.writer is not None  # noqa: S101 - set by __post_init__
+        self.writer.flush(timeout=5.0)  # the solo and threads pools run attempts here
+
+    def _close_dead_processes(
+        self, worker_hostname: str, this_process: int | None = None, *, in_main: bool = True
+    ) -> None:
+        if not worker_hostname:
+            return
         service = self.get_service()
-        with service.database.transaction() as connection:
-            runners.finish_runner(connection, self._runner_id, service.clock())
+        hostname, now = service.settings.hostname, service.clock()
 
-    def _worker_runner_id(self, service: TaskQueueService, worker_hostname: str) -> int:
-        """This worker process's runner row, registered on its first audited task."""
+        def close(connection: Connection) -> None:
+            native.close_worker_processes(
+                connection,
+                hostname=hostname,
+                worker_hostname=worker_hostname,
+                alive=_alive,
+                now=now,
+                this_process=this_process,
+            )
+
+        describe = f"close ended processes of {worker_hostname}"
+        if in_main:
+            self._submit_in_main(close, describe)
+        else:
+            self._submit(close, describe)
+
+    def _process_runner(self, service: TaskQueueService, worker_hostname: str) -> _ProcessRunner:
+        """This process's runner row, registered (by an operation) on its first attempt."""
         with self._lock:
-            if self._runner_id is None or self._runner_pid != os.getpid():
-                with service.database.transaction() as connection:
-                    self._runner_id = native.register_celery_worker_process(
-                        connection,
-                        process_id=os.getpid(),
-                        hostname=service.settings.hostname,
-                        process_create_time=current_process_start_time(),
-                        worker_hostname=worker_hostname,
-                        now=service.clock(),
-                        process_namespace=process_namespace(),
-                    )
-                self._runner_pid = os.getpid()
-                self._heartbeat = Heartbeat(
-                    service.database, self._runner_id, service.settings.heartbeat_interval
-                )
-                self._heartbeat.start()
-            return self._runner_id
+            runner = self._runner
+            if runner is not None and runner.pid == os.getpid():
+                return runner
+            runner = self._runner = _ProcessRunner(os.getpid())
+        now, hostname = service.clock(), service.settings.hostname
+        create_time, namespace = current_process_start_time(), process_namespace()
+        heartbeat_interval = service.settings.heartbeat_interval
+
+        def register(connection: Connection) -> None:
+            runner.id = native.register_celery_worker_process(
+                connection,
+                process_id=runner.pid,
+                hostname=hostname,
+                process_create_time=create_time,
+                worker_hostname=worker_hostname,
+                now=now,
+                process_namespace=namespace,
+            )
+            # Run again after a rolled-back batch, the operation re-points the heartbeat.
+            if runner.heartbeat is None:
+                runner.heartbeat = Heartbeat(service.database, runner.id, heartbeat_interval)
+                runner.heartbeat.start()
+            runner.heartbeat.runner_id = runner.id
+
+        self._submit(register, "runner registration")
+        return runner
+
+    def _native_task(self, message: TaskMessage, now: datetime) -> native.NativeTask:
+        return native.NativeTask(
+            celery_task_id=message.task_id,
+            task_name=message.task_name,
+            task_data=json_safe(
+                {"args": list(message.args or ()), "kwargs": dict(message.kwargs or {})}
+            ),
+            scheduled_on=message.eta or now,
+            queued_on=now,
+            queued_by=None if message.queued_by is None else message.queued_by[:255],
+            max_retries=message.max_retries,
+            parent_id=message.parent_id,
+            root_id=message.root_id,
+            group_id=message.group_id,
+            chord_id=message.chord_id,
+        )
 
 
-def _queued_by(headers: Mapping[str, Any]) -> str | None:
-    value = headers.get(QUEUED_BY_HEADER)
-    return None if value is None else str(value)[:255]
+def _alive(pid: int, create_time: float | None) -> bool:
+    started = process_start_time(pid)
+    if started is None:
+        return False
+    return create_time is None or started < 0 or abs(started - create_time) < 1.0
