@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, insert, select, text, update
+from sqlalchemy import Connection, case, func, insert, select, text, update
 
 from celery_taskq.core.models import (
     FAILED_RUN_STATUSES,
@@ -177,9 +177,18 @@ def end_attempt(connection: Connection, run_id: int, end: AttemptEnd, now: datet
     ).scalar()
     if task_queue_id is None:
         return False
-    rollup_tasks(connection, [int(task_queue_id)])
-    if end.status in FAILED_RUN_STATUSES:
-        settle_max_retries(connection, int(task_queue_id), final=end.final)
+    if end.status not in FAILED_RUN_STATUSES:
+        rollup_tasks(connection, [int(task_queue_id)])  # rare: a superseded attempt succeeded
+        return True
+    # Counted failed when it was closed; it is still the newest attempt only if none began since.
+    newest = connection.execute(
+        select(func.max(TaskRun.id)).where(TaskRun.task_queue_id == task_queue_id)
+    ).scalar()
+    if newest == run_id:
+        connection.execute(
+            update(TaskQueue).where(TaskQueue.id == task_queue_id).values(last_status=end.status)
+        )
+    settle_max_retries(connection, int(task_queue_id), final=end.final)
     return True
 
 
