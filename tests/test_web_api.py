@@ -448,6 +448,7 @@ def test_openapi_is_published_with_bodies_and_errors(client: TestClient) -> None
         "/api/v1/tasks/{task_id}",
         "/api/v1/tasks/{task_id}/cancel",
         "/api/v1/tasks/{task_id}/retry",
+        "/api/v1/tasks/{task_id}/resend",
         "/api/v1/runs/{run_id}",
         "/api/v1/runners",
         "/api/v1/report",
@@ -685,9 +686,13 @@ def test_cli_dashboard_serves_with_the_settings(
     from celery_taskq.web import server
 
     calls: list[tuple[Settings, str, int]] = []
-    monkeypatch.setattr(
-        server, "serve", lambda settings, host, port: calls.append((settings, host, port))
-    )
+    apps: list[object] = []
+
+    def serve(settings: Settings, host: str, port: int, celery_app: object) -> None:
+        calls.append((settings, host, port))
+        apps.append(celery_app)
+
+    monkeypatch.setattr(server, "serve", serve)
     monkeypatch.setenv("TASKQ_FLOWER_URL", "http://flower:5555")
     code = main(["--database-url", database_url, "dashboard", "--host", "127.0.0.2", "--port", "9"])
     assert code == 0
@@ -698,6 +703,7 @@ def test_cli_dashboard_serves_with_the_settings(
         "127.0.0.2",
         9,
     )
+    assert apps == [None]  # no --app: re-sends are refused
     assert main(["dashboard", "--port", "70000"]) == 2
     assert "70000" in capsys.readouterr().err
 

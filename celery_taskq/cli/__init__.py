@@ -20,7 +20,7 @@ it, the variables and the defaults. ``--database-url`` wins over both. The curre
 on the import path, as with ``celery -A`` (:mod:`~celery_taskq.cli.app_loading`).
 
 The commands, by group: :mod:`~celery_taskq.cli.tasks` (enqueue, show, list, watch, cancel,
-retry), :mod:`~celery_taskq.cli.runners` (process, create-runners, debug, runner, worker),
+retry, resend), :mod:`~celery_taskq.cli.runners` (process, create-runners, debug, runner, worker),
 :mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.db`, :mod:`~celery_taskq.cli.dashboard`
 and :mod:`~celery_taskq.cli.demo`; shared by them: :mod:`~celery_taskq.cli.invocation`,
 :mod:`~celery_taskq.cli.params`, :mod:`~celery_taskq.cli.errors` and
@@ -101,6 +101,7 @@ for _command in (
     tasks.watch,
     tasks.cancel,
     tasks.retry,
+    tasks.resend,
     report.report_command,
     runners.process,
     runners.create_runners,

@@ -22,6 +22,7 @@ def dashboard(context: CliContext, host: str, port: int) -> None:
     """The web dashboard, the HTTP API (/api/v1) and Prometheus metrics (/metrics).
 
     Read-only unless TASKQ_DASHBOARD_TOKEN is set; TASKQ_FLOWER_URL adds links to Flower.
+    Re-sending native Celery tasks publishes through the app given with --app (TASKQ_APP).
     """
     try:
         from celery_taskq.web.server import serve  # FastAPI and uvicorn only when serving
@@ -31,4 +32,4 @@ def dashboard(context: CliContext, host: str, port: int) -> None:
         raise click.ClickException(
             f"the dashboard needs the web extra: pip install 'celery_taskq[web]' ({exc})"
         ) from None
-    serve(context.settings, host=host, port=port)
+    serve(context.settings, host=host, port=port, celery_app=context.celery_app)

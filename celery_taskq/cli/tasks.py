@@ -1,7 +1,9 @@
-"""The task commands: ``enqueue``, ``show``, ``list``, ``watch``, ``cancel`` and ``retry``."""
+"""The task commands: ``enqueue``, ``show``, ``list``, ``watch``, ``cancel``, ``retry`` and
+``resend``."""
 
 from __future__ import annotations
 
+import getpass
 import time
 from datetime import datetime
 from typing import Any
@@ -168,3 +170,33 @@ def cancel(context: CliContext, task_id: int) -> None:
 def retry(context: CliContext, task_id: int) -> None:
     """Give a finished task one more run now, even past its retries; print the run id."""
     click.echo(context.service.retry_task(task_id))
+
+
+@click.command()
+@click.argument("task_id", type=TASK_ID)
+@click.option(
+    "--queued-by",
+    help="Who asks: the re-send's QueuedById [default: cli:<your login name>].",
+)
+@pass_context
+def resend(context: CliContext, task_id: int, queued_by: str | None) -> None:
+    """Publish a native Celery task again with its stored name, args and kwargs, as a new task
+    linked to it (ResentFromId); print the new task id.
+
+    Only a task that failed for good (no retry left) or is possibly lost (never started,
+    TASKQ_NATIVE_LOST_AFTER seconds past due) is re-sent. The message goes through the Celery
+    app given with --app (TASKQ_APP), routed as the app routes that task.
+    """
+    from celery_taskq.celery.resend import resend_task  # Celery only for this command
+
+    resent = resend_task(
+        context.service, context.celery_app, task_id, queued_by=queued_by or _login_name()
+    )
+    click.echo(resent.task_id)
+
+
+def _login_name() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name in this environment
+        return "cli"

@@ -20,6 +20,7 @@ report a known failure of their own, and it is recorded on the run rather than p
     │       └── HandlerNotAllowedError
     ├── NotFoundError
     │   └── TaskNotFoundError
+    ├── PublishError
     └── StorageError
         ├── StorageRefusedError
         └── SchemaNotReadyError
@@ -94,6 +95,10 @@ class NotFoundError(TaskqError):
 
 class TaskNotFoundError(NotFoundError):
     """No task has this id."""
+
+
+class PublishError(TaskqError):
+    """Celery could not publish the message: nothing was sent."""
 
 
 class StorageError(TaskqError):

@@ -58,20 +58,31 @@ def check_lost_after(lost_after: float) -> float:
     return float(lost_after)
 
 
-_NEVER_STARTED_FROM = {
-    # Without statistics SQLite prefers ix_TaskQueue_LastStatus_Id for "LastStatus" IS NULL,
-    # which also reads every never-run handler task: the partial index is named instead.
-    "sqlite": '"TaskQueue" INDEXED BY "ix_TaskQueue_native_never_started"',
+# Without statistics SQLite prefers ix_TaskQueue_LastStatus_Id for "LastStatus" IS NULL, which
+# also reads every never-run handler task: the partial index is named instead.
+_FROM_SQLITE = ' FROM "TaskQueue" INDEXED BY "ix_TaskQueue_native_never_started"'
+_FROM = ' FROM "TaskQueue"'
+_WHERE = f' WHERE {NATIVE_NEVER_STARTED_SQL} AND "ScheduledOn" <= :cutoff'
+_FOR_HANDLER = ' AND "TaskHandlerClass" = :handler'
+_SUMMARY = 'SELECT count(*), min("ScheduledOn")'
+_LIST = 'SELECT "Id", "TaskHandlerClass", "CeleryTaskId", "ScheduledOn", "QueuedOn"'
+_LIST_ORDER = ' ORDER BY "ScheduledOn", "Id" LIMIT :limit'
+_STATEMENTS = {
+    (dialect, part, filtered): select_part
+    + source
+    + _WHERE
+    + (_FOR_HANDLER if filtered else "")
+    + (_LIST_ORDER if part == "list" else "")
+    for dialect, source in (("sqlite", _FROM_SQLITE), ("other", _FROM))
+    for part, select_part in (("summary", _SUMMARY), ("list", _LIST))
+    for filtered in (False, True)
 }
+"""Each query, by dialect, part and handler filter: constant SQL, every value bound."""
 
 
-def _never_started(dialect: str, columns: str, *, handler: bool, tail: str = "") -> TextClause:
-    source = _NEVER_STARTED_FROM.get(dialect, '"TaskQueue"')
-    handler_sql = ' AND "TaskHandlerClass" = :handler' if handler else ""
-    return text(
-        f"SELECT {columns} FROM {source}"  # noqa: S608 - constant SQL, values are bound
-        f' WHERE {NATIVE_NEVER_STARTED_SQL} AND "ScheduledOn" <= :cutoff{handler_sql}{tail}'
-    ).bindparams(bindparam("cutoff", type_=UTCDateTime()))
+def _never_started(dialect: str, part: str, *, handler: bool) -> TextClause:
+    key = (dialect if dialect == "sqlite" else "other", part, handler)
+    return text(_STATEMENTS[key]).bindparams(bindparam("cutoff", type_=UTCDateTime()))
 
 
 def possibly_lost_in(
@@ -86,16 +97,11 @@ def possibly_lost_in(
     values: dict[str, object] = {"cutoff": cutoff, "limit": limit}
     if handler is not None:
         values["handler"] = handler
-    summary = _never_started(
-        dialect, 'count(*), min("ScheduledOn")', handler=handler is not None
-    ).columns(column("count", Integer()), column("oldest", UTCDateTime()))
+    summary = _never_started(dialect, "summary", handler=handler is not None).columns(
+        column("count", Integer()), column("oldest", UTCDateTime())
+    )
     count, oldest = connection.execute(summary, values).one()
-    listed = _never_started(
-        dialect,
-        '"Id", "TaskHandlerClass", "CeleryTaskId", "ScheduledOn", "QueuedOn"',
-        handler=handler is not None,
-        tail=' ORDER BY "ScheduledOn", "Id" LIMIT :limit',
-    ).columns(
+    listed = _never_started(dialect, "list", handler=handler is not None).columns(
         column("Id", Integer()),
         column("TaskHandlerClass", String()),
         column("CeleryTaskId", String()),

@@ -1,6 +1,6 @@
 """The HTTP API under ``/api/v1``: JSON over the same layers as the pages.
 
-Reads are open; enqueue, cancel and retry need the dashboard token (see
+Reads are open; enqueue, cancel, retry and resend need the dashboard token (see
 :mod:`celery_taskq.web.auth`). Errors are ``{"error": "<message>"}`` with the status of
 :mod:`celery_taskq.web.errors`. Stored values are answered as :mod:`celery_taskq.reports.shown`
 shows them: whatever was stored renders, cut and marked where it is too deep or too large.
@@ -14,7 +14,12 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 
 from celery_taskq import reports
 from celery_taskq.core import listing
-from celery_taskq.core.exceptions import DuplicateTaskError, InvalidArgumentError
+from celery_taskq.core.exceptions import (
+    ConfigurationError,
+    DuplicateTaskError,
+    InvalidArgumentError,
+    PublishError,
+)
 from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskFilter
 from celery_taskq.core.models import RunStatus
 from celery_taskq.reports.redact import redacted_task
@@ -29,6 +34,7 @@ from celery_taskq.web.schemas import (
     EnqueueOut,
     ErrorOut,
     HealthOut,
+    ResendOut,
     RetryOut,
     RunnerOut,
     RunnersOut,
@@ -59,10 +65,12 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "The dashboard token is missing or wrong.",
         403: "Writes are disabled: no dashboard token is configured.",
         404: "No such task or run.",
-        409: "Conflict: the unique key is taken, or the task cannot be cancelled or retried.",
+        409: "Conflict: the unique key is taken, or the task cannot be cancelled, retried or "
+        "re-sent (or this dashboard has no Celery app to re-send with).",
         422: "The request does not match the schema, or its task data is nested too deeply or "
         "too large (the message names the limit).",
-        503: "The database is not reachable or its schema is not ready.",
+        503: "The database is not reachable or its schema is not ready; for a re-send, the "
+        "broker could not take the message.",
     }
     return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
 
@@ -246,3 +254,37 @@ def retry(state: State, task_id: TaskId) -> RetryOut:
     except InvalidArgumentError as exc:  # a run in progress, or native: a conflict
         raise ApiError(409, str(exc)) from exc
     return RetryOut(task_id=task_id, run_id=run_id)
+
+
+@router.post(
+    "/tasks/{task_id}/resend",
+    status_code=201,
+    response_model=ResendOut,
+    responses=WRITE_ERRORS,
+    dependencies=[Depends(require_api_token)],
+)
+def resend(
+    state: State,
+    task_id: TaskId,
+    queued_by: Annotated[
+        str | None,
+        Query(min_length=1, max_length=255, description="Who asks (QueuedById of the re-send)."),
+    ] = None,
+) -> ResendOut:
+    """Publish a native Celery task that failed for good (or is possibly lost) again, with its
+    stored name, args and kwargs, as a new task linked to it (201). Needs the dashboard
+    started with the Celery app (``celery-taskq -A <app> dashboard``)."""
+    from celery_taskq.celery.resend import resend_task  # Celery only when re-sending
+
+    who = inputs.optional_text(queued_by, "queued_by") or "http-api"
+    try:
+        resent = resend_task(state.service, state.celery_app, task_id, queued_by=who)
+    except (InvalidArgumentError, ConfigurationError) as exc:  # not failed, or no app here
+        raise ApiError(409, str(exc)) from exc
+    except PublishError as exc:  # the broker: nothing was sent
+        raise ApiError(503, str(exc)) from exc
+    return ResendOut(
+        task_id=resent.task_id,
+        celery_task_id=resent.celery_task_id,
+        resent_from_id=resent.resent_from_id,
+    )

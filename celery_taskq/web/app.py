@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -26,12 +27,17 @@ OPENAPI_PATH = f"{API_PATH}/openapi.json"
 
 
 def create_app(
-    settings: Settings | None = None, *, service: TaskQueueService | None = None
+    settings: Settings | None = None,
+    *,
+    service: TaskQueueService | None = None,
+    celery_app: Any = None,
 ) -> FastAPI:
     """The dashboard app for ``settings`` (default: resolved from ``TASKQ_*``).
 
     With ``service`` the app uses that queue service (and leaves its database open at
     shutdown); otherwise it makes one on ``settings.database_url`` and closes it at shutdown.
+    ``celery_app`` (a ``celery.Celery``) is what re-sends of native tasks are published with;
+    without it they are refused.
     """
     settings = settings or (service.settings if service is not None else Settings.resolve())
     owned = service is None
@@ -54,7 +60,12 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    state = WebState(settings=settings, service=service, templates=create_environment())
+    state = WebState(
+        settings=settings,
+        service=service,
+        templates=create_environment(),
+        celery_app=celery_app,
+    )
     app.state.taskq = state
     install_error_handlers(app)
     routers = (api_routes.router, metrics.router, pages.router, forms.router)

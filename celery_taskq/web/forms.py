@@ -1,4 +1,4 @@
-"""The dashboard's HTML forms: enqueue, cancel, retry, sign in and out.
+"""The dashboard's HTML forms: enqueue, cancel, retry, re-send, sign in and out.
 
 Each write is checked by :func:`write_form` before anything in it is used: 403 when writes are
 disabled or the form comes from another origin (both before its body is read), then the token
@@ -18,7 +18,12 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from celery_taskq.core.exceptions import DuplicateTaskError, InvalidArgumentError
+from celery_taskq.core.exceptions import (
+    ConfigurationError,
+    DuplicateTaskError,
+    InvalidArgumentError,
+    PublishError,
+)
 from celery_taskq.core.storage.decoding import loads_json
 from celery_taskq.web import inputs
 from celery_taskq.web.auth import SESSION_COOKIE, WRITES_DISABLED, new_session, token_matches
@@ -133,6 +138,23 @@ async def retry(request: Request, state: State, task_id: TaskId) -> Response:
     except InvalidArgumentError as exc:
         raise ApiError(409, str(exc)) from exc
     return _redirect(f"/tasks/{task_id}?done=retried")
+
+
+@router.post("/tasks/{task_id}/resend")
+async def resend(request: Request, state: State, task_id: TaskId) -> Response:
+    """Publish the native task again as a new task; redirect to the new task."""
+    await write_form(request, state)
+    from celery_taskq.celery.resend import resend_task  # Celery only when re-sending
+
+    try:
+        resent = await run_in_threadpool(
+            lambda: resend_task(state.service, state.celery_app, task_id, queued_by="dashboard")
+        )
+    except (InvalidArgumentError, ConfigurationError) as exc:  # not failed, or no app here
+        raise ApiError(409, str(exc)) from exc
+    except PublishError as exc:  # the broker: nothing was sent
+        raise ApiError(503, str(exc)) from exc
+    return _redirect(f"/tasks/{resent.task_id}?done=resent")
 
 
 @router.post("/login")

@@ -39,6 +39,7 @@ NOTICES = {
     "cancelled": "Task cancelled.",
     "cancelling": "Task cancelled: its running run is asked to stop.",
     "retried": "A new run was created.",
+    "resent": "Re-sent: this is the new task, published to Celery again.",
     "signed-in": "Signed in: enqueue, cancel and retry are allowed.",
     "signed-out": "Signed out.",
 }
@@ -175,6 +176,10 @@ def task(
             "can_cancel": views.can_cancel(snapshot),
             "can_retry": views.can_retry(snapshot, snapshot.runs),
             "native": views.is_native(snapshot),
+            "can_resend": views.can_resend(
+                snapshot, reports.utc_now(), state.settings.native_lost_after
+            ),
+            "resend_ready": state.celery_app is not None,
             "notice": NOTICES.get(done or ""),
         },
     )

@@ -357,6 +357,14 @@ class RetryOut(BaseModel):
     run_id: int
 
 
+class ResendOut(BaseModel):
+    """The new task a re-send created, and the Celery task id its message carries."""
+
+    task_id: int
+    celery_task_id: str
+    resent_from_id: int
+
+
 class HealthOut(BaseModel):
     """The dashboard can read the tables."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import jinja2
 from fastapi import Request
@@ -19,6 +20,8 @@ class WebState:
     settings: Settings
     service: TaskQueueService
     templates: jinja2.Environment
+    celery_app: Any = None
+    """The Celery app re-sends are published with (``celery-taskq -A … dashboard``), or None."""
 
     @property
     def database(self) -> Database:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from urllib.parse import quote
 
 from celery_taskq.core.models import (
@@ -10,6 +11,7 @@ from celery_taskq.core.models import (
     OPEN_RUN_STATUSES,
     RunStatus,
 )
+from celery_taskq.core.resend import state_refusal
 from celery_taskq.core.snapshots import RunSnapshot, TaskSummary
 
 
@@ -59,3 +61,20 @@ def can_cancel(task: TaskSummary) -> bool:
 def can_retry(task: TaskSummary, runs: tuple[RunSnapshot, ...]) -> bool:
     """Whether the queue would accept a manual retry (not native, no run in progress)."""
     return not is_native(task) and not any(run_is_open(run) for run in runs)
+
+
+def can_resend(task: TaskSummary, now: datetime, lost_after: float) -> bool:
+    """Whether a re-send would be accepted: a native task that failed for good, or is
+    possibly lost (never started ``lost_after`` seconds past due)."""
+    if not is_native(task):
+        return False
+    refusal = state_refusal(
+        task.id,
+        task.last_status,
+        task.task_runs_failed,
+        task.max_retries,
+        task.scheduled_on,
+        now,
+        lost_after,
+    )
+    return refusal is None
