@@ -143,6 +143,12 @@ def test_show_prints_relations_and_attempts(
     resent = run_cli(database_url, capsys, "show", str(family["resent"]))
     assert f"  re-sends: task {family['child']}\n" in resent
 
+    document = json.loads(run_cli(database_url, capsys, "show", "--json", str(family["child"])))
+    assert (document["celery_task_id"], document["celery_chord_id"]) == ("c-child", "c-callback")
+    assert document["relations"][2] == {"relation": "group", "value": "g-unknown", "task_id": None}
+    assert document["relations"][0]["task_id"] == family["parent"]
+    assert [(run["attempt"], run["eager"]) for run in document["runs"]] == [(0, False), (1, True)]
+
     # A hostile stored id is shown escaped, never as raw control characters
     orphan = run_cli(database_url, capsys, "show", str(family["orphan"]))
     assert "\x1b" not in orphan

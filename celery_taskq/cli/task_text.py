@@ -121,6 +121,63 @@ def render_task(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()) -> 
     return "\n".join(escape_controls(line) for line in lines)
 
 
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def render_task_json(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()) -> str:
+    """A task, its relations and its runs as one JSON document (keys as the HTTP API's)."""
+    document = {
+        "id": task.id,
+        "handler": task.task_handler_class,
+        "title": task.title,
+        "data": task.task_data,
+        "scheduled_on": _iso(task.scheduled_on),
+        "queued_on": _iso(task.queued_on),
+        "queued_by": task.queued_by_id,
+        "last_status": task.last_status.value if task.last_status else None,
+        "max_retries": task.max_retries,
+        "task_runs_failed": task.task_runs_failed,
+        "unique_key": task.unique_key,
+        "cancel_requested_on": _iso(task.cancel_requested_on),
+        "celery_task_id": task.celery_task_id,
+        "celery_parent_id": task.celery_parent_id,
+        "celery_root_id": task.celery_root_id,
+        "celery_group_id": task.celery_group_id,
+        "celery_chord_id": task.celery_chord_id,
+        "resent_from_id": task.resent_from_id,
+        "relations": [
+            {"relation": item.relation, "value": item.value, "task_id": item.task_id}
+            for item in relations
+        ],
+        "runs": [
+            {
+                "id": run.id,
+                "task_id": run.task_queue_id,
+                "status": run.status.value,
+                "started_on": _iso(run.started_on),
+                "finished_on": _iso(run.finished_on),
+                "percents_completed": run.percents_completed,
+                "progress_step": run.progress_step,
+                "progress_steps": run.progress_steps,
+                "progress_status": run.progress_status,
+                "results": run.results,
+                "checkpoint": run.checkpoint,
+                "standard_output": run.standard_output,
+                "error_output": run.error_output,
+                "error_code": run.error_code,
+                "error_message": run.error_message,
+                "task_runner_id": run.task_runner_id,
+                "celery_task_id": run.celery_task_id,
+                "attempt": run.attempt,
+                "eager": run.eager,
+            }
+            for run in task.runs
+        ],
+    }
+    return json.dumps(document, sort_keys=True)
+
+
 def render_page(page: TaskPage) -> str:
     """A page of tasks as an aligned table, with the cursor of the next page."""
     header = ("ID", "STATUS", "FAILED", "HANDLER", "QUEUED", "BY")

@@ -12,7 +12,13 @@ import click
 
 from celery_taskq.cli.invocation import CliContext, pass_context
 from celery_taskq.cli.params import TASK_ID, AwareDateTimeParamType, JsonParamType, SecondsParamType
-from celery_taskq.cli.task_text import progress_bar, render_page, render_page_json, render_task
+from celery_taskq.cli.task_text import (
+    progress_bar,
+    render_page,
+    render_page_json,
+    render_task,
+    render_task_json,
+)
 from celery_taskq.core.listing import (
     MAX_PAGE_SIZE,
     TaskFilter,
@@ -69,13 +75,14 @@ def enqueue(
 
 @click.command()
 @click.argument("task_id", type=TASK_ID)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
 @pass_context
-def show(context: CliContext, task_id: int) -> None:
+def show(context: CliContext, task_id: int, as_json: bool) -> None:
     """Print a task, its Celery relations (native tasks) and every one of its runs."""
     snapshot = context.service.get_task(task_id)
     relations = shown_relations(related_tasks(context.service.database, snapshot))
     shown = shown_task(redacted_task(snapshot, context.settings.redact_patterns))
-    click.echo(render_task(shown, relations))
+    click.echo(render_task_json(shown, relations) if as_json else render_task(shown, relations))
 
 
 @click.command("list")
