@@ -104,6 +104,8 @@ LATENCY_GAP = (0.05, 0.25)
 with a runner's poll interval."""
 STOP_TIMEOUT = 60.0
 """Seconds a worker gets to shut down warm before it and its children are killed."""
+DURABLE_OPTIONS = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+"""PostgreSQL's own defaults, stated: the executor starts the server with ``-F`` (fsync off)."""
 
 
 class BenchmarkError(Exception):
@@ -329,7 +331,7 @@ def postgres_server(directory: Path, durable: bool) -> Iterator[PostgresServer]:
             logfile=str(workdir / "postgresql.log"),
             startparams="-w",
             dbname="postgres",
-            postgres_options="" if durable else SERVER_OPTIONS,
+            postgres_options=DURABLE_OPTIONS if durable else SERVER_OPTIONS,
         )
         try:
             executor.start()

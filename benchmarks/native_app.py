@@ -4,14 +4,21 @@ The same no-op and start-recording tasks as :mod:`benchmarks.plain_app`, on the 
 broker, in an app with ``install(app, audit_celery_tasks=True)``: every publish writes a
 ``TaskQueue`` row and every execution a ``TaskRuns`` row (``TASKQ_DATABASE_URL``). The worker
 runs with plain_app's Celery settings, or with ``BENCH_NATIVE_FLOWER=1`` with install()'s
-defaults for Flower (task events on, prefetch multiplier 1).
+defaults for Flower (task events on, prefetch multiplier 1). With ``BENCH_PROFILE_DIR`` every
+pool process writes a cProfile of its life there (``pool-<pid>.prof``) when it shuts down; with
+``BENCH_STATS_DIR`` it writes its audit writer's counters (``writer-<pid>.json``: operations,
+transactions, CPU seconds spent writing).
 """
 
 from __future__ import annotations
 
+import cProfile
+import json
 import os
+from pathlib import Path
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from benchmarks.plain_app import count_run, store_start
 from celery_taskq.celery import install
@@ -40,3 +47,30 @@ _auditor.should_audit = lambda name: name in NATIVE_TASKS and _audits(name)
 
 noop = app.task(name="bench.native_noop")(count_run)
 record_start = app.task(name="bench.native_record_start")(store_start)
+
+_PROFILE_DIR = os.environ.get("BENCH_PROFILE_DIR", "")
+_STATS_DIR = os.environ.get("BENCH_STATS_DIR", "")
+_profiler = cProfile.Profile()
+
+
+def _start_profile(**_: Any) -> None:
+    if _PROFILE_DIR:
+        _profiler.enable()
+
+
+def _write_profile(**_: Any) -> None:
+    if _PROFILE_DIR:
+        _profiler.disable()
+        _profiler.dump_stats(Path(_PROFILE_DIR) / f"pool-{os.getpid()}.prof")
+    writer = getattr(_auditor, "writer", None)
+    if _STATS_DIR and writer is not None:
+        writer.flush(30)  # normally done already by the audit's own shutdown receiver
+        stats = {
+            name: getattr(writer, name, None)
+            for name in ("written", "transactions", "write_seconds", "failures")
+        }
+        (Path(_STATS_DIR) / f"writer-{os.getpid()}.json").write_text(json.dumps(stats))
+
+
+signals.worker_process_init.connect(_start_profile, weak=False)
+signals.worker_process_shutdown.connect(_write_profile, weak=False)

@@ -19,9 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, column, event, table, text
+from sqlalchemy import insert as insert_into
 
-from celery_taskq.celery.audit_writer import AuditOp, AuditWriter
+from celery_taskq.celery.audit_writer import AuditOp, AuditWriter, RowOp
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from tests.helpers import wait_for
@@ -144,6 +145,49 @@ def test_a_failing_operation_costs_only_itself(
     assert writer.failures == 1
     assert [record.getMessage() for record in caplog.records] == ["audit write probe 5 failed"]
     assert caplog.records[0].action == "audit_failed"  # type: ignore[attr-defined]
+
+
+PROBE_ROW = insert_into(table("audit_probe", column("n"), column("written_before")))
+
+
+def test_consecutive_rows_of_one_statement_are_written_as_one_executemany(
+    probe: Database,
+    settings: Settings,
+    writers: list[AuditWriter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a batch: a plain write, 100 rows of one statement (row 50 a duplicate), a plain write
+    writer = make_writer(writers, probe, settings, audit_batch_window=0.2)
+    statements: list[bool] = []
+
+    def on_execute(*args: object) -> None:
+        _connection, _cursor, statement, _parameters, _context, executemany = args
+        if "audit_probe" in str(statement):
+            statements.append(bool(executemany))
+
+    event.listen(probe.engine, "before_cursor_execute", on_execute)
+    writer.submit(insert(0))
+    for n in range(1, 101):
+        writer.submit(RowOp(PROBE_ROW, {"n": 49 if n == 50 else n, "written_before": n}))
+    writer.submit(insert(101))
+    with caplog.at_level(logging.ERROR, logger="celery_taskq.celery.audit_writer"):
+        assert writer.flush(30)
+
+    # Then the 100 rows went as one executemany, which failed whole and was re-run row by row:
+    # the duplicate alone is refused, the rest are written in order
+    assert statements[:3] == [False, True, False]
+    found = rows(probe)
+    assert [n for n, _ in found] == [n for n in range(102) if n != 50]
+    assert found[-1] == (101, 100)  # after all the others
+    assert writer.failures == 1
+
+    # And without a bad row, one executemany is all they cost
+    statements.clear()
+    for n in range(200, 300):
+        writer.submit(RowOp(PROBE_ROW, {"n": n, "written_before": 0}))
+    assert writer.flush(30)
+    assert statements == [True]
+    assert len(rows(probe)) == 201
 
 
 def test_without_write_behind_each_write_is_committed_before_submit_returns(

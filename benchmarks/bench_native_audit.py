@@ -1,0 +1,703 @@
+"""The native audit's cost: plain Celery vs the same tasks audited, on a durable and a
+no-durability PostgreSQL, side by side in one run.
+
+    .venv/bin/python benchmarks/bench_native_audit.py [--tasks N] [--repeat R]
+
+Variants, each drained by ``celery worker -P prefork -c C`` on Redis (same C for all):
+
+``plain``
+    benchmarks/plain_app.py: a no-op task, no celery_taskq.
+``audited``
+    benchmarks/native_app.py: the same task with ``install(app, audit_celery_tasks=True)`` and
+    plain Celery's settings (task events off, prefetch multiplier 4): the audit's own cost.
+``audited-flower``
+    the same with install()'s defaults for Flower (``worker_send_task_events``,
+    ``task_send_sent_event``, ``task_track_started`` on, prefetch multiplier 1).
+``audited-sync`` (only when asked for with ``--variants``)
+    ``audited`` with ``TASKQ_AUDIT_WRITE_BEHIND=false``: every audit write committed before
+    the task goes on, to show what writing behind gives.
+
+Each repetition runs every variant once on each PostgreSQL, in a rotating order: ``durable``
+(fsync and synchronous_commit on, PostgreSQL's defaults) and ``no-durability`` (fsync,
+synchronous_commit and full_page_writes off, as the test suite runs it). For each: the
+``.delay()`` rate of N calls in this process with no worker running, how long after the last
+call this process's audit writes were all committed, the drain rate of the N tasks (from the
+first task's start to the last one's, by the tasks' own clocks) and, after the worker stopped,
+whether every task has its audit rows. The section it writes in benchmarks/RESULTS.md (between
+its markers, replacing the previous one) holds the medians, the spread and the load average.
+
+``--profile DIR`` writes a cProfile of every audited pool process (``pool-<pid>.prof``) and of
+this process's ``.delay()`` loop, and prints the top of each.
+"""
+
+# ruff: noqa: E402 - the project root must be on sys.path before its packages are imported
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import os
+import pstats
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+import psutil
+import redis
+from sqlalchemy import text
+
+from benchmarks import plain_app
+from benchmarks.bench_drain import (
+    PLAIN_REDIS_DB,
+    BenchmarkError,
+    Children,
+    PostgresServer,
+    RedisServer,
+    child_env,
+    machine,
+    postgres_server,
+    rate,
+    start_redis,
+    versions,
+    wait_until,
+)
+from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.migrate import upgrade_database
+
+VARIANTS = ("plain", "audited", "audited-flower", "audited-sync")
+DEFAULT_VARIANTS = ("plain", "audited", "audited-flower")
+DURABILITIES = ("durable", "no-durability")
+DURABILITY_TITLES = {
+    "durable": "durable PostgreSQL (fsync=on, synchronous_commit=on)",
+    "no-durability": "no-durability PostgreSQL (fsync=off, synchronous_commit=off, "
+    "full_page_writes=off)",
+}
+TARGETS = {"audited": 0.8, "audited-flower": 0.7}
+"""Least drain rate of each audited variant, as a fraction of plain Celery's."""
+DELAY_TARGET = 0.8
+"""Least ``.delay()`` rate of an audited task, as a fraction of plain ``.delay()``."""
+BEGIN = "<!-- bench_native_audit: begin -->"
+END = "<!-- bench_native_audit: end -->"
+FLUSH_TIMEOUT = 120.0
+
+
+@dataclass
+class WriterStats:
+    """Audit writer counters, summed over processes."""
+
+    written: int = 0
+    transactions: int = 0
+    write_seconds: float = 0.0
+    failures: int = 0
+
+    def add(self, other: WriterStats) -> WriterStats:
+        """The sum of two."""
+        return WriterStats(
+            self.written + other.written,
+            self.transactions + other.transactions,
+            self.write_seconds + other.write_seconds,
+            self.failures + other.failures,
+        )
+
+
+@dataclass
+class Sample:
+    """One variant, once."""
+
+    delay_rate: float
+    drain_rate: float
+    flush_seconds: float | None
+    """Seconds after the last ``.delay()`` until this process's audit writes were committed."""
+    audited: tuple[int, int] | None
+    """``(tasks with a TaskQueue row, successful runs)`` after the worker stopped."""
+    worker_cpu_ms: float = float("nan")
+    """CPU milliseconds per task of the worker (main and pool processes) during the drain."""
+    postgres_cpu_ms: float = float("nan")
+    """CPU milliseconds per task of the PostgreSQL server during the drain."""
+    caller_writer: WriterStats | None = None
+    pool_writer: WriterStats | None = None
+
+
+@dataclass
+class Run:
+    """What the run measured, by durability and variant."""
+
+    tasks: int
+    repeat: int
+    concurrency: int
+    samples: dict[tuple[str, str], list[Sample]] = field(default_factory=dict)
+    load: list[tuple[float, float, float]] = field(default_factory=list)
+
+
+def writer_stats(writer: object | None) -> WriterStats | None:
+    """The counters of an audit writer (``None``: no writer, or one without counters)."""
+    if writer is None or not hasattr(writer, "written"):
+        return None
+    return WriterStats(
+        int(getattr(writer, "written", 0)),
+        int(getattr(writer, "transactions", 0)),
+        float(getattr(writer, "write_seconds", 0.0)),
+        int(getattr(writer, "failures", 0)),
+    )
+
+
+def pool_writer_stats(directory: Path) -> WriterStats | None:
+    """The counters the pool processes left in ``directory`` (benchmarks/native_app.py)."""
+    total = None
+    for path in directory.glob("writer-*.json"):
+        found = json.loads(path.read_text())
+        stats = WriterStats(
+            int(found.get("written") or 0),
+            int(found.get("transactions") or 0),
+            float(found.get("write_seconds") or 0.0),
+            int(found.get("failures") or 0),
+        )
+        total = stats if total is None else total.add(stats)
+    return total
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
+    """User + system CPU seconds of each process still alive, by PID."""
+    found = {}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            found[process.pid] = times.user + times.system
+    return found
+
+
+def worker_processes(worker: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """A worker's main process and its pool processes."""
+    with contextlib.suppress(psutil.Error):
+        main = psutil.Process(worker.pid)
+        return [main, *main.children(recursive=True)]
+    return []
+
+
+def postgres_processes(postgres: PostgresServer | None) -> list[psutil.Process]:
+    """The postmaster of ``postgres`` and its children (backends and helpers)."""
+    if postgres is None:
+        return []
+    with contextlib.suppress(OSError, ValueError, psutil.Error):
+        pid_file = Path(postgres.executor.datadir) / "postmaster.pid"
+        main = psutil.Process(int(pid_file.read_text().split()[0]))
+        return [main, *main.children(recursive=True)]
+    return []
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two readings (a process new in ``after`` from 0)."""
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
+def audit_writer() -> object | None:
+    """This process's audit writer of benchmarks/native_app.py, where the audit has one."""
+    from benchmarks import native_app
+
+    auditor = native_app.app.taskq.auditor
+    return getattr(auditor, "writer", None)
+
+
+def flush_audit() -> float | None:
+    """Seconds until this process's audit writes are committed (``None``: no writer)."""
+    writer = audit_writer()
+    flush: Callable[[float], bool] | None = getattr(writer, "flush", None)
+    if flush is None:
+        return None
+    started = time.perf_counter()
+    if not flush(FLUSH_TIMEOUT):
+        raise BenchmarkError(f"the audit writes were not committed within {FLUSH_TIMEOUT:.0f}s")
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def audited_database(url: str, *, write_behind: bool) -> Iterator[None]:
+    """Point benchmarks/native_app.py's audit in this process at ``url``."""
+    from benchmarks import native_app
+
+    state = native_app.app.taskq
+    state.settings = replace(state.settings, database_url=url, audit_write_behind=write_behind)
+    state._service = None
+    try:
+        yield
+    finally:
+        if state._service is not None:
+            state._service.database.close()
+            state._service = None
+
+
+def measure(
+    children: Children,
+    server: RedisServer,
+    postgres: PostgresServer | None,
+    database_url: str | None,
+    variant: str,
+    label: str,
+    tasks: int,
+    concurrency: int,
+    directory: Path,
+    profile: Path | None,
+) -> Sample:
+    """Queue ``tasks`` no-op tasks of ``variant``, then drain them with a fresh worker."""
+    from benchmarks import native_app
+
+    module = plain_app if variant == "plain" else native_app
+    client = redis.Redis.from_url(server.url(PLAIN_REDIS_DB))
+    server.flush()
+    module.app.conf.broker_url = server.url(PLAIN_REDIS_DB)
+    with contextlib.ExitStack() as stack:
+        if variant != "plain":
+            assert database_url is not None  # noqa: S101
+            stack.enter_context(
+                audited_database(database_url, write_behind=variant != "audited-sync")
+            )
+            if variant == "audited-flower":
+                # install() turned task_send_sent_event on for a silent app: the caller sends
+                # the task-sent event too.
+                module.app.conf.task_send_sent_event = True
+        stack.callback(setattr, native_app.app.conf, "task_send_sent_event", False)
+        profiler = cProfile.Profile() if profile is not None and variant != "plain" else None
+        caller_before = writer_stats(audit_writer()) if variant != "plain" else None
+        started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
+        for _ in range(tasks):
+            module.noop.delay()
+        if profiler is not None:
+            profiler.disable()
+        delay_rate = rate(tasks, time.perf_counter() - started)
+        flushed = None if variant == "plain" else flush_audit()
+        caller_after = writer_stats(audit_writer()) if variant != "plain" else None
+        caller = None
+        if caller_before is not None and caller_after is not None:
+            caller = WriterStats(
+                caller_after.written - caller_before.written,
+                caller_after.transactions - caller_before.transactions,
+                caller_after.write_seconds - caller_before.write_seconds,
+                caller_after.failures - caller_before.failures,
+            )
+        if profiler is not None and profile is not None:
+            profiler.dump_stats(profile / f"delay-{label}.prof")
+
+        log = directory / f"{label}.log"
+        stats_directory = directory / f"{label}-stats"
+        stats_directory.mkdir()
+        env = child_env(
+            BENCH_REDIS_URL=server.url(PLAIN_REDIS_DB),
+            BENCH_NATIVE_FLOWER="1" if variant == "audited-flower" else "",
+            BENCH_PROFILE_DIR=str(profile or ""),
+            BENCH_STATS_DIR=str(stats_directory),
+            TASKQ_AUDIT_WRITE_BEHIND="false" if variant == "audited-sync" else "true",
+            **({"TASKQ_DATABASE_URL": database_url} if database_url else {}),
+        )
+        worker = children.start(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                module.__name__,
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                str(concurrency),
+                "--loglevel",
+                "WARNING",
+                "--hostname",
+                f"{label}@%h",
+            ],
+            env=env,
+            log=log,
+        )
+
+        def done() -> int:
+            return int(client.get(plain_app.DONE_KEY) or 0)
+
+        try:
+            # CPU is read from the first task on, so the worker's start-up is left out.
+            done_before = wait_until(
+                done,
+                timeout=120,
+                what=f"{label}: a first task",
+                alive=worker,
+                log=log,
+                interval=0.01,
+            )
+            worker_before = cpu_seconds(worker_processes(worker))
+            postgres_before = cpu_seconds(postgres_processes(postgres))
+            wait_until(
+                lambda: done() >= tasks or None,
+                timeout=120 + tasks / 5,
+                what=f"{label}: {tasks} tasks to run",
+                alive=worker,
+                log=log,
+            )
+            counted = max(tasks - done_before, 1)
+            worker_ms = cpu_used(worker_before, cpu_seconds(worker_processes(worker)))
+            postgres_ms = cpu_used(postgres_before, cpu_seconds(postgres_processes(postgres)))
+            first = client.zscore(plain_app.TIMES_KEY, "first")
+            last = client.zscore(plain_app.TIMES_KEY, "last")
+            if first is None or last is None:
+                raise BenchmarkError(f"{label}: the tasks recorded no times")
+        finally:
+            children.stop(worker)
+            client.close()
+    audited = None if database_url is None or variant == "plain" else audit_rows(database_url)
+    return Sample(
+        delay_rate,
+        rate(tasks, last - first),
+        flushed,
+        audited,
+        worker_cpu_ms=worker_ms * 1000 / counted,
+        postgres_cpu_ms=postgres_ms * 1000 / counted if postgres is not None else float("nan"),
+        caller_writer=caller,
+        pool_writer=pool_writer_stats(stats_directory),
+    )
+
+
+def audit_rows(url: str) -> tuple[int, int]:
+    """``(native TaskQueue rows, successful runs)`` in the database at ``url``."""
+    database = Database(url)
+    try:
+        with database.transaction(read_only=True) as connection:
+            queued = connection.execute(
+                text(
+                    """SELECT count(*) FROM "TaskQueue" WHERE "TaskHandlerClass" LIKE 'celery:%'"""
+                )
+            ).scalar_one()
+            succeeded = connection.execute(
+                text("""SELECT count(*) FROM "TaskRuns" WHERE "Status" = 'success'""")
+            ).scalar_one()
+    finally:
+        database.close()
+    return int(queued), int(succeeded)
+
+
+def fresh_database(postgres: PostgresServer, name: str) -> tuple[str, Callable[[], None]]:
+    """A database cloned from the migrated template, and how to drop it."""
+    postgres.execute(f"CREATE DATABASE {name} TEMPLATE bench_template")
+
+    def drop() -> None:
+        postgres.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    return postgres.url(name), drop
+
+
+def run(
+    args: argparse.Namespace, directory: Path, say: Callable[[str], None]
+) -> tuple[Run, dict[str, str], dict[str, str]]:
+    """Start the servers and measure every variant ``args.repeat`` times, interleaved."""
+    results = Run(args.tasks, args.repeat, args.concurrency)
+    children = Children(directory)
+    settings_seen: dict[str, str] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            server = start_redis(children, directory)
+            os.environ["BENCH_REDIS_URL"] = server.url(PLAIN_REDIS_DB)
+            clusters: dict[str, PostgresServer] = {}
+            for durability in args.durabilities:
+                postgres = stack.enter_context(
+                    postgres_server(directory, durable=durability == "durable")
+                )
+                postgres.execute("CREATE DATABASE bench_template")
+                upgrade_database(postgres.url("bench_template"))
+                fsync = postgres.execute("SHOW fsync")[0]
+                commit = postgres.execute("SHOW synchronous_commit")[0]
+                settings_seen[durability] = f"fsync={fsync}, synchronous_commit={commit}"
+                if (fsync == "on") != (durability == "durable"):
+                    raise BenchmarkError(f"{durability} PostgreSQL runs with {fsync=}")
+                clusters[durability] = postgres
+            facts = {**machine(), **versions(server, next(iter(clusters.values()), None))}
+            plan = [(d, v) for d in args.durabilities for v in args.variants]
+            for rep in range(1, args.repeat + 1):
+                results.load.append(os.getloadavg())
+                shift = (rep - 1) % len(plan)
+                for durability, variant in plan[shift:] + plan[:shift]:
+                    label = f"{variant}-{durability}-{rep}"
+                    say(f"{label} ...")
+                    url, drop = None, None
+                    if variant != "plain":
+                        name = f"bench_{variant.replace('-', '_')}_{rep}_{os.getpid()}"
+                        url, drop = fresh_database(clusters[durability], name)
+                    try:
+                        sample = measure(
+                            children,
+                            server,
+                            clusters[durability],
+                            url,
+                            variant,
+                            label,
+                            args.tasks,
+                            args.concurrency,
+                            directory,
+                            args.profile,
+                        )
+                    finally:
+                        if drop is not None:
+                            drop()
+                    results.samples.setdefault((durability, variant), []).append(sample)
+                    flushed = (
+                        ""
+                        if sample.flush_seconds is None
+                        else (f", audit committed {sample.flush_seconds:.2f}s after the last call")
+                    )
+                    say(
+                        f"  .delay() {sample.delay_rate:,.0f}/s, drain "
+                        f"{sample.drain_rate:,.0f}/s{flushed}, audit rows {sample.audited}"
+                    )
+            results.load.append(os.getloadavg())
+    finally:
+        children.stop_all()
+    return results, facts, settings_seen
+
+
+def median(values: list[float]) -> float:
+    """The median, or NaN for no values."""
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: list[float]) -> str:
+    """``min-max`` of ``values``."""
+    return f"{min(values):,.0f}-{max(values):,.0f}" if values else "-"
+
+
+def report(
+    results: Run,
+    facts: dict[str, str],
+    settings_seen: dict[str, str],
+    command: str,
+    started_at: datetime,
+    elapsed: float,
+) -> str:
+    """The section of RESULTS.md, between its markers."""
+
+    def samples(durability: str, variant: str) -> list[Sample]:
+        return results.samples.get((durability, variant), [])
+
+    def drain(durability: str, variant: str) -> float:
+        return median([s.drain_rate for s in samples(durability, variant)])
+
+    def delay(durability: str, variant: str) -> float:
+        return median([s.delay_rate for s in samples(durability, variant)])
+
+    lines = [
+        BEGIN,
+        "## The native audit's cost (`bench_native_audit.py`)",
+        "",
+        f"Generated by `{command}` on {started_at:%Y-%m-%d %H:%M} UTC ({elapsed / 60:.1f} min), "
+        f"Celery {facts.get('Celery', '?')}, on the machine below ({facts.get('CPU', '?')}, "
+        f"{facts.get('cores (logical / usable)', '?')} cores). {results.tasks:,} no-op tasks per "
+        f"drain, `-c {results.concurrency}` prefork workers on Redis, {results.repeat} "
+        "repetitions interleaved (each runs every variant once on each PostgreSQL, in a "
+        "rotating order); medians, with the spread of the repetitions. Load average (1/5/15 "
+        "min) at the start of each repetition and at the end: "
+        + "; ".join(f"{a:.1f}/{b:.1f}/{c:.1f}" for a, b, c in results.load)
+        + '. See benchmarks/README.md ("The native audit\'s cost") for what is measured.',
+        "",
+        "| target | PostgreSQL | measured | bound | met |",
+        "|---|---|---|---|---|",
+    ]
+    durabilities = sorted({d for d, _ in results.samples}, key=DURABILITIES.index)
+    for durability in durabilities:
+        plain_drain, plain_delay = drain(durability, "plain"), delay(durability, "plain")
+        for variant, bound in TARGETS.items():
+            if not samples(durability, variant):
+                continue
+            ratio = drain(durability, variant) / plain_drain
+            lines.append(
+                f"| {variant} drain vs plain | {durability} | {ratio:.2f}x "
+                f"({drain(durability, variant):,.0f} vs {plain_drain:,.0f} tasks/s) "
+                f"| >= {bound}x | {met(ratio, bound)} |"
+            )
+        ratio = delay(durability, "audited") / plain_delay
+        lines.append(
+            f"| audited `.delay()` vs plain | {durability} | {ratio:.2f}x "
+            f"({delay(durability, 'audited'):,.0f} vs {plain_delay:,.0f} calls/s) "
+            f"| >= {DELAY_TARGET}x | {met(ratio, DELAY_TARGET)} |"
+        )
+    lines += [
+        "",
+        "| PostgreSQL | variant | `.delay()` (/s) | spread | audit committed after the last "
+        "call (s) | drain (tasks/s) | spread | vs plain | audit rows (tasks / runs) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for durability in durabilities:
+        plain_drain = drain(durability, "plain")
+        for variant in VARIANTS:
+            found = samples(durability, variant)
+            if not found:
+                continue
+            flushes = [s.flush_seconds for s in found if s.flush_seconds is not None]
+            rows = sorted({s.audited for s in found if s.audited is not None})
+            lines.append(
+                f"| {durability} | {variant} | {delay(durability, variant):,.0f} "
+                f"| {spread([s.delay_rate for s in found])} "
+                f"| {f'{median(flushes):.2f}' if flushes else '-'} "
+                f"| {drain(durability, variant):,.0f} | {spread([s.drain_rate for s in found])} "
+                f"| {drain(durability, variant) / plain_drain:.2f}x "
+                f"| {', '.join(f'{q:,} / {r:,}' for q, r in rows) or '-'} |"
+            )
+    lines += [
+        "",
+        "Where the time goes: CPU per task during the drain (from the first task on, so the "
+        "worker's start-up is left out) of the worker's processes and of the PostgreSQL server; "
+        "the audit writers' batches (operations per transaction) and CPU per operation of the "
+        "writing thread, in the pool processes and in this process's `.delay()` loop.",
+        "",
+        "| PostgreSQL | variant | worker CPU (ms/task) | PostgreSQL CPU (ms/task) | pool: "
+        "ops/transaction | pool: writer CPU (ms/op) | caller: ops/transaction | caller: writer "
+        "CPU (ms/op) | writer failures |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for durability in durabilities:
+        for variant in VARIANTS:
+            found = samples(durability, variant)
+            if not found:
+                continue
+            pools = [s.pool_writer for s in found if s.pool_writer is not None]
+            callers = [s.caller_writer for s in found if s.caller_writer is not None]
+            failures = sum(w.failures for w in pools + callers)
+            lines.append(
+                f"| {durability} | {variant} "
+                f"| {median([s.worker_cpu_ms for s in found]):.2f} "
+                f"| {median([s.postgres_cpu_ms for s in found]):.2f} "
+                f"| {batching(pools)} | {cpu_per_op(pools)} "
+                f"| {batching(callers)} | {cpu_per_op(callers)} "
+                f"| {failures if pools or callers else '-'} |"
+            )
+    lines += [
+        "",
+        "PostgreSQL as measured: "
+        + "; ".join(
+            f"{d}: {DURABILITY_TITLES[d]}, `SHOW` gives {settings_seen[d]}" for d in durabilities
+        )
+        + ". Audit rows are counted after the worker stopped: every task should have its "
+        f"TaskQueue row and one successful run ({results.tasks:,} each).",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def batching(stats: list[WriterStats]) -> str:
+    """Median operations per transaction."""
+    values = [w.written / w.transactions for w in stats if w.transactions]
+    return f"{median(values):.1f}" if values else "-"
+
+
+def cpu_per_op(stats: list[WriterStats]) -> str:
+    """Median writer CPU milliseconds per operation."""
+    values = [w.write_seconds * 1000 / w.written for w in stats if w.written]
+    return f"{median(values):.3f}" if values else "-"
+
+
+def met(ratio: float, bound: float) -> str:
+    """``yes`` or a bold ``no``."""
+    return "yes" if ratio >= bound else "**no**"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this benchmark's section of ``path`` (or append it)."""
+    existing = path.read_text() if path.exists() else ""
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
+    if pattern.search(existing):
+        updated = pattern.sub(lambda _: section, existing, count=1)
+    else:
+        updated = existing.rstrip("\n") + ("\n\n" if existing else "") + section
+    path.write_text(updated)
+
+
+def print_profiles(directory: Path, top: int = 25) -> None:
+    """The top of every profile written to ``directory``."""
+    for path in sorted(directory.glob("*.prof")):
+        print(f"\n=== {path.name} ===")
+        pstats.Stats(str(path)).sort_stats("cumulative").print_stats(top)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--tasks", type=int, default=3000, help="tasks per drain (default 3000)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker -c (default 2)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"plain and any of {','.join(VARIANTS[1:])} (default {','.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument("--durabilities", default=",".join(DURABILITIES))
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).with_name("RESULTS.md"),
+        help="the file whose section this run replaces (default benchmarks/RESULTS.md)",
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="write cProfiles here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    args = parser.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.durabilities = [d.strip() for d in args.durabilities.split(",") if d.strip()]
+    if set(args.variants) - set(VARIANTS) or "plain" not in args.variants:
+        parser.error(f"--variants: plain and any of {','.join(VARIANTS)}")
+    if not args.durabilities or set(args.durabilities) - set(DURABILITIES):
+        parser.error(f"--durabilities: choose from {','.join(DURABILITIES)}")
+    if args.tasks < 1 or args.repeat < 1 or args.concurrency < 1:
+        parser.error("--tasks, --repeat and --concurrency must be positive")
+    return args
+
+
+def _raise_system_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write its section; return the exit status."""
+    args = parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_system_exit)
+    directory = Path(tempfile.mkdtemp(prefix="taskq-bench-native-"))
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        args.profile = args.profile.resolve()
+    started_at, clock = datetime.now(UTC), time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - clock:6.0f}s] {message}", flush=True)
+
+    say(f"work directory (logs): {directory}")
+    try:
+        results, facts, settings_seen = run(args, directory, say)
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}\nlogs kept in {directory}", file=sys.stderr)
+        return 1
+    command = f"benchmarks/bench_native_audit.py --tasks {args.tasks} --repeat {args.repeat}" + (
+        f" --concurrency {args.concurrency}" if args.concurrency != 2 else ""
+    )
+    section = report(results, facts, settings_seen, command, started_at, time.monotonic() - clock)
+    write_section(args.output, section)
+    print(section)
+    print(f"written to {args.output}")
+    if args.profile is not None:
+        print_profiles(args.profile)
+    if not args.keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
