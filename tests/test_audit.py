@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from celery_taskq.core.models import RunnerRole, RunStatus, TaskQueue
 from celery_taskq.core.storage.database import Database
 from tests.celery_stack import CeleryStack
-from tests.helpers import runners, runs_of, task_row
+from tests.helpers import runners, runs_of, task_row, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +41,19 @@ def audited_task(database: Database, celery_task_id: str) -> int:
         ).scalar()
     assert task_id is not None, f"no run recorded for Celery task {celery_task_id}"
     return int(task_id)
+
+
+def closed_runs(database: Database, celery_task_id: str) -> int:
+    from celery_taskq.core.models import TaskRun
+
+    with database.transaction(read_only=True) as connection:
+        return int(
+            connection.execute(
+                select(func.count()).where(
+                    TaskRun.celery_task_id == celery_task_id, TaskRun.finished_on.is_not(None)
+                )
+            ).scalar_one()
+        )
 
 
 def test_plain_tasks_are_audited_and_results_still_work(stack: CeleryStack) -> None:
@@ -79,6 +92,9 @@ def test_plain_tasks_are_audited_and_results_still_work(stack: CeleryStack) -> N
 
     database = Database(stack.database_url)
     try:
+        # (the audit writes behind the tasks: wait until each has its closed runs)
+        for celery_id, runs in zip(out["ids"], (1, 1, 3), strict=True):
+            wait_for(lambda: closed_runs(database, celery_id) == runs, what=celery_id)  # noqa: B023
         add_id, fail_id, flaky_id = (audited_task(database, celery_id) for celery_id in out["ids"])
         worker_rows = {row.id: row for row in runners(database)}
 

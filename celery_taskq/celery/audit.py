@@ -3,9 +3,11 @@ execution attempt, whatever the path (retry, autoretry, redelivery, replace, eag
 
 :class:`NativeTaskAuditor` has one method per moment of a task's life and takes plain values
 (:class:`TaskMessage`), so it is tested without Celery; :mod:`celery_taskq.celery.audit_signals`
-connects it to Celery's signals. It never waits on the database: every write is an operation
-handed to an :class:`~celery_taskq.celery.audit_writer.AuditWriter`, written in order in this
-process. An operation needs nothing back: the end of an attempt finds its run through the
+connects it to Celery's signals. Every write is an operation handed to an
+:class:`~celery_taskq.celery.audit_writer.AuditWriter`, written in order in this process, so a
+caller never waits on the database (an attempt that sends itself again, a retry or a
+replacement, waits until its own start is written, so that the next attempt comes after it).
+An operation needs nothing back: the end of an attempt finds its run through the
 :class:`_Attempt` its start operation filled in (same process, same order), or by
 ``(CeleryTaskId, Attempt, TaskRunnerId)``. What the operations write is idempotent and
 order-robust across processes (:mod:`celery_taskq.core.statements.native_attempts`).

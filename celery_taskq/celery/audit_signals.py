@@ -68,7 +68,7 @@ def connect_audit(app: Celery, state: TaskqCelery, *, audit_all: bool) -> None:
     auditor = NativeTaskAuditor(
         get_service=lambda: state.service,
         should_audit=should_audit,
-        writer=AuditWriter(lambda: state.service.database),
+        writer=AuditWriter(lambda: state.service.database, lambda: state.settings),
     )
     state.auditor = auditor
     _mark_publishing(app)
