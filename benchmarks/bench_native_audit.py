@@ -37,19 +37,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import json
 import os
 import pstats
-import re
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,7 +53,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-import psutil
 import redis
 from sqlalchemy import text
 
@@ -76,133 +71,28 @@ from benchmarks.bench_drain import (
     versions,
     wait_until,
 )
+from benchmarks.native_audit_probes import (
+    cpu_seconds,
+    cpu_used,
+    pool_writer_stats,
+    postgres_processes,
+    worker_processes,
+    writer_stats,
+)
+from benchmarks.native_audit_report import (
+    DEFAULT_VARIANTS,
+    DURABILITIES,
+    VARIANTS,
+    Run,
+    Sample,
+    WriterStats,
+    write_section,
+)
+from benchmarks.native_audit_report import report as render
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import upgrade_database
 
-VARIANTS = ("plain", "audited", "audited-flower", "audited-sync")
-DEFAULT_VARIANTS = ("plain", "audited", "audited-flower")
-DURABILITIES = ("durable", "no-durability")
-DURABILITY_TITLES = {
-    "durable": "durable PostgreSQL (fsync=on, synchronous_commit=on)",
-    "no-durability": "no-durability PostgreSQL (fsync=off, synchronous_commit=off, "
-    "full_page_writes=off)",
-}
-TARGETS = {"audited": 0.8, "audited-flower": 0.7}
-"""Least drain rate of each audited variant, as a fraction of plain Celery's."""
-DELAY_TARGET = 0.8
-"""Least ``.delay()`` rate of an audited task, as a fraction of plain ``.delay()``."""
-BEGIN = "<!-- bench_native_audit: begin -->"
-END = "<!-- bench_native_audit: end -->"
 FLUSH_TIMEOUT = 120.0
-
-
-@dataclass
-class WriterStats:
-    """Audit writer counters, summed over processes."""
-
-    written: int = 0
-    transactions: int = 0
-    write_seconds: float = 0.0
-    failures: int = 0
-
-    def add(self, other: WriterStats) -> WriterStats:
-        """The sum of two."""
-        return WriterStats(
-            self.written + other.written,
-            self.transactions + other.transactions,
-            self.write_seconds + other.write_seconds,
-            self.failures + other.failures,
-        )
-
-
-@dataclass
-class Sample:
-    """One variant, once."""
-
-    delay_rate: float
-    drain_rate: float
-    flush_seconds: float | None
-    """Seconds after the last ``.delay()`` until this process's audit writes were committed."""
-    audited: tuple[int, int] | None
-    """``(tasks with a TaskQueue row, successful runs)`` after the worker stopped."""
-    worker_cpu_ms: float = float("nan")
-    """CPU milliseconds per task of the worker (main and pool processes) during the drain."""
-    postgres_cpu_ms: float = float("nan")
-    """CPU milliseconds per task of the PostgreSQL server during the drain."""
-    caller_writer: WriterStats | None = None
-    pool_writer: WriterStats | None = None
-
-
-@dataclass
-class Run:
-    """What the run measured, by durability and variant."""
-
-    tasks: int
-    repeat: int
-    concurrency: int
-    samples: dict[tuple[str, str], list[Sample]] = field(default_factory=dict)
-    load: list[tuple[float, float, float]] = field(default_factory=list)
-
-
-def writer_stats(writer: object | None) -> WriterStats | None:
-    """The counters of an audit writer (``None``: no writer, or one without counters)."""
-    if writer is None or not hasattr(writer, "written"):
-        return None
-    return WriterStats(
-        int(getattr(writer, "written", 0)),
-        int(getattr(writer, "transactions", 0)),
-        float(getattr(writer, "write_seconds", 0.0)),
-        int(getattr(writer, "failures", 0)),
-    )
-
-
-def pool_writer_stats(directory: Path) -> WriterStats | None:
-    """The counters the pool processes left in ``directory`` (benchmarks/native_app.py)."""
-    total = None
-    for path in directory.glob("writer-*.json"):
-        found = json.loads(path.read_text())
-        stats = WriterStats(
-            int(found.get("written") or 0),
-            int(found.get("transactions") or 0),
-            float(found.get("write_seconds") or 0.0),
-            int(found.get("failures") or 0),
-        )
-        total = stats if total is None else total.add(stats)
-    return total
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
-    """User + system CPU seconds of each process still alive, by PID."""
-    found = {}
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            found[process.pid] = times.user + times.system
-    return found
-
-
-def worker_processes(worker: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    """A worker's main process and its pool processes."""
-    with contextlib.suppress(psutil.Error):
-        main = psutil.Process(worker.pid)
-        return [main, *main.children(recursive=True)]
-    return []
-
-
-def postgres_processes(postgres: PostgresServer | None) -> list[psutil.Process]:
-    """The postmaster of ``postgres`` and its children (backends and helpers)."""
-    if postgres is None:
-        return []
-    with contextlib.suppress(OSError, ValueError, psutil.Error):
-        pid_file = Path(postgres.executor.datadir) / "postmaster.pid"
-        main = psutil.Process(int(pid_file.read_text().split()[0]))
-        return [main, *main.children(recursive=True)]
-    return []
-
-
-def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds used between two readings (a process new in ``after`` from 0)."""
-    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
 
 
 def audit_writer() -> object | None:
@@ -467,161 +357,6 @@ def run(
     return results, facts, settings_seen
 
 
-def median(values: list[float]) -> float:
-    """The median, or NaN for no values."""
-    return statistics.median(values) if values else float("nan")
-
-
-def spread(values: list[float]) -> str:
-    """``min-max`` of ``values``."""
-    return f"{min(values):,.0f}-{max(values):,.0f}" if values else "-"
-
-
-def report(
-    results: Run,
-    facts: dict[str, str],
-    settings_seen: dict[str, str],
-    command: str,
-    started_at: datetime,
-    elapsed: float,
-) -> str:
-    """The section of RESULTS.md, between its markers."""
-
-    def samples(durability: str, variant: str) -> list[Sample]:
-        return results.samples.get((durability, variant), [])
-
-    def drain(durability: str, variant: str) -> float:
-        return median([s.drain_rate for s in samples(durability, variant)])
-
-    def delay(durability: str, variant: str) -> float:
-        return median([s.delay_rate for s in samples(durability, variant)])
-
-    lines = [
-        BEGIN,
-        "## The native audit's cost (`bench_native_audit.py`)",
-        "",
-        f"Generated by `{command}` on {started_at:%Y-%m-%d %H:%M} UTC ({elapsed / 60:.1f} min), "
-        f"Celery {facts.get('Celery', '?')}, on the machine below ({facts.get('CPU', '?')}, "
-        f"{facts.get('cores (logical / usable)', '?')} cores). {results.tasks:,} no-op tasks per "
-        f"drain, `-c {results.concurrency}` prefork workers on Redis, {results.repeat} "
-        "repetitions interleaved (each runs every variant once on each PostgreSQL, in a "
-        "rotating order); medians, with the spread of the repetitions. Load average (1/5/15 "
-        "min) at the start of each repetition and at the end: "
-        + "; ".join(f"{a:.1f}/{b:.1f}/{c:.1f}" for a, b, c in results.load)
-        + '. See benchmarks/README.md ("The native audit\'s cost") for what is measured.',
-        "",
-        "| target | PostgreSQL | measured | bound | met |",
-        "|---|---|---|---|---|",
-    ]
-    durabilities = sorted({d for d, _ in results.samples}, key=DURABILITIES.index)
-    for durability in durabilities:
-        plain_drain, plain_delay = drain(durability, "plain"), delay(durability, "plain")
-        for variant, bound in TARGETS.items():
-            if not samples(durability, variant):
-                continue
-            ratio = drain(durability, variant) / plain_drain
-            lines.append(
-                f"| {variant} drain vs plain | {durability} | {ratio:.2f}x "
-                f"({drain(durability, variant):,.0f} vs {plain_drain:,.0f} tasks/s) "
-                f"| >= {bound}x | {met(ratio, bound)} |"
-            )
-        ratio = delay(durability, "audited") / plain_delay
-        lines.append(
-            f"| audited `.delay()` vs plain | {durability} | {ratio:.2f}x "
-            f"({delay(durability, 'audited'):,.0f} vs {plain_delay:,.0f} calls/s) "
-            f"| >= {DELAY_TARGET}x | {met(ratio, DELAY_TARGET)} |"
-        )
-    lines += [
-        "",
-        "| PostgreSQL | variant | `.delay()` (/s) | spread | audit committed after the last "
-        "call (s) | drain (tasks/s) | spread | vs plain | audit rows (tasks / runs) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for durability in durabilities:
-        plain_drain = drain(durability, "plain")
-        for variant in VARIANTS:
-            found = samples(durability, variant)
-            if not found:
-                continue
-            flushes = [s.flush_seconds for s in found if s.flush_seconds is not None]
-            rows = sorted({s.audited for s in found if s.audited is not None})
-            lines.append(
-                f"| {durability} | {variant} | {delay(durability, variant):,.0f} "
-                f"| {spread([s.delay_rate for s in found])} "
-                f"| {f'{median(flushes):.2f}' if flushes else '-'} "
-                f"| {drain(durability, variant):,.0f} | {spread([s.drain_rate for s in found])} "
-                f"| {drain(durability, variant) / plain_drain:.2f}x "
-                f"| {', '.join(f'{q:,} / {r:,}' for q, r in rows) or '-'} |"
-            )
-    lines += [
-        "",
-        "Where the time goes: CPU per task during the drain (from the first task on, so the "
-        "worker's start-up is left out) of the worker's processes and of the PostgreSQL server; "
-        "the audit writers' batches (operations per transaction) and CPU per operation of the "
-        "writing thread, in the pool processes and in this process's `.delay()` loop.",
-        "",
-        "| PostgreSQL | variant | worker CPU (ms/task) | PostgreSQL CPU (ms/task) | pool: "
-        "ops/transaction | pool: writer CPU (ms/op) | caller: ops/transaction | caller: writer "
-        "CPU (ms/op) | writer failures |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for durability in durabilities:
-        for variant in VARIANTS:
-            found = samples(durability, variant)
-            if not found:
-                continue
-            pools = [s.pool_writer for s in found if s.pool_writer is not None]
-            callers = [s.caller_writer for s in found if s.caller_writer is not None]
-            failures = sum(w.failures for w in pools + callers)
-            lines.append(
-                f"| {durability} | {variant} "
-                f"| {median([s.worker_cpu_ms for s in found]):.2f} "
-                f"| {median([s.postgres_cpu_ms for s in found]):.2f} "
-                f"| {batching(pools)} | {cpu_per_op(pools)} "
-                f"| {batching(callers)} | {cpu_per_op(callers)} "
-                f"| {failures if pools or callers else '-'} |"
-            )
-    lines += [
-        "",
-        "PostgreSQL as measured: "
-        + "; ".join(
-            f"{d}: {DURABILITY_TITLES[d]}, `SHOW` gives {settings_seen[d]}" for d in durabilities
-        )
-        + ". Audit rows are counted after the worker stopped: every task should have its "
-        f"TaskQueue row and one successful run ({results.tasks:,} each).",
-        END,
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def batching(stats: list[WriterStats]) -> str:
-    """Median operations per transaction."""
-    values = [w.written / w.transactions for w in stats if w.transactions]
-    return f"{median(values):.1f}" if values else "-"
-
-
-def cpu_per_op(stats: list[WriterStats]) -> str:
-    """Median writer CPU milliseconds per operation."""
-    values = [w.write_seconds * 1000 / w.written for w in stats if w.written]
-    return f"{median(values):.3f}" if values else "-"
-
-
-def met(ratio: float, bound: float) -> str:
-    """``yes`` or a bold ``no``."""
-    return "yes" if ratio >= bound else "**no**"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it)."""
-    existing = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
-    if pattern.search(existing):
-        updated = pattern.sub(lambda _: section, existing, count=1)
-    else:
-        updated = existing.rstrip("\n") + ("\n\n" if existing else "") + section
-    path.write_text(updated)
-
-
 def print_profiles(directory: Path, top: int = 25) -> None:
     """The top of every profile written to ``directory``."""
     for path in sorted(directory.glob("*.prof")):
@@ -688,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     command = f"benchmarks/bench_native_audit.py --tasks {args.tasks} --repeat {args.repeat}" + (
         f" --concurrency {args.concurrency}" if args.concurrency != 2 else ""
     )
-    section = report(results, facts, settings_seen, command, started_at, time.monotonic() - clock)
+    section = render(results, facts, settings_seen, command, started_at, time.monotonic() - clock)
     write_section(args.output, section)
     print(section)
     print(f"written to {args.output}")
