@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from celery_taskq.celery.audit import NativeTaskAuditor, TaskMessage, json_safe
+from celery_taskq.celery.audit import NativeTaskAuditor, NotedError, TaskMessage, json_safe
+from celery_taskq.celery.audit_message import attempt_end
 from celery_taskq.core.queue import TaskQueueService
 
 
@@ -76,3 +77,24 @@ def test_which_tasks_are_audited() -> None:
     assert all_state.auditor.should_audit("plain")
     assert not all_state.auditor.should_audit("opted_out")
     assert not all_state.auditor.should_audit("taskq.on_process")
+
+
+def test_how_an_attempt_ended_follows_celerys_state() -> None:
+    # Given the states Celery reports at task_postrun, with what the attempt noted
+    error = NotedError("ValueError", "boom", "Traceback ...\n")
+
+    def ended(state: str | None, retval: object = None, **noted: object) -> object:
+        end = attempt_end(state, retval, **noted)  # type: ignore[arg-type]
+        return None if end is None else (end.status.value, end.error_code, end.final)
+
+    # Then each has its status, code and finality
+    assert ended("SUCCESS", 5) == ("success", None, True)
+    assert ended("SUCCESS", 5, ignore_result=True) == ("success", "result_ignored", True)
+    assert ended("FAILURE", error=error) == ("error", "ValueError", True)
+    assert ended("RETRY", error=error) == ("error", "ValueError", False)
+    assert ended("RETRY") == ("error", "retry", False)
+    assert ended("REJECTED", requeue=True) == ("error", "rejected_requeued", False)
+    assert ended("REJECTED") == ("error", "rejected", True)
+    assert ended("IGNORED") == ("success", "ignored", True)
+    assert ended("IGNORED", replaced=True) == ("success", "replaced", False)
+    assert ended(None) is None

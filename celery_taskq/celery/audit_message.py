@@ -73,7 +73,7 @@ def attempt_end(
             return coded(NativeCode.RESULT_IGNORED)
         return AttemptEnd(RunStatus.SUCCESS, results=None if retval is None else json_safe(retval))
     if state == "IGNORED":
-        return coded(NativeCode.REPLACED if replaced else NativeCode.IGNORED)
+        return coded(NativeCode.REPLACED if replaced else NativeCode.IGNORED, final=not replaced)
     if state == "REJECTED":
         code = NativeCode.REJECTED_REQUEUED if requeue else NativeCode.REJECTED
         return coded(code, message=_text(retval), final=not requeue)
