@@ -160,12 +160,16 @@ def die() -> None:
 
 
 @app.task(name="behaviour.echo")  # type: ignore[untyped-decorator]
-def echo(marker: str, flag: str) -> bool:
-    """Writes ``marker`` to stdout, stderr and its task log, then waits for ``flag``."""
+def echo(marker: str, flag: str, fail: bool = False) -> bool:
+    """Writes ``marker`` to stdout, stderr and its task log, then waits for ``flag``; then
+    fails with ``KeyError(marker)`` if asked to."""
     print(f"{marker} on stdout")
     print(f"{marker} on stderr", file=sys.stderr)
     logger.warning("%s in the task log", marker)
-    return wait_for_file(flag) if flag else True
+    seen = wait_for_file(flag) if flag else True
+    if fail:
+        raise KeyError(marker)
+    return seen
 
 
 @app.task(name="behaviour.replaced", bind=True)  # type: ignore[untyped-decorator]

@@ -260,33 +260,38 @@ def active_queues() -> list[list[str]]:
 
 
 @scenario
-def output() -> dict[str, Any]:
+def output(fail: bool = False) -> dict[str, Any]:
     """A task's print() to stdout and stderr and its log line reach the worker's output while
-    the task is still running, and Celery's own line about it follows."""
-    worker_log = os.environ["BEHAVIOUR_WORKER_LOG"]
+    the task is still running, and Celery's own lines about it follow (for a failure, with
+    its traceback)."""
+    worker_log = Path(os.environ["BEHAVIOUR_WORKER_LOG"])
     marker = f"behaviour-echo-{uuid.uuid4().hex}"  # this run's lines, whatever ran before
     flag = _flag()
-    result = echo.delay(marker, flag)
+    result = echo.delay(marker, flag, fail)
     wanted = (f"{marker} on stdout", f"{marker} on stderr", f"{marker} in the task log")
     deadline = time.monotonic() + 10
-    while not all(text in Path(worker_log).read_text(errors="replace") for text in wanted):
+    while not all(text in worker_log.read_text(errors="replace") for text in wanted):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    log = Path(worker_log).read_text(errors="replace")
+    log = worker_log.read_text(errors="replace")
     seen_live = {text.replace(marker, "<marker>"): text in log for text in wanted}
     Path(flag).touch()
-    seen = observed(result)
-    time.sleep(0.5)  # the worker logs "succeeded" after storing the result
+    seen = json.loads(json.dumps(observed(result)).replace(marker, "<marker>"))
+    time.sleep(0.5)  # the worker logs the outcome after storing the result
+    log = worker_log.read_text(errors="replace")
+    # From the line of the task's first print (this side runs one scenario at a time)
+    since = log[log.rfind("\n", 0, log.find(marker)) + 1 :]
     lines = [
         _log_message(line.replace(marker, "<marker>"))
-        for line in Path(worker_log).read_text(errors="replace").splitlines()
-        if marker in line or (result.id in line and "succeeded" in line)
+        for line in since.splitlines()
+        if marker in line or result.id in line
     ]
     return {
         "seen_live": seen_live,
         "result": seen,
         "lines": lines,
+        "tracebacks_logged": since.count("Traceback (most recent call last)"),
         "task_id": result.id,
         "marker": marker,
     }
@@ -294,10 +299,12 @@ def output() -> dict[str, Any]:
 
 def _log_message(line: str) -> str:
     # "[2026-01-01 12:00:00,000: WARNING/ForkPoolWorker-1] text": the level and the text.
-    head, _, text = line.partition("] ")
+    head, found, text = line.partition("] ")
+    if not found:  # a traceback's line
+        return line
     level = head.rsplit(": ", 1)[-1].split("/")[0]
     text = _TASK_ID.sub("<id>", text)
-    return f"{level} " + re.sub(r"succeeded in [0-9.e-]+s", "succeeded in <t>s", text)
+    return f"{level} " + re.sub(r" in [0-9.e-]+s", " in <t>s", text)
 
 
 @scenario

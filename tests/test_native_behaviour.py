@@ -422,14 +422,43 @@ def test_output_reaches_the_worker_while_the_task_runs(plain: Side, installed: S
         "<marker> in the task log": True,
     }
     assert plain_seen["result"] == {"state": "SUCCESS", "value": True}
-    assert any("succeeded in" in line for line in plain_seen["lines"])
     assert plain_seen["lines"] == [
         "WARNING <marker> on stdout",
         "WARNING <marker> on stderr",
         "WARNING behaviour.echo[<id>]: <marker> in the task log",
         "INFO Task behaviour.echo[<id>] succeeded in <t>s: True",
     ]
+    assert plain_seen["tracebacks_logged"] == 0
     assert drop_ids(installed_seen) == drop_ids(plain_seen)
+
+
+def test_a_failures_lines_reach_the_worker_output(plain: Side, installed: Side) -> None:
+    # When a task prints, logs and then fails
+    plain_seen, installed_seen = both(plain, installed, "output", fail=True)
+    # Then its lines, Celery's error line and the traceback Celery logs reach the worker's
+    # output, the same with and without the audit
+    assert plain_seen["result"]["error"] == ["KeyError", "'<marker>'"]
+    assert plain_seen["lines"] == [
+        "WARNING <marker> on stdout",
+        "WARNING <marker> on stderr",
+        "WARNING behaviour.echo[<id>]: <marker> in the task log",
+        "ERROR Task behaviour.echo[<id>] raised unexpected: KeyError('<marker>')",
+        "KeyError: '<marker>'",
+    ]
+    assert plain_seen["tracebacks_logged"] == 1
+    assert drop_ids(installed_seen) == drop_ids(plain_seen)
+    # And the run holds the task's own stderr and one traceback, none of the worker's lines
+    (standard_output, error_output), *more = wait_for(
+        lambda: [run for run in run_output(installed, installed_seen["task_id"]) if run[0]],
+        what="the finished run of the failing echo task",
+    )
+    assert more == []
+    marker = installed_seen["marker"]
+    assert standard_output == f"{marker} on stdout\n"
+    assert (error_output or "").startswith(f"{marker} on stderr\n")
+    assert (error_output or "").count("Traceback (most recent call last)") == 1
+    assert "raised unexpected" not in (error_output or "")
+    assert "in the task log" not in (error_output or "")
 
 
 def drop_ids(seen: dict[str, Any]) -> dict[str, Any]:
