@@ -242,11 +242,14 @@ def list_tasks(
     queued_by: str | None = None,
     queued_since: datetime | None = None,
     queued_until: datetime | None = None,
+    celery_root_id: str | None = None,
+    celery_group_id: str | None = None,
     limit: int = 50,
     before_id: int | None = None,
     database_url: str | None = None,
 ) -> TaskPage:
-    """Tasks, newest first, filtered by last status, handler, queued-by and queue time.
+    """Tasks, newest first, filtered by last status, handler, queued-by and queue time, and
+    for native Celery tasks by workflow (``celery_root_id``) or group (``celery_group_id``).
 
     Returns one page; pass its ``next_before_id`` as ``before_id`` for the next one.
     """
@@ -256,6 +259,8 @@ def list_tasks(
         queued_by=queued_by,
         queued_since=queued_since,
         queued_until=queued_until,
+        celery_root_id=celery_root_id,
+        celery_group_id=celery_group_id,
     )
     database = get_service(database_url).database
     return listing.list_tasks(database, task_filter, limit=limit, before_id=before_id)

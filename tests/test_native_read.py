@@ -16,7 +16,7 @@ from sqlalchemy import event, insert, text, update
 from celery_taskq import reports
 from celery_taskq.cli import main
 from celery_taskq.core.exceptions import InvalidArgumentError
-from celery_taskq.core.listing import related_tasks
+from celery_taskq.core.listing import TaskFilter, list_tasks, related_tasks
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
@@ -120,6 +120,25 @@ def test_relations_name_the_tasks_holding_each_id(
     assert [(run.attempt, run.eager) for run in child.runs] == [(0, False), (1, True)]
 
 
+def test_a_workflow_and_a_group_are_listed(
+    service: TaskQueueService,
+    family: dict[str, int],
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    workflow = list_tasks(service.database, TaskFilter(celery_root_id="c-root"))
+    members = list_tasks(service.database, TaskFilter(celery_group_id="g-unknown"))
+
+    assert [task.id for task in workflow.tasks] == [
+        family["child"],
+        family["parent"],
+        family["root"],
+    ]
+    assert [task.id for task in members.tasks] == [family["child"]]
+    out = run_cli(database_url, capsys, "list", "--celery-group", "g-unknown", "--json")
+    assert [task["id"] for task in json.loads(out)["tasks"]] == [family["child"]]
+
+
 def run_cli(database_url: str, capsys: pytest.CaptureFixture[str], *args: str) -> str:
     code = main(["--database-url", database_url, *args])
     out, err = capsys.readouterr()
@@ -194,6 +213,8 @@ def test_api_task_document_has_relations_and_attempts(
     resent = client.get(f"/api/v1/tasks/{family['resent']}").json()
     assert resent["resent_from_id"] == family["child"]
     assert resent["relations"][0]["url"] == f"/api/v1/tasks/{family['child']}"
+    members = client.get("/api/v1/tasks", params={"celery_root_id": "c-root"}).json()
+    assert len(members["tasks"]) == 3
     handler = client.get(f"/api/v1/tasks/{family['handler']}").json()
     assert handler["relations"] == []
     assert handler["celery_task_id"] is None
@@ -206,6 +227,9 @@ def test_dashboard_task_page_links_relations(client: TestClient, family: dict[st
     assert f'<a href="/tasks/{family["callback"]}"><code>c-callback</code></a>' in page
     assert '<code>g-unknown</code> <span class="muted">(no task recorded)</span>' in page
     assert '<dd data-field="attempt">1 <span class="muted">(eager)</span></dd>' in page
+    assert '<a href="/tasks?celery_group_id=g-unknown" class="members">' in page
+    workflow = client.get("/tasks?celery_root_id=c-root").text
+    assert workflow.count('<tr data-task-id="') == 3
     resent = client.get(f"/tasks/{family['resent']}").text
     assert f'<a href="/tasks/{family["child"]}"><code>{family["child"]}</code></a>' in resent
     # A hostile stored id is escaped, never markup

@@ -93,6 +93,8 @@ def show(context: CliContext, task_id: int, as_json: bool) -> None:
 @click.option("--queued-by", help="QueuedById.")
 @click.option("--since", type=AwareDateTimeParamType(), help="Queued at or after (ISO 8601).")
 @click.option("--until", type=AwareDateTimeParamType(), help="Queued before (ISO 8601).")
+@click.option("--celery-root", help="A Celery workflow: tasks whose CeleryRootId is this.")
+@click.option("--celery-group", help="A Celery group's members: tasks whose CeleryGroupId is this.")
 @click.option("--limit", type=click.IntRange(1, MAX_PAGE_SIZE), default=50, show_default=True)
 @click.option("--before", "before_id", type=TASK_ID, help="Page cursor: tasks older than this id.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
@@ -104,6 +106,8 @@ def list_command(
     queued_by: str | None,
     since: datetime | None,
     until: datetime | None,
+    celery_root: str | None,
+    celery_group: str | None,
     limit: int,
     before_id: int | None,
     as_json: bool,
@@ -115,6 +119,8 @@ def list_command(
         queued_by=queued_by,
         queued_since=since,
         queued_until=until,
+        celery_root_id=celery_root,
+        celery_group_id=celery_group,
     )
     page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
     page = shown_page(redacted_page(page, context.settings.redact_patterns))

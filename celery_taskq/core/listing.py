@@ -26,6 +26,10 @@ class TaskFilter:
     queued_by: str | None = None
     queued_since: datetime | None = None
     queued_until: datetime | None = None
+    celery_root_id: str | None = None
+    """A Celery workflow: the tasks whose ``CeleryRootId`` is this (its index serves it)."""
+    celery_group_id: str | None = None
+    """A Celery group's (or chord header's) members (``ix_TaskQueue_CeleryGroupId``)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ def list_tasks(
         query = query.where(TaskQueue.queued_on >= task_filter.queued_since)
     if task_filter.queued_until is not None:
         query = query.where(TaskQueue.queued_on < task_filter.queued_until)
+    if task_filter.celery_root_id is not None:
+        query = query.where(TaskQueue.celery_root_id == task_filter.celery_root_id)
+    if task_filter.celery_group_id is not None:
+        query = query.where(TaskQueue.celery_group_id == task_filter.celery_group_id)
     with database.read_session() as session:
         rows = session.scalars(query).all()
         tasks = tuple(TaskSummary.from_row(row) for row in rows[:limit])

@@ -96,6 +96,12 @@ def list_tasks(
     queued_by: Annotated[str | None, Query(description="QueuedById.")] = None,
     since: Since = None,
     until: Until = None,
+    celery_root_id: Annotated[
+        str | None, Query(description="A Celery workflow: tasks with this CeleryRootId.")
+    ] = None,
+    celery_group_id: Annotated[
+        str | None, Query(description="A Celery group's members: tasks with this CeleryGroupId.")
+    ] = None,
     before_id: Annotated[
         int | None, Query(ge=1, le=MAX_ID, description="Page cursor: tasks older than this id.")
     ] = None,
@@ -109,6 +115,8 @@ def list_tasks(
         since=since,
         until=until,
         now=reports.utc_now(),
+        celery_root_id=celery_root_id,
+        celery_group_id=celery_group_id,
     )
     page = listing.list_tasks(state.database, task_filter, limit=limit, before_id=before_id)
     return TaskPageOut(

@@ -73,6 +73,8 @@ def task_filter(
     since: str | None,
     until: str | None,
     now: datetime,
+    celery_root_id: str | None = None,
+    celery_group_id: str | None = None,
 ) -> TaskFilter:
     """The task list's filter from request text; blank fields filter nothing."""
     start = moment(since, "since", now)
@@ -85,6 +87,8 @@ def task_filter(
         queued_by=optional_text(queued_by, "queued_by"),
         queued_since=start,
         queued_until=end,
+        celery_root_id=optional_text(celery_root_id, "celery_root_id"),
+        celery_group_id=optional_text(celery_group_id, "celery_group_id"),
     )
 
 

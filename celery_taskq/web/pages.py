@@ -100,6 +100,8 @@ def tasks(
     queued_by: str | None = None,
     since: str | None = None,
     until: str | None = None,
+    celery_root_id: str | None = None,
+    celery_group_id: str | None = None,
     before_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
 ) -> Response:
@@ -110,6 +112,8 @@ def tasks(
         "queued_by": queued_by or "",
         "since": since or "",
         "until": until or "",
+        "celery_root_id": celery_root_id or "",
+        "celery_group_id": celery_group_id or "",
     }
     error = None
     page = TaskPage((), None)
