@@ -68,7 +68,7 @@ def insert_on_conflict(connection: Connection, table: Any) -> postgresql.Insert:
     return cast(postgresql.Insert, sqlite.insert(table))
 
 
-def _task_values(task: NativeTask, *, failed: int = 0) -> dict[str, Any]:
+def _task_values(task: NativeTask, *, failed: Any = 0) -> dict[str, Any]:
     allowed = attempts_allowed(task.max_retries)
     return {
         "task_handler_class": (CELERY_HANDLER_PREFIX + task.task_name)[:255],
@@ -97,16 +97,28 @@ def record_published(connection: Connection, task: NativeTask) -> None:
 
 
 def upsert_started_task(
-    connection: Connection, task: NativeTask, *, closed_failed: int, running: bool
+    connection: Connection, task: NativeTask, *, closed_failed: Any, running: bool
 ) -> int:
     """The row of a task a worker starts (or records an outcome of), created if the publisher
     did not; returns its id.
 
     The worker is the authority on what the task is: it sets ``MaxRetries`` from the task it
-    runs and fills in the relations the row lacks. ``closed_failed`` earlier attempts were just
-    closed as failed and count in ``TaskRunsFailed``; with ``running`` the row's
-    ``LastStatus`` becomes ``running`` (the new attempt is its newest run).
+    runs and fills in the relations the row lacks. ``closed_failed`` earlier attempts (a number,
+    or a SQL expression counting them) were just closed as failed and count in
+    ``TaskRunsFailed``; with ``running`` the row's ``LastStatus`` becomes ``running`` (the new
+    attempt is its newest run).
     """
+    statement = upsert_started_task_statement(
+        connection, task, closed_failed=closed_failed, running=running
+    )
+    return int(connection.execute(statement).scalar_one())
+
+
+def upsert_started_task_statement(
+    connection: Connection, task: NativeTask, *, closed_failed: Any, running: bool
+) -> Any:
+    """The statement of :func:`upsert_started_task` (``RETURNING`` the row's id), to which a
+    caller may add a CTE that ``closed_failed`` reads."""
     statement = insert_on_conflict(connection, TaskQueue).values(
         **_task_values(task, failed=closed_failed),
         last_status=RunStatus.RUNNING if running else None,
@@ -124,14 +136,10 @@ def upsert_started_task(
     }
     if running:
         changes[TaskQueue.last_status] = RunStatus.RUNNING
-    return int(
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=[TaskQueue.celery_task_id],
-                set_={column.name: value for column, value in changes.items()},
-            ).returning(TaskQueue.id)
-        ).scalar_one()
-    )
+    return statement.on_conflict_do_update(
+        index_elements=[TaskQueue.celery_task_id],
+        set_={column.name: value for column, value in changes.items()},
+    ).returning(TaskQueue.id)
 
 
 def _coalesce(column: Any, excluded: Any) -> Any:
