@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
@@ -149,7 +150,7 @@ def measure(
     module = plain_app if variant == "plain" else native_app
     client = redis.Redis.from_url(server.url(PLAIN_REDIS_DB))
     server.flush()
-    module.app.conf.broker_url = server.url(PLAIN_REDIS_DB)
+    use_broker(module.app, server.url(PLAIN_REDIS_DB))
     with contextlib.ExitStack() as stack:
         if variant != "plain":
             assert database_url is not None  # noqa: S101
@@ -259,6 +260,18 @@ def measure(
         caller_writer=caller,
         pool_writer=pool_writer_stats(stats_directory),
     )
+
+
+def use_broker(app: Any, url: str) -> None:
+    """Publish through ``url`` from now on, dropping connections pooled to another Redis (an
+    earlier run's, in run_all.py)."""
+    if app.conf.broker_url == url:
+        return
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+    app.conf.broker_url = url
 
 
 def audit_rows(url: str) -> tuple[int, int]:

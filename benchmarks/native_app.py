@@ -51,6 +51,28 @@ record_start = app.task(name="bench.native_record_start")(store_start)
 _PROFILE_DIR = os.environ.get("BENCH_PROFILE_DIR", "")
 _STATS_DIR = os.environ.get("BENCH_STATS_DIR", "")
 _profiler = cProfile.Profile()
+_writer_profiler = cProfile.Profile()
+
+
+def _profile_the_writing_thread() -> None:
+    # cProfile follows one thread: the audit's writes run in the writer thread, so its
+    # _write is wrapped (benchmark only) to profile each batch where it is written.
+    from celery_taskq.celery import audit_writer
+
+    write = audit_writer.AuditWriter._write
+
+    def profiled(writer: audit_writer.AuditWriter, batch: Any) -> Any:
+        _writer_profiler.enable()
+        try:
+            return write(writer, batch)
+        finally:
+            _writer_profiler.disable()
+
+    audit_writer.AuditWriter._write = profiled  # type: ignore[method-assign,assignment]
+
+
+if _PROFILE_DIR:
+    _profile_the_writing_thread()
 
 
 def _start_profile(**_: Any) -> None:
@@ -62,6 +84,7 @@ def _write_profile(**_: Any) -> None:
     if _PROFILE_DIR:
         _profiler.disable()
         _profiler.dump_stats(Path(_PROFILE_DIR) / f"pool-{os.getpid()}.prof")
+        _writer_profiler.dump_stats(Path(_PROFILE_DIR) / f"writer-{os.getpid()}.prof")
     writer = getattr(_auditor, "writer", None)
     if _STATS_DIR and writer is not None:
         writer.flush(30)  # normally done already by the audit's own shutdown receiver

@@ -19,6 +19,9 @@ repetitions of
 * what ``install()`` costs a Celery app's own tasks: a burst of 2-second tasks on a ``-c 4``
   worker of the app with and without celery_taskq, and beside due handler work; and handler
   runs dispatched by runner tasks or by one message per run (benchmarks/bench_capacity.py);
+* the native audit's cost (benchmarks/bench_native_audit.py): plain Celery vs the same tasks
+  audited, with and without install()'s Flower defaults, drain and ``.delay()``, on a durable
+  and a no-durability PostgreSQL (``--no-native-audit`` leaves it out);
 
 and a table of the targets with the ratio measured in this run. Nothing here is a test.
 """
@@ -48,7 +51,7 @@ if str(PROJECT_ROOT) not in sys.path:
 import psutil
 from sqlalchemy import text
 
-from benchmarks import bench_capacity, bench_drain
+from benchmarks import bench_capacity, bench_drain, bench_native_audit, native_audit_report
 from benchmarks.bench_drain import (
     HANDLER,
     BenchmarkError,
@@ -70,6 +73,7 @@ from benchmarks.bench_drain import (
     versions,
     wait_until,
 )
+from benchmarks.native_audit_report import report as render_native_audit
 from celery_taskq import api
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
@@ -525,6 +529,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="leave out the app-capacity and dispatch measurements (bench_capacity.py)",
     )
     parser.add_argument(
+        "--no-native-audit",
+        action="store_true",
+        help="leave out the native audit's cost on a durable and a no-durability PostgreSQL "
+        "(bench_native_audit.py)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="1000 jobs, 1 repetition, tick up to 100,000 rows"
     )
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS.md"))
@@ -538,6 +548,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--systems: choose from {','.join(SYSTEMS)}")
     args.tick_sizes = [int(size) for size in args.tick_sizes.split(",") if size.strip()]
     return args
+
+
+def native_audit_section(
+    args: argparse.Namespace, directory: Path, say: Callable[[str], None]
+) -> str:
+    """bench_native_audit.py's measurements with this run's repetitions (at most 3,000 tasks a
+    drain), as its section of RESULTS.md; a failure is reported in the section."""
+    started_at, clock = datetime.now(UTC), time.monotonic()
+    options = argparse.Namespace(
+        tasks=min(args.tasks, 3000),
+        repeat=args.repeat,
+        concurrency=args.concurrency,
+        variants=list(native_audit_report.DEFAULT_VARIANTS),
+        durabilities=list(native_audit_report.DURABILITIES),
+        profile=None,
+    )
+    work = directory / "native-audit"
+    work.mkdir(exist_ok=True)
+    try:
+        measured, facts, settings_seen = bench_native_audit.run(options, work, say)
+    except BenchmarkError as exc:
+        return f"## The native audit's cost\n\nNot measured: {exc}\n"
+    command = (
+        f"benchmarks/run_all.py (bench_native_audit.py --tasks {options.tasks} "
+        f"--repeat {options.repeat})"
+    )
+    return render_native_audit(
+        measured, facts, settings_seen, command, started_at, time.monotonic() - clock
+    )
 
 
 def _raise_system_exit(signum: int, _frame: object) -> None:
@@ -638,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         children.stop_all()
         api.close_all()
     text_ = report(args, config, results, facts, started_at, time.monotonic() - clock)
+    if not args.no_native_audit:
+        text_ += "\n" + native_audit_section(args, directory, say)
     args.output.write_text(text_)
     print(text_)
     print(f"written to {args.output}")
