@@ -440,4 +440,5 @@ def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
         "celery_taskq/core/snapshots.py",
         "celery_taskq/core/steps.py",
         "celery_taskq/core/resend.py",  # copies the stored data into a re-send's row
+        "celery_taskq/core/statements/native.py",  # stores a native task's args and kwargs
     }, readers
