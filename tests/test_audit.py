@@ -9,7 +9,7 @@ import sys
 import pytest
 from sqlalchemy import func, select
 
-from celery_taskq.core.models import RunnerRole, RunStatus, TaskQueue
+from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus, TaskQueue
 from celery_taskq.core.storage.database import Database
 from tests.celery_stack import CeleryStack
 from tests.helpers import runners, runs_of, task_row, wait_for
@@ -153,5 +153,12 @@ def test_plain_tasks_are_audited_and_results_still_work(stack: CeleryStack) -> N
                 .all()
             )
         assert sorted(native) == sorted([add_id, fail_id, flaky_id])
+
+        # And when the worker stops (no beat runs), its processes' runner rows end success
+        stack.stop_all()
+        assert worker.returncode == 0
+        assert {
+            row.status for row in runners(database) if row.role is RunnerRole.CELERY_WORKER
+        } == {RunnerStatus.SUCCESS}
     finally:
         database.close()
