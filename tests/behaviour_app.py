@@ -189,3 +189,14 @@ def stamps(self: Task) -> dict[str, Any]:
 def db_add(x: int, y: int) -> int:
     """The sum, kept in the database result backend."""
     return x + y
+
+
+@app.task(name="behaviour.chatter")  # type: ignore[untyped-decorator]
+def chatter(name: str, count: int, started_flag: str, other_flag: str) -> bool:
+    """Prints ``count`` lines once the other chatter has started too; whether it had."""
+    Path(started_flag).touch()
+    overlapped = wait_for_file(other_flag, timeout=10)
+    for index in range(count):
+        print(f"{name} line {index}")
+        time.sleep(0.005)
+    return overlapped

@@ -31,6 +31,7 @@ from tests.behaviour_app import (
     add,
     app,
     autoretry,
+    chatter,
     db_add,
     die,
     die_once,
@@ -340,6 +341,16 @@ def fail_many(count: int) -> dict[str, Any]:
             result.get(timeout=TIMEOUT, propagate=False)
             states[result.state] = states.get(result.state, 0) + 1
     return {"states": states}
+
+
+@scenario
+def chatter_pair(count: int) -> dict[str, Any]:
+    """Two tasks that print at the same time (each waits until the other has started)."""
+    left_flag, right_flag = _flag(), _flag()
+    left = chatter.delay("left", count, left_flag, right_flag)
+    right = chatter.delay("right", count, right_flag, left_flag)
+    overlapped = [left.get(timeout=TIMEOUT), right.get(timeout=TIMEOUT)]
+    return {"overlapped": all(overlapped), "task_ids": {"left": left.id, "right": right.id}}
 
 
 def serve() -> None:

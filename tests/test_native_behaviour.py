@@ -5,11 +5,14 @@ and what Celery lets a client observe must be equal.
 Two real workers (prefork, two processes each) on a real Redis, one per app, started once for
 the module; each has a client process of its own (tests/behaviour_scenarios.py) that drives
 the scenario and reports what it saw. The installed side runs on SQLite and on PostgreSQL.
+A last test starts an installed worker with a threads pool: attempts running side by side in
+one process each keep their own output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import selectors
@@ -44,11 +47,14 @@ failures (Redis result backend, INFO logging); the installed ones were measured 
 that either way. The leak this guards against (the audit keeping each failure's traceback)
 grew memory about twice as fast as plain Celery."""
 
+CHATTER_LINES = 20
+
 ANSWER_TIMEOUT = 120.0
 """Seconds a client may take to answer one scenario."""
 
 PLAIN_DATABASES = (1, 2)
 INSTALLED_DATABASES = (3, 4)
+THREADS_DATABASES = (5, 6)
 """Redis databases (broker, result backend) of each side."""
 
 behaviour_redis_server = factories.redis_proc(timeout=3600)
@@ -72,6 +78,7 @@ class Side:
     directory: Path
     env: dict[str, str]
     database_url: str | None = None
+    pool: str = "prefork"
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     replies: IO[str] | None = None
     client: subprocess.Popen[bytes] | None = None
@@ -91,7 +98,7 @@ class Side:
                 subprocess.Popen(
                     [
                         *(sys.executable, "-m", "celery", "-A", "tests.behaviour_app", "worker"),
-                        *("-P", "prefork", "-c", "2", "--loglevel", "INFO"),
+                        *("-P", self.pool, "-c", "2", "--loglevel", "INFO"),
                         *("--hostname", f"{self.name}@%h", "--without-gossip", "--without-mingle"),
                     ],
                     env=self.env,
@@ -291,6 +298,11 @@ def run_output(side: Side, task_id: str) -> list[tuple[str | None, str | None]]:
         database.close()
 
 
+def finished_runs(side: Side, task_id: str) -> list[tuple[str | None, str | None]]:
+    """The output of the runs of ``task_id`` that have it (a finished attempt)."""
+    return [run for run in run_output(side, task_id) if run[0] is not None]
+
+
 def test_inspect_active_queues_is_unchanged(plain: Side, installed: Side) -> None:
     # When both workers are asked which queues they consume
     plain_queues, installed_queues = both(plain, installed, "active_queues")
@@ -449,7 +461,7 @@ def test_a_failures_lines_reach_the_worker_output(plain: Side, installed: Side) 
     assert drop_ids(installed_seen) == drop_ids(plain_seen)
     # And the run holds the task's own stderr and one traceback, none of the worker's lines
     (standard_output, error_output), *more = wait_for(
-        lambda: [run for run in run_output(installed, installed_seen["task_id"]) if run[0]],
+        functools.partial(finished_runs, installed, installed_seen["task_id"]),
         what="the finished run of the failing echo task",
     )
     assert more == []
@@ -473,7 +485,7 @@ def test_the_run_keeps_the_tasks_output_and_not_the_workers_lines(
     _, seen = both(plain, installed, "output")
     # Then its run holds what the task printed, once, and none of the worker's log lines
     (standard_output, error_output), *more = wait_for(
-        lambda: [run for run in run_output(installed, seen["task_id"]) if run[0] is not None],
+        functools.partial(finished_runs, installed, seen["task_id"]),
         what="the finished run of the echo task",
     )
     assert more == []
@@ -493,3 +505,38 @@ def test_publishing_from_many_threads_records_every_task(plain: Side, installed:
         lambda: audited(installed, task_ids) == (100, 100),
         what="a task row and a run row for each of the 100 tasks",
     )
+
+
+def test_on_a_threads_pool_each_run_holds_its_own_output(
+    behaviour_redis: None, request: pytest.FixtureRequest, tmp_path: Path, database_url: str
+) -> None:
+    # Given an installed worker whose pool is two threads of one process
+    side = _side(
+        "threads",
+        tmp_path / "side",
+        request.getfixturevalue("behaviour_redis_server"),
+        THREADS_DATABASES,
+        BEHAVIOUR_INSTALL="1",
+        TASKQ_DATABASE_URL=database_url,
+    )
+    side.database_url, side.pool = database_url, "threads"
+    try:
+        side.start()
+        # When two tasks print at the same time, each from its own thread
+        side.ask("chatter_pair", count=CHATTER_LINES)
+        seen = side.answer()
+    finally:
+        side.stop()
+    # Then both ran at once and every line reached the worker's output
+    assert seen["overlapped"] is True
+    log = side.worker_log.read_text(errors="replace")
+    for name in ("left", "right"):
+        assert all(f"{name} line {index}" in log for index in range(CHATTER_LINES))
+    # And each run holds its own task's lines and none of the other's
+    for name, task_id in seen["task_ids"].items():
+        ((standard_output, _),) = wait_for(
+            functools.partial(finished_runs, side, task_id), what=f"the finished run of {name}"
+        )
+        assert standard_output == "".join(
+            f"{name} line {index}\n" for index in range(CHATTER_LINES)
+        )
