@@ -22,9 +22,9 @@ runs do (:mod:`celery_taskq.core.runner.capture`):
 * it costs a thread-local look-up per write and no system call per attempt.
 
 What it does not see: output written straight to the descriptors (a subprocess, a C
-extension) and writes from threads the task starts. Those still reach the worker's output;
-they are just not in the run row. Outside every capture the process's ``sys.stdout`` and
-``sys.stderr`` are the objects they were before.
+extension), bytes written to ``sys.stdout.buffer``, and writes from threads the task starts.
+Those still reach the worker's output; they are just not in the run row. Outside every
+capture the process's ``sys.stdout`` and ``sys.stderr`` are the objects they were before.
 """
 
 from __future__ import annotations
