@@ -19,7 +19,8 @@ runs do (:mod:`celery_taskq.core.runner.capture`):
   from the worker's output and mixed into the run's;
 * copies are kept per thread, so concurrent attempts (a threads pool, an eager task in a web
   request) each get their own output and nobody else's;
-* it costs a thread-local look-up per write and no system call per attempt.
+* it costs a thread-local look-up per write and no system call: about 5 µs an attempt, against
+  about 55 µs for pointing the descriptors at files (``benchmarks/bench_native_capture.py``).
 
 What it does not see: output written straight to the descriptors (a subprocess, a C
 extension), bytes written to ``sys.stdout.buffer``, and writes from threads the task starts.
