@@ -38,7 +38,7 @@ from celery_taskq.celery.audit_message import (
     coded,
     json_safe,
 )
-from celery_taskq.celery.audit_writer import AuditWriter
+from celery_taskq.celery.audit_writer import AuditOp, AuditWriter, RowOp
 from celery_taskq.celery.native_output import OutputCapture, start_capture
 from celery_taskq.core.native_codes import NativeCode
 from celery_taskq.core.queue import TaskQueueService
@@ -147,7 +147,7 @@ class NativeTaskAuditor:
         assert self.main_writer is not None  # noqa: S101 - set by __post_init__
         self.main_writer.submit(op, describe=describe)
 
-    def _submit(self, op: Callable[[Connection], None], describe: str) -> None:
+    def _submit(self, op: AuditOp | RowOp, describe: str) -> None:
         assert self.writer is not None  # noqa: S101 - set by __post_init__
         self.writer.submit(op, describe=describe)
 
@@ -181,11 +181,12 @@ class NativeTaskAuditor:
             assert self.writer is not None  # noqa: S101 - set by __post_init__
             self.writer.flush(timeout=5.0)
             return
-        task = self._native_task(message, self.get_service().clock())
-        self._submit(
-            lambda connection: native.record_published(connection, task),
-            f"publish {message.task_id}",
+        service = self.get_service()
+        task = self._native_task(message, service.clock())
+        row = RowOp(
+            native.published_statement(service.database.dialect), native.published_params(task)
         )
+        self._submit(row, f"publish {message.task_id}")
 
     # -- worker side -------------------------------------------------------------------------
 

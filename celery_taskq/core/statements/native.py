@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, case, select, text, update
+from sqlalchemy import Connection, bindparam, case, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from celery_taskq.core.models import (
@@ -31,6 +31,8 @@ from celery_taskq.core.models import (
 from celery_taskq.core.native_codes import NativeCode
 from celery_taskq.core.statements.runners import insert_runner
 from celery_taskq.core.statements.tasks import rollup_tasks
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 WORKER_LOST_MESSAGE = "the worker process running this attempt ended before it did"
 """``ErrorMessage`` of an attempt closed because its process died."""
@@ -89,11 +91,31 @@ def _task_values(task: NativeTask, *, failed: Any = 0) -> dict[str, Any]:
 
 def record_published(connection: Connection, task: NativeTask) -> None:
     """The row of a task just published: inserted unless its id already has one."""
-    connection.execute(
-        insert_on_conflict(connection, TaskQueue)
-        .values(**_task_values(task))
-        .on_conflict_do_nothing(index_elements=[TaskQueue.celery_task_id])
-    )
+    connection.execute(published_statement(connection.dialect.name), published_params(task))
+
+
+_PUBLISHED: dict[str, Any] = {}
+
+
+def published_statement(dialect: str) -> Any:
+    """The one statement of :func:`record_published` on ``dialect`` (the same object each time,
+    so that consecutive publishes can run as one ``executemany``); its parameters are
+    :func:`published_params`."""
+    statement = _PUBLISHED.get(dialect)
+    if statement is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        names = _task_values(NativeTask("", "", None, _EPOCH, _EPOCH))
+        statement = _PUBLISHED[dialect] = (
+            insert(TaskQueue)
+            .values({name: bindparam(name) for name in names})
+            .on_conflict_do_nothing(index_elements=[TaskQueue.celery_task_id])
+        )
+    return statement
+
+
+def published_params(task: NativeTask) -> dict[str, Any]:
+    """The parameters of :func:`published_statement` for ``task``."""
+    return _task_values(task)
 
 
 def upsert_started_task(
