@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from celery_taskq.celery.audit import NativeTaskAuditor, NotedError, TaskMessage
+from celery_taskq.celery.audit_writer import AuditWriter
 from celery_taskq.core.models import (
     TASK_EXHAUSTED_SQL,
     RunnerRole,
@@ -20,6 +22,7 @@ from celery_taskq.core.models import (
     TaskRun,
 )
 from celery_taskq.core.native_codes import NativeCode
+from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.statements import native, native_attempts
 from celery_taskq.core.statements.native_attempts import AttemptEnd
 from celery_taskq.core.storage.database import Database
@@ -248,3 +251,39 @@ def test_ended_worker_processes_have_their_rows_and_attempts_closed(database: Da
     )
     assert {row.role for row in runners(database)} == {RunnerRole.CELERY_WORKER}
     assert rows(database)[1] == [("timeout", "worker_lost", 0)]
+
+
+def test_the_auditor_tells_a_replacement_and_a_retry_from_what_the_attempt_sends(
+    service: TaskQueueService,
+) -> None:
+    # Given an auditor whose writes are made at once, and two attempts in this thread
+    writer = AuditWriter(lambda: service.database)
+    writer.close()
+    auditor = NativeTaskAuditor(
+        get_service=lambda: service,
+        should_audit=lambda name: name != "app.unaudited",
+        writer=writer,
+        capture_output=False,
+    )
+    replaced = TaskMessage(task_id="r-1", task_name="app.work")
+    retried = TaskMessage(task_id="t-1", task_name="app.work", max_retries=2)
+
+    # When one sends its replacement (one nesting deeper, of a task not audited) and ends
+    # ignored, and the other sends itself again with one more retry and ends retried
+    auditor.on_start(replaced, worker_hostname="w@h", ignore_result=False)
+    auditor.on_publish(TaskMessage("r-1", "app.unaudited", replaced_nesting=1))
+    auditor.on_end(task_id="r-1", state="IGNORED", retval=None)
+    auditor.on_start(retried, worker_hostname="w@h", ignore_result=False)
+    auditor.on_publish(TaskMessage("t-1", "app.work", retries=1))
+    auditor.on_outcome(task_id="t-1", error=NotedError("KeyError", "'k'", "Traceback ...\n"))
+    auditor.on_end(task_id="t-1", state="RETRY", retval=None)
+    auditor.on_process_shutdown()
+
+    # Then the first is replaced, the second retried (not final), each one row and one run
+    assert auditor.failures == 0
+    assert rows(service.database, "r-1")[1] == [("success", "replaced", 0)]
+    task, runs = rows(service.database, "t-1")
+    assert runs == [("error", "KeyError", 0)]
+    assert (task.max_retries, task.task_runs_failed) == (3, 1)
+    assert not exhausted(service.database, task.id)
+    assert [row.status for row in runners(service.database)] == [RunnerStatus.SUCCESS]

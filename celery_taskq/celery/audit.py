@@ -167,14 +167,13 @@ class NativeTaskAuditor:
     @_guarded
     def on_publish(self, message: TaskMessage) -> None:
         """``before_task_publish``: the task's row, unless an attempt of it sends it again."""
-        if not self.should_audit(message.task_name):
-            return
-        own = self.current_attempt(message.task_id)
         for stack in self._attempts().values():
             for attempt in stack:
                 if message.replaced_nesting > attempt.message.replaced_nesting:
                     attempt.replaced = True  # Task.replace() sends the replacement from here
-        if own is not None:
+        if not self.should_audit(message.task_name):
+            return
+        if self.current_attempt(message.task_id) is not None:
             # A retry or a replacement: the next attempt of the same row, which may start at
             # once in another process. This attempt's start is written first, so the attempts
             # keep their order (the caller of .delay() never comes here).
