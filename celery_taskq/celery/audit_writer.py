@@ -7,6 +7,8 @@ consecutive operations in one transaction (up to ``audit_batch_size``, gathered 
 ``audit_batch_window`` seconds after the first), in submission order. Without it, each
 operation commits before ``submit`` returns.
 
+- **Rows of one statement** (:class:`RowOp`, a prebuilt statement and its parameters) that
+  follow each other in a batch run as one ``executemany``: the cheapest write there is.
 - **One bad operation costs only itself.** A batch that fails is rolled back and run again
   one operation per transaction; an operation may therefore run twice (its first run rolled
   back), and must set again whatever it leaves for later operations. A failure is logged
@@ -17,9 +19,10 @@ operation commits before ``submit`` returns.
   writes the backlog and its own operation itself, in order, rather than dropping anything;
   only while the database is unreachable is that caller's operation dropped (logged and
   counted), so the task never waits on an outage and memory stays bounded.
-- **A crash** (SIGKILL) loses what was still queued: at most one window's operations and the
-  batch being committed. What was committed is always a prefix of what was submitted, in
-  order, each batch whole or not at all.
+- **A crash** (SIGKILL) loses what was still queued: one window's operations and the batch
+  being committed while the thread keeps up, at most :data:`QUEUE_LIMIT` when it does not.
+  What was committed is always a prefix of what was submitted, in order, each batch whole or
+  not at all.
 - **Fork-safe**: a child forked from a process with a writer thread starts its own (the
   parent's queued operations are the parent's to write). :meth:`AuditWriter.flush` waits for
   everything submitted so far; :meth:`AuditWriter.close` flushes and stops; every writer of the
@@ -53,8 +56,10 @@ logger = logging.getLogger(__name__)
 AuditOp = Callable[[Connection], None]
 """One audit write: statements to run in a transaction, in submission order."""
 
-QUEUE_LIMIT = 10_000
-"""Operations a process may hold in memory before callers write the backlog themselves."""
+QUEUE_LIMIT = 1_000
+"""Operations a process may hold in memory before callers write the backlog themselves: it
+bounds what a crash can lose, and the wait of a flush at shutdown, when writes come faster than
+the database takes them (a few seconds of writes at the audit's cost per write)."""
 
 EXIT_FLUSH_TIMEOUT = 5.0
 """Seconds a process waits at exit for its queued audit writes."""
