@@ -62,7 +62,7 @@ bounds what a crash can lose, and the wait of a flush at shutdown, when writes c
 the database takes them (a few seconds of writes at the audit's cost per write)."""
 
 EXIT_FLUSH_TIMEOUT = 5.0
-"""Seconds a process waits at exit for its queued audit writes."""
+"""Seconds a process waits at exit for its queued audit writes (all its writers together)."""
 
 RETRY_FIRST = 0.05
 """Seconds before the first retry while the database is unreachable; each retry doubles it."""
@@ -401,9 +401,10 @@ def _reset_in_child() -> None:
 
 
 def _close_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT  # for all the writers together
     for writer in list(_writers):
         if writer._pid == os.getpid():
-            writer.close(EXIT_FLUSH_TIMEOUT)
+            writer.close(max(deadline - time.monotonic(), 0.0))
 
 
 os.register_at_fork(after_in_child=_reset_in_child)
