@@ -56,6 +56,11 @@ class NativeTask:
     group_id: str | None = None
     chord_id: str | None = None
 
+    @property
+    def handler_class(self) -> str:
+        """Its ``TaskHandlerClass``: ``celery:<task name>``."""
+        return (CELERY_HANDLER_PREFIX + self.task_name)[:255]
+
 
 def attempts_allowed(max_retries: int | None) -> int | None:
     """``MaxRetries`` of a task Celery retries ``max_retries`` times: every attempt it may have
@@ -73,7 +78,7 @@ def insert_on_conflict(connection: Connection, table: Any) -> postgresql.Insert:
 def _task_values(task: NativeTask, *, failed: Any = 0) -> dict[str, Any]:
     allowed = attempts_allowed(task.max_retries)
     return {
-        "task_handler_class": (CELERY_HANDLER_PREFIX + task.task_name)[:255],
+        "task_handler_class": task.handler_class,
         "task_data": task.task_data,
         "scheduled_on": task.scheduled_on,
         "queued_on": task.queued_on,

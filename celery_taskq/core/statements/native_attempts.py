@@ -32,12 +32,12 @@ from celery_taskq.core.models import (
     TaskRun,
 )
 from celery_taskq.core.native_codes import NativeCode
+from celery_taskq.core.statements import native_pg
 from celery_taskq.core.statements.native import (
     NativeTask,
     insert_on_conflict,
     settle_max_retries,
     upsert_started_task,
-    upsert_started_task_statement,
 )
 from celery_taskq.core.statements.tasks import rollup_tasks
 
@@ -74,6 +74,27 @@ def start_attempt(
     """Record one execution attempt as a ``running`` run (its task's row created if need be);
     returns the run's id. Two statements on PostgreSQL, three on SQLite, whatever was written
     before."""
+    if connection.dialect.name == "postgresql":
+        run_id = native_pg.start_attempt(
+            connection,
+            task,
+            attempt=attempt,
+            eager=eager,
+            runner_id=runner_id,
+            started_on=started_on,
+            lost_message=REDELIVERED_MESSAGE,
+            superseded_message=SUPERSEDED_MESSAGE,
+        )
+        if run_id is not None:
+            return run_id
+        task_queue_id = int(
+            connection.execute(
+                select(TaskQueue.id).where(TaskQueue.celery_task_id == task.celery_task_id)
+            ).scalar_one()
+        )
+        return _insert_superseded(
+            connection, task, task_queue_id, attempt, eager, runner_id, started_on
+        )
     close_older = (
         update(TaskRun)
         .where(
@@ -96,35 +117,23 @@ def start_attempt(
         )
         .returning(TaskRun.id)
     )
-    if connection.dialect.name == "postgresql":
-        # One round trip: the close is a CTE whose count the upsert adds to the failures.
-        closed = close_older.cte("closed")
-        count = select(func.count()).select_from(closed).scalar_subquery()
-        task_queue_id = int(
-            connection.execute(
-                upsert_started_task_statement(
-                    connection, task, closed_failed=count, running=True
-                ).add_cte(closed)
-            ).scalar_one()
-        )
-    else:
-        task_queue_id = upsert_started_task(
-            connection,
-            task,
-            closed_failed=len(connection.execute(close_older).all()),
-            running=True,
-        )
-    values = {
-        "task_queue_id": task_queue_id,
-        "celery_task_id": task.celery_task_id,
-        "task_runner_id": runner_id,
-        "started_on": started_on,
-        "attempt": attempt,
-        "eager": eager,
-    }
+    task_queue_id = upsert_started_task(
+        connection,
+        task,
+        closed_failed=len(connection.execute(close_older).all()),
+        running=True,
+    )
     run_id = connection.execute(
         insert_on_conflict(connection, TaskRun)
-        .values(status=RunStatus.RUNNING, **values)
+        .values(
+            status=RunStatus.RUNNING,
+            task_queue_id=task_queue_id,
+            celery_task_id=task.celery_task_id,
+            task_runner_id=runner_id,
+            started_on=started_on,
+            attempt=attempt,
+            eager=eager,
+        )
         .on_conflict_do_nothing(
             index_elements=[TaskRun.task_queue_id], index_where=text(RUN_OPEN_SQL)
         )
@@ -132,19 +141,38 @@ def start_attempt(
     ).scalar()
     if run_id is not None:
         return int(run_id)
-    # A newer attempt is open already: this one was superseded before it was written.
+    return _insert_superseded(
+        connection, task, task_queue_id, attempt, eager, runner_id, started_on
+    )
+
+
+def _insert_superseded(
+    connection: Connection,
+    task: NativeTask,
+    task_queue_id: int,
+    attempt: int,
+    eager: bool,
+    runner_id: int | None,
+    started_on: datetime,
+) -> int:
+    """A start written after a newer attempt's: closed as superseded at once. The newer attempt
+    stays the task's newest (``LastStatus`` running); this one counts as failed."""
     run_id = connection.execute(
         insert(TaskRun)
         .values(
+            task_queue_id=task_queue_id,
+            celery_task_id=task.celery_task_id,
+            task_runner_id=runner_id,
+            started_on=started_on,
+            attempt=attempt,
+            eager=eager,
             status=RunStatus.TIMEOUT,
             finished_on=started_on,
             error_code=NativeCode.SUPERSEDED.value,
             error_message=SUPERSEDED_MESSAGE,
-            **values,
         )
         .returning(TaskRun.id)
     ).scalar_one()
-    # The newer attempt stays the task's newest (LastStatus running); this one counts failed.
     connection.execute(
         update(TaskQueue)
         .where(TaskQueue.id == task_queue_id)
@@ -175,25 +203,16 @@ def end_attempt(connection: Connection, run_id: int, end: AttemptEnd, now: datet
     """Record how an attempt ended, and roll it up; ``False`` if the run was closed for good
     meanwhile (by the worker's main process, which knows better)."""
     values = _end_values(end, now)
-    ended = (
-        update(TaskRun)
-        .where(TaskRun.id == run_id, text(RUN_RUNNING_SQL))
-        .values(**values)
-        .returning(TaskRun.task_queue_id)
-    )
     if connection.dialect.name == "postgresql":
-        # One round trip: the run's end is a CTE, the roll-up updates its task.
-        cte = ended.cte("ended")
-        rolled_up = connection.execute(
-            _roll_up_newest_statement(end)
-            .add_cte(cte)
-            .where(TaskQueue.id == next(iter(cte.c)))
-            .returning(TaskQueue.id)
-        ).scalar()
-        if rolled_up is not None:
+        if native_pg.end_attempt(connection, run_id, values, final=end.final):
             return True
     else:
-        task_queue_id = connection.execute(ended).scalar()
+        task_queue_id = connection.execute(
+            update(TaskRun)
+            .where(TaskRun.id == run_id, text(RUN_RUNNING_SQL))
+            .values(**values)
+            .returning(TaskRun.task_queue_id)
+        ).scalar()
         if task_queue_id is not None:
             connection.execute(
                 _roll_up_newest_statement(end).where(TaskQueue.id == int(task_queue_id))

@@ -1,0 +1,169 @@
+"""The native audit's hot statements on PostgreSQL, one round trip each, run on the driver.
+
+An audited Celery task costs its worker one start and one end. Built with SQLAlchemy per call,
+each cost milliseconds of client CPU (statement construction, cache key, compilation lookup);
+here each is a constant :class:`~celery_taskq.core.storage.driver.DriverStatement`. They do
+what :mod:`celery_taskq.core.statements.native_attempts` does on every database, and fall back
+to it where they cannot (``None``): a start older than the open attempt, an end over a guessed
+close.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from celery_taskq.core.models import RUN_OPEN_SQL
+from celery_taskq.core.native_codes import NativeCode
+from celery_taskq.core.statements.native import NativeTask, attempts_allowed
+from celery_taskq.core.storage.driver import DriverStatement
+
+_START = DriverStatement(
+    text(
+        "WITH closed AS ("  # noqa: S608 - constant SQL, values are bound
+        + """
+            UPDATE "TaskRuns" SET "Status" = 'timeout', "FinishedOn" = :now,
+                "ErrorCode" = CASE WHEN "Attempt" = :attempt THEN :lost ELSE :superseded END,
+                "ErrorMessage" = CASE WHEN "Attempt" = :attempt
+                    THEN :lost_message ELSE :superseded_message END
+            WHERE "TaskQueueId" = (
+                    SELECT "Id" FROM "TaskQueue" WHERE "CeleryTaskId" = :celery_task_id
+                )
+                AND """
+        + RUN_OPEN_SQL
+        + """ AND ("StartedOn" IS NULL OR "StartedOn" <= :now)
+            RETURNING 1
+        ), task AS (
+            INSERT INTO "TaskQueue" (
+                "TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn", "QueuedById",
+                "MaxRetries", "TaskRunsFailed", "LastStatus", "CeleryTaskId", "CeleryParentId",
+                "CeleryRootId", "CeleryGroupId", "CeleryChordId"
+            ) VALUES (
+                :handler, :task_data, :scheduled_on, :queued_on, :queued_by,
+                COALESCE(CAST(:allowed AS INTEGER), (SELECT count(*) FROM closed) + 1),
+                (SELECT count(*) FROM closed), 'running', :celery_task_id, :parent_id,
+                :root_id, :group_id, :chord_id
+            )
+            ON CONFLICT ("CeleryTaskId") DO UPDATE SET
+                "LastStatus" = 'running',
+                "TaskRunsFailed" = "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed),
+                "MaxRetries" = COALESCE(
+                    CAST(:allowed AS INTEGER),
+                    "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
+                ),
+                "CeleryParentId" = COALESCE(
+                    "TaskQueue"."CeleryParentId", EXCLUDED."CeleryParentId"
+                ),
+                "CeleryRootId" = COALESCE("TaskQueue"."CeleryRootId", EXCLUDED."CeleryRootId"),
+                "CeleryGroupId" = COALESCE("TaskQueue"."CeleryGroupId", EXCLUDED."CeleryGroupId"),
+                "CeleryChordId" = COALESCE("TaskQueue"."CeleryChordId", EXCLUDED."CeleryChordId")
+            RETURNING "Id"
+        )
+        INSERT INTO "TaskRuns" (
+            "TaskQueueId", "Status", "StartedOn", "CeleryTaskId", "TaskRunnerId", "Attempt", "Eager"
+        )
+        SELECT "Id", 'running', :now, :celery_task_id, CAST(:runner_id AS BIGINT), :attempt, :eager
+        FROM task
+        ON CONFLICT ("TaskQueueId") WHERE """
+        + RUN_OPEN_SQL
+        + """ DO NOTHING
+        RETURNING "Id"
+        """
+    ),
+    json_params=frozenset({"task_data"}),
+)
+
+
+def start_attempt(
+    connection: Connection,
+    task: NativeTask,
+    *,
+    attempt: int,
+    eager: bool,
+    runner_id: int | None,
+    started_on: datetime,
+    lost_message: str,
+    superseded_message: str,
+) -> int | None:
+    """Close the task's older open attempt, upsert its row and insert the ``running`` run, in
+    one statement; the run's id, or ``None`` when a newer attempt is open already."""
+    row = _START.first(
+        connection,
+        {
+            "now": started_on,
+            "attempt": attempt,
+            "lost": NativeCode.WORKER_LOST.value,
+            "superseded": NativeCode.SUPERSEDED.value,
+            "lost_message": lost_message,
+            "superseded_message": superseded_message,
+            "celery_task_id": task.celery_task_id,
+            "handler": task.handler_class,
+            "task_data": task.task_data,
+            "scheduled_on": task.scheduled_on,
+            "queued_on": task.queued_on,
+            "queued_by": task.queued_by,
+            "allowed": attempts_allowed(task.max_retries),
+            "parent_id": task.parent_id,
+            "root_id": task.root_id,
+            "group_id": task.group_id,
+            "chord_id": task.chord_id,
+            "runner_id": runner_id,
+            "eager": eager,
+        },
+    )
+    return None if row is None else int(row[0])
+
+
+_END = DriverStatement(
+    text(
+        """
+        WITH ended AS (
+            UPDATE "TaskRuns" SET "Status" = :status, "FinishedOn" = :now,
+                "ErrorCode" = :error_code, "ErrorMessage" = :error_message,
+                "StandardOutput" = COALESCE(:standard_output, "StandardOutput"),
+                "ErrorOutput" = COALESCE(:error_output, "ErrorOutput"),
+                "Results" = :results,
+                "PercentsCompleted" = COALESCE(CAST(:percents AS INTEGER), "PercentsCompleted")
+            WHERE "Id" = :run_id AND "Status" = 'running'
+            RETURNING "TaskQueueId"
+        )
+        UPDATE "TaskQueue" SET "LastStatus" = :status,
+            "TaskRunsFailed" = CASE WHEN :succeeded THEN 0
+                ELSE "TaskQueue"."TaskRunsFailed" + 1 END,
+            "MaxRetries" = CASE WHEN :succeeded THEN "TaskQueue"."MaxRetries"
+                WHEN :final THEN LEAST("TaskQueue"."MaxRetries", "TaskQueue"."TaskRunsFailed" + 1)
+                ELSE GREATEST("TaskQueue"."MaxRetries", "TaskQueue"."TaskRunsFailed" + 2) END
+        FROM ended WHERE "TaskQueue"."Id" = ended."TaskQueueId"
+        RETURNING "TaskQueue"."Id"
+        """
+    ),
+    json_params=frozenset({"results"}),
+)
+
+
+def end_attempt(
+    connection: Connection, run_id: int, values: dict[str, Any], *, final: bool
+) -> bool:
+    """Write a ``running`` run's end and roll it up (the task's newest attempt) in one
+    statement; ``False`` when the run is not ``running``. ``values`` are the run's columns
+    as :func:`~celery_taskq.core.statements.native_attempts.end_attempt` sets them."""
+    status = str(values["status"])
+    row = _END.first(
+        connection,
+        {
+            "run_id": run_id,
+            "status": status,
+            "now": values["finished_on"],
+            "error_code": values["error_code"],
+            "error_message": values["error_message"],
+            "standard_output": values.get("standard_output"),
+            "error_output": values.get("error_output"),
+            "results": values["results"],
+            "percents": values.get("percents_completed"),
+            "succeeded": status == "success",
+            "final": final,
+        },
+    )
+    return row is not None
