@@ -279,6 +279,28 @@ def test_a_forked_child_starts_its_own_writer_and_never_writes_the_parents_queue
     assert writer.failures == 0  # row 0 written once: a second write would break its key
 
 
+def _submit_closed_in_child(writer: AuditWriter, database: Database) -> None:
+    writer.submit(insert(1))
+    written_at_once = [n for n, _ in rows(database)] == [1]
+    os._exit(0 if written_at_once and writer.written == 1 else 1)
+
+
+def test_a_closed_writer_stays_closed_in_a_forked_child(
+    probe: Database, settings: Settings, writers: list[AuditWriter]
+) -> None:
+    # Given a parent's closed writer (each write made before submit() returns)
+    writer = make_writer(writers, probe, settings)
+    writer.close()
+    # When a forked child submits through it
+    child = multiprocessing.get_context("fork").Process(
+        target=_submit_closed_in_child, args=(writer, probe)
+    )
+    child.start()
+    child.join(60)
+    # Then the child's write was committed before its submit() returned
+    assert child.exitcode == 0
+
+
 CHILD_SUBMITTED = "submitted"
 
 

@@ -111,7 +111,9 @@ class AuditWriter:
 
     def _reset(self) -> None:
         # Also the state of a forked child: fresh locks (the parent's may have been held by
-        # its writer thread at the fork), no thread, and none of the parent's queued writes.
+        # its writer thread at the fork), no thread, and none of the parent's queued writes;
+        # a closed writer stays closed (it writes each operation at once).
+        closed = getattr(self, "_closed", False)
         self.failures = 0
         """Operations that could not be written (logged), in this process."""
         self.written = 0
@@ -131,8 +133,8 @@ class AuditWriter:
         self._done = 0
         self._flushers = 0
         self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._closed = False
+        self._stopping = closed
+        self._closed = closed
         self._unreachable = False
 
     # -- the caller's side -------------------------------------------------------------------
