@@ -150,16 +150,18 @@ def retries() -> dict[str, Any]:
 
 @scenario
 def revoke() -> dict[str, Any]:
-    """Revoked before it starts, and terminated while it runs."""
+    """Revoked before it starts, and terminated while it runs (its state until then)."""
     waiting = sleep_for.apply_async((0.1,), countdown=3)
     waiting.revoke()
     flag = _flag()
     running = sleep_for.delay(30, flag)
     started = wait_for_file(flag)
+    state_while_running = running.state
     running.revoke(terminate=True)
     return {
         "before_start": observed(waiting),
         "started": started,
+        "state_while_running": state_while_running,
         "terminated": observed(running),
     }
 

@@ -364,6 +364,7 @@ def test_revoke_and_terminate(plain: Side, installed: Side) -> None:
     plain_seen, installed_seen = both(plain, installed, "revoke")
     assert plain_seen["before_start"]["state"] == "REVOKED"
     assert plain_seen["started"] is True
+    assert plain_seen["state_while_running"] == "PENDING"  # no task_track_started
     assert plain_seen["terminated"]["state"] == "REVOKED"
     assert installed_seen == plain_seen
 
