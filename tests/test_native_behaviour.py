@@ -40,7 +40,7 @@ from tests.helpers import wait_for
 
 FAILING_WARM_UP = 50
 FAILING_MEASURED = 200
-MEMORY_TOLERANCE = 8 * 1024 * 1024
+MEMORY_TOLERANCE = 12 * 1024 * 1024
 """Bytes the installed worker's pool processes may grow beyond plain Celery's over
 FAILING_MEASURED failing tasks. Plain Celery's two pool processes grow about 36 MB over 200
 failures (Redis result backend, INFO logging); the installed ones were measured within 4 MB of
@@ -394,7 +394,8 @@ def test_acks_late_and_reject_on_worker_lost(plain: Side, installed: Side) -> No
 
 def test_ignore_and_reject(plain: Side, installed: Side) -> None:
     plain_seen, installed_seen = both(plain, installed, "ignore_and_reject")
-    assert plain_seen["ignore"]["ran"] is plain_seen["reject"]["ran"] is True
+    assert plain_seen["ignore"] == {"ran": True, "state": "PENDING", "value": None}
+    assert plain_seen["reject"]["ran"] is True
     assert installed_seen == plain_seen
 
 
