@@ -128,9 +128,10 @@ def test_the_capture_keeps_cap_bytes_and_says_how_many_more() -> None:
         capture = start_capture(10)
         sys.stdout.write("0123456789abcdef")
         sys.stdout.write("é" * 4)  # 8 bytes in UTF-8
+        sys.stdout.write("!")  # a byte that would fit the room left, after a cut: left out
         stdout, _ = capture.finish()
-        assert stdout == "0123456789" + TRUNCATION_MARKER.format(omitted=14)
-        assert out.getvalue() == "0123456789abcdef" + "é" * 4  # the stream got everything
+        assert stdout == "0123456789" + TRUNCATION_MARKER.format(omitted=15)
+        assert out.getvalue() == "0123456789abcdef" + "é" * 4 + "!"  # the stream got all
 
 
 def test_a_multibyte_character_is_never_cut_in_half() -> None:
@@ -138,7 +139,8 @@ def test_a_multibyte_character_is_never_cut_in_half() -> None:
         capture = start_capture(5)
         sys.stdout.write("ab" + "é" * 3)  # 2 + 6 bytes: room for "ab", one "é" and half of one
         stdout, _ = capture.finish()
-        assert stdout == "abé" + TRUNCATION_MARKER.format(omitted=3)
+        # The cut-off "é" counts among the bytes left out, so the count stays exact
+        assert stdout == "abé" + TRUNCATION_MARKER.format(omitted=4)
 
 
 def test_what_a_database_cannot_store_is_replaced() -> None:

@@ -62,11 +62,14 @@ class _StreamCopy:
             self._chunks.append(text)
             self._kept += size
             return
+        kept = 0
         if room > 0:
-            head = text.encode("utf-8", "surrogatepass")[:room]
-            self._chunks.append(head.decode("utf-8", "ignore"))
-            self._kept = self._cap
-        self._omitted += size - max(room, 0)
+            # Cut at a character boundary: a character that does not fit whole is left out.
+            head = text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
+            kept = len(head.encode("utf-8", "surrogatepass"))
+            self._chunks.append(head)
+        self._kept = self._cap  # whatever comes later is left out too, so the text stays whole
+        self._omitted += size - kept
 
     def text(self) -> str:
         text = "".join(self._chunks)
