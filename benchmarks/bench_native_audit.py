@@ -11,8 +11,8 @@ Variants, each drained by ``celery worker -P prefork -c C`` on Redis (same C for
     benchmarks/native_app.py: the same task with ``install(app, audit_celery_tasks=True)`` and
     plain Celery's settings (task events off, prefetch multiplier 4): the audit's own cost.
 ``audited-flower``
-    the same with install()'s defaults for Flower (``worker_send_task_events``,
-    ``task_send_sent_event``, ``task_track_started`` on, prefetch multiplier 1).
+    the same with install()'s defaults for Flower (``worker_send_task_events`` and
+    ``task_send_sent_event`` on, prefetch multiplier 1).
 ``audited-sync`` (only when asked for with ``--variants``)
     ``audited`` with ``TASKQ_AUDIT_WRITE_BEHIND=false``: every audit write committed before
     the task goes on, to show what writing behind gives.
