@@ -17,6 +17,7 @@ from sqlalchemy import Connection, text
 
 from celery_taskq.core.models import RUN_OPEN_SQL
 from celery_taskq.core.native_codes import NativeCode
+from celery_taskq.core.statements import native
 from celery_taskq.core.statements.native import NativeTask, attempts_allowed
 from celery_taskq.core.storage.driver import DriverStatement
 
@@ -41,10 +42,10 @@ _START = DriverStatement(
                 "MaxRetries", "TaskRunsFailed", "LastStatus", "CeleryTaskId", "CeleryParentId",
                 "CeleryRootId", "CeleryGroupId", "CeleryChordId"
             ) VALUES (
-                :handler, :task_data, :scheduled_on, :queued_on, :queued_by,
+                :task_handler_class, :task_data, :scheduled_on, :queued_on, :queued_by_id,
                 COALESCE(CAST(:allowed AS INTEGER), (SELECT count(*) FROM closed) + 1),
-                (SELECT count(*) FROM closed), 'running', :celery_task_id, :parent_id,
-                :root_id, :group_id, :chord_id
+                (SELECT count(*) FROM closed), 'running', :celery_task_id, :celery_parent_id,
+                :celery_root_id, :celery_group_id, :celery_chord_id
             )
             ON CONFLICT ("CeleryTaskId") DO UPDATE SET
                 "LastStatus" = 'running',
@@ -98,17 +99,8 @@ def start_attempt(
             "superseded": NativeCode.SUPERSEDED.value,
             "lost_message": lost_message,
             "superseded_message": superseded_message,
-            "celery_task_id": task.celery_task_id,
-            "handler": task.handler_class,
-            "task_data": task.task_data,
-            "scheduled_on": task.scheduled_on,
-            "queued_on": task.queued_on,
-            "queued_by": task.queued_by,
+            **native.published_params(task),
             "allowed": attempts_allowed(task.max_retries),
-            "parent_id": task.parent_id,
-            "root_id": task.root_id,
-            "group_id": task.group_id,
-            "chord_id": task.chord_id,
             "runner_id": runner_id,
             "eager": eager,
         },
