@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection
 
+from celery_taskq.celery import audit_processes
 from celery_taskq.celery.audit_message import (
     QUEUED_BY_HEADER,
     NotedError,
@@ -38,13 +39,11 @@ from celery_taskq.celery.audit_message import (
     coded,
     json_safe,
 )
+from celery_taskq.celery.audit_processes import ProcessRunner
 from celery_taskq.celery.audit_writer import AuditOp, AuditWriter, RowOp
 from celery_taskq.celery.native_output import OutputCapture, start_capture
 from celery_taskq.core.native_codes import NativeCode
 from celery_taskq.core.queue import TaskQueueService
-from celery_taskq.core.runner.heartbeat import Heartbeat
-from celery_taskq.core.runner.lease import process_namespace
-from celery_taskq.core.runner.liveness import current_process_start_time, process_start_time
 from celery_taskq.core.runner.outcome import RunOutcome, storable_outcome
 from celery_taskq.core.statements import native, native_attempts
 from celery_taskq.core.statements.native_attempts import AttemptEnd
@@ -108,15 +107,6 @@ class _Attempt:
 
 
 @dataclass
-class _ProcessRunner:
-    """This process's runner row; its registration operation fills in ``id``."""
-
-    pid: int
-    id: int | None = None
-    heartbeat: Heartbeat | None = None
-
-
-@dataclass
 class NativeTaskAuditor:
     """Writes audit rows for plain Celery tasks as they are published and executed."""
 
@@ -133,7 +123,7 @@ class NativeTaskAuditor:
     """The worker this process belongs to (set when the worker or a pool process starts)."""
     failures: int = 0
     _local: threading.local = field(default_factory=threading.local)
-    _runner: _ProcessRunner | None = None
+    _runner: ProcessRunner | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -331,15 +321,7 @@ class NativeTaskAuditor:
         runner = self._runner
         if runner is None or runner.pid != os.getpid():
             return
-        if runner.heartbeat is not None:
-            runner.heartbeat.stop()
-        now = self.get_service().clock()
-
-        def close(connection: Connection) -> None:
-            if runner.id is not None:
-                native.close_runner_process(connection, runner.id, now)
-
-        self._submit(close, "runner end")
+        self._submit(audit_processes.ending(self.get_service(), runner), "runner end")
         assert self.writer is not None  # noqa: S101 - set by __post_init__
         self.writer.flush(timeout=5.0)
 
@@ -356,52 +338,20 @@ class NativeTaskAuditor:
     ) -> None:
         if not worker_hostname:
             return
-        service = self.get_service()
-        hostname, now = service.settings.hostname, service.clock()
-
-        def close(connection: Connection) -> None:
-            native.close_worker_processes(
-                connection,
-                hostname=hostname,
-                worker_hostname=worker_hostname,
-                alive=_alive,
-                now=now,
-                this_process=this_process,
-            )
-
+        close = audit_processes.closing_ended(self.get_service(), worker_hostname, this_process)
         describe = f"close ended processes of {worker_hostname}"
         if in_main:
             self._submit_in_main(close, describe)
         else:
             self._submit(close, describe)
 
-    def _process_runner(self, service: TaskQueueService, worker_hostname: str) -> _ProcessRunner:
+    def _process_runner(self, service: TaskQueueService, worker_hostname: str) -> ProcessRunner:
         """This process's runner row, registered (by an operation) on its first attempt."""
         with self._lock:
-            runner = self._runner
-            if runner is not None and runner.pid == os.getpid():
-                return runner
-            runner = self._runner = _ProcessRunner(os.getpid())
-        now, hostname = service.clock(), service.settings.hostname
-        create_time, namespace = current_process_start_time(), process_namespace()
-        heartbeat_interval = service.settings.heartbeat_interval
-
-        def register(connection: Connection) -> None:
-            runner.id = native.register_celery_worker_process(
-                connection,
-                process_id=runner.pid,
-                hostname=hostname,
-                process_create_time=create_time,
-                worker_hostname=worker_hostname,
-                now=now,
-                process_namespace=namespace,
-            )
-            # Run again after a rolled-back batch, the operation re-points the heartbeat.
-            if runner.heartbeat is None:
-                runner.heartbeat = Heartbeat(service.database, runner.id, heartbeat_interval)
-                runner.heartbeat.start()
-            runner.heartbeat.runner_id = runner.id
-
+            if self._runner is not None and self._runner.pid == os.getpid():
+                return self._runner
+            runner, register = audit_processes.registration(service, worker_hostname)
+            self._runner = runner
         self._submit(register, "runner registration")
         return runner
 
@@ -421,10 +371,3 @@ class NativeTaskAuditor:
             group_id=message.group_id,
             chord_id=message.chord_id,
         )
-
-
-def _alive(pid: int, create_time: float | None) -> bool:
-    started = process_start_time(pid)
-    if started is None:
-        return False
-    return create_time is None or started < 0 or abs(started - create_time) < 1.0
