@@ -113,7 +113,9 @@ def report(
         "rotating order); medians, with the spread of the repetitions. Load average (1/5/15 "
         "min) at the start of each repetition and at the end: "
         + "; ".join(f"{a:.1f}/{b:.1f}/{c:.1f}" for a, b, c in results.load)
-        + '. See benchmarks/README.md ("The native audit\'s cost") for what is measured.',
+        + '. See benchmarks/README.md ("The native audit\'s cost") for what is measured. '
+        "A run of bench_native_audit.py rewrites this section alone: where its date is later "
+        "than the run_all.py run named at the top of this file, its figures are the newer ones.",
         "",
         "| target | PostgreSQL | measured | bound | met |",
         "|---|---|---|---|---|",
