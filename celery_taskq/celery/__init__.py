@@ -21,8 +21,11 @@ The modules: :mod:`~celery_taskq.celery.install` (``install()``, ``create_app()`
 :mod:`~celery_taskq.celery.startup` (applying them when the app's configuration is final),
 :mod:`~celery_taskq.celery.state` (settings from Celery config, per-process state),
 :mod:`~celery_taskq.celery.tasks` (the event and runner tasks, runner dispatch),
-:mod:`~celery_taskq.celery.audit_signals` and :mod:`~celery_taskq.celery.audit` (the native task
-audit), :mod:`~celery_taskq.celery.broker` (the SQL broker). This layer imports the core and the
+:mod:`~celery_taskq.celery.audit_signals`, :mod:`~celery_taskq.celery.audit`,
+:mod:`~celery_taskq.celery.audit_message`, :mod:`~celery_taskq.celery.audit_processes`,
+:mod:`~celery_taskq.celery.audit_writer` and :mod:`~celery_taskq.celery.native_output` (the
+native task audit), :mod:`~celery_taskq.celery.resend` (re-sending a recorded task),
+:mod:`~celery_taskq.celery.broker` (the SQL broker). This layer imports the core and the
 public API's enqueue hook (:func:`celery_taskq.api.add_enqueue_hook`), nothing else of the
 project.
 """
