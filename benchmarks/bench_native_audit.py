@@ -13,6 +13,10 @@ Variants, each drained by ``celery worker -P prefork -c C`` on Redis (same C for
 ``audited-flower``
     the same with install()'s defaults for Flower (``worker_send_task_events`` and
     ``task_send_sent_event`` on, prefetch multiplier 1).
+``plain-flower``
+    ``plain`` with the same Celery settings as ``audited-flower``: what those settings cost
+    without the audit, so that ``audited-flower`` vs ``plain-flower`` is the audit's own cost
+    under them.
 ``audited-sync`` (only when asked for with ``--variants``)
     ``audited`` with ``TASKQ_AUDIT_WRITE_BEHIND=false``: every audit write committed before
     the task goes on, to show what writing behind gives.
@@ -147,23 +151,24 @@ def measure(
     """Queue ``tasks`` no-op tasks of ``variant``, then drain them with a fresh worker."""
     from benchmarks import native_app
 
-    module = plain_app if variant == "plain" else native_app
+    audited, flower = variant.startswith("audited"), variant.endswith("flower")
+    module = native_app if audited else plain_app
     client = redis.Redis.from_url(server.url(PLAIN_REDIS_DB))
     server.flush()
     use_broker(module.app, server.url(PLAIN_REDIS_DB))
     with contextlib.ExitStack() as stack:
-        if variant != "plain":
+        if audited:
             assert database_url is not None  # noqa: S101
             stack.enter_context(
                 audited_database(database_url, write_behind=variant != "audited-sync")
             )
-            if variant == "audited-flower":
-                # install() turned task_send_sent_event on for a silent app: the caller sends
-                # the task-sent event too.
-                module.app.conf.task_send_sent_event = True
-        stack.callback(setattr, native_app.app.conf, "task_send_sent_event", False)
-        profiler = cProfile.Profile() if profile is not None and variant != "plain" else None
-        caller_before = writer_stats(audit_writer()) if variant != "plain" else None
+        if flower:
+            # install() turns task_send_sent_event on for a silent app: the caller sends the
+            # task-sent event too.
+            module.app.conf.task_send_sent_event = True
+            stack.callback(setattr, module.app.conf, "task_send_sent_event", False)
+        profiler = cProfile.Profile() if profile is not None and audited else None
+        caller_before = writer_stats(audit_writer()) if audited else None
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -172,8 +177,8 @@ def measure(
         if profiler is not None:
             profiler.disable()
         delay_rate = rate(tasks, time.perf_counter() - started)
-        flushed = None if variant == "plain" else flush_audit()
-        caller_after = writer_stats(audit_writer()) if variant != "plain" else None
+        flushed = flush_audit() if audited else None
+        caller_after = writer_stats(audit_writer()) if audited else None
         caller = None
         if caller_before is not None and caller_after is not None:
             caller = WriterStats(
@@ -190,7 +195,8 @@ def measure(
         stats_directory.mkdir()
         env = child_env(
             BENCH_REDIS_URL=server.url(PLAIN_REDIS_DB),
-            BENCH_NATIVE_FLOWER="1" if variant == "audited-flower" else "",
+            BENCH_NATIVE_FLOWER="1" if audited and flower else "",
+            BENCH_PLAIN_FLOWER="1" if flower and not audited else "",
             BENCH_PROFILE_DIR=str(profile or ""),
             BENCH_STATS_DIR=str(stats_directory),
             TASKQ_AUDIT_WRITE_BEHIND="false" if variant == "audited-sync" else "true",
@@ -249,12 +255,12 @@ def measure(
         finally:
             children.stop(worker)
             client.close()
-    audited = None if database_url is None or variant == "plain" else audit_rows(database_url)
+    rows = audit_rows(database_url) if audited and database_url is not None else None
     return Sample(
         delay_rate,
         rate(tasks, last - first),
         flushed,
-        audited,
+        rows,
         worker_cpu_ms=worker_ms * 1000 / counted,
         postgres_cpu_ms=postgres_ms * 1000 / counted if postgres is not None else float("nan"),
         caller_writer=caller,
@@ -335,7 +341,7 @@ def run(
                     label = f"{variant}-{durability}-{rep}"
                     say(f"{label} ...")
                     url, drop = None, None
-                    if variant != "plain":
+                    if variant.startswith("audited"):
                         name = f"bench_{variant.replace('-', '_')}_{rep}_{os.getpid()}"
                         url, drop = fresh_database(clusters[durability], name)
                     try:

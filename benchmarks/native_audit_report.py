@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-VARIANTS = ("plain", "audited", "audited-flower", "audited-sync")
-DEFAULT_VARIANTS = ("plain", "audited", "audited-flower")
+VARIANTS = ("plain", "audited", "audited-flower", "plain-flower", "audited-sync")
+DEFAULT_VARIANTS = ("plain", "audited", "audited-flower", "plain-flower")
 DURABILITIES = ("durable", "no-durability")
 DURABILITY_TITLES = {
     "durable": "durable PostgreSQL (fsync=on, synchronous_commit=on)",
@@ -132,6 +132,16 @@ def report(
                 f"({drain(durability, variant):,.0f} vs {plain_drain:,.0f} tasks/s) "
                 f"| >= {bound}x | {met(ratio, bound)} |"
             )
+        if samples(durability, "audited-flower") and samples(durability, "plain-flower"):
+            base = drain(durability, "plain-flower")
+            ratio = drain(durability, "audited-flower") / base
+            lines.append(
+                f"| audited-flower drain vs plain-flower (the audit's own cost under those "
+                f"settings) | {durability} | {ratio:.2f}x "
+                f"({drain(durability, 'audited-flower'):,.0f} vs {base:,.0f} tasks/s) | - | - |"
+            )
+        if not samples(durability, "audited"):
+            continue
         ratio = delay(durability, "audited") / plain_delay
         lines.append(
             f"| audited `.delay()` vs plain | {durability} | {ratio:.2f}x "
