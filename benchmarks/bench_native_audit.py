@@ -403,6 +403,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", type=Path, default=None, help="write cProfiles here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument(
+        "--code", default="", help="what code was measured (e.g. a commit), named in the section"
+    )
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     args.durabilities = [d.strip() for d in args.durabilities.split(",") if d.strip()]
@@ -442,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     command = f"benchmarks/bench_native_audit.py --tasks {args.tasks} --repeat {args.repeat}" + (
         f" --concurrency {args.concurrency}" if args.concurrency != 2 else ""
     )
-    section = render(results, facts, settings_seen, command, started_at, time.monotonic() - clock)
+    section = render(
+        results, facts, settings_seen, command, started_at, time.monotonic() - clock, args.code
+    )
     write_section(args.output, section)
     print(section)
     print(f"written to {args.output}")
