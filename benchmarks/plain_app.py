@@ -33,7 +33,6 @@ if os.environ.get("BENCH_PLAIN_FLOWER"):
     # The Celery settings install() gives a silent app for Flower, without celery_taskq.
     app.conf.worker_send_task_events = True
     app.conf.task_send_sent_event = True
-    app.conf.task_track_started = True
     app.conf.worker_prefetch_multiplier = 1
 
 _clients: dict[int, redis.Redis] = {}
