@@ -61,17 +61,23 @@ class Native:
 
     def settled(self, celery_id: str, runs: int) -> tuple[TaskQueue, list[TaskRun]] | None:
         """The task's row and runs once it has ``runs`` runs, none of them open."""
+        # The runs are read before the task row: each statement sees what was committed when
+        # it began (READ COMMITTED), and a run's end commits with the task's roll-up, so the
+        # row read second is at least as new as the runs read first.
         with Session(self.database.engine, expire_on_commit=False) as session:
+            found = list(
+                session.scalars(
+                    select(TaskRun)
+                    .join(TaskQueue, TaskRun.task_queue_id == TaskQueue.id)
+                    .where(TaskQueue.celery_task_id == celery_id)
+                    .order_by(TaskRun.id)
+                )
+            )
             task = session.scalars(
                 select(TaskQueue).where(TaskQueue.celery_task_id == celery_id)
             ).first()
             if task is None:
                 return None
-            found = list(
-                session.scalars(
-                    select(TaskRun).where(TaskRun.task_queue_id == task.id).order_by(TaskRun.id)
-                )
-            )
         if len(found) != runs or any(
             run.status in (RunStatus.SCHEDULED, RunStatus.RUNNING) for run in found
         ):
