@@ -212,6 +212,28 @@ def test_the_main_process_closes_an_attempt_once_or_records_one_never_started(
     assert exhausted(database, task.id)
 
 
+def test_a_terminated_attempt_stays_terminated_whichever_way_its_lost_process_is_reported(
+    database: Database,
+) -> None:
+    lost = AttemptEnd(RunStatus.TIMEOUT, NativeCode.WORKER_LOST.value, "lost")
+    terminated = AttemptEnd(RunStatus.ERROR, NativeCode.TERMINATED.value)
+    # Given two attempts terminated by revoke(terminate=True): the pool reports the first's
+    # process as lost after the termination was recorded, the second's before it
+    for celery_id, ends in (("after", (terminated, lost)), ("before", (lost, terminated))):
+        start(database, message(celery_id), 0, 1)
+        for seconds, seen in enumerate(ends, start=2):
+            with database.transaction() as connection:
+                native_attempts.record_seen_end(
+                    connection, message(celery_id), attempt=0, end=seen, now=at(seconds)
+                )
+
+    # Then each has its one attempt, terminated
+    for celery_id in ("after", "before"):
+        task, runs = rows(database, celery_id)
+        assert runs == [("error", "terminated", 0)], celery_id
+        assert task.last_status is RunStatus.ERROR
+
+
 def test_ended_worker_processes_have_their_rows_and_attempts_closed(database: Database) -> None:
     # Given three processes of one worker: this one, a live one and a dead one running a task
     ids = {}

@@ -274,7 +274,8 @@ def record_seen_end(
 ) -> None:
     """Record an end the worker's main process saw (lost, terminated, time limit, revoked,
     expired): over the task's open attempt, or over a close that was only a guess, else as a
-    run that never started (no start was written). Seen twice, it is recorded once."""
+    run that never started (no start was written). Seen twice, it is recorded once; a lost
+    process reported after its attempt's end was seen adds nothing."""
     if close_open_attempt(connection, task.celery_task_id, end, now):
         return
     newest = connection.execute(
@@ -292,7 +293,11 @@ def record_seen_end(
         if status == RunStatus.TIMEOUT and code in GUESSED_CODES:
             end_attempt(connection, int(run_id), end, now)
             return
-        if code == end.error_code and newest_attempt == attempt:
+        if newest_attempt == attempt and (
+            code == end.error_code or end.error_code == NativeCode.WORKER_LOST.value
+        ):
+            # Seen twice; or the pool reports the process of an attempt whose end was already
+            # seen (terminated, time limit) as lost: nothing new about this attempt.
             return
     record_unstarted(connection, task, attempt=attempt, end=end, now=now)
 
