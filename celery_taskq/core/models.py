@@ -348,3 +348,8 @@ class BeatTick(Base):
 
 ONE_OPEN_RUN_PER_TASK = "uq_TaskRuns_one_open_run_per_task"
 """The unique index that lets a task have at most one scheduled or running run."""
+
+
+# Tables of the operations features live in modules of their own, on the same metadata; they
+# are imported here so that ``Base.metadata`` always holds every table.
+from celery_taskq.core import retention_models, schedule_models  # noqa: E402, F401
