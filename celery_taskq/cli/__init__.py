@@ -21,10 +21,10 @@ on the import path, as with ``celery -A`` (:mod:`~celery_taskq.cli.app_loading`)
 
 The commands, by group: :mod:`~celery_taskq.cli.tasks` (enqueue, show, list, watch, cancel,
 retry, resend), :mod:`~celery_taskq.cli.runners` (process, create-runners, debug, runner, worker),
-:mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.db`, :mod:`~celery_taskq.cli.dashboard`
-and :mod:`~celery_taskq.cli.demo`; shared by them: :mod:`~celery_taskq.cli.invocation`,
-:mod:`~celery_taskq.cli.params`, :mod:`~celery_taskq.cli.errors` and
-:mod:`~celery_taskq.cli.task_text`.
+:mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.health`, :mod:`~celery_taskq.cli.db`,
+:mod:`~celery_taskq.cli.dashboard` and :mod:`~celery_taskq.cli.demo`; shared by them:
+:mod:`~celery_taskq.cli.invocation`, :mod:`~celery_taskq.cli.params`,
+:mod:`~celery_taskq.cli.errors` and :mod:`~celery_taskq.cli.task_text`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import replace
 import click
 
 from celery_taskq import __version__
-from celery_taskq.cli import dashboard, db, demo, report, runners, tasks
+from celery_taskq.cli import dashboard, db, demo, health, report, runners, tasks
 from celery_taskq.cli.app_loading import (
     APP_ENV,
     load_celery_app,
@@ -103,6 +103,7 @@ for _command in (
     tasks.retry,
     tasks.resend,
     report.report_command,
+    health.health,
     runners.process,
     runners.create_runners,
     runners.debug,
@@ -117,7 +118,8 @@ for _command in (
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command; every error ends as an exit code (see the module)."""
     try:
-        cli.main(args=argv, prog_name="celery-taskq", standalone_mode=False)
+        # A command that raises click's Exit (e.g. ``health``: 1) has its code returned here.
+        code = cli.main(args=argv, prog_name="celery-taskq", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.UsageError as exc:
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return EXIT_BUG
-    return EXIT_OK
+    return code if isinstance(code, int) else EXIT_OK
 
 
 __all__ = ["EXIT_BUG", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "cli", "failure_message", "main"]
