@@ -35,10 +35,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, and_, func, or_, select, text
 
 from celery_taskq.core.exceptions import InvalidArgumentError, TaskqError
-from celery_taskq.core.models import BeatTick, RunnerRole, RunnerStatus, TaskRunner
+from celery_taskq.core.models import RunnerRole, RunnerStatus, TaskRunner
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import MIGRATIONS_LOCATION, version_table_options
+from celery_taskq.reports.backlog import BEAT_EVENTS, PROCESS_EVENT, beat_tick_ages_in
 from celery_taskq.reports.dead_letter import dead_letters_in
 from celery_taskq.reports.due import due_work_in
 from celery_taskq.reports.limits import MAX_LIMIT
@@ -53,12 +54,6 @@ SKIPPABLE = CHECKS[2:]
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 """What became of a check."""
-
-PROCESS_EVENT = "process"
-"""The ``TaskqBeatTicks.Event`` of OnProcess."""
-
-BEAT_EVENTS = (PROCESS_EVENT, "create_runners")
-"""The periodic events whose ticks are recorded."""
 
 DEFAULT_MAX_DUE_AGE = 300.0
 """Seconds the oldest due run may wait before the ``due`` check fails."""
@@ -278,18 +273,8 @@ def _check_schema(database: Database) -> CheckResult:
     return CheckResult("schema", FAILED, reason, figures)
 
 
-def beat_tick_ages(connection: Connection, now: datetime) -> dict[str, float]:
-    """Seconds since each periodic event's newest recorded tick (events never ticked: absent)."""
-    rows = connection.execute(
-        select(BeatTick.event, func.max(BeatTick.ticked_on))
-        .where(BeatTick.event.in_(BEAT_EVENTS))
-        .group_by(BeatTick.event)
-    )
-    return {event: in_seconds(now - ticked) for event, ticked in rows if ticked is not None}
-
-
 def _check_beat(connection: Connection, limits: HealthThresholds, now: datetime) -> CheckResult:
-    ages = beat_tick_ages(connection, now)
+    ages = beat_tick_ages_in(connection, now)
     figures: dict[str, Figure] = {f"{event}_tick_age": ages.get(event) for event in BEAT_EVENTS}
     figures["max_tick_age"] = limits.max_tick_age
     age = ages.get(PROCESS_EVENT)

@@ -17,6 +17,16 @@ metric                                   type       what
 ``taskq_oldest_due_run_age_seconds``     gauge      how long the oldest due run has waited
 ``taskq_native_possibly_lost``           gauge      native tasks published and never started
                                                     ``native_lost_after`` seconds past due
+``taskq_beat_tick_age_seconds{event}``   gauge      seconds since the periodic event's last
+                                                    tick (``process``, ``create_runners``;
+                                                    absent until the event first ticks)
+``taskq_due_backlog_runs{queue}``        gauge      scheduled runs due now, per queue (queues
+                                                    with due runs only)
+``taskq_due_backlog_age_seconds{queue}`` gauge      how long the queue's oldest due run has
+                                                    waited
+``taskq_pruned_rows_total{kind}``        counter    rows deleted by pruning, ever: ``tasks``,
+                                                    ``runs``, ``runners``, ``beat_ticks``,
+                                                    ``schedule_slots``
 =======================================  =========  ==========================================
 
 Handler labels are shown as :func:`celery_taskq.reports.shown.shown_text` shows a ``varchar(255)``:
@@ -42,7 +52,8 @@ from celery_taskq import reports
 from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus
 from celery_taskq.core.settings import DEFAULT_NATIVE_LOST_AFTER
 from celery_taskq.core.storage.database import Database
-from celery_taskq.reports import ReportWindow
+from celery_taskq.reports import ReportWindow, backlog
+from celery_taskq.reports.pruned import pruned_totals
 from celery_taskq.reports.shown import SHOWN_SHORT_MAX_CHARS, shown_text
 from celery_taskq.web.state import WebState, get_state
 
@@ -124,6 +135,44 @@ class TaskqCollector(Collector):
             "Native Celery tasks published and never started native_lost_after seconds past due.",
             value=lost.count,
         )
+        yield from _liveness_metrics(self.database)
+        yield _pruned_rows(self.database)
+
+
+def _liveness_metrics(database: Database) -> Iterator[Metric]:
+    """Beat-tick ages and the due backlog per queue (the alerts of docs/operations.md#health)."""
+    ticks = GaugeMetricFamily(
+        "taskq_beat_tick_age_seconds",
+        "Seconds since the periodic event's last recorded beat tick.",
+        labels=["event"],
+    )
+    for event, age in sorted(backlog.beat_tick_ages(database).items()):
+        ticks.add_metric([event], age)
+    yield ticks
+    runs = GaugeMetricFamily(
+        "taskq_due_backlog_runs", "Scheduled runs due now, per queue.", labels=["queue"]
+    )
+    ages = GaugeMetricFamily(
+        "taskq_due_backlog_age_seconds",
+        "Seconds the queue's oldest due scheduled run has waited.",
+        labels=["queue"],
+    )
+    for queue in backlog.due_backlog(database):
+        label = _label(queue.queue)
+        runs.add_metric([label], queue.due_runs)
+        ages.add_metric([label], queue.oldest_due_age)
+    yield runs
+    yield ages
+
+
+def _pruned_rows(database: Database) -> Metric:
+    """What pruning deleted, by kind (``TaskqPrunedRows``: every replica reads the same)."""
+    pruned = CounterMetricFamily(
+        "taskq_pruned_rows", "Rows deleted by pruning (retention), by kind.", labels=["kind"]
+    )
+    for total in pruned_totals(database):
+        pruned.add_metric([_label(total.kind)], total.rows)
+    return pruned
 
 
 def _label(handler: str) -> str:
