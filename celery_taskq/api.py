@@ -67,6 +67,8 @@ def enqueue(
     queued_by: str | None = None,
     title: str | None = None,
     unique_key: str | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
     on_duplicate: str = "return",
     session: Session | None = None,
     connection: Connection | None = None,
@@ -78,6 +80,11 @@ def enqueue(
     ``validate`` given the data, ``data`` must be JSON-serialisable, ``max_retries`` (default
     5) must be at least 1 and ``scheduled_on`` (default now) timezone-aware. Any refusal raises
     a :class:`~celery_taskq.core.exceptions.InvalidTaskError` and writes nothing.
+
+    Its runs go to the named ``queue`` (default ``"default"``; ASCII letters, digits, ``_``,
+    ``-`` and ``.``, at most 64 characters), served by runners started with ``--queues``, and
+    are claimed by ``priority`` (-1000 to 1000, higher first, default 0), then first in first
+    out.
 
     A task that is due gets its run in the same transaction, so a runner can start it at once
     rather than at the next OnProcess tick. While a task with the same ``unique_key`` is
@@ -98,6 +105,8 @@ def enqueue(
         queued_by=queued_by,
         title=title,
         unique_key=unique_key,
+        queue=queue,
+        priority=priority,
         on_duplicate=on_duplicate,
         create_run=True,
         connection=writer,
@@ -118,7 +127,8 @@ def enqueue_many(
     """Queue many tasks in one transaction; return their ids, in order.
 
     Each item is a :class:`TaskSpec` or a mapping with its keys (``handler``, ``data``,
-    ``scheduled_on``, ``max_retries``, ``queued_by``, ``title``, ``unique_key``). Every item is
+    ``scheduled_on``, ``max_retries``, ``queued_by``, ``title``, ``unique_key``, ``queue``,
+    ``priority``). Every item is
     checked as :func:`enqueue` checks it before anything is written; a refusal names the item
     by position and writes none. Tasks go in with one multi-row insert. ``session`` and
     ``connection`` join the caller's transaction as in :func:`enqueue`.

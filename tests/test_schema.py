@@ -56,6 +56,7 @@ ADDED_NATIVE_TASK_COLUMNS = [
     "ResentFromId",
 ]
 ADDED_NATIVE_RUN_COLUMNS = ["Attempt", "Eager"]
+ADDED_QUEUE_COLUMNS = ["Queue", "Priority"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
@@ -81,9 +82,11 @@ def test_upgrade_of_an_empty_database_matches_the_models(empty_database_url: str
             runner_columns = [column["name"] for column in inspector.get_columns("TaskRunners")]
             assert runner_columns[len(DOCUMENTED_COLUMNS["TaskRunners"]) :] == ADDED_RUNNER_COLUMNS
             task_columns = [column["name"] for column in inspector.get_columns("TaskQueue")]
-            assert task_columns[-len(ADDED_NATIVE_TASK_COLUMNS) :] == ADDED_NATIVE_TASK_COLUMNS
+            added_task_columns = ADDED_NATIVE_TASK_COLUMNS + ADDED_QUEUE_COLUMNS
+            assert task_columns[-len(added_task_columns) :] == added_task_columns
             run_columns = [column["name"] for column in inspector.get_columns("TaskRuns")]
-            assert run_columns[-len(ADDED_NATIVE_RUN_COLUMNS) :] == ADDED_NATIVE_RUN_COLUMNS
+            added_run_columns = ADDED_NATIVE_RUN_COLUMNS + ADDED_QUEUE_COLUMNS
+            assert run_columns[-len(added_run_columns) :] == added_run_columns
             task_indexes = {index["name"] for index in inspector.get_indexes("TaskQueue")}
             assert "uq_TaskQueue_CeleryTaskId" in task_indexes
             assert "ix_TaskQueue_native_never_started" in task_indexes

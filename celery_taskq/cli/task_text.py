@@ -113,6 +113,7 @@ def render_task(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()) -> 
         f"scheduled {_time(task.scheduled_on)}",
         f"  last status: {task.last_status.value if task.last_status else '-'}; "
         f"failed runs: {task.task_runs_failed}/{task.max_retries}",
+        f"  queue: {task.queue}; priority: {task.priority}",
         *relation_lines(task, relations),
         f"  runs: {len(task.runs)}",
     ]
@@ -146,6 +147,8 @@ def render_task_json(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()
         "celery_group_id": task.celery_group_id,
         "celery_chord_id": task.celery_chord_id,
         "resent_from_id": task.resent_from_id,
+        "queue": task.queue,
+        "priority": task.priority,
         "relations": [
             {"relation": item.relation, "value": item.value, "task_id": item.task_id}
             for item in relations

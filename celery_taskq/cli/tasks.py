@@ -47,6 +47,15 @@ from celery_taskq.reports.shown import shown_page, shown_relations, shown_task
     "--unique-key",
     help="While a task with this key is unfinished, print its id instead of queuing another.",
 )
+@click.option(
+    "--queue",
+    help="The named queue its runs go to, served by `runner --queues` [default: default].",
+)
+@click.option(
+    "--priority",
+    type=int,
+    help="Higher priorities are claimed first, then FIFO (-1000 to 1000) [default: 0].",
+)
 @pass_context
 def enqueue(
     context: CliContext,
@@ -57,6 +66,8 @@ def enqueue(
     queued_by: str | None,
     title: str | None,
     unique_key: str | None,
+    queue: str | None,
+    priority: int | None,
 ) -> None:
     """Queue a task for HANDLER (a registered name or dotted path) with DATA (JSON); print the
     task id. A task due now gets its first run at once, ready for the next runner."""
@@ -68,6 +79,8 @@ def enqueue(
         queued_by=queued_by,
         title=title,
         unique_key=unique_key,
+        queue=queue,
+        priority=priority,
         create_run=True,
     )
     click.echo(task_id)

@@ -28,7 +28,8 @@ from celery_taskq.core.exceptions import (
     TaskDataLimitError,
 )
 from celery_taskq.core.handlers import TaskHandler
-from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.models import DEFAULT_QUEUE, RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.queues import check_priority, check_queue_name
 from celery_taskq.core.settings import DEFAULT_MAX_RETRIES, DEFAULT_TASK_DATA_MAX_BYTES
 from celery_taskq.core.statements import tasks
 from celery_taskq.core.steps import MultiStepTask, check_steps
@@ -59,6 +60,8 @@ class TaskSpec:
     queued_by: str | None = None
     title: str | None = None
     unique_key: str | None = None
+    queue: str | None = None
+    priority: int | None = None
 
     @classmethod
     def of(cls, item: TaskSpec | Mapping[str, Any]) -> TaskSpec:
@@ -127,6 +130,8 @@ def prepare(
         )
     title = optional_text("title", spec.title)
     unique_key = optional_text("unique_key", spec.unique_key)
+    queue = DEFAULT_QUEUE if spec.queue is None else check_queue_name(spec.queue)
+    priority = 0 if spec.priority is None else check_priority(spec.priority)
     try:
         handler.validate(document)
     except InvalidTaskError as exc:
@@ -145,6 +150,8 @@ def prepare(
         "task_runs_failed": 0,
         "title": title,
         "unique_key": unique_key,
+        "queue": queue,
+        "priority": priority,
     }
 
 
@@ -250,19 +257,25 @@ def insert_many(
             for i, is_due in zip(plain, due, strict=True)
         ]
         new_ids = _insert_returning_ids(connection, values)
-        due_ids = []
+        due_runs = []
         for index, is_due, task_id in zip(plain, due, new_ids, strict=True):
             ids[index] = int(task_id)
             if is_due:
-                due_ids.append(int(task_id))
-        if due_ids:
+                due_runs.append((int(task_id), rows[index]))
+        if due_runs:
             connection.execute(
                 insert(TaskRun),
                 [
                     _column_values(
-                        TaskRun, {"task_queue_id": task_id, "status": RunStatus.SCHEDULED}
+                        TaskRun,
+                        {
+                            "task_queue_id": task_id,
+                            "status": RunStatus.SCHEDULED,
+                            "queue": row["queue"],
+                            "priority": row["priority"],
+                        },
                     )
-                    for task_id in due_ids
+                    for task_id, row in due_runs
                 ],
             )
     return [int(task_id) for task_id in ids if task_id is not None]
@@ -271,18 +284,21 @@ def insert_many(
 _PG_INSERT_TASKS_AND_RUNS = """
 WITH new_tasks AS (
     INSERT INTO "TaskQueue" ("TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn",
-        "QueuedById", "LastStatus", "MaxRetries", "TaskRunsFailed", "Title")
-    SELECT handler, data, scheduled_on, queued_on, queued_by, last_status, max_retries, 0, title
+        "QueuedById", "LastStatus", "MaxRetries", "TaskRunsFailed", "Title", "Queue",
+        "Priority")
+    SELECT handler, data, scheduled_on, queued_on, queued_by, last_status, max_retries, 0, title,
+        queue, priority
     FROM unnest(%(handler)s::varchar[], %(data)s::jsonb[], %(scheduled_on)s::timestamptz[],
         %(queued_on)s::timestamptz[], %(queued_by)s::varchar[], %(last_status)s::varchar[],
-        %(max_retries)s::int[], %(title)s::varchar[])
+        %(max_retries)s::int[], %(title)s::varchar[], %(queue)s::varchar[],
+        %(priority)s::int[])
         WITH ORDINALITY AS t(handler, data, scheduled_on, queued_on, queued_by, last_status,
-            max_retries, title, position)
+            max_retries, title, queue, priority, position)
     ORDER BY position
-    RETURNING "Id", "LastStatus"
+    RETURNING "Id", "LastStatus", "Queue", "Priority"
 ), new_runs AS (
-    INSERT INTO "TaskRuns" ("TaskQueueId", "Status")
-    SELECT "Id", 'scheduled' FROM new_tasks WHERE "LastStatus" = 'scheduled'
+    INSERT INTO "TaskRuns" ("TaskQueueId", "Status", "Queue", "Priority")
+    SELECT "Id", 'scheduled', "Queue", "Priority" FROM new_tasks WHERE "LastStatus" = 'scheduled'
 )
 SELECT "Id" FROM new_tasks
 """
@@ -307,6 +323,8 @@ def _pg_insert_tasks_and_runs(
         "last_status": [RunStatus.SCHEDULED.value if is_due else None for is_due in due],
         "max_retries": [row["max_retries"] for row in rows],
         "title": [row["title"] for row in rows],
+        "queue": [row["queue"] for row in rows],
+        "priority": [row["priority"] for row in rows],
     }
     result = connection.exec_driver_sql(_PG_INSERT_TASKS_AND_RUNS, parameters)
     return sorted(int(task_id) for (task_id,) in result)

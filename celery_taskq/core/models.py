@@ -160,6 +160,15 @@ NATIVE_NEVER_STARTED_SQL = (
 RUNNER_RUNNING_SQL = f"\"Status\" = '{RunnerStatus.RUNNING.value}'"
 RUNNER_ROLE_RUNNER_SQL = f"\"Role\" = '{RunnerRole.RUNNER.value}'"
 
+DEFAULT_QUEUE = "default"
+"""The queue of a task enqueued without one."""
+QUEUE_NAME_MAX_LENGTH = 64
+"""Longest queue name (``TaskQueue.Queue``)."""
+MIN_PRIORITY = -1000
+"""Lowest priority a task may have; higher priorities are claimed first."""
+MAX_PRIORITY = 1000
+"""Highest priority a task may have."""
+
 
 class Base(DeclarativeBase):
     """Declarative base carrying the naming convention for every constraint and index."""
@@ -200,9 +209,18 @@ class TaskQueue(Base):
         "ResentFromId", Id, ForeignKey("TaskQueue.Id", ondelete="SET NULL")
     )
     """The task this one re-sends (``celery-taskq resend``)."""
+    queue: Mapped[str] = mapped_column(
+        "Queue", String(QUEUE_NAME_MAX_LENGTH), server_default=text(f"'{DEFAULT_QUEUE}'")
+    )
+    """The named queue whose runners run this task (``runner --queues``)."""
+    priority: Mapped[int] = mapped_column("Priority", Integer, server_default=text("0"))
+    """Runs of higher-priority tasks are claimed first; FIFO within a priority."""
 
     __table_args__ = (
         CheckConstraint('"MaxRetries" >= 1', name="max_retries_positive"),
+        CheckConstraint(
+            f'"Priority" BETWEEN {MIN_PRIORITY} AND {MAX_PRIORITY}', name="priority_range"
+        ),
         CheckConstraint('"TaskRunsFailed" >= 0', name="task_runs_failed_not_negative"),
         Index(
             "ix_TaskQueue_due",
@@ -304,6 +322,12 @@ class TaskRun(Base):
         "Eager", Boolean(create_constraint=False), server_default=text("false")
     )
     """Whether the attempt ran eagerly in the caller (``task_always_eager``, ``.apply()``)."""
+    queue: Mapped[str] = mapped_column(
+        "Queue", String(QUEUE_NAME_MAX_LENGTH), server_default=text(f"'{DEFAULT_QUEUE}'")
+    )
+    """The task's queue, copied when the run is created so that the claim reads one table."""
+    priority: Mapped[int] = mapped_column("Priority", Integer, server_default=text("0"))
+    """The task's priority, copied when the run is created."""
 
     __table_args__ = (
         CheckConstraint(
@@ -314,12 +338,6 @@ class TaskRun(Base):
         Index("ix_TaskRuns_CeleryTaskId", "CeleryTaskId"),
         Index("ix_TaskRuns_FinishedOn", "FinishedOn"),
         Index("ix_TaskRuns_TaskRunnerId", "TaskRunnerId"),
-        Index(
-            "ix_TaskRuns_scheduled",
-            "Id",
-            postgresql_where=text(RUN_SCHEDULED_SQL),
-            sqlite_where=text(RUN_SCHEDULED_SQL),
-        ),
         Index(
             "uq_TaskRuns_one_open_run_per_task",
             "TaskQueueId",
@@ -336,6 +354,16 @@ class TaskRun(Base):
     )
 
 
+# The claim's order: highest priority first, then oldest first (FIFO), over scheduled runs only.
+Index(
+    "ix_TaskRuns_scheduled",
+    TaskRun.priority.desc(),
+    TaskRun.id,
+    postgresql_where=text(RUN_SCHEDULED_SQL),
+    sqlite_where=text(RUN_SCHEDULED_SQL),
+)
+
+
 class BeatTick(Base):
     """One periodic event tick that was carried out; the key makes a second beat's tick a no-op."""
 
@@ -346,10 +374,26 @@ class BeatTick(Base):
     ticked_on: Mapped[datetime] = mapped_column("TickedOn")
 
 
+class Limit(Base):
+    """A concurrency and/or rate limit on a queue or a handler, with its counters.
+
+    ``Name`` is ``queue:<queue>`` or ``handler:<dotted path>``. The claim takes a run only
+    while every limit naming its queue or handler has room, and counts the run in the same
+    statement: ``Running`` (runs running now, decremented when a run ends and recounted by
+    the overseer) and ``WindowCount`` (runs started in the fixed window that began at
+    ``WindowStart``, ``RatePeriod`` seconds long).
+    """
+
+    __tablename__ = "TaskqLimits"
+
+    name: Mapped[str] = mapped_column("Name", String(320), primary_key=True)
+    max_running: Mapped[int | None] = mapped_column("MaxRunning", Integer)
+    running: Mapped[int] = mapped_column("Running", Integer, server_default=text("0"))
+    rate_count: Mapped[int | None] = mapped_column("RateCount", Integer)
+    rate_period: Mapped[int | None] = mapped_column("RatePeriod", Integer)
+    window_start: Mapped[datetime | None] = mapped_column("WindowStart")
+    window_count: Mapped[int] = mapped_column("WindowCount", Integer, server_default=text("0"))
+
+
 ONE_OPEN_RUN_PER_TASK = "uq_TaskRuns_one_open_run_per_task"
 """The unique index that lets a task have at most one scheduled or running run."""
-
-
-# Tables of the operations features live in modules of their own, on the same metadata; they
-# are imported here so that ``Base.metadata`` always holds every table.
-from celery_taskq.core import retention_models, schedule_models  # noqa: E402, F401

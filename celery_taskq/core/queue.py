@@ -93,6 +93,8 @@ class TaskQueueService(QueueOverseer):
         queued_by: str | None = None,
         title: str | None = None,
         unique_key: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
         on_duplicate: str = "return",
         create_run: bool = False,
         connection: Connection | None = None,
@@ -102,12 +104,24 @@ class TaskQueueService(QueueOverseer):
         While a task with the same ``unique_key`` is unfinished, the existing task's id is
         returned (``on_duplicate="return"``) or :class:`DuplicateTaskError` raised
         (``"raise"``). With ``create_run`` a task that is already due gets its first run in
-        the same transaction, so a runner can start it before the next OnProcess tick. With
+        the same transaction, so a runner can start it before the next OnProcess tick. Its
+        runs go to ``queue`` (default ``default``) and are claimed by ``priority`` (higher
+        first, default 0), then FIFO. With
         ``connection`` the rows are written in that connection's transaction, which the caller
         commits or rolls back.
         """
         check_on_duplicate(on_duplicate)
-        spec = TaskSpec(handler_path, data, scheduled_on, max_retries, queued_by, title, unique_key)
+        spec = TaskSpec(
+            handler_path,
+            data,
+            scheduled_on,
+            max_retries,
+            queued_by,
+            title,
+            unique_key,
+            queue=queue,
+            priority=priority,
+        )
         values = intake.prepare(
             spec,
             create_handler=self.create_task_handler,

@@ -42,6 +42,10 @@ class RunSnapshot:
     """A native Celery task's attempt number (Celery's ``request.retries``); None for handlers."""
     eager: bool = False
     """The attempt ran eagerly in the caller (``task_always_eager``, ``.apply()``)."""
+    queue: str = "default"
+    """The task's queue when the run was created."""
+    priority: int = 0
+    """The task's priority when the run was created."""
 
     @classmethod
     def from_row(cls, row: Base) -> RunSnapshot:
@@ -73,6 +77,10 @@ class TaskSummary:
     celery_chord_id: str | None = None
     resent_from_id: int | None = None
     """The ``TaskQueue.Id`` this task re-sends (``celery-taskq resend``)."""
+    queue: str = "default"
+    """The named queue whose runners run this task."""
+    priority: int = 0
+    """Runs of higher-priority tasks are claimed first."""
 
     @classmethod
     def from_row(cls, row: Base) -> TaskSummary:

@@ -211,6 +211,8 @@ def shown_task(task: _Task) -> _Task:
         "celery_group_id": shown_optional_text(task.celery_group_id, short),
         "celery_chord_id": shown_optional_text(task.celery_chord_id, short),
         "resent_from_id": _shown_int(task.resent_from_id),
+        "queue": shown_text(task.queue, short),
+        "priority": _shown_int(task.priority) or 0,
     }
     if isinstance(task, TaskSnapshot):
         changes["runs"] = tuple(shown_run(run) for run in task.runs)

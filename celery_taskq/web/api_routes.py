@@ -223,6 +223,8 @@ def enqueue(state: State, body: EnqueueIn, response: Response) -> EnqueueOut:
             queued_by=body.queued_by,
             title=body.title,
             unique_key=body.unique_key,
+            queue=body.queue,
+            priority=body.priority,
             on_duplicate="raise",
             create_run=True,
         )

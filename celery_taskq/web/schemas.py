@@ -7,7 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from celery_taskq.core.models import RunnerRole, RunnerStatus, RunStatus
+from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.models import MAX_PRIORITY, MIN_PRIORITY, RunnerRole, RunnerStatus, RunStatus
+from celery_taskq.core.queues import check_queue_name
 from celery_taskq.core.snapshots import RelatedTask, RunSnapshot, TaskSnapshot, TaskSummary
 from celery_taskq.reports import RunnerReport, RunSeries
 from celery_taskq.web.inputs import MAX_TEXT, json_problem, text_problem
@@ -102,6 +104,8 @@ class TaskSummaryOut(BaseModel):
     resent_from_id: int | None = Field(
         default=None, description="The task this one re-sends (TaskQueue.Id)."
     )
+    queue: str = Field(default="default", description="The named queue its runs go to.")
+    priority: int = Field(default=0, description="Higher priorities are claimed first.")
 
     @staticmethod
     def fields_of(task: TaskSummary) -> dict[str, Any]:
@@ -125,6 +129,8 @@ class TaskSummaryOut(BaseModel):
             "celery_group_id": task.celery_group_id,
             "celery_chord_id": task.celery_chord_id,
             "resent_from_id": task.resent_from_id,
+            "queue": task.queue,
+            "priority": task.priority,
         }
 
     @classmethod
@@ -305,6 +311,17 @@ class EnqueueIn(BaseModel):
     unique_key: ShortText | None = Field(
         default=None, description="While a task with this key is unfinished, no other is queued."
     )
+    queue: str | None = Field(
+        default=None,
+        description="The named queue its runs go to (default 'default'): ASCII letters, digits,"
+        " '_', '-' and '.', at most 64 characters.",
+    )
+    priority: int | None = Field(
+        default=None,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="Higher priorities are claimed first, then FIFO (default 0).",
+    )
     on_duplicate: Literal["return", "raise"] = Field(
         default="return",
         description="With a unique key already taken: answer 200 with the existing task's id "
@@ -315,6 +332,16 @@ class EnqueueIn(BaseModel):
     @classmethod
     def _text_is_storable(cls, value: str | None) -> str | None:
         return _storable(value)
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_is_a_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_queue_name(value)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("data")
     @classmethod

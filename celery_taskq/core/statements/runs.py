@@ -31,7 +31,7 @@ from celery_taskq.core.models import (
     UTCDateTime,
 )
 from celery_taskq.core.runner.outcome import RunOutcome
-from celery_taskq.core.statements.tasks import is_cancelled, rollup_tasks
+from celery_taskq.core.statements.tasks import is_cancelled, queue_and_priority_of, rollup_tasks
 from celery_taskq.core.storage.driver import DriverStatement
 
 
@@ -93,7 +93,11 @@ def finish_run(
         )
     if outcome.continues and not is_cancelled(connection, task_queue_id):
         connection.execute(
-            insert(TaskRun).values(task_queue_id=task_queue_id, status=RunStatus.SCHEDULED)
+            insert(TaskRun).values(
+                task_queue_id=task_queue_id,
+                status=RunStatus.SCHEDULED,
+                **queue_and_priority_of(task_queue_id),
+            )
         )
     rollup_tasks(connection, [task_queue_id])
     return True

@@ -24,6 +24,7 @@ from sqlalchemy import (
 
 from celery_taskq.core.handlers import CANCELLED_CODE
 from celery_taskq.core.models import (
+    DEFAULT_QUEUE,
     FAILED_RUN_STATUSES,
     RUN_OPEN_SQL,
     RUN_SCHEDULED_SQL,
@@ -91,14 +92,14 @@ def create_runs(
     ``ON CONFLICT DO NOTHING`` makes concurrent callers skip rows another caller just took.
     Returns the ids of the queue rows that got a run.
     """
-    due = select(TaskQueue.id, literal(RunStatus.SCHEDULED.value)).where(
-        TaskQueue.scheduled_on <= now, text(TASK_OPEN_SQL)
-    )
+    due = select(
+        TaskQueue.id, literal(RunStatus.SCHEDULED.value), TaskQueue.queue, TaskQueue.priority
+    ).where(TaskQueue.scheduled_on <= now, text(TASK_OPEN_SQL))
     if task_queue_id is not None:
         due = due.where(TaskQueue.id == task_queue_id)
     statement = (
         upsert(connection, TaskRun)
-        .from_select(["TaskQueueId", "Status"], due)
+        .from_select(["TaskQueueId", "Status", "Queue", "Priority"], due)
         .on_conflict_do_nothing(index_elements=["TaskQueueId"], index_where=text(RUN_OPEN_SQL))
     )
     if connection.dialect.name == "postgresql":
@@ -144,7 +145,11 @@ def create_manual_run(connection: Connection, task_queue_id: int) -> int | None:
     """A ``scheduled`` run for a task whatever its retries, unless it has an open run."""
     statement = (
         upsert(connection, TaskRun)
-        .values(task_queue_id=task_queue_id, status=RunStatus.SCHEDULED)
+        .values(
+            task_queue_id=task_queue_id,
+            status=RunStatus.SCHEDULED,
+            **queue_and_priority_of(task_queue_id),
+        )
         .on_conflict_do_nothing(index_elements=["TaskQueueId"], index_where=text(RUN_OPEN_SQL))
         .returning(TaskRun.id)
     )
@@ -155,6 +160,16 @@ def create_manual_run(connection: Connection, task_queue_id: int) -> int | None:
         )
         rollup_tasks(connection, [task_queue_id])
     return run_id
+
+
+def queue_and_priority_of(task_queue_id: int) -> dict[str, Any]:
+    """Values of a new run's ``Queue`` and ``Priority``: its task's, read by the insert."""
+    return {
+        "queue": select(TaskQueue.queue).where(TaskQueue.id == task_queue_id).scalar_subquery(),
+        "priority": select(TaskQueue.priority)
+        .where(TaskQueue.id == task_queue_id)
+        .scalar_subquery(),
+    }
 
 
 def load_task(connection: Connection, task_queue_id: int) -> tuple[str, Any] | None:
@@ -190,6 +205,8 @@ _TASK_COLUMNS = (
     "max_retries",
     "task_runs_failed",
     "title",
+    "queue",
+    "priority",
 )
 _INSERT_DUE_TASK = insert(TaskQueue).values(
     {
@@ -201,18 +218,23 @@ _INSERT_DUE_TASK = insert(TaskQueue).values(
     }
 )
 _INSERT_DUE_TASK_RETURNING = _INSERT_DUE_TASK.returning(TaskQueue.id)
-_PG_DUE_TASK = _INSERT_DUE_TASK_RETURNING.cte("new_task")
+_PG_DUE_TASK = _INSERT_DUE_TASK.returning(TaskQueue.id, TaskQueue.queue, TaskQueue.priority).cte(
+    "new_task"
+)
 _PG_INSERT_DUE_TASK_AND_RUN = DriverStatement(
     insert(TaskRun)
     .from_select(
-        [TaskRun.task_queue_id, TaskRun.status],
+        [TaskRun.task_queue_id, TaskRun.queue, TaskRun.priority, TaskRun.status],
         select(*_PG_DUE_TASK.c, literal(RunStatus.SCHEDULED.value)),
     )
     .returning(TaskRun.task_queue_id),
     json_params=frozenset({"task_data"}),
 )
 _INSERT_FIRST_RUN = insert(TaskRun).values(
-    task_queue_id=bindparam("task_queue_id", type_=Integer()), status=RunStatus.SCHEDULED
+    task_queue_id=bindparam("task_queue_id", type_=Integer()),
+    status=RunStatus.SCHEDULED,
+    queue=bindparam("queue", type_=TaskRun.queue.type),
+    priority=bindparam("priority", type_=Integer()),
 )
 
 
@@ -223,11 +245,19 @@ def insert_due_task(connection: Connection, values: dict[str, Any]) -> int:
     is due and has no run, so it qualifies, and its ``LastStatus`` is ``scheduled``. One
     statement on PostgreSQL; returns the task's id.
     """
-    parameters = {name: values[name] for name in _TASK_COLUMNS}
+    parameters = {"queue": DEFAULT_QUEUE, "priority": 0}
+    parameters.update((name, values[name]) for name in _TASK_COLUMNS if name in values)
     if connection.dialect.name == "postgresql":
         return int(_PG_INSERT_DUE_TASK_AND_RUN.one(connection, parameters)[0])
     task_id = int(connection.execute(_INSERT_DUE_TASK_RETURNING, parameters).scalar_one())
-    connection.execute(_INSERT_FIRST_RUN, {"task_queue_id": task_id})
+    connection.execute(
+        _INSERT_FIRST_RUN,
+        {
+            "task_queue_id": task_id,
+            "queue": parameters["queue"],
+            "priority": parameters["priority"],
+        },
+    )
     return task_id
 
 
