@@ -30,6 +30,7 @@ from celery_taskq.core.runner.liveness import (
     process_start_time,
 )
 from celery_taskq.core.runner.loop import TaskRunner
+from celery_taskq.core.schedules_firing import fire_due_schedules
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements import beat, dispatch, runners, tasks
 from celery_taskq.core.statements.dispatch import RunnerDemand
@@ -131,8 +132,10 @@ class QueueOverseer:
         return len(created)
 
     def process_queue(self) -> ProcessReport:
-        """The seed's ``processQueue``: refresh runner status, then create missing runs."""
+        """The seed's ``processQueue``: refresh runner status, fire due schedules, then create
+        missing runs."""
         timed_out = self.refresh_task_runners_status()
+        fire_due_schedules(self.database, self.settings, self.clock())  # before runs are made
         created = self.create_missing_task_runs()
         return ProcessReport(tuple(timed_out), created)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from alembic import context
 
-from celery_taskq.core.models import Base
 from celery_taskq.core.storage.migrate import (
     carry_over_version_table,
     locked_migration_transaction,
     version_table_options,
 )
+from celery_taskq.core.tables import Base
 
 target_metadata = Base.metadata
 

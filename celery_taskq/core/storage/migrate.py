@@ -169,7 +169,7 @@ def schema_differences(database_url: str | URL, *, schema: str = "") -> list[Any
     are not the models', an app's own or the version tables, are not differences."""
     from alembic.autogenerate import compare_metadata
 
-    from celery_taskq.core.models import Base
+    from celery_taskq.core.tables import Base
 
     url = _url(database_url)
     check_schema(url.get_backend_name(), schema)
@@ -192,7 +192,7 @@ def schema_differences(database_url: str | URL, *, schema: str = "") -> list[Any
 
 
 def _is_models_name(name: str | None, kind: str, _parents: Any) -> bool:
-    from celery_taskq.core.models import Base
+    from celery_taskq.core.tables import Base
 
     return kind != "table" or name in Base.metadata.tables
 
