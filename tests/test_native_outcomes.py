@@ -471,3 +471,48 @@ def test_a_producer_killed_after_delay_leaves_its_task_recorded(native: Native) 
         RunStatus.SUCCESS,
         11,
     )
+
+
+def test_beat_entries_are_linked_to_their_names(native: Native) -> None:
+    # Given a real beat of the app with an entry of its own, "add every second"
+    # (tests/beat_link_app.py: importing it here would need the worker's environment)
+    queued_by = "beat:add every second"
+    with (native.directory / "beat.log").open("wb") as log:
+        beat = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "celery", "-A", "tests.beat_link_app", "beat"),
+                *("--schedule", str(native.directory / "beat-schedule"), "--loglevel", "INFO"),
+            ],
+            env=native.env,
+            cwd=native.directory,
+            stdout=log,
+            stderr=log,
+        )
+
+    def fired() -> list[str] | None:
+        with native.database.transaction(read_only=True) as connection:
+            ids = connection.execute(
+                select(TaskQueue.celery_task_id)
+                .where(TaskQueue.queued_by_id == queued_by)
+                .order_by(TaskQueue.id)
+            ).scalars()
+            found = [str(celery_id) for celery_id in ids]
+        return found if len(found) >= 2 else None
+
+    # When it has fired the entry twice
+    try:
+        celery_ids = wait_for(fired, timeout=60, what=f"two firings\n{native.log[-2000:]}")
+    finally:
+        _stop(beat)
+
+    # Then each firing's row names the entry, and the task ran with the entry's arguments
+    for celery_id in celery_ids:
+        task, (run,) = native.wait(celery_id, 1)
+        assert (task.queued_by_id, task.task_handler_class, task.task_data) == (
+            queued_by,
+            "celery:native.add",
+            {"args": [2, 3], "kwargs": {}},
+        )
+        assert (run.status, run.results) == (RunStatus.SUCCESS, 5)
+        assert "adding 2 and 3" in (run.standard_output or "")
+    assert not AUDIT_FAILED.search((native.directory / "beat.log").read_text(errors="replace"))

@@ -30,6 +30,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
 from celery_taskq.celery.audit import QUEUED_BY_HEADER, NativeTaskAuditor, NotedError, TaskMessage
+from celery_taskq.celery.audit_beat import beat_queued_by, connect_beat_link, take_firing_entry
 from celery_taskq.celery.audit_writer import AuditWriter
 from celery_taskq.celery.state import TaskqCelery
 from celery_taskq.core.native_codes import NATIVE_CODE_STATUS, NativeCode
@@ -72,6 +73,7 @@ def connect_audit(app: Celery, state: TaskqCelery, *, audit_all: bool) -> None:
     )
     state.auditor = auditor
     _mark_publishing(app)
+    connect_beat_link(app)
     receivers = _receivers(app, auditor)
     uid = f"celery_taskq-audit-{id(app)}"
     for name, receiver in receivers.items():
@@ -94,6 +96,11 @@ def _receivers(app: Celery, auditor: NativeTaskAuditor) -> dict[str, Callable[..
             return  # only Celery's message protocol 2 carries what the audit needs
         name = str(headers.get("task") or sender)
         embed = body[2] if len(body) > 2 and isinstance(body[2], Mapping) else {}
+        queued_by = _text(headers.get(QUEUED_BY_HEADER))
+        entry = take_firing_entry()
+        if queued_by is None and entry is not None and auditor.should_audit(name):
+            # The worker reads the same header, so both records of the task agree.
+            queued_by = headers[QUEUED_BY_HEADER] = beat_queued_by(entry)
         auditor.on_publish(
             TaskMessage(
                 task_id=str(headers.get("id")),
@@ -107,7 +114,7 @@ def _receivers(app: Celery, auditor: NativeTaskAuditor) -> dict[str, Callable[..
                 root_id=_text(headers.get("root_id")),
                 group_id=_text(headers.get("group")),
                 chord_id=_chord_id(embed.get("chord")),
-                queued_by=_text(headers.get(QUEUED_BY_HEADER)),
+                queued_by=queued_by,
                 replaced_nesting=int(headers.get("replaced_task_nesting") or 0),
             )
         )
