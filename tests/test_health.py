@@ -120,6 +120,8 @@ def test_a_healthy_database_passes_every_check(
 ) -> None:
     tick(database, "process", ago(5))
     rows.runner(RunnerStatus.RUNNING, ago(60), heartbeat=ago(2))  # an idle live runner
+    # another host's runner that OnProcess times out at 60 + 10 s, give or take a late tick
+    rows.runner(RunnerStatus.RUNNING, ago(600), heartbeat=ago(95), host="host-2")
     due_run(rows, 30)  # due for less than a heartbeat timeout: a runner is on its way
     dead_letter(rows)  # one dead letter an hour is allowed here
 

@@ -10,8 +10,9 @@ schema        its revision is not this version's head (``celery-taskq db upgrade
 beat          the newest OnProcess tick (``TaskqBeatTicks``) is older than
               ``max_tick_age``, or there is none
 runners       a ``running`` runner row's heartbeat is older than ``heartbeat_timeout +
-              lease_margin`` (the overseer should have timed it out), or runs have been
-              due longer than ``heartbeat_timeout`` and no runner is alive
+              lease_margin + max_tick_age`` (an OnProcess on time would have timed it
+              out), or runs have been due longer than ``heartbeat_timeout`` and no
+              runner is alive
 due           the oldest due scheduled run has waited longer than ``max_due_age``
 dead_letters  more than ``max_dead_letters`` tasks ran out of retries in the last hour
 ============  ======================================================================
@@ -97,7 +98,7 @@ class HealthThresholds:
     max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS
     heartbeat_timeout: float = 60.0
     """A runner whose heartbeat is younger is alive; due work may wait this long for one."""
-    stale_heartbeat: float = 70.0
+    stale_heartbeat: float = 100.0
     """A ``running`` row with an older heartbeat should have been timed out already."""
 
     def __post_init__(self) -> None:
@@ -126,7 +127,9 @@ class HealthThresholds:
             max_due_age=max_due_age,
             max_dead_letters=max_dead_letters,
             heartbeat_timeout=settings.heartbeat_timeout,
-            stale_heartbeat=settings.heartbeat_timeout + settings.lease_margin,
+            # The overseer times out another host's runner at heartbeat_timeout + lease_margin,
+            # and its ticks may be max_tick_age late before the beat check fails instead.
+            stale_heartbeat=settings.heartbeat_timeout + settings.lease_margin + max_tick_age,
         )
 
 
