@@ -183,3 +183,9 @@ taskq_native_lost_after = 3600.0
 taskq_audit_write_behind = True
 taskq_audit_batch_size = 200
 taskq_audit_batch_window = 0.02
+
+# How long finished rows are kept, e.g. "success=7d,error=90d" (keys: success, error, timeout,
+# runners, ticks; ages like 45s, 90m, 12h, 30d, 2w). Empty: keep everything. OnProcess prunes by
+# it, at most taskq_retention_batch_size rows a statement (1 to 10000).
+taskq_retention = ""
+taskq_retention_batch_size = 10000

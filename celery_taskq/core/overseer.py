@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from celery_taskq.core.clock import Clock
 from celery_taskq.core.notify import RunNotifier
+from celery_taskq.core.retention_pruner import NOTHING_PRUNED, PruneReport, prune_on_process
 from celery_taskq.core.runner.lease import boottime, process_namespace
 from celery_taskq.core.runner.liveness import (
     RunnerRecord,
@@ -48,6 +49,8 @@ class ProcessReport:
 
     timed_out_runners: tuple[int, ...]
     tasks_given_runs: int
+    pruned: PruneReport = NOTHING_PRUNED
+    """Rows the retention policy's batch deleted this tick (all 0 without a policy)."""
 
 
 class QueueOverseer:
@@ -137,7 +140,8 @@ class QueueOverseer:
         timed_out = self.refresh_task_runners_status()
         fire_due_schedules(self.database, self.settings, self.clock())  # before runs are made
         created = self.create_missing_task_runs()
-        return ProcessReport(tuple(timed_out), created)
+        pruned = prune_on_process(self.database, self.clock, self.settings)  # bounded; last
+        return ProcessReport(tuple(timed_out), created, pruned)
 
     # -- runners ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import field as dataclass_field
 from typing import Any
 
 from celery_taskq.core.exceptions import ConfigurationError
+from celery_taskq.core.retention import MAX_BATCH_SIZE, RetentionPolicy
 
 DEFAULT_DATABASE_URL = "sqlite:///celery_taskq.db"
 """A SQLite file in the working directory: the embedded default."""
@@ -101,6 +102,9 @@ DEFAULT_AUDIT_BATCH_WINDOW = 0.02
 """Seconds the background writer gathers audit writes after the first before it commits them
 (it commits sooner when ``audit_batch_size`` are waiting)."""
 
+DEFAULT_RETENTION_BATCH_SIZE = MAX_BATCH_SIZE
+"""Most rows one pruning statement deletes (OnProcess and ``celery-taskq prune``)."""
+
 DEFAULT_REDACT_PATTERNS = (
     "password",
     "passwd",
@@ -167,6 +171,10 @@ class Settings:
     committed before the task goes on)."""
     audit_batch_size: int = DEFAULT_AUDIT_BATCH_SIZE
     audit_batch_window: float = DEFAULT_AUDIT_BATCH_WINDOW
+    retention: str = ""
+    """How long finished rows are kept, e.g. ``success=7d,error=90d`` (empty: keep everything);
+    OnProcess prunes by it (:mod:`celery_taskq.core.retention`)."""
+    retention_batch_size: int = DEFAULT_RETENTION_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -193,9 +201,22 @@ class Settings:
         _require(self.audit_batch_size > 0, "audit_batch_size must be positive")
         _require(self.audit_batch_window >= 0, "audit_batch_window must be 0 or more")
         _require(
+            1 <= self.retention_batch_size <= MAX_BATCH_SIZE,
+            f"retention_batch_size must be from 1 to {MAX_BATCH_SIZE}",
+        )
+        try:
+            RetentionPolicy.parse(self.retention)
+        except ValueError as exc:
+            raise ConfigurationError(f"retention {self.retention!r} is not valid: {exc}") from exc
+        _require(
             self.heartbeat_timeout > self.heartbeat_interval,
             "heartbeat_timeout must be longer than heartbeat_interval",
         )
+
+    @property
+    def retention_policy(self) -> RetentionPolicy:
+        """The ``retention`` setting, parsed."""
+        return RetentionPolicy.parse(self.retention)
 
     @classmethod
     def resolve(
@@ -225,6 +246,7 @@ _INT_FIELDS = {
     "task_data_max_bytes",
     "result_max_bytes",
     "audit_batch_size",
+    "retention_batch_size",
 }
 _FLOAT_FIELDS = {
     "poll_interval",
@@ -266,6 +288,8 @@ def _coerce(name: str, value: Any) -> Any:
         return int(value)
     if name in _FLOAT_FIELDS:
         return float(value)
+    if name == "retention":
+        RetentionPolicy.parse(str(value))  # refused here, so the message names the variable
     if name in _TUPLE_FIELDS:
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(item.strip() for item in items if item.strip())
