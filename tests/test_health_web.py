@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
-from celery_taskq.core.models import RunStatus
+from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.reports import backlog
@@ -115,34 +116,16 @@ def test_liveness_metrics(client: TestClient, database: Database) -> None:
     assert set(ticks) == {"process", "create_runners"}
     assert 40 <= ticks["process"] < 100
     assert 400 <= ticks["create_runners"] < 460
-    queues = {"default", "reports"} if has_queues() else {"default"}
-    assert set(ages) == set(runs) == queues
-    if has_queues():
-        assert (runs["default"], runs["reports"]) == (2, 1)  # the future run is not due
-        assert 90 <= ages["default"] < 150
-        assert 600 <= ages["reports"] < 660
-    else:
-        assert runs["default"] == 3
-        assert 600 <= ages["default"] < 660
+    assert set(ages) == set(runs) == {"default", "reports"}
+    assert (runs["default"], runs["reports"]) == (2, 1)  # the future run is not due
+    assert 90 <= ages["default"] < 150
+    assert 600 <= ages["reports"] < 660
     direct = backlog.due_backlog(database)
     assert [queue.due_runs for queue in direct] == [runs[queue.queue] for queue in direct]
 
 
-def has_queues() -> bool:
-    """Whether runs have a ``Queue`` column."""
-    from celery_taskq.core.models import TaskRun
-
-    return hasattr(TaskRun, "queue")
-
-
 def set_queue(database: Database, task_id: int, queue: str) -> None:
-    """Put a task and its runs in ``queue``, where the schema has queues."""
-    if not has_queues():
-        return
-    from sqlalchemy import update
-
-    from celery_taskq.core.models import TaskQueue, TaskRun
-
+    """Put a task and its runs in ``queue``."""
     with database.transaction() as connection:
         connection.execute(update(TaskQueue).where(TaskQueue.id == task_id).values(queue=queue))
         connection.execute(

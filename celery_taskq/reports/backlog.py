@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection, func, select, text
 
@@ -19,9 +18,6 @@ PROCESS_EVENT = "process"
 
 BEAT_EVENTS = (PROCESS_EVENT, "create_runners")
 """The periodic events whose ticks are recorded."""
-
-DEFAULT_QUEUE = "default"
-"""The queue every run is in when the runs have no ``Queue`` column."""
 
 
 @dataclass(frozen=True)
@@ -51,19 +47,16 @@ def beat_tick_ages(database: Database, *, now: datetime | None = None) -> dict[s
 
 def due_backlog_in(connection: Connection, now: datetime) -> tuple[QueueBacklog, ...]:
     """:func:`due_backlog`, inside the caller's report transaction."""
-    # TaskRuns.Queue (the task's queue, copied to its runs) where the schema has queues.
-    queue: Any = getattr(TaskRun, "queue", None)
-    columns = (func.count(), func.min(TaskQueue.scheduled_on))
-    due = (text(RUN_SCHEDULED_SQL), TaskQueue.scheduled_on <= now)
-    if queue is None:
-        total, oldest = connection.execute(runs_with_handler(*columns).where(*due)).one()
-        rows = [(DEFAULT_QUEUE, total, oldest)] if total else []
-    else:
-        query = runs_with_handler(queue, *columns).where(*due).group_by(queue).order_by(queue)
-        rows = [tuple(row) for row in connection.execute(query)]
+    queue = TaskRun.queue  # the task's queue, copied to its runs
+    query = (
+        runs_with_handler(queue, func.count(), func.min(TaskQueue.scheduled_on))
+        .where(text(RUN_SCHEDULED_SQL), TaskQueue.scheduled_on <= now)
+        .group_by(queue)
+        .order_by(queue)
+    )
     return tuple(
         QueueBacklog(queue=str(name), due_runs=count, oldest_due_age=in_seconds(now - oldest))
-        for name, count, oldest in rows
+        for name, count, oldest in connection.execute(query)
     )
 
 
