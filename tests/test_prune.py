@@ -30,6 +30,7 @@ from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.retention import RetentionPolicy
 from celery_taskq.core.retention_models import PrunedRows
 from celery_taskq.core.retention_pruner import Pruner, PruneReport
+from celery_taskq.core.schedule_models import TaskSchedule, TaskScheduleSlot
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.web.metrics import metrics_registry
@@ -349,3 +350,57 @@ def test_without_a_policy_on_process_prunes_nothing(
     # Then nothing was pruned
     assert report.pruned.total == 0
     assert ids(database, TaskQueue) == before
+
+
+def test_old_schedule_slots_are_pruned_but_each_schedule_keeps_its_newest_and_undecided(
+    database: Database, clock: FakeClock
+) -> None:
+    # Given a schedule whose slots fired 40 days ago, one 40-day-old slot at its NextRunOn
+    # (a beat may still be deciding it), and a second schedule with one old slot, its newest
+    now = clock.now
+    old = now - 40 * DAY
+    with database.transaction() as connection:
+        schedule_ids = [
+            int(
+                connection.execute(
+                    insert(TaskSchedule)
+                    .values(
+                        name=name,
+                        task_handler_class="tests.handlers.Succeed",
+                        interval_seconds=60,
+                        timezone="UTC",
+                        misfire_policy="skip",
+                        source="api",
+                        created_on=old,
+                        updated_on=old,
+                        next_run_on=next_run_on,
+                    )
+                    .returning(TaskSchedule.id)
+                ).scalar_one()
+            )
+            for name, next_run_on in (("every-minute", old + timedelta(minutes=3)), ("lone", now))
+        ]
+        for minutes in range(4):
+            slot_on = old + timedelta(minutes=minutes)
+            connection.execute(
+                insert(TaskScheduleSlot).values(
+                    schedule_id=schedule_ids[0], slot_on=slot_on, fired_on=slot_on
+                )
+            )
+        connection.execute(
+            insert(TaskScheduleSlot).values(schedule_id=schedule_ids[1], slot_on=old, fired_on=old)
+        )
+
+    # When everything older than 30 days is pruned, one slot row a statement
+    report = Pruner(database, clock, batch_size=1).prune(OLDER_THAN)
+
+    # Then the first schedule's three decided slots went; its slot at NextRunOn and the second
+    # schedule's only slot stay
+    assert report.schedule_slots == 3
+    with database.transaction(read_only=True) as connection:
+        kept = connection.execute(select(TaskScheduleSlot.schedule_id, TaskScheduleSlot.slot_on))
+        assert sorted(kept) == [
+            (schedule_ids[0], old + timedelta(minutes=3)),
+            (schedule_ids[1], old),
+        ]
+    assert pruned_totals(database) == {"schedule_slots": 3}

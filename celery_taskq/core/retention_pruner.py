@@ -19,11 +19,14 @@ from celery_taskq.core.clock import Clock
 from celery_taskq.core.exceptions import StorageError
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRunner
 from celery_taskq.core.retention import MAX_BATCH_SIZE, RUNNERS, TICKS, RetentionPolicy
+from celery_taskq.core.schedule_models import TaskScheduleSlot
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements import prune
 from celery_taskq.core.storage.database import Database
 
 logger = logging.getLogger(__name__)
+
+SLOTS = "schedule_slots"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class PruneReport:
     runs: int = 0
     runners: int = 0
     beat_ticks: int = 0
+    schedule_slots: int = 0
 
     def __add__(self, other: PruneReport) -> PruneReport:
         return PruneReport(
@@ -110,6 +114,13 @@ class Pruner:
             report += ticks
             if dry_run or ticks.beat_ticks < self.batch_size:
                 break
+        after = 0
+        while tick_cutoff is not None:
+            batch = self._slots_batch(tick_cutoff, after, now, dry_run=dry_run)
+            report += batch.report
+            if batch.pass_done:
+                break
+            after = batch.next_after
         if not dry_run and report.total:
             logger.info("pruned %s", report.summary(), extra={"action": "rows_pruned"})
         return report
@@ -133,6 +144,8 @@ class Pruner:
         tick_cutoff = policy.cutoff(TICKS, now)
         if tick_cutoff is not None:
             report += self._ticks_batch(tick_cutoff, now)
+            after = resume.get(SLOTS, 0)
+            report += self._slots_batch(tick_cutoff, after, now, remember=True).report
         if report.total:
             logger.info("pruned %s", report.summary(), extra={"action": "rows_pruned"})
         return report
@@ -183,6 +196,26 @@ class Pruner:
                 if remember:
                     prune.set_resume_point(connection, RUNNERS, end)
             return _Batch(PruneReport(runners=runners), end, pass_done=False)
+
+    def _slots_batch(
+        self,
+        cutoff: datetime,
+        after: int,
+        now: datetime,
+        *,
+        dry_run: bool = False,
+        remember: bool = False,
+    ) -> _Batch:
+        with self.database.transaction(read_only=dry_run) as connection:
+            end = prune.next_window_end(connection, TaskScheduleSlot.id, after, self.batch_size)
+            if end is None:
+                return self._pass_done(connection, SLOTS, PruneReport(), remember)
+            slots = prune.prune_schedule_slots(connection, cutoff, after, end, dry_run=dry_run)
+            if not dry_run:
+                prune.add_pruned(connection, SLOTS, slots, now)
+                if remember:
+                    prune.set_resume_point(connection, SLOTS, end)
+            return _Batch(PruneReport(schedule_slots=slots), end, pass_done=False)
 
     def _ticks_batch(
         self, cutoff: datetime, now: datetime, *, dry_run: bool = False

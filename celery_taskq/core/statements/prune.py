@@ -36,7 +36,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.orm import QueryableAttribute
+from sqlalchemy.orm import QueryableAttribute, aliased
 
 from celery_taskq.core.models import (
     OPEN_RUN_STATUSES,
@@ -48,6 +48,7 @@ from celery_taskq.core.models import (
     TaskRunner,
 )
 from celery_taskq.core.retention_models import PrunedRows
+from celery_taskq.core.schedule_models import TaskSchedule, TaskScheduleSlot
 from celery_taskq.core.storage.dialects import upsert
 
 
@@ -179,6 +180,52 @@ def prune_beat_ticks(
         return int(connection.execute(select(func.count()).where(old)).scalar_one())
     keys = select(BeatTick.event, BeatTick.slot).where(old).limit(limit)
     statement = delete(BeatTick).where(tuple_(BeatTick.event, BeatTick.slot).in_(keys))
+    return connection.execute(statement).rowcount
+
+
+def prune_schedule_slots(
+    connection: Connection,
+    cutoff: datetime,
+    after_id: int,
+    window_end: int,
+    *,
+    dry_run: bool = False,
+) -> int:
+    """Delete schedule-slot rows in ids ``(after_id, window_end]`` fired before ``cutoff``;
+    return how many (``dry_run``: would).
+
+    A slot a beat may still be deciding (at or after its schedule's ``NextRunOn``) is kept, and
+    so is each schedule's newest slot row: the unique ``(ScheduleId, SlotOn)`` key of a slot
+    that may fire again is never removed.
+    """
+    newer = aliased(TaskScheduleSlot)
+    newer_slot = (
+        select(newer.id)
+        .where(
+            newer.schedule_id == TaskScheduleSlot.schedule_id,
+            newer.slot_on > TaskScheduleSlot.slot_on,
+        )
+        .exists()
+    )
+    passed = (
+        select(TaskSchedule.id)
+        .where(
+            TaskSchedule.id == TaskScheduleSlot.schedule_id,
+            TaskSchedule.next_run_on > TaskScheduleSlot.slot_on,
+        )
+        .exists()
+    )
+    prunable = and_(
+        TaskScheduleSlot.id > after_id,
+        TaskScheduleSlot.id <= window_end,
+        TaskScheduleSlot.fired_on < cutoff,
+        passed,
+        newer_slot,
+    )
+    if dry_run:
+        return int(connection.execute(select(func.count()).where(prunable)).scalar_one())
+    locked = select(TaskScheduleSlot.id).where(prunable).with_for_update(skip_locked=True)
+    statement = delete(TaskScheduleSlot).where(TaskScheduleSlot.id.in_(locked))
     return connection.execute(statement).rowcount
 
 
