@@ -5,6 +5,7 @@ what was queued, every attempt that ran, and which process ran it.
 """
 
 from celery_taskq.api import (
+    add_schedule,
     cancel,
     enqueue,
     enqueue_many,
@@ -32,6 +33,7 @@ __all__ = [
     "TaskSpec",
     "TaskqError",
     "__version__",
+    "add_schedule",
     "cancel",
     "enqueue",
     "enqueue_many",

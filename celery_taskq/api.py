@@ -1,4 +1,5 @@
-"""The public API: enqueue (one, many, multi-step), get, list, watch, cancel and retry.
+"""The public API: enqueue (one, many, multi-step), get, list, watch, cancel, retry, and
+add a schedule.
 
 Calls without an explicit ``database_url`` use the settings resolved from the environment
 (``TASKQ_DATABASE_URL``, default a SQLite file in the working directory); one engine is kept per
@@ -12,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, event
@@ -24,6 +25,8 @@ from celery_taskq.core.intake import TaskSpec
 from celery_taskq.core.listing import TaskFilter, TaskPage, parse_status
 from celery_taskq.core.models import RunStatus
 from celery_taskq.core.queue import TaskQueueService
+from celery_taskq.core.schedules import ScheduleService, ScheduleSnapshot
+from celery_taskq.core.schedules_spec import ScheduleSpec
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot
 from celery_taskq.core.steps import STEPS_HANDLER, Step, steps_data
@@ -299,6 +302,47 @@ def cancel(task_id: int, *, database_url: str | None = None) -> bool:
 def retry(task_id: int, *, database_url: str | None = None) -> int:
     """Give a finished task one more run now, even past its retries; return the run id."""
     return get_service(database_url).retry_task(task_id)
+
+
+def add_schedule(
+    name: str,
+    handler: str,
+    data: Any = None,
+    *,
+    every: int | timedelta | None = None,
+    crontab: str | Mapping[str, Any] | None = None,
+    timezone: str = "UTC",
+    misfire_policy: str = "catch_up_once",
+    title: str | None = None,
+    max_retries: int | None = None,
+    paused: bool = False,
+    database_url: str | None = None,
+) -> ScheduleSnapshot:
+    """Add a periodic handler task: ``every`` N seconds, or on a five-field ``crontab`` in
+    ``timezone``; each slot enqueues ``handler`` with ``data`` once, however many beats run.
+
+    ``misfire_policy`` is ``catch_up_once`` or ``skip``. A taken name, an unknown handler, data
+    the handler refuses, a bad crontab or an unknown timezone is refused and nothing is
+    written. Edit, pause and remove with ``celery-taskq schedules`` or the HTTP API.
+    """
+    interval: Any = every
+    if isinstance(every, timedelta):
+        seconds = every.total_seconds()
+        interval = int(seconds) if seconds.is_integer() else seconds  # refused unless whole
+    service = get_service(database_url)
+    schedules = ScheduleService(service.database, service.settings, clock=service.clock)
+    spec = ScheduleSpec(
+        name,
+        handler,
+        data,
+        interval=interval,
+        crontab=crontab,
+        timezone=timezone,
+        misfire_policy=misfire_policy,
+        title=title,
+        max_retries=max_retries,
+    )
+    return schedules.add(spec, paused=paused)
 
 
 def close_all() -> None:

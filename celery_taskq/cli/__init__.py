@@ -36,7 +36,7 @@ from dataclasses import replace
 import click
 
 from celery_taskq import __version__
-from celery_taskq.cli import dashboard, db, demo, health, report, runners, tasks
+from celery_taskq.cli import dashboard, db, demo, health, report, runners, schedules, tasks
 from celery_taskq.cli.app_loading import (
     APP_ENV,
     load_celery_app,
@@ -104,6 +104,7 @@ for _command in (
     tasks.resend,
     report.report_command,
     health.health,
+    schedules.schedules_group,
     runners.process,
     runners.create_runners,
     runners.debug,

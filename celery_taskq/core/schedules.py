@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -101,6 +101,36 @@ class ScheduleSnapshot:
             if last_status is None
             else str(getattr(last_status, "value", last_status)),
         )
+
+
+@dataclass(frozen=True)
+class SlotSnapshot:
+    """One slot a tick dealt with: the task it created, and the slots missed before it."""
+
+    slot_on: datetime
+    fired_on: datetime
+    task_id: int | None
+    policy_applied: str | None
+    missed_slots: int
+    first_missed_on: datetime | None
+
+
+def snapshot_json(snapshot: ScheduleSnapshot) -> dict[str, Any]:
+    """A schedule as JSON values (times as ISO 8601), for the CLI's ``--json`` and the API."""
+    values = asdict(snapshot)
+    for key, value in values.items():
+        if isinstance(value, datetime):
+            values[key] = value.isoformat()
+    return values
+
+
+def slot_json(slot: SlotSnapshot) -> dict[str, Any]:
+    """A slot as JSON values."""
+    values = asdict(slot)
+    for key, value in values.items():
+        if isinstance(value, datetime):
+            values[key] = value.isoformat()
+    return values
 
 
 class ScheduleService:
@@ -232,6 +262,23 @@ class ScheduleService:
         with self.database.transaction(read_only=True) as connection:
             rows = schedules.list_schedules(connection)
         return [ScheduleSnapshot.from_row(row) for row in rows]
+
+    def slots(self, name: str, limit: int = 20) -> list[SlotSnapshot]:
+        """The schedule's latest slot rows, newest first."""
+        with self.database.transaction(read_only=True) as connection:
+            row = self._existing(connection, name)
+            rows = schedules.recent_slots(connection, row.id, limit)
+        return [
+            SlotSnapshot(
+                slot.slot_on,
+                slot.fired_on,
+                slot.task_queue_id,
+                slot.policy_applied,
+                int(slot.missed_slots),
+                slot.first_missed_on,
+            )
+            for slot in rows
+        ]
 
     def sync(self, specs: Sequence[ScheduleSpec]) -> int:
         """Write the config's schedules: add the new ones, rewrite the changed ones (their

@@ -176,12 +176,17 @@ def recent_slots(connection: Connection, schedule_id: int, limit: int) -> list[R
     return list(
         connection.execute(
             select(
-                TaskScheduleSlot.slot_on,
-                TaskScheduleSlot.fired_on,
-                TaskScheduleSlot.task_queue_id,
-                TaskScheduleSlot.policy_applied,
-                TaskScheduleSlot.missed_slots,
-                TaskScheduleSlot.first_missed_on,
+                *(
+                    attribute.label(attribute.key)
+                    for attribute in (
+                        TaskScheduleSlot.slot_on,
+                        TaskScheduleSlot.fired_on,
+                        TaskScheduleSlot.task_queue_id,
+                        TaskScheduleSlot.policy_applied,
+                        TaskScheduleSlot.missed_slots,
+                        TaskScheduleSlot.first_missed_on,
+                    )
+                )
             )
             .where(TaskScheduleSlot.schedule_id == schedule_id)
             .order_by(TaskScheduleSlot.slot_on.desc())
