@@ -21,7 +21,8 @@ on the import path, as with ``celery -A`` (:mod:`~celery_taskq.cli.app_loading`)
 
 The commands, by group: :mod:`~celery_taskq.cli.tasks` (enqueue, show, list, watch, cancel,
 retry, resend), :mod:`~celery_taskq.cli.runners` (process, create-runners, debug, runner, worker),
-:mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.health`, :mod:`~celery_taskq.cli.db`,
+:mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.health`, :mod:`~celery_taskq.cli.prune`,
+:mod:`~celery_taskq.cli.db`,
 :mod:`~celery_taskq.cli.dashboard` and :mod:`~celery_taskq.cli.demo`; shared by them:
 :mod:`~celery_taskq.cli.invocation`, :mod:`~celery_taskq.cli.params`,
 :mod:`~celery_taskq.cli.errors` and :mod:`~celery_taskq.cli.task_text`.
@@ -36,7 +37,7 @@ from dataclasses import replace
 import click
 
 from celery_taskq import __version__
-from celery_taskq.cli import dashboard, db, demo, health, report, runners, schedules, tasks
+from celery_taskq.cli import dashboard, db, demo, health, prune, report, runners, schedules, tasks
 from celery_taskq.cli.app_loading import (
     APP_ENV,
     load_celery_app,
@@ -104,6 +105,7 @@ for _command in (
     tasks.resend,
     report.report_command,
     health.health,
+    prune.prune,
     schedules.schedules_group,
     runners.process,
     runners.create_runners,
