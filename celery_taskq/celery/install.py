@@ -7,6 +7,7 @@ from celery import Celery
 from celery_taskq import api
 from celery_taskq.celery.audit_signals import connect_audit
 from celery_taskq.celery.routing import declare_own_queues
+from celery_taskq.celery.schedule_sync import connect_schedule_sync
 from celery_taskq.celery.startup import connect_startup
 from celery_taskq.celery.state import TaskqCelery, connect_worker_signals
 from celery_taskq.celery.tasks import register_tasks, runner_request_hook
@@ -36,6 +37,7 @@ def install(
     api.add_enqueue_hook(runner_request_hook(app, state))
     app.taskq = state
     connect_startup(app, state)
+    connect_schedule_sync(app, state)  # taskq_schedules, at a worker's or beat's start
     return state
 
 
