@@ -174,6 +174,7 @@ def test_an_unreachable_database_fails_the_database_check_only(tmp_path: Path, u
         database.close()
 
     assert [check.name for check in report.failures] == ["database"]
+    assert "\n" not in report.failures[0].reason  # the driver's message, on one line
     assert states(report) == {"database": FAILED, **dict.fromkeys(CHECKS[1:], SKIPPED)}
     assert list(tmp_path.iterdir()) == []  # no SQLite file was created
 

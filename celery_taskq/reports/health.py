@@ -207,13 +207,18 @@ def check_health(
                         results[name] = _TABLE_CHECKS[name](connection, thresholds, now)
         except TaskqError as exc:  # e.g. the database went away between the checks
             results.update(
-                (name, CheckResult(name, FAILED, f"could not be read: {exc}"))
+                (name, CheckResult(name, FAILED, f"could not be read: {_one_line(exc)}"))
                 for name in table_checks
                 if name not in results
             )
     for name in skipped:
         results[name] = CheckResult(name, SKIPPED, "not checked: skipped on request")
     return HealthReport(checked_on=now, checks=tuple(results[name] for name in CHECKS))
+
+
+def _one_line(exc: BaseException) -> str:
+    """A driver's message on one line (they span several: a probe's log wants one)."""
+    return " ".join(str(exc).split())
 
 
 def _skipped(name: str, blocker: str) -> CheckResult:
@@ -230,7 +235,7 @@ def _check_database(database: Database) -> CheckResult:
         with database.transaction(read_only=True) as connection:
             connection.execute(text("SELECT 1"))
     except TaskqError as exc:
-        return CheckResult("database", FAILED, f"unreachable: {exc}")
+        return CheckResult("database", FAILED, f"unreachable: {_one_line(exc)}")
     return CheckResult("database", OK, f"reachable ({database.dialect})")
 
 
@@ -262,7 +267,7 @@ def _check_schema(database: Database) -> CheckResult:
             )
             current = context.get_current_revision()
     except TaskqError as exc:
-        return CheckResult("schema", FAILED, f"its revision could not be read: {exc}")
+        return CheckResult("schema", FAILED, f"its revision could not be read: {_one_line(exc)}")
     head = head_revision()
     figures: dict[str, Figure] = {"revision": current, "head": head}
     if current == head:
