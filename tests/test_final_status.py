@@ -241,7 +241,7 @@ def test_a_runner_that_crashes_ends_timeout_with_its_run(
         raise RuntimeError("a bug in recording")
 
     monkeypatch.setattr(runs, "finish_run", broken)
-    monkeypatch.setattr(claim, "finish_success_and_claim", lambda _database, _values: None)
+    monkeypatch.setattr(claim, "finish_success_and_claim", lambda *_args: None)
     # When the loop crashes on it
     with pytest.raises(RuntimeError, match="a bug in recording"):
         runner.run(burst=True)

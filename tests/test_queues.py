@@ -16,8 +16,15 @@ from celery_taskq.cli import main
 from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.queue import TaskQueueService
+from celery_taskq.core.runner.outcome import RunOutcome
 from celery_taskq.core.settings import Settings
-from celery_taskq.core.statements import tasks
+from celery_taskq.core.statements import runs, tasks
+from celery_taskq.core.statements.claim import (
+    EVERY_QUEUE,
+    ClaimScope,
+    claim_next_run,
+    finish_success_and_claim,
+)
 from celery_taskq.core.storage.database import Database
 from celery_taskq.web import create_app
 from tests.conftest import FakeClock
@@ -138,3 +145,99 @@ def test_the_http_api_takes_a_queue_and_a_priority(settings: Settings, database:
         assert bad_priority.status_code == 422
         assert "priority" in bad_priority.text
     assert count(database, TaskQueue) == 1
+
+
+# -- the claim ------------------------------------------------------------------------------
+
+
+def claim_all(
+    service: TaskQueueService, database: Database, scope: ClaimScope = EVERY_QUEUE
+) -> list[int]:
+    """Claim runs one by one under one runner until none is left; the tasks' ids, in order."""
+    runner = service.get_task_runner()
+    assert runner is not None
+    claimed_tasks: list[int] = []
+    while True:
+        with database.transaction() as connection:
+            claimed = claim_next_run(connection, runner.task_runner_id, service.clock(), scope)
+        if claimed is None:
+            return claimed_tasks
+        claimed_tasks.append(claimed.task_queue_id)
+
+
+def test_the_claim_takes_the_highest_priority_first_then_the_oldest(
+    service: TaskQueueService, database: Database
+) -> None:
+    # Given runs queued in an order that is neither their priority nor the reverse
+    priorities = [0, 5, -2, 5, 0, 9, -2, 5]
+    ids = [service.add_task(SUCCEED, priority=p, create_run=True) for p in priorities]
+    # When one runner claims them all
+    claimed = claim_all(service, database)
+    # Then higher priorities come first, and within a priority the oldest run first
+    expected = [task for _, task in sorted(zip(priorities, ids, strict=True), key=by_priority)]
+    assert claimed == expected
+
+
+def by_priority(item: tuple[int, int]) -> tuple[int, int]:
+    """Highest priority first, then the lowest id."""
+    return -item[0], item[1]
+
+
+def test_a_runner_serving_some_queues_never_takes_another_queues_runs(
+    service: TaskQueueService, database: Database
+) -> None:
+    # Given runs in queues a, b and c, and a run of c with the highest priority of all
+    queued = {
+        queue: [service.add_task(SUCCEED, queue=queue, create_run=True) for _ in range(3)]
+        for queue in ("a", "b", "c")
+    }
+    urgent_c = service.add_task(SUCCEED, queue="c", priority=100, create_run=True)
+    urgent_b = service.add_task(SUCCEED, queue="b", priority=1, create_run=True)
+    # When a runner serving a and b claims until nothing is left for it
+    claimed = claim_all(service, database, ClaimScope(queues=("a", "b")))
+    # Then it took every run of a and b, by priority then FIFO, and none of c
+    assert claimed == [urgent_b, *sorted(queued["a"] + queued["b"])]
+    # And a runner serving c (with no queue named) takes c's, the urgent one first
+    assert claim_all(service, database, ClaimScope(queues=("c",))) == [urgent_c, *queued["c"]]
+    assert claim_all(service, database) == []
+
+
+def test_the_fast_path_claims_by_priority_within_the_runners_queues(
+    service: TaskQueueService, database: Database
+) -> None:
+    # Given a running run, and runs waiting in queues x (low priority) and y (high)
+    first = service.add_task(SUCCEED, queue="x", create_run=True)
+    low = service.add_task(SUCCEED, queue="x", priority=1, create_run=True)
+    service.add_task(SUCCEED, queue="y", priority=50, create_run=True)
+    high = service.add_task(SUCCEED, queue="x", priority=7, create_run=True)
+    runner = service.get_task_runner()
+    assert runner is not None
+    runner.claim_scope = ClaimScope(queues=("x",))
+    claimed = runner.get_next_task_run()
+    assert claimed is not None
+    assert claimed.task_queue_id == high
+    # When its success is recorded with the next claim (one statement on PostgreSQL)
+    values = runs.success_values(
+        claimed.run_id, runner.task_runner_id, plain_success(), service.clock()
+    )
+    done = finish_success_and_claim(database, values, runner.claim_scope)
+    if done is None:  # SQLite: the transaction path
+        with database.transaction() as connection:
+            assert runs.finish_run(
+                connection, claimed.run_id, runner.task_runner_id, plain_success(), service.clock()
+            )
+            next_run = claim_next_run(
+                connection, runner.task_runner_id, service.clock(), runner.claim_scope
+            )
+        done = (True, next_run)
+    # Then the next run is x's highest priority one, not y's
+    recorded, next_claimed = done
+    assert recorded
+    assert next_claimed is not None
+    assert next_claimed.task_queue_id == low
+    assert task_row(database, first).last_status == RunStatus.SCHEDULED
+
+
+def plain_success() -> RunOutcome:
+    """The outcome of a handler that returned nothing."""
+    return RunOutcome(status=RunStatus.SUCCESS, standard_output="", error_output="")

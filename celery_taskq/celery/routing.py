@@ -6,6 +6,10 @@ they consumed before. An app that wants them apart declares :data:`EVENTS_QUEUE`
 :data:`RUNNERS_QUEUE` in its ``task_queues``; the tasks then go there (:func:`own_queue`). The
 ready app (:func:`~celery_taskq.celery.install.create_app`) does.
 
+A runner task is sent for one named queue of handler runs and serves only that queue. Where
+the app declares ``taskq.runners.<queue>`` (:func:`runner_queue_name`) its runner tasks go
+there (:func:`runner_route`), so that only the workers consuming it serve that queue.
+
 Configuration: :func:`apply_config` adds the beat entries and, where the app is silent,
 :data:`INSTALL_DEFAULTS` and the broker. It is idempotent and runs whenever the app's
 configuration may have changed (see :mod:`celery_taskq.celery.startup`), so it does not matter
@@ -67,6 +71,23 @@ def own_queue(app: Celery, task_name: str) -> str | None:
     app declares it; ``None`` otherwise (the task follows the app's routing)."""
     queue = OWN_QUEUES.get(task_name)
     return queue if queue is not None and queue in declared_queues(app) else None
+
+
+RUNNERS_QUEUE_PREFIX = RUNNERS_QUEUE + "."
+"""Prefix of the Celery queue of one handler queue's runner tasks."""
+
+
+def runner_queue_name(queue: str) -> str:
+    """The Celery queue an app may declare for the runner tasks of the handler queue
+    ``queue``: ``taskq.runners.<queue>``."""
+    return RUNNERS_QUEUE_PREFIX + queue
+
+
+def runner_route(app: Celery, queue: str) -> str | None:
+    """Where a runner task for the handler queue ``queue`` goes: its own Celery queue if the
+    app declares it, else where every runner task goes (``None``: the app's routing)."""
+    name = runner_queue_name(queue)
+    return name if name in declared_queues(app) else own_queue(app, RUNNER_TASK)
 
 
 def route_queue(app: Celery, task_name: str) -> str:

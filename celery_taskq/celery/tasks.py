@@ -29,11 +29,13 @@ from celery_taskq.celery.routing import (
     PROCESS_TASK,
     RUNNER_TASK,
     own_queue,
+    runner_route,
 )
 from celery_taskq.celery.state import TaskqCelery
 from celery_taskq.core.overseer import on_process
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.loop import StopReason
+from celery_taskq.core.statements import dispatch
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +111,12 @@ def register_tasks(app: Celery, state: TaskqCelery) -> None:
             f"timed out {len(report.timed_out_runners)}; runs created {report.tasks_given_runs}; "
             f"runner tasks sent {sent}"
         )
+        if report.pruned.total:
+            summary += f"; pruned {report.pruned.summary()}"
         level = (
-            logging.INFO if report.timed_out_runners or report.tasks_given_runs else logging.DEBUG
+            logging.INFO
+            if report.timed_out_runners or report.tasks_given_runs or report.pruned.total
+            else logging.DEBUG
         )
         logger.log(level, "OnProcess: %s", summary, extra={"action": "on_process"})
         return summary
@@ -131,8 +137,10 @@ def register_tasks(app: Celery, state: TaskqCelery) -> None:
         return f"runner tasks sent: {sent}"
 
     @app.task(name=RUNNER_TASK, base=base, bind=True, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
-    def runner_task(self: Any) -> str:
-        """Register this worker process as a task runner and work the queue until it is empty."""
+    def runner_task(self: Any, queue: str | None = None) -> str:
+        """Register this worker process as a task runner and work the queue until it is empty.
+
+        Sent for a named ``queue`` it serves that queue only; without one, every queue."""
         settings = state.settings
         if not settings.handler_runners:
             logger.debug("runner task: %s", AUDIT_ONLY, extra={"action": "audit_only"})
@@ -142,6 +150,7 @@ def register_tasks(app: Celery, state: TaskqCelery) -> None:
         )
         if runner is None:
             return "no runner started: a limit is reached"
+        runner.claim_scope = state.service.claim_scope(None if queue is None else (queue,))
         # With one pool process the runner takes turns with the app's tasks: one run, then the
         # process is handed back and a new runner task queues up behind what waits.
         takes_turns = state.worker_concurrency() == 1
@@ -167,16 +176,30 @@ def send_runners(app: Celery, state: TaskqCelery, service: TaskQueueService) -> 
     """Send as many runner tasks as scheduled runs want (see
     :meth:`~celery_taskq.core.overseer.QueueOverseer.runners_wanted`); return how many.
 
-    None in audit-only mode. A runner task expires after one OnCreateTaskRunners interval: by
-    then the next tick has judged the demand afresh.
+    They are shared out among the queues whose runs wait
+    (:func:`~celery_taskq.core.statements.dispatch.split_by_queue`); each serves its queue and
+    goes to that queue's Celery queue where the app declares one
+    (:func:`~celery_taskq.celery.routing.runner_route`). None in audit-only mode. A runner
+    task expires after one OnCreateTaskRunners interval: by then the next tick has judged the
+    demand afresh.
     """
     settings = state.settings
     if not settings.handler_runners:
         return 0
     wanted = service.runners_wanted()
+    if not wanted:
+        return 0
+    with service.database.transaction(read_only=True) as connection:
+        shares = dispatch.split_by_queue(wanted, dispatch.waiting_by_queue(connection))
     runner_task = app.tasks[RUNNER_TASK]
-    for _ in range(wanted):
-        runner_task.apply_async(expires=settings.create_runners_interval)
+    for queue, share in shares.items():
+        route = runner_route(app, queue)
+        options: dict[str, Any] = {} if route is None else {"queue": route}
+        for _ in range(share):
+            runner_task.apply_async(
+                kwargs={"queue": queue}, expires=settings.create_runners_interval, **options
+            )
+    wanted = sum(shares.values())
     if wanted:
         logger.info(
             "sent %s runner tasks for scheduled runs",

@@ -15,7 +15,9 @@ import click
 from celery_taskq.cli.app_loading import APP_ENV
 from celery_taskq.cli.invocation import CliContext, pass_context
 from celery_taskq.cli.params import SecondsParamType
+from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.overseer import on_create_task_runners, on_debug, on_process
+from celery_taskq.core.queues import parse_queue_list
 from celery_taskq.core.runner.lease import leave_namespace_init
 
 
@@ -94,8 +96,24 @@ def debug(context: CliContext) -> None:
     click.echo("ran one iteration" if ran else "TaskRunnerLimit reached: nothing ran")
 
 
+def _queue_list(
+    _context: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    try:
+        return parse_queue_list(value)
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @runner_options
+@click.option(
+    "--queues",
+    callback=_queue_list,
+    help="Serve only these queues (comma-separated, e.g. reports,mail) [default: every queue].",
+)
 @click.option(
     "--memory-limit",
     type=click.IntRange(min=1),
@@ -108,9 +126,13 @@ def runner(
     burst: bool,
     max_runs: int | None,
     max_idle: float | None,
+    queues: tuple[str, ...] | None,
     memory_limit: int | None,
 ) -> None:
-    """Work the queue until a signal, the memory limit, or an exit option."""
+    """Work the queue until a signal, the memory limit, or an exit option.
+
+    Runs are claimed highest priority first, then first in first out, from the queues served.
+    """
     leave_namespace_init()  # as a container's PID 1, the kernel could not fence its lease
     if memory_limit is not None:
         context.settings = replace(context.settings, runner_memory_limit_mb=memory_limit)
@@ -119,6 +141,7 @@ def runner(
         raise click.ClickException(
             f"TaskRunnerLimit ({context.settings.task_runner_limit}) runners are already running"
         )
+    task_runner.claim_scope = context.service.claim_scope(queues)
     reason = task_runner.run(
         burst=burst, max_runs=max_runs, max_idle=max_idle, install_signal_handlers=True
     )

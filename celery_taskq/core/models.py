@@ -380,8 +380,8 @@ class Limit(Base):
     ``Name`` is ``queue:<queue>`` or ``handler:<dotted path>``. The claim takes a run only
     while every limit naming its queue or handler has room, and counts the run in the same
     statement: ``Running`` (runs running now, decremented when a run ends and recounted by
-    the overseer) and ``WindowCount`` (runs started in the fixed window that began at
-    ``WindowStart``, ``RatePeriod`` seconds long).
+    the overseer) and ``WindowCount`` (runs started in the window numbered ``Window``: the
+    windows are ``RatePeriod`` seconds long, counted from the Unix epoch).
     """
 
     __tablename__ = "TaskqLimits"
@@ -391,7 +391,7 @@ class Limit(Base):
     running: Mapped[int] = mapped_column("Running", Integer, server_default=text("0"))
     rate_count: Mapped[int | None] = mapped_column("RateCount", Integer)
     rate_period: Mapped[int | None] = mapped_column("RatePeriod", Integer)
-    window_start: Mapped[datetime | None] = mapped_column("WindowStart")
+    window: Mapped[int | None] = mapped_column("Window", BigInteger)
     window_count: Mapped[int] = mapped_column("WindowCount", Integer, server_default=text("0"))
 
 

@@ -53,6 +53,7 @@ from celery_taskq.core.overseer import QueueOverseer
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot
 from celery_taskq.core.statements import tasks
+from celery_taskq.core.statements.claim import ClaimScope
 from celery_taskq.core.steps import STEPS_HANDLER, Step, steps_data
 from celery_taskq.core.storage.database import Database, translate_errors
 
@@ -263,6 +264,10 @@ class TaskQueueService(QueueOverseer):
                 select(TaskRun).where(TaskRun.task_queue_id == task_id).order_by(TaskRun.id)
             ).all()
             return TaskSnapshot.from_row(row, tuple(RunSnapshot.from_row(run) for run in runs))
+
+    def claim_scope(self, queues: tuple[str, ...] | None = None) -> ClaimScope:
+        """What a runner of this process claims: runs of ``queues`` (``None``: every queue)."""
+        return ClaimScope(queues=queues)
 
     def get_run(self, run_id: int) -> RunSnapshot:
         """A frozen snapshot of one run."""

@@ -36,8 +36,8 @@ from celery_taskq.core.runner.recording import (
     RunRecording,
 )
 from celery_taskq.core.settings import Settings
-from celery_taskq.core.statements import runners, runs
-from celery_taskq.core.statements.claim import ClaimedRun
+from celery_taskq.core.statements import limits, runners, runs
+from celery_taskq.core.statements.claim import EVERY_QUEUE, ClaimedRun, ClaimScope
 from celery_taskq.core.storage.database import Database
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,11 @@ class TaskRunner(RunRecording, HandlerExecution):
         clock: Clock = utc_now,
         notifier: RunNotifier | None = None,
         registered_at: float | None = None,
+        claim_scope: ClaimScope = EVERY_QUEUE,
     ) -> None:
         self.database = database
         self.task_runner_id = runner_id
+        self.claim_scope = claim_scope
         self.settings = settings
         self.clock = clock
         self.notifier = notifier_for(settings) if notifier is None else notifier
@@ -309,8 +311,12 @@ class TaskRunner(RunRecording, HandlerExecution):
         claimed_ahead, self._claimed_ahead = self._claimed_ahead, None
         try:
             with self.database.transaction() as connection:
-                if claimed_ahead is not None:
-                    runs.release_run(connection, claimed_ahead.run_id, self.task_runner_id)
+                if (
+                    claimed_ahead is not None
+                    and runs.release_run(connection, claimed_ahead.run_id, self.task_runner_id)
+                    and self.claim_scope.limited
+                ):
+                    limits.release(connection, claimed_ahead.run_id)
                 if crashed:
                     runners.time_out_runners(connection, [self.task_runner_id], self.clock())
                 else:

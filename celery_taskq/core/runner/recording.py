@@ -21,8 +21,8 @@ from celery_taskq.core.models import RunStatus
 from celery_taskq.core.notify import RunNotifier
 from celery_taskq.core.runner.backoff import Backoff
 from celery_taskq.core.runner.outcome import RunOutcome, refused_outcome
-from celery_taskq.core.statements import claim, runs, tasks
-from celery_taskq.core.statements.claim import ClaimedRun
+from celery_taskq.core.statements import claim, limits, runs, tasks
+from celery_taskq.core.statements.claim import ClaimedRun, ClaimScope
 from celery_taskq.core.storage.database import Database
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class RunRecording:
 
     database: Database
     task_runner_id: int
+    claim_scope: ClaimScope
     clock: Clock
     notifier: RunNotifier
     _stop: threading.Event
@@ -51,7 +52,8 @@ class RunRecording:
     _may_claim_ahead: Callable[[], bool] | None
 
     def get_next_task_run(self) -> ClaimedRun | None:
-        """Claim the oldest scheduled run (FIFO) in one atomic statement; ``None`` if none."""
+        """Claim the next scheduled run of the queues served (highest priority first, then
+        FIFO) in one atomic statement; ``None`` if none."""
         with self.database.transaction() as connection:
             claimed = None
             if self._claim_uncertain:
@@ -61,7 +63,9 @@ class RunRecording:
                 orphan = runs.running_run_of_runner(connection, self.task_runner_id)
                 claimed = None if orphan is None else ClaimedRun(*orphan)
             if claimed is None:
-                claimed = claim.claim_next_run(connection, self.task_runner_id, self.clock())
+                claimed = claim.claim_next_run(
+                    connection, self.task_runner_id, self.clock(), self.claim_scope
+                )
         self._claim_uncertain = False
         self._log_claimed(claimed)
         return claimed
@@ -115,7 +119,7 @@ class RunRecording:
             and self._may_claim_ahead()
         ):
             values = runs.success_values(claimed.run_id, self.task_runner_id, outcome, self.clock())
-            done = claim.finish_success_and_claim(self.database, values)
+            done = claim.finish_success_and_claim(self.database, values, self.claim_scope)
             if done is not None:
                 recorded, self._claimed_ahead = done
                 return recorded
@@ -124,10 +128,14 @@ class RunRecording:
             recorded = runs.finish_run(
                 connection, claimed.run_id, self.task_runner_id, outcome, now
             )
+            if recorded and self.claim_scope.limited:
+                limits.release(connection, claimed.run_id)
             if recorded and outcome.status in (RunStatus.ERROR, RunStatus.TIMEOUT):
                 runs.defer_retry(connection, claimed.task_queue_id, now, backoff.delay)
             if self._may_claim_ahead is not None and self._may_claim_ahead():
-                self._claimed_ahead = claim.claim_next_run(connection, self.task_runner_id, now)
+                self._claimed_ahead = claim.claim_next_run(
+                    connection, self.task_runner_id, now, self.claim_scope
+                )
         return recorded
 
     def _load_run_input(self, claimed: ClaimedRun) -> tuple[str, Any, Any] | None:

@@ -1,25 +1,59 @@
-"""The claim: a runner takes the oldest ``scheduled`` run, FIFO, in one atomic statement.
+"""The claim: a runner takes the next ``scheduled`` run in one atomic statement.
 
-Two runners never get the same run (DESIGN §3.5): on PostgreSQL the subquery picking the run
-says ``FOR UPDATE SKIP LOCKED``; on SQLite the claim runs inside the ``BEGIN IMMEDIATE``
-transaction that holds the database's single write lock (see
-:mod:`celery_taskq.core.storage.database`). On PostgreSQL a plain success can be recorded and
-the next run claimed in one autocommitted statement (:func:`finish_success_and_claim`).
+The order is highest ``Priority`` first, then oldest first (FIFO), among the runs of the queues
+the runner serves (:class:`ClaimScope`). Two runners never get the same run (DESIGN §3.5): on
+PostgreSQL the subquery picking the run says ``FOR UPDATE SKIP LOCKED``; on SQLite the claim
+runs inside the ``BEGIN IMMEDIATE`` transaction that holds the database's single write lock
+(see :mod:`celery_taskq.core.storage.database`). On PostgreSQL a plain success can be recorded
+and the next run claimed in one autocommitted statement (:func:`finish_success_and_claim`).
+
+With limits (``ClaimScope.limited``) the claim also skips runs whose queue or handler has no
+room left and counts the run it takes in ``TaskqLimits`` in the same statement; see
+:mod:`celery_taskq.core.statements.limits` for why that is race-free.
 """
 
+# ruff: noqa: S608 - the SQL is built from constant fragments only; every value is bound
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Integer, String, bindparam, column, text
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    Connection,
+    Integer,
+    String,
+    TextClause,
+    bindparam,
+    column,
+    text,
+)
+from sqlalchemy.sql.selectable import TextualSelect
 
 from celery_taskq.core.models import JsonDocument, UTCDateTime
+from celery_taskq.core.statements import limits
 from celery_taskq.core.storage.driver import DriverStatement
 
 if TYPE_CHECKING:
     from celery_taskq.core.storage.database import Database
+
+
+@dataclass(frozen=True)
+class ClaimScope:
+    """What a runner may claim: the queues it serves, and whether limits apply."""
+
+    queues: tuple[str, ...] | None = None
+    """The queues served; ``None`` serves every queue."""
+    limited: bool = False
+    """Concurrency or rate limits are declared: claims check and count them."""
+
+
+EVERY_QUEUE = ClaimScope()
+"""A runner serving every queue, without limits: the claim of a plain installation."""
 
 
 @dataclass(frozen=True)
@@ -38,26 +72,33 @@ class ClaimedRun:
     checkpoint: Any = None
 
 
-def claim_next_run(connection: Connection, runner_id: int, now: datetime) -> ClaimedRun | None:
-    """Move the oldest ``scheduled`` run to ``running`` for ``runner_id``, atomically.
+def claim_next_run(
+    connection: Connection, runner_id: int, now: datetime, scope: ClaimScope = EVERY_QUEUE
+) -> ClaimedRun | None:
+    """Move the next ``scheduled`` run of ``scope`` to ``running`` for ``runner_id``, atomically.
 
-    The run is picked and updated by one statement: ``UPDATE … WHERE Id = (SELECT … LIMIT
-    1) RETURNING``. PostgreSQL adds ``FOR UPDATE SKIP LOCKED`` to the subquery so concurrent
-    runners skip each other's rows, and in the same statement sets the task's
-    ``LastStatus`` to ``running`` and returns the task's handler, data and checkpoint.
-    SQLite runs the claim inside the ``BEGIN IMMEDIATE`` transaction, which holds the
-    database's single write lock, then rolls the task up and reads its input there.
-    The roll-up is exact, not a shortcut: a task's open run is always its newest one.
+    The run is picked and updated by one statement: ``UPDATE … WHERE Id = (SELECT … ORDER BY
+    Priority DESC, Id LIMIT 1) RETURNING``. PostgreSQL adds ``FOR UPDATE SKIP LOCKED`` to the
+    subquery so concurrent runners skip each other's rows, and in the same statement sets
+    the task's ``LastStatus`` to ``running`` and returns the task's handler, data and
+    checkpoint (and, with limits, counts the run against them). SQLite runs the claim inside
+    the ``BEGIN IMMEDIATE`` transaction, which holds the database's single write lock, then
+    counts it, rolls the task up and reads its input there. The roll-up is exact, not a
+    shortcut: a task's open run is always its newest one.
     """
-    values = {"now": now, "runner_id": runner_id}
+    values = _values(connection, runner_id, now, scope)
     if connection.dialect.name == "postgresql":
-        row = _PG_CLAIM.first(connection, values)
+        row = _pg_claim(scope.queues is not None, scope.limited).first(connection, values)
         if row is None:
             return None
         return ClaimedRun(row[0], row[1], row[2], row[3], row[4])
-    claimed = connection.execute(_SQLITE_CLAIM, values).first()
+    claimed = connection.execute(
+        _sqlite_claim(scope.queues is not None, scope.limited), values
+    ).first()
     if claimed is None:
         return None
+    if scope.limited:
+        limits.count_claimed(connection, claimed[0], now)
     connection.execute(_SQLITE_TASK_RUNNING, {"task_queue_id": claimed[1]})
     task = connection.execute(_RUN_INPUT, {"task_queue_id": claimed[1]}).first()
     if task is None:
@@ -66,28 +107,57 @@ def claim_next_run(connection: Connection, runner_id: int, now: datetime) -> Cla
 
 
 def finish_success_and_claim(
-    database: Database, values: dict[str, Any]
+    database: Database, values: dict[str, Any], scope: ClaimScope = EVERY_QUEUE
 ) -> tuple[bool, ClaimedRun | None] | None:
     """Record a plain success and claim the next run in one autocommitted statement.
 
-    PostgreSQL only (``None`` elsewhere: the caller uses a transaction). ``values`` are
-    ``run_id``, ``runner_id``, ``now``, ``standard_output``, ``error_output``, ``results``
-    and ``percents_completed``. Returns whether the outcome was recorded and the claimed
-    run. One round trip instead of four (BEGIN, record, claim, COMMIT); the statement is
-    atomic, so the outcome and the claim land together or not at all, as in a transaction.
+    PostgreSQL without limits only (``None`` otherwise: the caller uses a transaction, which
+    also gives the finished run's slot back). ``values`` are ``run_id``, ``runner_id``,
+    ``now``, ``standard_output``, ``error_output``, ``results`` and ``percents_completed``.
+    Returns whether the outcome was recorded and the claimed run. One round trip instead of
+    four (BEGIN, record, claim, COMMIT); the statement is atomic, so the outcome and the claim
+    land together or not at all, as in a transaction.
     """
-    if database.dialect != "postgresql":
+    if database.dialect != "postgresql" or scope.limited:
         return None
+    statement = _pg_finish_success_and_claim(scope.queues is not None)
     with database.autocommit() as connection:
-        row = _PG_FINISH_SUCCESS_AND_CLAIM.one(connection, values)
+        if scope.queues is not None:
+            values = {**values, "queues": list(scope.queues)}
+        row = statement.one(connection, values)
     recorded = bool(row[0])
     if row[1] is None:
         return recorded, None
     return recorded, ClaimedRun(row[1], row[2], row[3], row[4], row[5])
 
 
+def _values(
+    connection: Connection, runner_id: int, now: datetime, scope: ClaimScope
+) -> dict[str, Any]:
+    values: dict[str, Any] = {"now": now, "runner_id": runner_id}
+    if scope.limited:
+        values["epoch"] = int(now.timestamp())
+    if scope.queues is not None:
+        values["queues"] = (
+            list(scope.queues)
+            if connection.dialect.name == "postgresql"
+            else json.dumps(list(scope.queues))
+        )
+    return values
+
+
 # The statements below repeat ``models.RUN_SCHEDULED_SQL`` word for word: SQLite uses the
 # partial index ix_TaskRuns_scheduled only when a query repeats the index's predicate.
+_ORDER = 'ORDER BY "Priority" DESC, "Id" LIMIT 1'
+_LIMITED_ORDER = 'ORDER BY "TaskRuns"."Priority" DESC, "TaskRuns"."Id" LIMIT 1'
+_PG_IN_QUEUES = ' AND "TaskRuns"."Queue" = ANY(:queues)'
+_SQLITE_IN_QUEUES = ' AND "TaskRuns"."Queue" IN (SELECT value FROM json_each(:queues))'
+_RUNNER_IS_LIVE = """EXISTS (
+    SELECT 1 FROM "TaskRunners"
+    WHERE "TaskRunners"."Id" = :runner_id AND "TaskRunners"."Status" = 'running'
+)"""
+_START = """UPDATE "TaskRuns" SET "Status" = 'running', "StartedOn" = :now,
+    "TaskRunnerId" = :runner_id"""
 _TYPED_BINDS = (
     bindparam("now", type_=UTCDateTime()),
     bindparam("runner_id", type_=Integer()),
@@ -97,41 +167,76 @@ _INPUT_COLUMNS = (
     column("TaskData", JsonDocument),
     column("Checkpoint", JsonDocument),
 )
+_PG_TASK_AND_INPUT = """, task AS (
+    UPDATE "TaskQueue" SET "LastStatus" = 'running' FROM claimed
+    WHERE "TaskQueue"."Id" = claimed."TaskQueueId"
+    RETURNING "TaskQueue"."Id", "TaskQueue"."TaskHandlerClass", "TaskQueue"."TaskData"
+)"""
+_PG_INPUT_COLUMNS = """claimed."Id", claimed."TaskQueueId", task."TaskHandlerClass",
+    task."TaskData",
+    (SELECT r."Checkpoint" FROM "TaskRuns" r
+     WHERE r."TaskQueueId" = claimed."TaskQueueId" AND r."Checkpoint" IS NOT NULL
+     ORDER BY r."Id" DESC LIMIT 1) AS "Checkpoint\""""
 
-_PG_CLAIM = DriverStatement(
-    text(
-        """
-        WITH claimed AS (
-            UPDATE "TaskRuns" SET "Status" = 'running', "StartedOn" = :now,
-                "TaskRunnerId" = :runner_id
+
+def _binds(statement: TextClause, in_queues: bool, limited: bool) -> TextClause:
+    binds: list[BindParameter[Any]] = list(_TYPED_BINDS)
+    if limited:
+        binds.append(bindparam("epoch", type_=BigInteger()))
+    if in_queues:
+        binds.append(bindparam("queues"))
+    return statement.bindparams(*binds)
+
+
+def _pg_claimed_cte(in_queues: bool, limited: bool) -> str:
+    """``claimed AS (…)``: the run taken, and (with limits) the ``candidate`` and ``counted``
+    steps before it."""
+    queues = _PG_IN_QUEUES if in_queues else ""
+    if not limited:
+        return f"""claimed AS (
+            {_START}
             WHERE "Id" = (
-                SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled'
-                ORDER BY "Id" LIMIT 1 FOR UPDATE SKIP LOCKED
-            ) AND "Status" = 'scheduled' AND EXISTS (
-                SELECT 1 FROM "TaskRunners"
-                WHERE "TaskRunners"."Id" = :runner_id AND "TaskRunners"."Status" = 'running'
-            )
+                SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled'{queues}
+                {_ORDER} FOR UPDATE SKIP LOCKED
+            ) AND "Status" = 'scheduled' AND {_RUNNER_IS_LIVE}
             RETURNING "Id", "TaskQueueId"
-        ), task AS (
-            UPDATE "TaskQueue" SET "LastStatus" = 'running' FROM claimed
-            WHERE "TaskQueue"."Id" = claimed."TaskQueueId"
-            RETURNING "TaskQueue"."Id", "TaskQueue"."TaskHandlerClass", "TaskQueue"."TaskData"
-        )
-        SELECT claimed."Id", claimed."TaskQueueId", task."TaskHandlerClass", task."TaskData",
-            (SELECT r."Checkpoint" FROM "TaskRuns" r
-             WHERE r."TaskQueueId" = claimed."TaskQueueId" AND r."Checkpoint" IS NOT NULL
-             ORDER BY r."Id" DESC LIMIT 1) AS "Checkpoint"
-        FROM claimed LEFT JOIN task ON task."Id" = claimed."TaskQueueId"
-        """
-    )
-    .bindparams(*_TYPED_BINDS)
-    .columns(column("Id", Integer()), column("TaskQueueId", Integer()), *_INPUT_COLUMNS)
-)
-"""The claim on PostgreSQL: one statement claims, rolls up and reads the run's input."""
+        )"""
+    return f"""candidate AS (
+            SELECT "TaskRuns"."Id", {limits.PG_LIMIT_NAMES} FROM "TaskRuns"
+            JOIN "TaskQueue" q ON q."Id" = "TaskRuns"."TaskQueueId"
+            WHERE "Status" = 'scheduled'{queues} AND NOT EXISTS ({limits.FULL_LIMIT})
+            {_LIMITED_ORDER} FOR UPDATE OF "TaskRuns" SKIP LOCKED
+        ), {limits.PG_COUNTED_CTE}, claimed AS (
+            {_START}
+            WHERE "Id" = (SELECT "Id" FROM candidate) AND "Status" = 'scheduled'
+                AND {_RUNNER_IS_LIVE} AND {limits.PG_ALL_COUNTED}
+            RETURNING "Id", "TaskQueueId"
+        )"""
 
-_PG_FINISH_SUCCESS_AND_CLAIM = DriverStatement(
-    text(
-        """
+
+@cache
+def _pg_claim(in_queues: bool, limited: bool) -> DriverStatement:
+    """The claim on PostgreSQL: one statement claims, rolls up and reads the run's input."""
+    sql = f"""WITH {_pg_claimed_cte(in_queues, limited)}{_PG_TASK_AND_INPUT}
+        SELECT {_PG_INPUT_COLUMNS}
+        FROM claimed LEFT JOIN task ON task."Id" = claimed."TaskQueueId"
+    """
+    return DriverStatement(
+        _binds(text(sql), in_queues, limited).columns(
+            column("Id", Integer()), column("TaskQueueId", Integer()), *_INPUT_COLUMNS
+        )
+    )
+
+
+@cache
+def _pg_finish_success_and_claim(in_queues: bool) -> DriverStatement:
+    """A plain success recorded and rolled up, and the next run claimed, in one statement.
+
+    The claimed run is never of the finished run's task (a task has one open run at a time),
+    so no row is updated twice; nothing is claimed when the outcome was not recorded (the
+    runner was timed out)."""
+    queues = _PG_IN_QUEUES if in_queues else ""
+    sql = f"""
         WITH finished AS (
             UPDATE "TaskRuns" SET "Status" = 'success', "FinishedOn" = :now,
                 "StandardOutput" = :standard_output, "ErrorOutput" = :error_output,
@@ -144,59 +249,51 @@ _PG_FINISH_SUCCESS_AND_CLAIM = DriverStatement(
             WHERE "TaskQueue"."Id" = finished."TaskQueueId"
             RETURNING "TaskQueue"."Id"
         ), claimed AS (
-            UPDATE "TaskRuns" SET "Status" = 'running', "StartedOn" = :now,
-                "TaskRunnerId" = :runner_id
+            {_START}
             WHERE "Id" = (
-                SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled'
-                ORDER BY "Id" LIMIT 1 FOR UPDATE SKIP LOCKED
+                SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled'{queues}
+                {_ORDER} FOR UPDATE SKIP LOCKED
             ) AND "Status" = 'scheduled' AND EXISTS (SELECT 1 FROM finished)
             RETURNING "Id", "TaskQueueId"
-        ), task AS (
-            UPDATE "TaskQueue" SET "LastStatus" = 'running' FROM claimed
-            WHERE "TaskQueue"."Id" = claimed."TaskQueueId"
-            RETURNING "TaskQueue"."Id", "TaskQueue"."TaskHandlerClass", "TaskQueue"."TaskData"
-        )
-        SELECT (SELECT count(*) FROM rolled_up) AS "Recorded",
-            claimed."Id", claimed."TaskQueueId", task."TaskHandlerClass", task."TaskData",
-            (SELECT r."Checkpoint" FROM "TaskRuns" r
-             WHERE r."TaskQueueId" = claimed."TaskQueueId" AND r."Checkpoint" IS NOT NULL
-             ORDER BY r."Id" DESC LIMIT 1) AS "Checkpoint"
+        ){_PG_TASK_AND_INPUT}
+        SELECT (SELECT count(*) FROM rolled_up) AS "Recorded", {_PG_INPUT_COLUMNS}
         FROM (SELECT 1) AS one
         LEFT JOIN claimed ON true LEFT JOIN task ON task."Id" = claimed."TaskQueueId"
-        """
+    """
+    statement = _binds(text(sql), in_queues, limited=False).bindparams(
+        bindparam("results", type_=JsonDocument)
     )
-    .bindparams(*_TYPED_BINDS, bindparam("results", type_=JsonDocument))
-    .columns(
-        column("Recorded", Integer()),
-        column("Id", Integer()),
-        column("TaskQueueId", Integer()),
-        *_INPUT_COLUMNS,
-    ),
-    json_params=frozenset({"results"}),
-)
-"""A plain success recorded and rolled up, and the next run claimed, in one statement.
+    return DriverStatement(
+        statement.columns(
+            column("Recorded", Integer()),
+            column("Id", Integer()),
+            column("TaskQueueId", Integer()),
+            *_INPUT_COLUMNS,
+        ),
+        json_params=frozenset({"results"}),
+    )
 
-The claimed run is never of the finished run's task (a task has one open run at a time), so no
-row is updated twice; nothing is claimed when the outcome was not recorded (the runner was
-timed out)."""
 
-_SQLITE_CLAIM = (
-    text(
-        """
-        UPDATE "TaskRuns" SET "Status" = 'running', "StartedOn" = :now,
-            "TaskRunnerId" = :runner_id
-        WHERE "Id" = (
-            SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled' ORDER BY "Id" LIMIT 1
-        ) AND "Status" = 'scheduled' AND EXISTS (
-            SELECT 1 FROM "TaskRunners"
-            WHERE "TaskRunners"."Id" = :runner_id AND "TaskRunners"."Status" = 'running'
-        )
+@cache
+def _sqlite_claim(in_queues: bool, limited: bool) -> TextualSelect:
+    """The claim on SQLite: inside the write lock, what it reads is what it writes over."""
+    queues = _SQLITE_IN_QUEUES if in_queues else ""
+    if limited:
+        pick = f"""SELECT "TaskRuns"."Id" FROM "TaskRuns"
+            JOIN "TaskQueue" q ON q."Id" = "TaskRuns"."TaskQueueId"
+            WHERE "Status" = 'scheduled'{queues} AND NOT EXISTS ({limits.FULL_LIMIT})
+            {_LIMITED_ORDER}"""
+    else:
+        pick = f"""SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled'{queues} {_ORDER}"""
+    sql = f"""
+        {_START}
+        WHERE "Id" = ({pick}) AND "Status" = 'scheduled' AND {_RUNNER_IS_LIVE}
         RETURNING "Id", "TaskQueueId"
-        """
+    """
+    return _binds(text(sql), in_queues, limited).columns(
+        column("Id", Integer()), column("TaskQueueId", Integer())
     )
-    .bindparams(*_TYPED_BINDS)
-    .columns(column("Id", Integer()), column("TaskQueueId", Integer()))
-)
+
 
 _SQLITE_TASK_RUNNING = text(
     """UPDATE "TaskQueue" SET "LastStatus" = 'running' WHERE "Id" = :task_queue_id"""

@@ -2,11 +2,14 @@
 
 :func:`runner_demand` counts the ``scheduled`` runs (each is due: a run is created only when its
 task is), the live runner loops, and those of them that are running a run.
-:meth:`RunnerDemand.runners_wanted` turns the counts into the number of runners to start.
+:meth:`RunnerDemand.runners_wanted` turns the counts into the number of runners to start, and
+:func:`split_by_queue` shares them out among the queues whose runs wait
+(:func:`waiting_by_queue`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, exists, func, select, text
@@ -65,3 +68,41 @@ def runner_demand(connection: Connection) -> RunnerDemand:
     )
     row = connection.execute(select(scheduled, live, busy)).one()
     return RunnerDemand(int(row[0]), int(row[1]), int(row[2]))
+
+
+@dataclass(frozen=True)
+class QueueDemand:
+    """The ``scheduled`` runs of one queue: how many, and the highest priority among them."""
+
+    scheduled_runs: int
+    top_priority: int
+
+
+def waiting_by_queue(connection: Connection) -> dict[str, QueueDemand]:
+    """The queues with ``scheduled`` runs, each with its count and top priority (one read,
+    through the partial index of scheduled runs)."""
+    rows = connection.execute(
+        select(TaskRun.queue, func.count(), func.max(TaskRun.priority))
+        .where(text(RUN_SCHEDULED_SQL))
+        .group_by(TaskRun.queue)
+    )
+    return {str(queue): QueueDemand(int(runs), int(top)) for queue, runs, top in rows}
+
+
+def split_by_queue(wanted: int, waiting: Mapping[str, QueueDemand]) -> dict[str, int]:
+    """Share ``wanted`` runners among the queues, one at a time in turn, never more to a queue
+    than it has runs waiting; queues with higher-priority work, then more work, come first."""
+    order = sorted(
+        waiting, key=lambda queue: (-waiting[queue].top_priority, -waiting[queue].scheduled_runs)
+    )
+    shares = dict.fromkeys(order, 0)
+    while wanted > 0:
+        given = False
+        for queue in order:
+            if wanted > 0 and shares[queue] < waiting[queue].scheduled_runs:
+                shares[queue] += 1
+                wanted -= 1
+                given = True
+        if not given:
+            break
+    return {queue: share for queue, share in shares.items() if share}

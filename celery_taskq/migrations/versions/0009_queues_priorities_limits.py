@@ -50,7 +50,7 @@ def upgrade() -> None:
         sa.Column("Running", sa.Integer(), nullable=False, server_default=sa.text("0")),
         sa.Column("RateCount", sa.Integer(), nullable=True),
         sa.Column("RatePeriod", sa.Integer(), nullable=True),
-        sa.Column("WindowStart", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("Window", sa.BigInteger(), nullable=True),
         sa.Column("WindowCount", sa.Integer(), nullable=False, server_default=sa.text("0")),
         sa.PrimaryKeyConstraint("Name", name="pk_TaskqLimits"),
     )
