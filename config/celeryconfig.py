@@ -189,3 +189,9 @@ taskq_audit_batch_window = 0.02
 # it, at most taskq_retention_batch_size rows a statement (1 to 10000).
 taskq_retention = ""
 taskq_retention_batch_size = 10000
+
+# Most runs of a queue or handler running at once, across hosts: "reports=2,handler:myapp.Export=1"
+# (a bare name is a queue). Most runs started per period: "handler:myapp.Export=10/m" (units s, m,
+# h, d). Declare the same in every process. Empty: no limit.
+taskq_concurrency = ""
+taskq_rate_limits = ""

@@ -16,6 +16,7 @@ from celery_taskq.cli.app_loading import APP_ENV
 from celery_taskq.cli.invocation import CliContext, pass_context
 from celery_taskq.cli.params import SecondsParamType
 from celery_taskq.core.exceptions import InvalidArgumentError
+from celery_taskq.core.limits import apply_declared_limits
 from celery_taskq.core.overseer import on_create_task_runners, on_debug, on_process
 from celery_taskq.core.queues import parse_queue_list
 from celery_taskq.core.runner.lease import leave_namespace_init
@@ -142,6 +143,8 @@ def runner(
             f"TaskRunnerLimit ({context.settings.task_runner_limit}) runners are already running"
         )
     task_runner.claim_scope = context.service.claim_scope(queues)
+    if task_runner.claim_scope.limited:
+        apply_declared_limits(context.service.database, context.settings)
     reason = task_runner.run(
         burst=burst, max_runs=max_runs, max_idle=max_idle, install_signal_handlers=True
     )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from celery_taskq.core.clock import Clock
+from celery_taskq.core.limits import apply_declared_limits
 from celery_taskq.core.notify import RunNotifier
 from celery_taskq.core.retention_pruner import NOTHING_PRUNED, PruneReport, prune_on_process
 from celery_taskq.core.runner.lease import boottime, process_namespace
@@ -140,6 +141,7 @@ class QueueOverseer:
         timed_out = self.refresh_task_runners_status()
         fire_due_schedules(self.database, self.settings, self.clock())  # before runs are made
         created = self.create_missing_task_runs()
+        apply_declared_limits(self.database, self.settings)  # recounts what lost runners held
         pruned = prune_on_process(self.database, self.clock, self.settings)  # bounded; last
         return ProcessReport(tuple(timed_out), created, pruned)
 

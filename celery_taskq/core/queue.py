@@ -266,8 +266,9 @@ class TaskQueueService(QueueOverseer):
             return TaskSnapshot.from_row(row, tuple(RunSnapshot.from_row(run) for run in runs))
 
     def claim_scope(self, queues: tuple[str, ...] | None = None) -> ClaimScope:
-        """What a runner of this process claims: runs of ``queues`` (``None``: every queue)."""
-        return ClaimScope(queues=queues)
+        """What a runner of this process claims: runs of ``queues`` (``None``: every queue),
+        within the limits this process declares (``concurrency``, ``rate_limits``)."""
+        return ClaimScope(queues=queues, limited=bool(self.settings.limits))
 
     def get_run(self, run_id: int) -> RunSnapshot:
         """A frozen snapshot of one run."""

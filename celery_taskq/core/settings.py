@@ -14,6 +14,7 @@ from dataclasses import field as dataclass_field
 from typing import Any
 
 from celery_taskq.core.exceptions import ConfigurationError
+from celery_taskq.core.queues import LimitSpec, parse_limits
 from celery_taskq.core.retention import MAX_BATCH_SIZE, RetentionPolicy
 
 DEFAULT_DATABASE_URL = "sqlite:///celery_taskq.db"
@@ -175,6 +176,12 @@ class Settings:
     """How long finished rows are kept, e.g. ``success=7d,error=90d`` (empty: keep everything);
     OnProcess prunes by it (:mod:`celery_taskq.core.retention`)."""
     retention_batch_size: int = DEFAULT_RETENTION_BATCH_SIZE
+    concurrency: str = ""
+    """Most runs of a queue or handler running at once, across hosts, e.g.
+    ``reports=2,handler:myapp.Export=1`` (empty: no limit)."""
+    rate_limits: str = ""
+    """Most runs of a queue or handler started per period, across hosts, e.g.
+    ``handler:myapp.Export=10/m`` (empty: no limit)."""
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -208,6 +215,10 @@ class Settings:
             RetentionPolicy.parse(self.retention)
         except ValueError as exc:
             raise ConfigurationError(f"retention {self.retention!r} is not valid: {exc}") from exc
+        try:
+            parse_limits(self.concurrency, self.rate_limits)
+        except ValueError as exc:
+            raise ConfigurationError(f"concurrency or rate_limits is not valid: {exc}") from exc
         _require(
             self.heartbeat_timeout > self.heartbeat_interval,
             "heartbeat_timeout must be longer than heartbeat_interval",
@@ -217,6 +228,11 @@ class Settings:
     def retention_policy(self) -> RetentionPolicy:
         """The ``retention`` setting, parsed."""
         return RetentionPolicy.parse(self.retention)
+
+    @property
+    def limits(self) -> dict[str, LimitSpec]:
+        """The ``concurrency`` and ``rate_limits`` settings, parsed, by ``TaskqLimits.Name``."""
+        return parse_limits(self.concurrency, self.rate_limits)
 
     @classmethod
     def resolve(
@@ -290,6 +306,10 @@ def _coerce(name: str, value: Any) -> Any:
         return float(value)
     if name == "retention":
         RetentionPolicy.parse(str(value))  # refused here, so the message names the variable
+    if name == "concurrency":
+        parse_limits(str(value), "")
+    if name == "rate_limits":
+        parse_limits("", str(value))
     if name in _TUPLE_FIELDS:
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(item.strip() for item in items if item.strip())

@@ -123,7 +123,9 @@ def store_limits(connection: Connection, declared: Mapping[str, LimitSpec]) -> N
             "rate_period": spec.rate_period,
         }
         statement = upsert(connection, Limit).values(name=name, **values)
-        connection.execute(statement.on_conflict_do_update(index_elements=["Name"], set_=values))
+        changed = {"MaxRunning": spec.max_running, "RateCount": spec.rate_count}
+        changed["RatePeriod"] = spec.rate_period
+        connection.execute(statement.on_conflict_do_update(index_elements=["Name"], set_=changed))
 
 
 def running_counts(connection: Connection) -> dict[str, int]:
