@@ -3,6 +3,7 @@ per slot, both misfire policies, DST, edits, and refusals that write nothing."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from celery_taskq.cli import main
 from celery_taskq.core.exceptions import InvalidArgumentError, InvalidTaskError, TaskqError
 from celery_taskq.core.models import TaskQueue
 from celery_taskq.core.queue import TaskQueueService
@@ -299,3 +301,31 @@ def test_config_entries_sync_their_definition_but_keep_the_operators_pause(
 def test_bad_config_entries_are_refused(entry: dict[str, Any], message: str) -> None:
     with pytest.raises(TaskqError, match=message):
         from_config_entry("x", entry, default_timezone="UTC")
+
+
+def test_the_command_line_lists_shows_and_refuses_with_one_error_line(
+    database_url: str, database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--database-url", database_url, "schedules"]
+    # Given a schedule added on the command line with a secret in its data
+    added = main([*base, "add", "nightly", HANDLER, '{"password": "x"}', "--cron", "0 3 * * *"])
+    assert added == 0
+    # Then list and show print it, its data redacted in JSON
+    assert main([*base, "list"]) == 0
+    assert "nightly  cron 0 3 * * * UTC  catch_up_once  active  next " in capsys.readouterr().out
+    assert main([*base, "show", "nightly", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["crontab"], shown["slots"]) == ("0 3 * * *", [])
+    assert shown["data"] != {"password": "x"}
+    # And a bad timezone, a taken name and an unknown name are one error line each, exit 1
+    assert main([*base, "add", "x", HANDLER, "--every", "5", "--timezone", "Nowhere/Land"]) == 1
+    assert main([*base, "add", "nightly", HANDLER, "--every", "5"]) == 1
+    assert main([*base, "pause", "nobody"]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        "error: schedule 'x': unknown timezone 'Nowhere/Land': give an IANA name such as "
+        "'Europe/Paris' or 'UTC'",
+        "error: a schedule named 'nightly' exists already",
+        "error: no schedule named 'nobody'",
+    ]
+    assert count(database, TaskSchedule) == 1

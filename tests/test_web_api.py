@@ -453,6 +453,11 @@ def test_openapi_is_published_with_bodies_and_errors(client: TestClient) -> None
         "/api/v1/runners",
         "/api/v1/report",
         "/api/v1/runs-over-time",
+        "/api/v1/schedules",
+        "/api/v1/schedules/{name}",
+        "/api/v1/schedules/{name}/pause",
+        "/api/v1/schedules/{name}/resume",
+        "/api/v1/schedules/{name}/run-now",
     }
     enqueue = schema["paths"]["/api/v1/tasks"]["post"]
     assert enqueue["requestBody"]["content"]["application/json"]["schema"] == {

@@ -180,7 +180,9 @@ def get_paths(app: Any, task_id: int, run_id: int) -> list[str]:
         if isinstance(router, APIRouter):
             routes += [route for route in router.routes if isinstance(route, APIRoute)]
     paths = {
-        route.path.replace("{task_id}", str(task_id)).replace("{run_id}", str(run_id))
+        route.path.replace("{task_id}", str(task_id))
+        .replace("{run_id}", str(run_id))
+        .replace("{name}", "no-such-schedule")
         for route in routes
         if "GET" in (route.methods or set())
     }

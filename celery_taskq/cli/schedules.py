@@ -22,6 +22,7 @@ from celery_taskq.core.schedules import (
     snapshot_json,
 )
 from celery_taskq.core.schedules_spec import ScheduleSpec
+from celery_taskq.reports.redact import redact
 from celery_taskq.reports.terminal import escape_controls
 
 POLICIES = click.Choice([policy.value for policy in MisfirePolicy])
@@ -29,6 +30,13 @@ POLICIES = click.Choice([policy.value for policy in MisfirePolicy])
 
 def _service(context: CliContext) -> ScheduleService:
     return ScheduleService(context.service.database, context.settings)
+
+
+def _json(context: CliContext, snapshot: ScheduleSnapshot) -> dict[str, Any]:
+    """The schedule as JSON, its data with secrets redacted (as ``show`` redacts a task's)."""
+    document = snapshot_json(snapshot)
+    document["data"] = redact(snapshot.data, context.settings.redact_patterns)
+    return document
 
 
 def _when(value: datetime | None) -> str:
@@ -62,7 +70,7 @@ def list_command(context: CliContext, as_json: bool) -> None:
     """Each schedule with its next run, last run and last status."""
     snapshots = _service(context).list_schedules()
     if as_json:
-        click.echo(json.dumps([snapshot_json(snapshot) for snapshot in snapshots], indent=2))
+        click.echo(json.dumps([_json(context, snapshot) for snapshot in snapshots], indent=2))
         return
     if not snapshots:
         click.echo("no schedules")
@@ -81,7 +89,7 @@ def show(context: CliContext, name: str, slot_count: int, as_json: bool) -> None
     snapshot = service.get(name)
     slots = service.slots(name, slot_count)
     if as_json:
-        document = {**snapshot_json(snapshot), "slots": [slot_json(slot) for slot in slots]}
+        document = {**_json(context, snapshot), "slots": [slot_json(slot) for slot in slots]}
         click.echo(json.dumps(document, indent=2))
         return
     click.echo(_line(snapshot))

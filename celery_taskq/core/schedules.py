@@ -47,6 +47,10 @@ class ScheduleNotFoundError(NotFoundError):
     """No schedule has that name."""
 
 
+class DuplicateScheduleError(InvalidArgumentError):
+    """A schedule with that name exists already."""
+
+
 @dataclass(frozen=True)
 class ScheduleSnapshot:
     """A schedule as stored, with its last task's status."""
@@ -166,7 +170,7 @@ class ScheduleService:
         }
         with self.database.transaction() as connection:
             if schedules.insert_schedule(connection, values) is None:
-                raise InvalidArgumentError(f"a schedule named {spec.name!r} exists already")
+                raise DuplicateScheduleError(f"a schedule named {spec.name!r} exists already")
             row = schedules.schedule_by_name(connection, spec.name)
         logger.info("schedule %s added", spec.name, extra={"action": "schedule_added"})
         return ScheduleSnapshot.from_row(row)

@@ -63,7 +63,8 @@ class ScheduleSpec:
 
 
 def check_name(name: Any) -> str:
-    """A schedule name: a non-empty string of at most 200 characters, without control chars."""
+    """A schedule name: a non-empty string of at most 200 characters, without control
+    characters or ``/``."""
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgumentError(f"a schedule name must be a non-empty string, not {name!r}")
     if len(name) > MAX_NAME_LENGTH:
@@ -72,6 +73,8 @@ def check_name(name: Any) -> str:
         )
     if (problem := text_problem(name)) is not None or any(ord(char) < 32 for char in name):
         raise InvalidArgumentError(f"the schedule name {problem or 'has control characters'}")
+    if "/" in name:
+        raise InvalidArgumentError(f"the schedule name {name!r} has a '/' (names go in URLs)")
     return name
 
 

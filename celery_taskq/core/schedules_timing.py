@@ -160,10 +160,10 @@ def parse_timezone(name: str) -> ZoneInfo:
         raise InvalidArgumentError(f"timezone {name!r} is not an IANA zone name")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError):
         raise InvalidArgumentError(
             f"unknown timezone {name!r}: give an IANA name such as 'Europe/Paris' or 'UTC'"
-        ) from exc
+        ) from None
 
 
 def _wall_to_utc(wall: datetime, zone: ZoneInfo) -> datetime | None:

@@ -12,7 +12,7 @@ from celery_taskq import __version__
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.web import api_routes, forms, metrics, pages, probes
+from celery_taskq.web import api_routes, forms, metrics, pages, probes, schedule_routes
 from celery_taskq.web.api_routes import API_PATH
 from celery_taskq.web.auth import token_routes
 from celery_taskq.web.body_limit import BodyLimitMiddleware, body_limit
@@ -68,7 +68,15 @@ def create_app(
     )
     app.state.taskq = state
     install_error_handlers(app)
-    routers = (api_routes.router, metrics.router, probes.router, pages.router, forms.router)
+    routers = (
+        api_routes.router,
+        schedule_routes.router,
+        metrics.router,
+        probes.router,
+        pages.router,
+        schedule_routes.pages,
+        forms.router,
+    )
     for router in routers:
         app.include_router(router)
     # The last added runs first: headers on every answer, HEAD as GET, the body cap, then the
