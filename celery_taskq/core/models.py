@@ -355,10 +355,13 @@ class TaskRun(Base):
 
 
 # The claim's order: highest priority first, then oldest first (FIFO), over scheduled runs only.
+# The queue comes last, after the unique Id: it orders nothing, but a runner serving some queues
+# skips the others' runs on the index entries alone.
 Index(
     "ix_TaskRuns_scheduled",
     TaskRun.priority.desc(),
     TaskRun.id,
+    TaskRun.queue,
     postgresql_where=text(RUN_SCHEDULED_SQL),
     sqlite_where=text(RUN_SCHEDULED_SQL),
 )

@@ -39,7 +39,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_TaskRuns_scheduled",
         "TaskRuns",
-        [sa.text('"Priority" DESC'), "Id"],
+        [sa.text('"Priority" DESC'), "Id", "Queue"],
         postgresql_where=sa.text(_RUN_SCHEDULED),
         sqlite_where=sa.text(_RUN_SCHEDULED),
     )
