@@ -228,27 +228,29 @@ def test_edits_pause_resume_and_run_now_reach_the_next_tick(
     assert len(slots(database)) == 2
 
 
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        (ScheduleSpec("a", "tests.handlers.NoSuchHandler", interval=5), "NoSuchHandler"),
-        (ScheduleSpec("a", "tests.handlers.NotAHandler", interval=5), "NotAHandler"),
-        (ScheduleSpec("a", HANDLER, crontab="61 * * * *"), "outside 0-59"),
-        (ScheduleSpec("a", HANDLER, crontab="* * *"), "five fields"),
-        (ScheduleSpec("a", HANDLER, crontab="0 0 30 2 *"), "no slot"),
-        (ScheduleSpec("a", HANDLER, crontab="0 0 * * *", timezone="Mars/Olympus"), "timezone"),
-        (ScheduleSpec("a", HANDLER, interval=0), "interval"),
-        (ScheduleSpec("a", HANDLER, interval=5, crontab="* * * * *"), "exactly one"),
-        (ScheduleSpec("a", HANDLER, interval=5, misfire_policy="later"), "misfire policy"),
-        (ScheduleSpec("a", "tests.handlers.RefuseNegative", -1, interval=5), "refused"),
-        (ScheduleSpec("", HANDLER, interval=5), "name"),
-    ],
-)
+BAD_DEFINITIONS = [
+    (ScheduleSpec("a", "tests.handlers.NoSuchHandler", interval=5), "NoSuchHandler"),
+    (ScheduleSpec("a", "tests.handlers.NotAHandler", interval=5), "NotAHandler"),
+    (ScheduleSpec("a", HANDLER, crontab="61 * * * *"), "outside 0-59"),
+    (ScheduleSpec("a", HANDLER, crontab="* * *"), "five fields"),
+    (ScheduleSpec("a", HANDLER, crontab="0 0 30 2 *"), "no slot"),
+    (ScheduleSpec("a", HANDLER, crontab="0 0 * * *", timezone="Mars/Olympus"), "timezone"),
+    (ScheduleSpec("a", HANDLER, interval=0), "interval"),
+    (ScheduleSpec("a", HANDLER, interval=5, crontab="* * * * *"), "exactly one"),
+    (ScheduleSpec("a", HANDLER, interval=5, misfire_policy="later"), "misfire policy"),
+    (ScheduleSpec("a", "tests.handlers.RefuseNegative", -1, interval=5), "refused"),
+    (ScheduleSpec("", HANDLER, interval=5), "name"),
+    (ScheduleSpec("a/b", HANDLER, interval=5), "'/'"),
+]
+"""A bad definition of each kind, and what its refusal says."""
+
+
 def test_bad_definitions_are_refused_with_their_reason_and_write_nothing(
-    spec: ScheduleSpec, message: str, schedules: ScheduleService, database: Database
+    schedules: ScheduleService, database: Database
 ) -> None:
-    with pytest.raises(InvalidTaskError, match=message):
-        schedules.add(spec)
+    for spec, message in BAD_DEFINITIONS:
+        with pytest.raises(InvalidTaskError, match=message):
+            schedules.add(spec)
     assert count(database, TaskSchedule) == 0
 
 
