@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from celery_taskq import TaskSpec
+from celery_taskq import TaskSpec, api
 from celery_taskq.cli import main
 from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
@@ -241,3 +241,16 @@ def test_the_fast_path_claims_by_priority_within_the_runners_queues(
 def plain_success() -> RunOutcome:
     """The outcome of a handler that returned nothing."""
     return RunOutcome(status=RunStatus.SUCCESS, standard_output="", error_output="")
+
+
+def test_the_public_api_takes_a_queue_and_a_priority(database_url: str, database: Database) -> None:
+    one = api.enqueue(SUCCEED, queue="reports", priority=5, database_url=database_url)
+    many = api.enqueue_many(
+        [{"handler": SUCCEED, "queue": "bulk", "priority": -1}], database_url=database_url
+    )
+    steps = api.enqueue_steps(
+        [{"handler": SUCCEED, "settings": {}}], queue="steps", priority=2, database_url=database_url
+    )
+    assert queue_and_priority(database, one) == [("reports", 5)] * 2
+    assert queue_and_priority(database, many[0]) == [("bulk", -1)] * 2
+    assert queue_and_priority(database, steps) == [("steps", 2)] * 2
