@@ -186,9 +186,10 @@ taskq_audit_batch_window = 0.02
 
 # How long finished rows are kept, e.g. "success=7d,error=90d" (keys: success, error, timeout,
 # runners, ticks; ages like 45s, 90m, 12h, 30d, 2w). Empty: keep everything. OnProcess prunes by
-# it, at most taskq_retention_batch_size rows a statement (1 to 10000).
+# it, one batch of each kind a tick, at most taskq_retention_batch_size rows a statement (1 to
+# 10000).
 taskq_retention = ""
-taskq_retention_batch_size = 10000
+taskq_retention_batch_size = 2000
 
 # Most runs of a queue or handler running at once, across hosts: "reports=2,handler:myapp.Export=1"
 # (a bare name is a queue). Most runs started per period: "handler:myapp.Export=10/m" (units s, m,

@@ -103,8 +103,11 @@ DEFAULT_AUDIT_BATCH_WINDOW = 0.02
 """Seconds the background writer gathers audit writes after the first before it commits them
 (it commits sooner when ``audit_batch_size`` are waiting)."""
 
-DEFAULT_RETENTION_BATCH_SIZE = MAX_BATCH_SIZE
-"""Most rows one pruning statement deletes (OnProcess and ``celery-taskq prune``)."""
+DEFAULT_RETENTION_BATCH_SIZE = 2000
+"""Most rows one pruning statement deletes (OnProcess and ``celery-taskq prune``); at most
+:data:`~celery_taskq.core.retention.MAX_BATCH_SIZE`. OnProcess prunes one batch of each kind a
+tick, so this also bounds a tick's pruning: about 1,000 rows/s at the default interval, while
+the runners keep their drain rate (benchmarks/RESULTS.md, ``bench_prune.py``)."""
 
 DEFAULT_REDACT_PATTERNS = (
     "password",
