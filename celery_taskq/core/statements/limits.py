@@ -78,11 +78,13 @@ _RELEASE = text(
     f"""UPDATE "TaskqLimits" SET "Running" = "Running" - 1
     WHERE "Running" > 0 AND "Name" IN ({_NAMES_OF_RUN})"""
 )
+_RUNNING_OF_LIMIT = """(
+    SELECT count(*) FROM "TaskRuns" JOIN "TaskQueue" q ON q."Id" = "TaskRuns"."TaskQueueId"
+    WHERE "TaskRuns"."Status" = 'running' AND "TaskqLimits"."Name" IN
+        ('queue:' || "TaskRuns"."Queue", 'handler:' || q."TaskHandlerClass"))"""
 _RECOUNT = text(
-    """UPDATE "TaskqLimits" SET "Running" = (
-        SELECT count(*) FROM "TaskRuns" JOIN "TaskQueue" q ON q."Id" = "TaskRuns"."TaskQueueId"
-        WHERE "TaskRuns"."Status" = 'running' AND "TaskqLimits"."Name" IN
-            ('queue:' || "TaskRuns"."Queue", 'handler:' || q."TaskHandlerClass"))"""
+    f"""UPDATE "TaskqLimits" SET "Running" = {_RUNNING_OF_LIMIT}
+    WHERE "Running" <> {_RUNNING_OF_LIMIT}"""
 )
 
 
@@ -111,12 +113,20 @@ def recount_running(connection: Connection) -> None:
 
 def store_limits(connection: Connection, declared: Mapping[str, LimitSpec]) -> None:
     """Make ``TaskqLimits`` hold the declared limits: new ones added, changed ones updated
-    (their counters kept), undeclared ones removed."""
-    stored = set(connection.execute(select(Limit.name)).scalars())
-    gone = stored - set(declared)
+    (their counters kept), undeclared ones removed. Rows already as declared are not written,
+    so a tick with nothing changed takes no row lock a claim could wait for."""
+    stored = {
+        str(row[0]): LimitSpec(row[1], row[2], row[3])
+        for row in connection.execute(
+            select(Limit.name, Limit.max_running, Limit.rate_count, Limit.rate_period)
+        )
+    }
+    gone = set(stored) - set(declared)
     if gone:
         connection.execute(delete(Limit).where(Limit.name.in_(sorted(gone))))
     for name, spec in sorted(declared.items()):
+        if stored.get(name) == spec:
+            continue
         values = {
             "max_running": spec.max_running,
             "rate_count": spec.rate_count,
