@@ -29,6 +29,7 @@ def run_prune(
     [
         (["--older-than", "3x"], "age '3x' is not valid: write a whole number and a unit"),
         (["--older-than", "0d"], "it must be more than 0"),
+        (["--older-than", "9999999w"], "is too long: at most 36500d"),
         (["--older-than", "30d", "--status", "running"], "'running' is not one of"),
         ([], "Missing option '--older-than'"),
     ],

@@ -35,6 +35,9 @@ PRUNED_KINDS = ("tasks", "runs", "runners", "beat_ticks", "schedule_slots")
 MAX_BATCH_SIZE = 10_000
 """Most rows one pruning statement deletes (the ``retention_batch_size`` setting's ceiling)."""
 
+MAX_AGE = timedelta(days=36_500)
+"""The longest age a policy or ``prune --older-than`` may give (a hundred years)."""
+
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _AGE = re.compile(r"(\d{1,7})([smhdw])")
 
@@ -54,7 +57,10 @@ def parse_age(text: str) -> timedelta:
     amount, unit = int(match.group(1)), match.group(2)
     if amount == 0:
         raise ValueError(f"age {text!r} is not valid: it must be more than 0")
-    return timedelta(seconds=amount * _UNIT_SECONDS[unit])
+    seconds = amount * _UNIT_SECONDS[unit]
+    if seconds > MAX_AGE.total_seconds():
+        raise ValueError(f"age {text!r} is too long: at most {MAX_AGE.days}d")
+    return timedelta(seconds=seconds)
 
 
 def parse_statuses(text: str | tuple[str, ...]) -> tuple[RunStatus, ...]:
