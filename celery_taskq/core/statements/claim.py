@@ -88,13 +88,11 @@ def claim_next_run(
     """
     values = _values(connection, runner_id, now, scope)
     if connection.dialect.name == "postgresql":
-        row = _pg_claim(scope.queues is not None, scope.limited).first(connection, values)
+        row = _pg_claim(_filter(scope), scope.limited).first(connection, values)
         if row is None:
             return None
         return ClaimedRun(row[0], row[1], row[2], row[3], row[4])
-    claimed = connection.execute(
-        _sqlite_claim(scope.queues is not None, scope.limited), values
-    ).first()
+    claimed = connection.execute(_sqlite_claim(_filter(scope), scope.limited), values).first()
     if claimed is None:
         return None
     if scope.limited:
@@ -120,15 +118,28 @@ def finish_success_and_claim(
     """
     if database.dialect != "postgresql" or scope.limited:
         return None
-    statement = _pg_finish_success_and_claim(scope.queues is not None)
+    statement = _pg_finish_success_and_claim(_filter(scope))
     with database.autocommit() as connection:
-        if scope.queues is not None:
-            values = {**values, "queues": list(scope.queues)}
-        row = statement.one(connection, values)
+        row = statement.one(connection, {**values, **_queue_values(scope, postgresql=True)})
     recorded = bool(row[0])
     if row[1] is None:
         return recorded, None
     return recorded, ClaimedRun(row[1], row[2], row[3], row[4], row[5])
+
+
+def _filter(scope: ClaimScope) -> str:
+    """Which queue filter the claim needs: none, one queue, or a list."""
+    if scope.queues is None:
+        return _EVERY
+    return _ONE if len(scope.queues) == 1 else _LIST
+
+
+def _queue_values(scope: ClaimScope, *, postgresql: bool) -> dict[str, Any]:
+    if scope.queues is None:
+        return {}
+    if len(scope.queues) == 1:
+        return {"queue": scope.queues[0]}
+    return {"queues": list(scope.queues) if postgresql else json.dumps(list(scope.queues))}
 
 
 def _values(
@@ -137,12 +148,7 @@ def _values(
     values: dict[str, Any] = {"now": now, "runner_id": runner_id}
     if scope.limited:
         values["epoch"] = int(now.timestamp())
-    if scope.queues is not None:
-        values["queues"] = (
-            list(scope.queues)
-            if connection.dialect.name == "postgresql"
-            else json.dumps(list(scope.queues))
-        )
+    values.update(_queue_values(scope, postgresql=connection.dialect.name == "postgresql"))
     return values
 
 
@@ -150,8 +156,19 @@ def _values(
 # partial index ix_TaskRuns_scheduled only when a query repeats the index's predicate.
 _ORDER = 'ORDER BY "Priority" DESC, "Id" LIMIT 1'
 _LIMITED_ORDER = 'ORDER BY "TaskRuns"."Priority" DESC, "TaskRuns"."Id" LIMIT 1'
-_PG_IN_QUEUES = ' AND "TaskRuns"."Queue" = ANY(:queues)'
-_SQLITE_IN_QUEUES = ' AND "TaskRuns"."Queue" IN (SELECT value FROM json_each(:queues))'
+_EVERY, _ONE, _LIST = "every", "one", "list"
+# One queue is an equality on the index's last column, checked on the index entries while the
+# index keeps its order; PostgreSQL checks a list (= ANY) only on the rows fetched.
+_PG_QUEUE_FILTERS = {
+    _EVERY: "",
+    _ONE: ' AND "TaskRuns"."Queue" = :queue',
+    _LIST: ' AND "TaskRuns"."Queue" = ANY(:queues)',
+}
+_SQLITE_QUEUE_FILTERS = {
+    _EVERY: "",
+    _ONE: ' AND "TaskRuns"."Queue" = :queue',
+    _LIST: ' AND "TaskRuns"."Queue" IN (SELECT value FROM json_each(:queues))',
+}
 _RUNNER_IS_LIVE = """EXISTS (
     SELECT 1 FROM "TaskRunners"
     WHERE "TaskRunners"."Id" = :runner_id AND "TaskRunners"."Status" = 'running'
@@ -179,19 +196,21 @@ _PG_INPUT_COLUMNS = """claimed."Id", claimed."TaskQueueId", task."TaskHandlerCla
      ORDER BY r."Id" DESC LIMIT 1) AS "Checkpoint\""""
 
 
-def _binds(statement: TextClause, in_queues: bool, limited: bool) -> TextClause:
+def _binds(statement: TextClause, queue_filter: str, limited: bool) -> TextClause:
     binds: list[BindParameter[Any]] = list(_TYPED_BINDS)
     if limited:
         binds.append(bindparam("epoch", type_=BigInteger()))
-    if in_queues:
+    if queue_filter == _ONE:
+        binds.append(bindparam("queue", type_=String()))
+    elif queue_filter == _LIST:
         binds.append(bindparam("queues"))
     return statement.bindparams(*binds)
 
 
-def _pg_claimed_cte(in_queues: bool, limited: bool) -> str:
+def _pg_claimed_cte(queue_filter: str, limited: bool) -> str:
     """``claimed AS (…)``: the run taken, and (with limits) the ``candidate`` and ``counted``
     steps before it."""
-    queues = _PG_IN_QUEUES if in_queues else ""
+    queues = _PG_QUEUE_FILTERS[queue_filter]
     if not limited:
         return f"""claimed AS (
             {_START}
@@ -215,27 +234,27 @@ def _pg_claimed_cte(in_queues: bool, limited: bool) -> str:
 
 
 @cache
-def _pg_claim(in_queues: bool, limited: bool) -> DriverStatement:
+def _pg_claim(queue_filter: str, limited: bool) -> DriverStatement:
     """The claim on PostgreSQL: one statement claims, rolls up and reads the run's input."""
-    sql = f"""WITH {_pg_claimed_cte(in_queues, limited)}{_PG_TASK_AND_INPUT}
+    sql = f"""WITH {_pg_claimed_cte(queue_filter, limited)}{_PG_TASK_AND_INPUT}
         SELECT {_PG_INPUT_COLUMNS}
         FROM claimed LEFT JOIN task ON task."Id" = claimed."TaskQueueId"
     """
     return DriverStatement(
-        _binds(text(sql), in_queues, limited).columns(
+        _binds(text(sql), queue_filter, limited).columns(
             column("Id", Integer()), column("TaskQueueId", Integer()), *_INPUT_COLUMNS
         )
     )
 
 
 @cache
-def _pg_finish_success_and_claim(in_queues: bool) -> DriverStatement:
+def _pg_finish_success_and_claim(queue_filter: str) -> DriverStatement:
     """A plain success recorded and rolled up, and the next run claimed, in one statement.
 
     The claimed run is never of the finished run's task (a task has one open run at a time),
     so no row is updated twice; nothing is claimed when the outcome was not recorded (the
     runner was timed out)."""
-    queues = _PG_IN_QUEUES if in_queues else ""
+    queues = _PG_QUEUE_FILTERS[queue_filter]
     sql = f"""
         WITH finished AS (
             UPDATE "TaskRuns" SET "Status" = 'success', "FinishedOn" = :now,
@@ -260,7 +279,7 @@ def _pg_finish_success_and_claim(in_queues: bool) -> DriverStatement:
         FROM (SELECT 1) AS one
         LEFT JOIN claimed ON true LEFT JOIN task ON task."Id" = claimed."TaskQueueId"
     """
-    statement = _binds(text(sql), in_queues, limited=False).bindparams(
+    statement = _binds(text(sql), queue_filter, limited=False).bindparams(
         bindparam("results", type_=JsonDocument)
     )
     return DriverStatement(
@@ -275,9 +294,9 @@ def _pg_finish_success_and_claim(in_queues: bool) -> DriverStatement:
 
 
 @cache
-def _sqlite_claim(in_queues: bool, limited: bool) -> TextualSelect:
+def _sqlite_claim(queue_filter: str, limited: bool) -> TextualSelect:
     """The claim on SQLite: inside the write lock, what it reads is what it writes over."""
-    queues = _SQLITE_IN_QUEUES if in_queues else ""
+    queues = _SQLITE_QUEUE_FILTERS[queue_filter]
     if limited:
         pick = f"""SELECT "TaskRuns"."Id" FROM "TaskRuns"
             JOIN "TaskQueue" q ON q."Id" = "TaskRuns"."TaskQueueId"
@@ -290,7 +309,7 @@ def _sqlite_claim(in_queues: bool, limited: bool) -> TextualSelect:
         WHERE "Id" = ({pick}) AND "Status" = 'scheduled' AND {_RUNNER_IS_LIVE}
         RETURNING "Id", "TaskQueueId"
     """
-    return _binds(text(sql), in_queues, limited).columns(
+    return _binds(text(sql), queue_filter, limited).columns(
         column("Id", Integer()), column("TaskQueueId", Integer())
     )
 
