@@ -14,7 +14,7 @@ from sqlalchemy import update
 from celery_taskq import TaskSpec, api
 from celery_taskq.cli import main
 from celery_taskq.core.exceptions import InvalidArgumentError
-from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun, TaskRunner
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.outcome import RunOutcome
 from celery_taskq.core.settings import Settings
@@ -129,6 +129,12 @@ def test_the_command_line_takes_a_queue_and_a_priority(
     assert run("enqueue", SUCCEED, "--priority", "5000") != 0
     assert "priority must be an integer from -1000 to 1000" in capsys.readouterr().err
     assert count(database, TaskQueue) == 1
+    # And a runner is refused a bad queue list before it registers
+    assert run("runner", "--burst", "--queues", "a,,b") != 0
+    assert "empty queue name in 'a,,b'" in capsys.readouterr().err
+    assert run("runner", "--burst", "--queues", "a,b c") != 0
+    assert "queue 'b c' may hold only ASCII letters" in capsys.readouterr().err
+    assert count(database, TaskRunner) == 0
 
 
 def test_the_http_api_takes_a_queue_and_a_priority(settings: Settings, database: Database) -> None:
