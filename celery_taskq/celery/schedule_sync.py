@@ -22,6 +22,7 @@ from celery_taskq.celery.state import TaskqCelery
 from celery_taskq.core.exceptions import TaskqError
 from celery_taskq.core.schedules import ScheduleService
 from celery_taskq.core.schedules_spec import DEFAULT_TIMEZONE, ScheduleSpec, from_config_entry
+from celery_taskq.core.storage.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,16 @@ def sync_config_schedules(app: Celery, state: TaskqCelery) -> int:
 
     A refusal or a database error is logged, never raised into the worker's or beat's start.
     """
+    database: Database | None = None
     try:
         specs = config_specs(app)
         if not specs:
             return 0
-        service = state.service
-        return ScheduleService(service.database, service.settings).sync(specs)
+        settings = state.settings
+        # An engine of its own: an embedded beat is a child forked from the worker, whose
+        # connections it must not share.
+        database = Database(settings.database_url, schema=settings.db_schema)
+        return ScheduleService(database, settings).sync(specs)
     except TaskqError as exc:
         logger.error(
             "celery_taskq: %s not written: %s",
@@ -78,6 +83,9 @@ def sync_config_schedules(app: Celery, state: TaskqCelery) -> int:
             extra={"action": "schedules_sync_failed"},
         )
         return 0
+    finally:
+        if database is not None:
+            database.close()
 
 
 def connect_schedule_sync(app: Celery, state: TaskqCelery) -> None:
