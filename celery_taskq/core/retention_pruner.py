@@ -10,6 +10,7 @@ what may be deleted are in :mod:`celery_taskq.core.statements.prune`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
 
@@ -57,7 +58,7 @@ class PruneReport:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
     def summary(self) -> str:
-        """``tasks 3, runs 9, runners 0, beat_ticks 0``."""
+        """``tasks 3, runs 9, runners 0, beat_ticks 0, schedule_slots 0``."""
         return ", ".join(f"{kind} {rows}" for kind, rows in self.counts().items())
 
 
@@ -72,6 +73,17 @@ class _Batch:
     """Where the next batch starts."""
     pass_done: bool
     """The window reached the table's end: the next batch starts a new pass."""
+
+
+def _walk(batch: Callable[[int], _Batch]) -> PruneReport:
+    """Batch after batch from the first id to the table's end (``celery-taskq prune``)."""
+    report, after = PruneReport(), 0
+    while True:
+        step = batch(after)
+        report += step.report
+        if step.pass_done:
+            return report
+        after = step.next_after
 
 
 class Pruner:
@@ -93,34 +105,21 @@ class Pruner:
         now = self.clock()
         report = PruneReport()
         cutoffs = policy.task_cutoffs(now)
-        after = 0
-        while cutoffs:
-            batch = self._tasks_batch(cutoffs, after, now, dry_run=dry_run)
-            report += batch.report
-            if batch.pass_done:
-                break
-            after = batch.next_after
+        if cutoffs:
+            report += _walk(lambda after: self._tasks_batch(cutoffs, after, now, dry_run=dry_run))
         runner_cutoff = policy.cutoff(RUNNERS, now)
-        after = 0
-        while runner_cutoff is not None:
-            batch = self._runners_batch(runner_cutoff, after, now, dry_run=dry_run)
-            report += batch.report
-            if batch.pass_done:
-                break
-            after = batch.next_after
+        if runner_cutoff is not None:
+            runners = runner_cutoff
+            report += _walk(lambda after: self._runners_batch(runners, after, now, dry_run=dry_run))
         tick_cutoff = policy.cutoff(TICKS, now)
-        while tick_cutoff is not None:
-            ticks = self._ticks_batch(tick_cutoff, now, dry_run=dry_run)
-            report += ticks
-            if dry_run or ticks.beat_ticks < self.batch_size:
-                break
-        after = 0
-        while tick_cutoff is not None:
-            batch = self._slots_batch(tick_cutoff, after, now, dry_run=dry_run)
-            report += batch.report
-            if batch.pass_done:
-                break
-            after = batch.next_after
+        if tick_cutoff is not None:
+            ticks = tick_cutoff
+            while True:
+                batch = self._ticks_batch(ticks, now, dry_run=dry_run)
+                report += batch
+                if dry_run or batch.beat_ticks < self.batch_size:
+                    break
+            report += _walk(lambda after: self._slots_batch(ticks, after, now, dry_run=dry_run))
         if not dry_run and report.total:
             logger.info("pruned %s", report.summary(), extra={"action": "rows_pruned"})
         return report
