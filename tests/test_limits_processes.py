@@ -106,7 +106,7 @@ def test_many_runner_processes_keep_the_limits_and_the_priority_order(
     sampler.start()
     # When six runner processes work it
     env = {**subprocess_env, "TASKQ_CONCURRENCY": CONCURRENCY}
-    runners = [start_runner(spawn, env, "--max-idle", "1") for _ in range(RUNNERS)]
+    runners = [start_runner(spawn, env, "--max-idle", "0.5") for _ in range(RUNNERS)]
     for runner in runners:
         _, err = runner.communicate(timeout=120)
         assert runner.returncode == 0, err
