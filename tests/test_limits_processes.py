@@ -3,7 +3,8 @@
 Six ``celery-taskq runner`` processes work a backlog of limited and unlimited runs. Every
 handler run writes its start and end to a ledger file; a sampler reads the running runs from
 the database throughout. Neither may ever show a limit exceeded, and runs of one queue start
-in priority order, give or take the claims in flight at the same moment.
+in priority order, give or take the claims in flight at the same moment. The Export handler
+also has a rate limit, checked on the times its runs were claimed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import random
 import subprocess
 import threading
+from collections import Counter
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -27,6 +29,7 @@ LEDGER = "tests.limit_handlers.Ledger"
 EXPORT = "tests.limit_handlers.LedgerExport"
 LIMITS = {"reports": 2, EXPORT: 1}
 CONCURRENCY = f"reports=2,handler:{EXPORT}=1"
+RATE_LIMITS = f"handler:{EXPORT}=2/s"
 
 
 def max_overlap(ledger: Path, key: str) -> int:
@@ -83,7 +86,9 @@ def test_many_runner_processes_keep_the_limits_and_the_priority_order(
     # Given limits declared for every process, and a backlog queued before any runner starts:
     # reports (2 at once), the Export handler (1 at once), and an unlimited "bulk" queue
     ledger = tmp_path / "ledger"
-    settings = Settings(database_url=live.settings.database_url, concurrency=CONCURRENCY)
+    settings = Settings(
+        database_url=live.settings.database_url, concurrency=CONCURRENCY, rate_limits=RATE_LIMITS
+    )
     assert apply_declared_limits(database, settings)
     shuffled = random.Random(17)  # noqa: S311 - a fixed mix of priorities, not a secret
 
@@ -105,7 +110,7 @@ def test_many_runner_processes_keep_the_limits_and_the_priority_order(
     sampler = Sampler(database)
     sampler.start()
     # When six runner processes work it
-    env = {**subprocess_env, "TASKQ_CONCURRENCY": CONCURRENCY}
+    env = {**subprocess_env, "TASKQ_CONCURRENCY": CONCURRENCY, "TASKQ_RATE_LIMITS": RATE_LIMITS}
     runners = [start_runner(spawn, env, "--max-idle", "0.5") for _ in range(RUNNERS)]
     for runner in runners:
         _, err = runner.communicate(timeout=120)
@@ -121,6 +126,14 @@ def test_many_runner_processes_keep_the_limits_and_the_priority_order(
             .order_by(TaskRun.started_on, TaskRun.id)
         ).scalars()
         bulk_order = [bulk[task_id] for task_id in started]
+        export_starts = connection.execute(
+            select(TaskRun.started_on)
+            .join(TaskQueue, TaskQueue.id == TaskRun.task_queue_id)
+            .where(TaskQueue.task_handler_class == EXPORT)
+        ).scalars()
+        export_windows = Counter(
+            int(when.timestamp()) if when is not None else None for when in export_starts
+        )
     assert statuses == [RunStatus.SUCCESS] * 45
     # And neither the ledger nor any sample ever shows a limit exceeded
     assert max_overlap(ledger, "reports") <= LIMITS["reports"]
@@ -128,6 +141,10 @@ def test_many_runner_processes_keep_the_limits_and_the_priority_order(
     assert sampler.samples > 0
     assert sampler.most["reports"] <= LIMITS["reports"]
     assert sampler.most[EXPORT] <= LIMITS[EXPORT]
+    # And no second of the clock started more than two Export runs
+    assert None not in export_windows
+    assert sum(export_windows.values()) == 5
+    assert max(export_windows.values()) <= 2
     # While the runners did work side by side
     assert max_overlap(ledger, "bulk") + max_overlap(ledger, "reports") > 1
     # And a bulk run started behind a higher-priority one only by the claims in flight at once
