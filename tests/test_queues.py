@@ -144,6 +144,9 @@ def test_the_http_api_takes_a_queue_and_a_priority(settings: Settings, database:
         assert created.status_code == 201, created.text
         task = client.get(f"/api/v1/tasks/{created.json()['task_id']}").json()
         assert (task["queue"], task["priority"]) == ("reports", 5)
+        page = client.get(f"/tasks/{created.json()['task_id']}").text
+        assert '<code id="task-queue">reports</code>' in page
+        assert '<span id="task-priority">5</span>' in page
         bad_queue = client.post("/api/v1/tasks", headers=AUTH, json={**body, "queue": "a/b"})
         assert bad_queue.status_code == 422
         assert "may hold only ASCII letters" in bad_queue.text
