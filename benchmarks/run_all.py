@@ -22,6 +22,9 @@ repetitions of
 * the native audit's cost (benchmarks/bench_native_audit.py): plain Celery vs the same tasks
   audited, with and without install()'s Flower defaults, drain and ``.delay()``, on a durable
   and a no-durability PostgreSQL (``--no-native-audit`` leaves it out);
+* the handler drain while ``celery-taskq prune`` deletes a history of ``--prune-old-tasks``
+  finished tasks (3 runs each) on PostgreSQL, against the drain without pruning
+  (benchmarks/bench_prune.py; ``--no-prune`` leaves it out);
 
 and a table of the targets with the ratio measured in this run. Nothing here is a test.
 """
@@ -51,7 +54,13 @@ if str(PROJECT_ROOT) not in sys.path:
 import psutil
 from sqlalchemy import text
 
-from benchmarks import bench_capacity, bench_drain, bench_native_audit, native_audit_report
+from benchmarks import (
+    bench_capacity,
+    bench_drain,
+    bench_native_audit,
+    bench_prune,
+    native_audit_report,
+)
 from benchmarks.bench_drain import (
     HANDLER,
     BenchmarkError,
@@ -537,10 +546,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="1000 jobs, 1 repetition, tick up to 100,000 rows"
     )
+    parser.add_argument(
+        "--no-prune", action="store_true", help="leave out pruning while runners work"
+    )
+    parser.add_argument(
+        "--prune-old-tasks",
+        type=int,
+        default=1_000_000,
+        help="finished tasks bench_prune.py seeds (default 1,000,000)",
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = parser.parse_args(argv)
     if args.quick:
+        args.prune_old_tasks = 100_000
         args.tasks, args.repeat, args.latency_samples = 1000, 1, 20
         args.enqueue_many_tasks, args.tick_sizes = 5000, "10000,100000"
     args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
@@ -577,6 +596,25 @@ def native_audit_section(
     return render_native_audit(
         measured, facts, settings_seen, command, started_at, time.monotonic() - clock
     )
+
+
+def prune_section(args: argparse.Namespace, directory: Path, say: Callable[[str], None]) -> str:
+    """bench_prune.py's measurements with this run's repetitions, as its section of RESULTS.md;
+    a failure is reported in the section."""
+    started_at = datetime.now(UTC)
+    options = argparse.Namespace(
+        old_tasks=args.prune_old_tasks,
+        tasks=max(args.tasks * 4, 4000),
+        runners=max(args.concurrency, 1),
+        repeat=args.repeat,
+    )
+    work = directory / "prune"
+    work.mkdir(exist_ok=True)
+    try:
+        measured = bench_prune.run(options, work, say)
+    except BenchmarkError as exc:
+        return f"## Pruning while runners work\n\nNot measured: {exc}\n"
+    return bench_prune.section(options, measured, started_at)
 
 
 def _raise_system_exit(signum: int, _frame: object) -> None:
@@ -679,6 +717,8 @@ def main(argv: list[str] | None = None) -> int:
     text_ = report(args, config, results, facts, started_at, time.monotonic() - clock)
     if not args.no_native_audit:
         text_ += "\n" + native_audit_section(args, directory, say)
+    if not args.no_prune:
+        text_ += "\n" + prune_section(args, directory, say)
     args.output.write_text(text_)
     print(text_)
     print(f"written to {args.output}")
