@@ -3,13 +3,18 @@ refusals that write nothing, and the page's buttons behind the token and CSRF ch
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
+from celery_taskq.cli import main
 from celery_taskq.core.schedule_models import TaskSchedule
+from celery_taskq.core.schedules_firing import fire_due_schedules
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.web import create_app
@@ -108,3 +113,30 @@ def test_the_page_lists_schedules_and_its_buttons_need_the_session_and_csrf_toke
     )
     assert "Schedule paused." in paused.text
     assert client.get("/api/v1/schedules/reports").json()["paused"]
+
+
+def test_readers_and_the_tick_cope_with_hostile_stored_schedules(
+    client: TestClient, database: Database, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a due schedule whose stored data is nested 5,000 deep and whose title and name
+    # hold control characters (written by hand, past every check)
+    client.post("/api/v1/schedules", json={**NEW, "crontab": None, "interval": 1}, headers=AUTH)
+    as_json = ":v" if database.dialect == "sqlite" else "CAST(:v AS jsonb)"
+    with database.transaction() as connection:
+        connection.execute(
+            text(
+                f'UPDATE "TaskSchedules" SET "TaskData" = {as_json}, "Title" = :title,'  # noqa: S608
+                ' "Name" = :name, "NextRunOn" = "CreatedOn"'
+            ),
+            {"v": "[" * 5000 + "]" * 5000, "title": "t\x1b[2J" * 30, "name": "n\x07"},
+        )
+    # Then the API and the command line answer it, bounded and escaped
+    listed = client.get("/api/v1/schedules")
+    assert listed.status_code == 200, listed.text
+    assert "[nested too deep]" in listed.text
+    result = main(["--database-url", settings.database_url, "schedules", "list"])
+    assert result == 0
+    # And the tick refuses to fire it, says why, and goes on
+    with caplog.at_level(logging.WARNING):
+        assert fire_due_schedules(database, settings, datetime.now(UTC)) == 0
+    assert "nested" in caplog.text

@@ -19,10 +19,9 @@ from celery_taskq.core.schedules import (
     ScheduleService,
     ScheduleSnapshot,
     slot_json,
-    snapshot_json,
 )
 from celery_taskq.core.schedules_spec import ScheduleSpec
-from celery_taskq.reports.redact import redact
+from celery_taskq.reports.schedules import shown_schedule
 from celery_taskq.reports.terminal import escape_controls
 
 POLICIES = click.Choice([policy.value for policy in MisfirePolicy])
@@ -34,9 +33,7 @@ def _service(context: CliContext) -> ScheduleService:
 
 def _json(context: CliContext, snapshot: ScheduleSnapshot) -> dict[str, Any]:
     """The schedule as JSON, its data with secrets redacted (as ``show`` redacts a task's)."""
-    document = snapshot_json(snapshot)
-    document["data"] = redact(snapshot.data, context.settings.redact_patterns)
-    return document
+    return shown_schedule(snapshot, context.settings.redact_patterns)
 
 
 def _when(value: datetime | None) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -119,22 +119,24 @@ class SlotSnapshot:
     first_missed_on: datetime | None
 
 
-def snapshot_json(snapshot: ScheduleSnapshot) -> dict[str, Any]:
-    """A schedule as JSON values (times as ISO 8601), for the CLI's ``--json`` and the API."""
-    values = asdict(snapshot)
+def _json_values(snapshot: ScheduleSnapshot | SlotSnapshot) -> dict[str, Any]:
+    # Not dataclasses.asdict: it copies the task data recursively, and stored data may be
+    # nested deeper than Python recurses.
+    values = {field.name: getattr(snapshot, field.name) for field in fields(snapshot)}
     for key, value in values.items():
         if isinstance(value, datetime):
             values[key] = value.isoformat()
     return values
+
+
+def snapshot_json(snapshot: ScheduleSnapshot) -> dict[str, Any]:
+    """A schedule as JSON values (times as ISO 8601), for the CLI's ``--json`` and the API."""
+    return _json_values(snapshot)
 
 
 def slot_json(slot: SlotSnapshot) -> dict[str, Any]:
     """A slot as JSON values."""
-    values = asdict(slot)
-    for key, value in values.items():
-        if isinstance(value, datetime):
-            values[key] = value.isoformat()
-    return values
+    return _json_values(slot)
 
 
 class ScheduleService:

@@ -26,7 +26,7 @@ from celery_taskq.core.schedules import (
     SlotSnapshot,
 )
 from celery_taskq.core.schedules_spec import DEFAULT_TIMEZONE, MAX_NAME_LENGTH, ScheduleSpec
-from celery_taskq.reports.redact import redact
+from celery_taskq.reports.schedules import shown_schedule
 from celery_taskq.web.api_routes import API_PATH, WRITE_ERRORS
 from celery_taskq.web.auth import require_api_token
 from celery_taskq.web.errors import ApiError
@@ -128,12 +128,9 @@ def _service(state: WebState) -> ScheduleService:
 def _out(
     state: WebState, snapshot: ScheduleSnapshot, slots: list[SlotSnapshot] | None = None
 ) -> ScheduleOut:
+    document = shown_schedule(snapshot, state.settings.redact_patterns)
     return ScheduleOut(
-        **{
-            **vars(snapshot),
-            "data": redact(snapshot.data, state.settings.redact_patterns),
-            "slots": None if slots is None else [SlotOut(**vars(slot)) for slot in slots],
-        }
+        **document, slots=None if slots is None else [SlotOut(**vars(slot)) for slot in slots]
     )
 
 
