@@ -134,6 +134,7 @@ def test_readers_and_the_tick_cope_with_hostile_stored_schedules(
     listed = client.get("/api/v1/schedules")
     assert listed.status_code == 200, listed.text
     assert "[nested too deep]" in listed.text
+    assert client.get("/schedules").status_code == 200
     result = main(["--database-url", settings.database_url, "schedules", "list"])
     assert result == 0
     # And the tick refuses to fire it, says why, and goes on
