@@ -404,3 +404,22 @@ def test_old_schedule_slots_are_pruned_but_each_schedule_keeps_its_newest_and_un
             (schedule_ids[1], old),
         ]
     assert pruned_totals(database) == {"schedule_slots": 3}
+
+
+def test_prune_pauses_after_each_batch_that_deleted_rows(
+    database: Database, clock: FakeClock
+) -> None:
+    # Given 5 finished old tasks of one run each
+    seeder = Seeder(database, clock.now)
+    for _ in range(5):
+        seeder.task(RunStatus.SUCCESS, [(RunStatus.SUCCESS, 40)])
+    slept: list[float] = []
+
+    # When they are pruned 2 rows a statement with a pause of 0.5 s
+    pruner = Pruner(database, clock, batch_size=2, pause=0.5, sleep=slept.append)
+    report = pruner.prune(RetentionPolicy.everything_older_than(30 * DAY, (RunStatus.SUCCESS,)))
+
+    # Then it paused after each of the 3 batches that deleted tasks (2 + 2 + 1), and not after
+    # the last look that found the table's end
+    assert report.tasks == 5
+    assert slept == [0.5, 0.5, 0.5]

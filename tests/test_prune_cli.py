@@ -30,6 +30,10 @@ def run_prune(
         (["--older-than", "3x"], "age '3x' is not valid: write a whole number and a unit"),
         (["--older-than", "0d"], "it must be more than 0"),
         (["--older-than", "9999999w"], "is too long: at most 36500d"),
+        (
+            ["--older-than", "30d", "--pause", "-1"],
+            "Invalid value for '--pause': -1.0 is not in the range x>=0",
+        ),
         (["--older-than", "30d", "--status", "running"], "'running' is not one of"),
         ([], "Missing option '--older-than'"),
     ],
@@ -71,7 +75,9 @@ def test_dry_run_prints_the_counts_and_a_real_run_deletes_them(
     assert (count(database, TaskQueue), count(database, TaskRun)) == (3, 5)
 
     # When prune runs for real, for successes only
-    code, out, _ = run_prune(database_url, capsys, "--older-than", "30d", "--status", "SUCCESS")
+    code, out, _ = run_prune(
+        database_url, capsys, "--older-than", "30d", "--status", "SUCCESS", "--pause", "0.01"
+    )
 
     # Then it deletes what the dry run counted
     assert code == EXIT_OK

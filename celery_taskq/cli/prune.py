@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from celery_taskq.cli.invocation import CliContext, pass_context
+from celery_taskq.cli.params import SecondsParamType
 from celery_taskq.core.models import RunStatus
 from celery_taskq.core.retention import FINISHED_STATUSES, RetentionPolicy, parse_age
 from celery_taskq.core.retention_pruner import Pruner
@@ -47,9 +48,21 @@ class AgeParamType(click.ParamType):  # type: ignore[type-arg]
     "finished runner rows and beat-tick rows.",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be pruned; delete nothing.")
+@click.option(
+    "--pause",
+    type=SecondsParamType(),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait after each batch that deleted rows, leaving the database to the "
+    "runners while a large backlog is pruned.",
+)
 @pass_context
 def prune(
-    context: CliContext, older_than: timedelta, statuses: tuple[str, ...], dry_run: bool
+    context: CliContext,
+    older_than: timedelta,
+    statuses: tuple[str, ...],
+    dry_run: bool,
+    pause: float,
 ) -> None:
     """Delete finished tasks (with their runs), finished runners and beat ticks older than
     --older-than, at most TASKQ_RETENTION_BATCH_SIZE rows a statement.
@@ -60,6 +73,7 @@ def prune(
     chosen = tuple(RunStatus(status.lower()) for status in statuses)
     policy = RetentionPolicy.everything_older_than(older_than, chosen)
     service = context.service
-    pruner = Pruner(service.database, service.clock, context.settings.retention_batch_size)
+    batch_size = context.settings.retention_batch_size
+    pruner = Pruner(service.database, service.clock, batch_size, pause=pause)
     report = pruner.prune(policy, dry_run=dry_run)
     click.echo(f"{'would prune' if dry_run else 'pruned'}: {report.summary()}")

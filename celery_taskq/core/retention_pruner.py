@@ -10,6 +10,7 @@ what may be deleted are in :mod:`celery_taskq.core.statements.prune`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -75,26 +76,43 @@ class _Batch:
     """The window reached the table's end: the next batch starts a new pass."""
 
 
-def _walk(batch: Callable[[int], _Batch]) -> PruneReport:
-    """Batch after batch from the first id to the table's end (``celery-taskq prune``)."""
+def _walk(batch: Callable[[int], _Batch], pause: Callable[[], None]) -> PruneReport:
+    """Batch after batch from the first id to the table's end (``celery-taskq prune``),
+    pausing after each batch that deleted something."""
     report, after = PruneReport(), 0
     while True:
         step = batch(after)
         report += step.report
         if step.pass_done:
             return report
+        if step.report.total:
+            pause()
         after = step.next_after
 
 
 class Pruner:
     """Deletes finished rows by a :class:`RetentionPolicy`, ``batch_size`` rows a statement."""
 
-    def __init__(self, database: Database, clock: Clock, batch_size: int = MAX_BATCH_SIZE):
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        batch_size: int = MAX_BATCH_SIZE,
+        *,
+        pause: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be from 1 to {MAX_BATCH_SIZE}")
+        if not 0 <= pause < float("inf"):
+            raise ValueError("pause must be a finite number of seconds, 0 or more")
         self.database = database
         self.clock = clock
         self.batch_size = batch_size
+        self.pause = pause
+        """Seconds :meth:`prune` waits after each batch that deleted rows, leaving the database
+        to the work (``celery-taskq prune --pause``)."""
+        self._sleep = sleep
 
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> PruneReport:
         """Walk every table once; with ``dry_run`` only count, writing nothing.
@@ -105,12 +123,17 @@ class Pruner:
         now = self.clock()
         report = PruneReport()
         cutoffs = policy.task_cutoffs(now)
+        pause = self._pause_between_batches
         if cutoffs:
-            report += _walk(lambda after: self._tasks_batch(cutoffs, after, now, dry_run=dry_run))
+            report += _walk(
+                lambda after: self._tasks_batch(cutoffs, after, now, dry_run=dry_run), pause
+            )
         runner_cutoff = policy.cutoff(RUNNERS, now)
         if runner_cutoff is not None:
             runners = runner_cutoff
-            report += _walk(lambda after: self._runners_batch(runners, after, now, dry_run=dry_run))
+            report += _walk(
+                lambda after: self._runners_batch(runners, after, now, dry_run=dry_run), pause
+            )
         tick_cutoff = policy.cutoff(TICKS, now)
         if tick_cutoff is not None:
             ticks = tick_cutoff
@@ -119,10 +142,17 @@ class Pruner:
                 report += batch
                 if dry_run or batch.beat_ticks < self.batch_size:
                     break
-            report += _walk(lambda after: self._slots_batch(ticks, after, now, dry_run=dry_run))
+                pause()
+            report += _walk(
+                lambda after: self._slots_batch(ticks, after, now, dry_run=dry_run), pause
+            )
         if not dry_run and report.total:
             logger.info("pruned %s", report.summary(), extra={"action": "rows_pruned"})
         return report
+
+    def _pause_between_batches(self) -> None:
+        if self.pause:
+            self._sleep(self.pause)
 
     def prune_step(self, policy: RetentionPolicy) -> PruneReport:
         """OnProcess's share: one batch of each kind, from the resume points it stored."""
