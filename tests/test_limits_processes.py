@@ -111,7 +111,8 @@ def test_many_runner_processes_keep_the_limits_and_the_priority_order(
     sampler.start()
     # When six runner processes work it
     env = {**subprocess_env, "TASKQ_CONCURRENCY": CONCURRENCY, "TASKQ_RATE_LIMITS": RATE_LIMITS}
-    runners = [start_runner(spawn, env, "--max-idle", "0.5") for _ in range(RUNNERS)]
+    # a runner idles at most until the next rate window (1 s) opens before it may leave
+    runners = [start_runner(spawn, env, "--max-idle", "2") for _ in range(RUNNERS)]
     for runner in runners:
         _, err = runner.communicate(timeout=120)
         assert runner.returncode == 0, err

@@ -219,9 +219,8 @@ def test_the_fast_path_claims_by_priority_within_the_runners_queues(
     low = service.add_task(SUCCEED, queue="x", priority=1, create_run=True)
     service.add_task(SUCCEED, queue="y", priority=50, create_run=True)
     high = service.add_task(SUCCEED, queue="x", priority=7, create_run=True)
-    runner = service.get_task_runner()
+    runner = service.get_task_runner(claim_scope=ClaimScope(queues=("x",)))
     assert runner is not None
-    runner.claim_scope = ClaimScope(queues=("x",))
     claimed = runner.get_next_task_run()
     assert claimed is not None
     assert claimed.task_queue_id == high

@@ -146,11 +146,12 @@ def register_tasks(app: Celery, state: TaskqCelery) -> None:
             logger.debug("runner task: %s", AUDIT_ONLY, extra={"action": "audit_only"})
             return AUDIT_ONLY
         runner = state.service.get_task_runner(
-            worker_hostname=self.request.hostname, worker_limit=state.worker_runner_limit()
+            worker_hostname=self.request.hostname,
+            worker_limit=state.worker_runner_limit(),
+            claim_scope=state.service.claim_scope(None if queue is None else (queue,)),
         )
         if runner is None:
             return "no runner started: a limit is reached"
-        runner.claim_scope = state.service.claim_scope(None if queue is None else (queue,))
         # With one pool process the runner takes turns with the app's tasks: one run, then the
         # process is handed back and a new runner task queues up behind what waits.
         takes_turns = state.worker_concurrency() == 1

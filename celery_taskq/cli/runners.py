@@ -137,13 +137,13 @@ def runner(
     leave_namespace_init()  # as a container's PID 1, the kernel could not fence its lease
     if memory_limit is not None:
         context.settings = replace(context.settings, runner_memory_limit_mb=memory_limit)
-    task_runner = context.service.get_task_runner()
+    scope = context.service.claim_scope(queues)
+    task_runner = context.service.get_task_runner(claim_scope=scope)
     if task_runner is None:
         raise click.ClickException(
             f"TaskRunnerLimit ({context.settings.task_runner_limit}) runners are already running"
         )
-    task_runner.claim_scope = context.service.claim_scope(queues)
-    if task_runner.claim_scope.limited:
+    if scope.limited:
         apply_declared_limits(context.service.database, context.settings)
     reason = task_runner.run(
         burst=burst, max_runs=max_runs, max_idle=max_idle, install_signal_handlers=True

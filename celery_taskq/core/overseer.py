@@ -35,6 +35,7 @@ from celery_taskq.core.runner.loop import TaskRunner
 from celery_taskq.core.schedules_firing import fire_due_schedules
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements import beat, dispatch, runners, tasks
+from celery_taskq.core.statements.claim import EVERY_QUEUE, ClaimScope
 from celery_taskq.core.statements.dispatch import RunnerDemand
 from celery_taskq.core.storage.database import Database
 
@@ -169,12 +170,17 @@ class QueueOverseer:
         return self.runner_demand().runners_wanted(self.settings.task_runner_limit)
 
     def get_task_runner(
-        self, *, worker_hostname: str | None = None, worker_limit: int | None = None
+        self,
+        *,
+        worker_hostname: str | None = None,
+        worker_limit: int | None = None,
+        claim_scope: ClaimScope = EVERY_QUEUE,
     ) -> TaskRunner | None:
         """Register a runner row for this process and return its runner, unless at the limit.
 
         A Celery worker process passes its worker's name and how many runners that worker may
-        hold, so runners never take every pool process.
+        hold, so runners never take every pool process. ``claim_scope`` is what the runner
+        claims: the queues it serves, and whether limits apply.
         """
         registered_at = boottime()  # the runner's lease runs from before its row is written
         limit = self.settings.task_runner_limit
@@ -218,6 +224,7 @@ class QueueOverseer:
             clock=self.clock,
             notifier=self.notifier,
             registered_at=registered_at,
+            claim_scope=claim_scope,
         )
 
     def run_standalone(self) -> bool:
