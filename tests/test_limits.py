@@ -21,7 +21,7 @@ from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.queues import LimitSpec, parse_limits
 from celery_taskq.core.runner.outcome import RunOutcome
 from celery_taskq.core.settings import Settings
-from celery_taskq.core.statements import limits, runs
+from celery_taskq.core.statements import dispatch, limits, runs
 from celery_taskq.core.statements.claim import ClaimedRun, ClaimScope, claim_next_run
 from celery_taskq.core.storage.database import Database
 from tests.conftest import FakeClock
@@ -234,3 +234,22 @@ def test_concurrent_claims_never_share_the_last_slot(
         assert len([c for c in claimed if c is not None]) == 3
     finally:
         database.close()
+
+
+def test_runner_dispatch_counts_only_the_room_a_queue_limit_leaves(
+    service: TaskQueueService, database: Database
+) -> None:
+    # Given reports limited to 2 at once, one of them running, and four more waiting
+    limited_service(service, "reports=2")
+    for _ in range(5):
+        service.add_task(SUCCEED, queue="reports", create_run=True)
+    service.add_task(SUCCEED, queue="mail", create_run=True)
+    assert claim(service, new_runner(service))
+    # When the runner dispatch reads what waits
+    with database.transaction(read_only=True) as connection:
+        waiting = dispatch.waiting_by_queue(connection)
+    # Then reports has four runs waiting but room for one; mail has no limit
+    assert waiting["reports"].scheduled_runs == 4
+    assert waiting["reports"].takeable == 1
+    assert waiting["mail"].takeable == 1
+    assert dispatch.split_by_queue(8, waiting) == {"reports": 1, "mail": 1}

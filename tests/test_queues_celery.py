@@ -39,13 +39,16 @@ SUCCEED = "tests.handlers.Succeed"
             {"a": QueueDemand(9, 0), "b": QueueDemand(9, 0), "c": QueueDemand(1, 0)},
             {"a": 2, "b": 1, "c": 1},
         ),
+        # a queue whose concurrency limit leaves room for one run gets one runner
+        (5, {"a": QueueDemand(9, 5, runnable=1), "b": QueueDemand(2, 0)}, {"a": 1, "b": 2}),
+        (5, {"a": QueueDemand(9, 5, runnable=0)}, {}),
     ],
 )
 def test_runners_are_shared_among_the_queues_in_turn(
     wanted: int, waiting: dict[str, QueueDemand], shares: dict[str, int]
 ) -> None:
     assert split_by_queue(wanted, waiting) == shares
-    assert sum(shares.values()) == min(wanted, sum(q.scheduled_runs for q in waiting.values()))
+    assert sum(shares.values()) == min(wanted, sum(q.takeable for q in waiting.values()))
 
 
 @pytest.fixture

@@ -19,9 +19,11 @@ from celery_taskq.core.models import (
     RUN_SCHEDULED_SQL,
     RUNNER_ROLE_RUNNER_SQL,
     RUNNER_RUNNING_SQL,
+    Limit,
     TaskRun,
     TaskRunner,
 )
+from celery_taskq.core.queues import QUEUE_LIMIT_PREFIX
 
 
 @dataclass(frozen=True)
@@ -72,26 +74,48 @@ def runner_demand(connection: Connection) -> RunnerDemand:
 
 @dataclass(frozen=True)
 class QueueDemand:
-    """The ``scheduled`` runs of one queue: how many, and the highest priority among them."""
+    """The ``scheduled`` runs of one queue: how many, the highest priority among them, and how
+    many a runner could take now (fewer when the queue's concurrency limit is nearly full)."""
 
     scheduled_runs: int
     top_priority: int
+    runnable: int | None = None
+    """``None``: all of them."""
+
+    @property
+    def takeable(self) -> int:
+        """The runs a runner could take now."""
+        return self.scheduled_runs if self.runnable is None else self.runnable
 
 
 def waiting_by_queue(connection: Connection) -> dict[str, QueueDemand]:
-    """The queues with ``scheduled`` runs, each with its count and top priority (one read,
-    through the partial index of scheduled runs)."""
+    """The queues with ``scheduled`` runs, each with its count and top priority (through the
+    partial index of scheduled runs), and the room its concurrency limit leaves, if it has one."""
     rows = connection.execute(
         select(TaskRun.queue, func.count(), func.max(TaskRun.priority))
         .where(text(RUN_SCHEDULED_SQL))
         .group_by(TaskRun.queue)
-    )
-    return {str(queue): QueueDemand(int(runs), int(top)) for queue, runs, top in rows}
+    ).all()
+    room = {
+        str(name).removeprefix(QUEUE_LIMIT_PREFIX): max(int(most or 0) - int(running), 0)
+        for name, most, running in connection.execute(
+            select(Limit.name, Limit.max_running, Limit.running).where(
+                Limit.name.startswith(QUEUE_LIMIT_PREFIX), Limit.max_running.is_not(None)
+            )
+        )
+    }
+    return {
+        str(queue): QueueDemand(
+            int(runs), int(top), None if queue not in room else min(int(runs), room[queue])
+        )
+        for queue, runs, top in rows
+    }
 
 
 def split_by_queue(wanted: int, waiting: Mapping[str, QueueDemand]) -> dict[str, int]:
     """Share ``wanted`` runners among the queues, one at a time in turn, never more to a queue
-    than it has runs waiting; queues with higher-priority work, then more work, come first."""
+    than it has runs a runner could take now; queues with higher-priority work, then more work,
+    come first."""
     order = sorted(
         waiting, key=lambda queue: (-waiting[queue].top_priority, -waiting[queue].scheduled_runs)
     )
@@ -99,7 +123,7 @@ def split_by_queue(wanted: int, waiting: Mapping[str, QueueDemand]) -> dict[str,
     while wanted > 0:
         given = False
         for queue in order:
-            if wanted > 0 and shares[queue] < waiting[queue].scheduled_runs:
+            if wanted > 0 and shares[queue] < waiting[queue].takeable:
                 shares[queue] += 1
                 wanted -= 1
                 given = True
