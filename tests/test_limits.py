@@ -12,11 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from celery_taskq.core.exceptions import ConfigurationError
 from celery_taskq.core.limits import apply_declared_limits
-from celery_taskq.core.models import Limit, RunStatus
+from celery_taskq.core.models import Limit, RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.queues import LimitSpec, parse_limits
 from celery_taskq.core.runner.outcome import RunOutcome
@@ -174,7 +174,23 @@ def test_on_process_recounts_what_a_lost_runner_held(
     claimed = claim(service, runner_id)
     assert claimed is not None
     assert claimed.task_queue_id == task
-    # And a recount while it runs counts it
+    # And a recount while it runs counts it, but not a native Celery task's running attempt
+    with database.transaction() as connection:
+        native = connection.execute(
+            insert(TaskQueue)
+            .values(
+                task_handler_class="celery:shop.charge",
+                task_data={},
+                scheduled_on=service.clock(),
+                queued_on=service.clock(),
+                max_retries=1,
+                queue="reports",
+            )
+            .returning(TaskQueue.id)
+        ).scalar_one()
+        connection.execute(
+            insert(TaskRun).values(task_queue_id=native, status=RunStatus.RUNNING, queue="reports")
+        )
     service.process_queue()
     assert running_counts(database) == {"queue:reports": 1}
 

@@ -80,8 +80,9 @@ _RELEASE = text(
 )
 _RUNNING_OF_LIMIT = """(
     SELECT count(*) FROM "TaskRuns" JOIN "TaskQueue" q ON q."Id" = "TaskRuns"."TaskQueueId"
-    WHERE "TaskRuns"."Status" = 'running' AND "TaskqLimits"."Name" IN
-        ('queue:' || "TaskRuns"."Queue", 'handler:' || q."TaskHandlerClass"))"""
+    WHERE "TaskRuns"."Status" = 'running' AND q."TaskHandlerClass" NOT LIKE 'celery:%'
+        AND "TaskqLimits"."Name" IN
+            ('queue:' || "TaskRuns"."Queue", 'handler:' || q."TaskHandlerClass"))"""
 _RECOUNT = text(
     f"""UPDATE "TaskqLimits" SET "Running" = {_RUNNING_OF_LIMIT}
     WHERE "Running" <> {_RUNNING_OF_LIMIT}"""
