@@ -148,6 +148,7 @@ def seed_every_state(database: Database, now: datetime) -> Seeded:
         seeder.task(ok, [(ok, old)], handler="celery:app.tasks.add"),
         seeder.task(error, [(error, old)], failed=3, max_retries=3, handler="celery:app.t.x"),
         seeder.task(error, [(error, old)], failed=1, cancelled=True),  # cancelled: no retry
+        seeder.task(None, [], cancelled=True),  # cancelled before it had a run
     }
     seeded.kept_tasks |= {
         seeder.task(ok, [(ok, recent)], runner_id=runner_of_kept),  # finished recently
@@ -160,6 +161,7 @@ def seed_every_state(database: Database, now: datetime) -> Seeded:
         seeder.task(error, [(error, old)], failed=1, max_retries=4, handler="celery:a.t.r"),
         seeder.task(ok, [(ok, old), (RunStatus.RUNNING, None)], handler="celery:a.t.again"),
         seeder.task(ok, [(ok, old)], queued_days_ago=recent),  # clock skew: queued recently
+        seeder.task(None, [], cancelled=True, queued_days_ago=recent),  # cancelled recently
     }
     with database.transaction() as connection:
         for days_ago in (old, recent):
