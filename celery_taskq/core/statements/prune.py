@@ -12,9 +12,9 @@ A task is prunable when it is finished and every run of it finished before its s
   (``TaskRunsFailed >= MaxRetries``); or it was cancelled (one cancelled before it had a run
   has no ``LastStatus``: it is pruned with the ``error`` tasks, aged from its cancellation). A
   task that may still run (never run, retries left, an open run) is never touched, and
-  neither is any of its runs. Native
-  ``celery:`` tasks follow the same rule: the audit keeps their ``MaxRetries`` so that a task
-  Celery will retry has a retry left, and a never-started one has no ``LastStatus``.
+  neither is any of its runs. Native ``celery:`` tasks follow the same rule: the audit keeps
+  their ``MaxRetries`` so that a task Celery will retry has a retry left, and a never-started
+  one has no ``LastStatus``.
 - old: no run of it is open or finished at or after the cutoff, and it was queued before it.
 
 On PostgreSQL the tasks of a batch are locked ``FOR UPDATE SKIP LOCKED`` first: a row another
@@ -84,14 +84,14 @@ def _finished_before(status: RunStatus, cutoff: datetime) -> ColumnElement[bool]
         )
         .exists()
     )
-    finished_so = and_(TaskQueue.last_status == status, TaskQueue.queued_on < cutoff, ~run_kept)
+    ended = and_(TaskQueue.last_status == status, TaskQueue.queued_on < cutoff, ~run_kept)
     if status is not RunStatus.ERROR:
-        return finished_so
+        return ended
     # Cancelled before it had a run: no LastStatus; it counts as an error, aged from the cancel.
     cancelled_unrun = and_(
         TaskQueue.last_status.is_(None), TaskQueue.cancel_requested_on < cutoff, ~run_kept
     )
-    return or_(finished_so, cancelled_unrun)
+    return or_(ended, cancelled_unrun)
 
 
 def prunable_task_ids(
