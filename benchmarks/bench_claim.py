@@ -20,7 +20,8 @@ busy machine changes little) and of the claim rate (wall clock, which it changes
 - ``limited``: a runner of a process that declares limits (a concurrency limit on queue a and
   one on the handler, both too high to hold anything back: the cost of checking and counting).
 
-PostgreSQL is a private cluster started as benchmarks/bench_drain.py starts one.
+PostgreSQL is a private cluster started as benchmarks/bench_drain.py starts one, measured twice:
+durable (fsync and synchronous_commit on) and with no durability (the test suite's settings).
 """
 
 # ruff: noqa: E402, S608 - the project root must be on sys.path first; the SQL is constant
@@ -56,6 +57,12 @@ from celery_taskq.core.storage.driver import DriverStatement
 from celery_taskq.core.storage.migrate import upgrade_database
 
 HANDLER = "benchmarks.handlers.Noop"
+
+DURABLE = "postgresql durable"
+"""PostgreSQL with fsync and synchronous_commit on: every commit waits for the disk."""
+
+NO_DURABILITY = "postgresql no-durability"
+"""PostgreSQL with fsync, synchronous_commit and full_page_writes off (the test suite's)."""
 
 OLD_PG_CLAIM = """
         WITH claimed AS (
@@ -233,11 +240,14 @@ def measure_once(
 
 @contextlib.contextmanager
 def databases(kind: str, directory: Path) -> Iterator[tuple[str, str]]:
-    """URLs of two empty databases of ``kind``: one to be upgraded to 0008, one to head."""
+    """URLs of two empty databases of ``kind``: one to be upgraded to 0008, one to head.
+
+    ``kind`` is ``sqlite``, ``postgresql durable`` (fsync and synchronous_commit on) or
+    ``postgresql no-durability`` (the test suite's settings)."""
     if kind == "sqlite":
         yield f"sqlite:///{directory / 'old.db'}", f"sqlite:///{directory / 'new.db'}"
         return
-    with postgres_server(directory, durable=False) as server:
+    with postgres_server(directory, durable=kind == DURABLE) as server:
         server.execute("CREATE DATABASE old_claim")
         server.execute("CREATE DATABASE new_claim")
         yield server.url("old_claim"), server.url("new_claim")
@@ -297,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--claims", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    kinds = ("sqlite", "postgresql") if args.database == "both" else (args.database,)
+    postgresql = (DURABLE, NO_DURABILITY)
+    kinds = {"sqlite": ("sqlite",), "postgresql": postgresql}.get(
+        args.database, ("sqlite", *postgresql)
+    )
     print(
         f"backlog {args.backlog:,} scheduled runs; {args.claims:,} claims a measurement; "
         f"median of {args.repeat} interleaved repetitions; load average at the start "

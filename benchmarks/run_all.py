@@ -599,22 +599,29 @@ def native_audit_section(
 
 
 def prune_section(args: argparse.Namespace, directory: Path, say: Callable[[str], None]) -> str:
-    """bench_prune.py's measurements with this run's repetitions, as its section of RESULTS.md;
-    a failure is reported in the section."""
-    started_at = datetime.now(UTC)
-    options = argparse.Namespace(
-        old_tasks=args.prune_old_tasks,
-        tasks=max(args.tasks * 4, 4000),
-        runners=max(args.concurrency, 1),
-        repeat=args.repeat,
-    )
-    work = directory / "prune"
-    work.mkdir(exist_ok=True)
-    try:
-        measured = bench_prune.run(options, work, say)
-    except BenchmarkError as exc:
-        return f"## Pruning while runners work\n\nNot measured: {exc}\n"
-    return bench_prune.section(options, measured, started_at)
+    """bench_prune.py's measurements with this run's repetitions, on a durable and a
+    no-durability PostgreSQL, as its sections of RESULTS.md; a failure is reported there."""
+    sections = []
+    for durability in bench_prune.DURABILITIES:
+        started_at = datetime.now(UTC)
+        options = argparse.Namespace(
+            old_tasks=args.prune_old_tasks,
+            tasks=max(args.tasks * 4, 4000),
+            runners=max(args.concurrency, 1),
+            repeat=args.repeat,
+            durability=durability,
+        )
+        work = directory / f"prune-{durability}"
+        work.mkdir(exist_ok=True)
+        try:
+            measured = bench_prune.run(options, work, say)
+        except BenchmarkError as exc:
+            sections.append(
+                f"## Pruning while runners work ({durability} PostgreSQL)\n\nNot measured: {exc}\n"
+            )
+            continue
+        sections.append(bench_prune.section(options, measured, started_at))
+    return "\n".join(sections)
 
 
 def _raise_system_exit(signum: int, _frame: object) -> None:
