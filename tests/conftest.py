@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +17,16 @@ from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import upgrade_database
+from tests.scheduling import SuiteScheduling, make_scheduler
 
 pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.redis", "tests.celery_stack"]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> SuiteScheduling:
+    """Run the tests that start processes one at a time, the rest beside them
+    (:mod:`tests.scheduling`)."""
+    return make_scheduler(config, log)
+
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_HOST = "test-host"
