@@ -420,6 +420,12 @@ def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
     }
     for name in shown_at:
         assert "redacted_" in (PROJECT_ROOT / name).read_text(), name
+    # A schedule's data is shown (CLI and HTTP) only through reports/schedules.py, which redacts.
+    assert (
+        "redact(snapshot.data" in (PROJECT_ROOT / "celery_taskq/reports/schedules.py").read_text()
+    )
+    for name in ("celery_taskq/cli/schedules.py", "celery_taskq/web/schedule_routes.py"):
+        assert "shown_schedule(" in (PROJECT_ROOT / name).read_text(), name
     # Anything else that puts task data into output would have to be added above.
     readers = {
         str(path.relative_to(PROJECT_ROOT))
@@ -441,4 +447,8 @@ def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
         "celery_taskq/core/steps.py",
         "celery_taskq/core/resend.py",  # copies the stored data into a re-send's row
         "celery_taskq/core/statements/native.py",  # stores a native task's args and kwargs
+        "celery_taskq/core/schedules.py",  # stores a schedule's data, run-now enqueues it
+        "celery_taskq/core/schedules_spec.py",  # reads a schedule's definition from config
+        "celery_taskq/core/schedules_firing.py",  # enqueues a firing with the schedule's data
+        "celery_taskq/core/statements/schedules.py",  # reads the due schedules to fire
     }, readers
