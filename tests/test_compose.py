@@ -677,9 +677,7 @@ def test_dashboard_listens_on_its_published_port() -> None:
     port = leaf.params["port"]
     assert leaf.params["host"] == "0.0.0.0"  # noqa: S104 - inside its container
     assert [str(mapping) for mapping in dashboard["ports"]] == [f"{LOCALHOST}:{port}:{port}"]
-    assert any(
-        f"localhost:{port}/readyz" in part for part in healthcheck_argvs(dashboard)[0]
-    )
+    assert any(f"localhost:{port}/readyz" in part for part in healthcheck_argvs(dashboard)[0])
     flower_port = str(services["flower"]["ports"][0]).split(":")[1]
     environment = environment_of(dashboard)
     assert environment["TASKQ_FLOWER_URL"] == f"http://localhost:{flower_port}"
