@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
@@ -113,6 +114,54 @@ def test_the_page_lists_schedules_and_its_buttons_need_the_session_and_csrf_toke
     )
     assert "Schedule paused." in paused.text
     assert client.get("/api/v1/schedules/reports").json()["paused"]
+
+
+def test_the_pages_edit_form_changes_the_timing_and_refuses_bad_parts_writing_nothing(
+    client: TestClient,
+) -> None:
+    # Given a crontab schedule and a signed-in session with its CSRF token
+    client.post("/api/v1/schedules", json=NEW, headers=AUTH)
+    assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+    page = client.get("/schedules").text
+    assert 'action="/schedules/reports/edit"' in page
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert csrf is not None
+
+    def edit(**fields: str) -> httpx2.Response:
+        return client.post(
+            "/schedules/reports/edit",
+            data={"csrf_token": csrf.group(1), **fields},
+            headers={"Origin": OWN},
+            follow_redirects=True,
+        )
+
+    # When bad parts are sent, each is refused with its reason and nothing changes
+    for fields, reason in (
+        ({"interval": "60", "crontab": "* * * * *"}, "not both"),
+        ({"interval": "0"}, "at least 1"),
+        ({"crontab": "61 * * * *"}, "crontab"),
+        ({"timezone": "Mars/Olympus"}, "Mars/Olympus"),
+        ({"misfire_policy": "sometimes"}, "misfire policy"),
+        ({}, "at least one part"),
+    ):
+        refused = edit(**fields)
+        assert refused.status_code == 400, (fields, refused.text)
+        assert reason in refused.text, (fields, refused.text)
+    shown = client.get("/api/v1/schedules/reports").json()
+    assert (shown["interval"], shown["crontab"], shown["misfire_policy"]) == (
+        None,
+        "30 2 * * *",
+        "skip",
+    )
+    # When an interval and a misfire policy are sent, they replace the crontab and the policy
+    changed = edit(interval="120", misfire_policy="catch_up_once")
+    assert "Schedule changed" in changed.text
+    shown = client.get("/api/v1/schedules/reports").json()
+    assert (shown["interval"], shown["crontab"], shown["misfire_policy"]) == (
+        120,
+        None,
+        "catch_up_once",
+    )
 
 
 def test_readers_and_the_tick_cope_with_hostile_stored_schedules(

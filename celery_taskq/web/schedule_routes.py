@@ -19,6 +19,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.schedules import (
     DuplicateScheduleError,
     ScheduleService,
@@ -46,7 +47,10 @@ NOTICES = {
     "paused": "Schedule paused.",
     "resumed": "Schedule resumed: it fires from its next slot.",
     "run-now": "The schedule's task is queued.",
+    "edited": "Schedule changed: a running beat uses it from its next tick.",
 }
+
+POLICIES = ("catch_up_once", "skip")
 
 
 class SlotOut(BaseModel):
@@ -236,6 +240,42 @@ def schedules_page(request: Request, state: State, done: str | None = None) -> R
             "notice": NOTICES.get(done or ""),
         },
     )
+
+
+@pages.post("/schedules/{name}/edit")
+async def schedule_edit_form(request: Request, state: State, name: Name) -> Response:
+    """Change a schedule's timing or misfire policy from the page; redirect back to it."""
+    form = await write_form(request, state)
+    changes = timing_changes(form)
+    await run_in_threadpool(_service(state).edit, name, changes)
+    return RedirectResponse("/schedules?done=edited", status_code=303)
+
+
+def timing_changes(form: dict[str, str]) -> dict[str, Any]:
+    """The changes the page's edit form asks for: an interval or a crontab, a timezone, a
+    misfire policy (blank fields change nothing); refused with what is wrong."""
+    fields = {key: form.get(key, "").strip() for key in ("interval", "crontab", "timezone")}
+    policy = form.get("misfire_policy", "").strip()
+    if fields["interval"] and fields["crontab"]:
+        raise InvalidArgumentError("give an interval or a crontab, not both")
+    changes: dict[str, Any] = {}
+    if fields["interval"]:
+        if not fields["interval"].isdecimal() or int(fields["interval"]) < 1:
+            raise InvalidArgumentError(
+                f"interval must be a whole number of seconds, at least 1: {fields['interval']!r}"
+            )
+        changes["interval"] = int(fields["interval"])
+    if fields["crontab"]:
+        changes["crontab"] = fields["crontab"]
+    if fields["timezone"]:
+        changes["timezone"] = fields["timezone"]
+    if policy:
+        if policy not in POLICIES:
+            raise InvalidArgumentError(f"misfire policy must be one of {', '.join(POLICIES)}")
+        changes["misfire_policy"] = policy
+    if not changes:
+        raise InvalidArgumentError("give at least one part to change")
+    return changes
 
 
 @pages.post("/schedules/{name}/{action}")
