@@ -70,6 +70,19 @@ def succeeded(database: Database, tasks: list[int]) -> int:
         return int(connection.execute(query).scalar_one())
 
 
+def running_between(
+    database: Database, tasks: list[int], started: datetime, ended: datetime
+) -> int:
+    """Runs of ``tasks`` that were running at some moment between ``started`` and ``ended``."""
+    with database.transaction(read_only=True) as connection:
+        query = select(func.count()).where(
+            TaskRun.task_queue_id.in_(tasks),
+            TaskRun.started_on <= ended,
+            TaskRun.finished_on >= started,
+        )
+        return int(connection.execute(query).scalar_one())
+
+
 def test_pruning_while_runners_work_leaves_every_working_run_intact(
     database: Database,
     live: TaskQueueService,
@@ -99,18 +112,19 @@ def test_pruning_while_runners_work_leaves_every_working_run_intact(
     passes = 0
     wait_for(lambda: succeeded(database, working) > 0, what="the runners to start working")
     before = succeeded(database, working)
+    pass_started = datetime.now(UTC)
     report += pruner.prune(policy)
+    pass_ended = datetime.now(UTC)
     passes += 1
-    during = succeeded(database, working) - before
     while passes == 0 or any(runner.poll() is None for runner in runners):
         report += pruner.prune(policy)
         passes += 1
         time.sleep(0.1)  # later passes find little: leave SQLite's write lock to the runners
     outputs = [runner.communicate(timeout=60) for runner in runners]
 
-    # Then the runners finished runs while the first pass pruned
+    # Then the runners were working runs while the first pass pruned
     assert before < WORKING_TASKS
-    assert during > 0
+    assert running_between(database, working, pass_started, pass_ended) > 0
     # And every old task went with its runs, and pruning raised nothing
     assert report == PruneReport(tasks=3 * OLD_TASKS_PER_BLOCK, runs=9 * OLD_TASKS_PER_BLOCK)
     # And the runners ended cleanly: no deadlock or serialization error leaked to them
