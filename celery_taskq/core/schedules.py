@@ -21,14 +21,13 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from celery_taskq.core import intake, registry
+from celery_taskq.core import registry
 from celery_taskq.core.clock import Clock, utc_now
 from celery_taskq.core.exceptions import InvalidArgumentError, NotFoundError
-from celery_taskq.core.intake import TaskSpec
 from celery_taskq.core.loading import create_task_handler
 from celery_taskq.core.schedule_models import ScheduleSource
+from celery_taskq.core.schedules_firing import insert_schedule_task
 from celery_taskq.core.schedules_spec import (
-    SCHEDULE_QUEUED_BY_PREFIX,
     CheckedSchedule,
     ScheduleSpec,
     check,
@@ -231,21 +230,7 @@ class ScheduleService:
         now = self.clock()
         with self.database.transaction() as connection:
             row = self._existing(connection, name, lock=True)
-            values = intake.prepare(
-                TaskSpec(
-                    row.task_handler_class,
-                    row.task_data,
-                    max_retries=row.max_retries,
-                    queued_by=SCHEDULE_QUEUED_BY_PREFIX + row.name,
-                    title=row.title,
-                ),
-                create_handler=lambda path: create_task_handler(
-                    path, self.settings.allowed_handler_prefixes
-                ),
-                now=now,
-                max_data_bytes=self.settings.task_data_max_bytes,
-            )
-            task_id, _ = intake.insert_one(connection, values, with_run=True, raise_duplicate=False)
+            task_id = insert_schedule_task(connection, self.settings, row, now, with_run=True)
             schedules.update_schedule(
                 connection, name, {"last_run_on": now, "last_task_id": task_id}
             )

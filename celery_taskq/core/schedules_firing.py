@@ -130,7 +130,7 @@ def _fire_one(
         )
         task_id = None
         if slot_id is not None and plan.fire:
-            task_id = _insert_task(connection, settings, row, now)
+            task_id = insert_schedule_task(connection, settings, row, now)
             schedules.set_slot_task(connection, slot_id, task_id)
         schedules.advance_schedule(
             connection, schedule_id, next_run_on=plan.next_run_on, fired_task_id=task_id, now=now
@@ -139,7 +139,11 @@ def _fire_one(
     return 0 if task_id is None else 1
 
 
-def _insert_task(connection: Any, settings: Settings, row: Any, now: datetime) -> int:
+def insert_schedule_task(
+    connection: Any, settings: Settings, row: Any, now: datetime, *, with_run: bool = False
+) -> int:
+    """Queue the task of schedule ``row`` (its handler, data, options; ``QueuedById`` naming
+    it); with ``with_run`` its run is created due at once (run-now). Returns the task's id."""
     values = intake.prepare(
         TaskSpec(
             row.task_handler_class,
@@ -152,7 +156,7 @@ def _insert_task(connection: Any, settings: Settings, row: Any, now: datetime) -
         now=now,
         max_data_bytes=settings.task_data_max_bytes,
     )
-    task_id, _ = intake.insert_one(connection, values, with_run=False, raise_duplicate=False)
+    task_id, _ = intake.insert_one(connection, values, with_run=with_run, raise_duplicate=False)
     return task_id
 
 
