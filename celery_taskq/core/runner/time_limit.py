@@ -55,6 +55,9 @@ UNSTOPPABLE_EXIT_CODE = 70
 HARD_STOP_SLACK = 1.0
 """Seconds after ``limit + grace`` at which the kernel ends a process the watchdog could not."""
 
+RECORDING_SLACK = 10.0
+"""Seconds the watchdog has to record an unstoppable run before the kernel ends the process."""
+
 _RUNNING, _FIRED, _DONE, _ABANDONING = "running", "fired", "done", "abandoning"
 
 
@@ -225,6 +228,10 @@ class TimeLimit:
             if self._state != _FIRED:
                 return
             self._state = _ABANDONING
+            if self._hard_stop is not None:
+                # The watchdog runs, so the interpreter is not stuck: give the recording time
+                # (a busy database) before the kernel ends the process in its place.
+                self._hard_stop.arm_at(boottime() + RECORDING_SLACK)
         logger.error(
             "a handler did not stop within %g s of its time limit: ending this runner process",
             self.grace,
