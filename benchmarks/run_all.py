@@ -610,6 +610,7 @@ def prune_section(args: argparse.Namespace, directory: Path, say: Callable[[str]
             runners=max(args.concurrency, 1),
             repeat=args.repeat,
             durability=durability,
+            command_pause=0.0,
         )
         work = directory / f"prune-{durability}"
         work.mkdir(exist_ok=True)
