@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -215,16 +216,9 @@ class Pruner:
         dry_run: bool = False,
         remember: bool = False,
     ) -> _Batch:
-        with self.database.transaction(read_only=dry_run) as connection:
-            end = prune.next_window_end(connection, TaskRunner.id, after, self.batch_size)
-            if end is None:
-                return self._pass_done(connection, RUNNERS, PruneReport(), remember)
-            runners = prune.prune_runners(connection, cutoff, after, end, dry_run=dry_run)
-            if not dry_run:
-                prune.add_pruned(connection, RUNNERS, runners, now)
-                if remember:
-                    prune.set_resume_point(connection, RUNNERS, end)
-            return _Batch(PruneReport(runners=runners), end, pass_done=False)
+        return self._window_batch(
+            RUNNERS, TaskRunner.id, prune.prune_runners, cutoff, after, now, dry_run, remember
+        )
 
     def _slots_batch(
         self,
@@ -235,16 +229,40 @@ class Pruner:
         dry_run: bool = False,
         remember: bool = False,
     ) -> _Batch:
+        return self._window_batch(
+            SLOTS,
+            TaskScheduleSlot.id,
+            prune.prune_schedule_slots,
+            cutoff,
+            after,
+            now,
+            dry_run,
+            remember,
+        )
+
+    def _window_batch(
+        self,
+        kind: str,
+        id_column: Any,
+        prune_window: Callable[..., int],
+        cutoff: datetime,
+        after: int,
+        now: datetime,
+        dry_run: bool,
+        remember: bool,
+    ) -> _Batch:
+        """One ``Id`` window of the rows of ``kind`` (a :class:`PruneReport` field): deleted
+        (or counted), added to the totals, its end remembered as the resume point."""
         with self.database.transaction(read_only=dry_run) as connection:
-            end = prune.next_window_end(connection, TaskScheduleSlot.id, after, self.batch_size)
+            end = prune.next_window_end(connection, id_column, after, self.batch_size)
             if end is None:
-                return self._pass_done(connection, SLOTS, PruneReport(), remember)
-            slots = prune.prune_schedule_slots(connection, cutoff, after, end, dry_run=dry_run)
+                return self._pass_done(connection, kind, PruneReport(), remember)
+            pruned = prune_window(connection, cutoff, after, end, dry_run=dry_run)
             if not dry_run:
-                prune.add_pruned(connection, SLOTS, slots, now)
+                prune.add_pruned(connection, kind, pruned, now)
                 if remember:
-                    prune.set_resume_point(connection, SLOTS, end)
-            return _Batch(PruneReport(schedule_slots=slots), end, pass_done=False)
+                    prune.set_resume_point(connection, kind, end)
+            return _Batch(PruneReport(**{kind: pruned}), end, pass_done=False)
 
     def _ticks_batch(
         self, cutoff: datetime, now: datetime, *, dry_run: bool = False
