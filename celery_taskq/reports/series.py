@@ -65,17 +65,35 @@ def _bucket_bounds(window: ReportWindow, buckets: int) -> list[datetime]:
     return [since + width * index for index in range(buckets)] + [until]
 
 
+def _moment() -> ColumnElement[Any]:
+    """The time a run reached its current status (see :mod:`celery_taskq.reports`)."""
+    return case(
+        (TaskRun.finished_on.is_not(None), TaskRun.finished_on),
+        (TaskRun.status == RunStatus.RUNNING, TaskRun.started_on),
+        else_=TaskQueue.scheduled_on,
+    )
+
+
+def first_run_moment(
+    database: Database, window: ReportWindow, *, handler: str | None = None
+) -> datetime | None:
+    """The earliest moment at which a run counted in the window reached its status (``None``
+    when the window has no run): where a chart of a young install has something to show."""
+    handler = check_handler(handler)
+    query = for_handler(
+        runs_with_handler(func.min(_moment())).where(run_in_window(window)), handler
+    )
+    first = read_with(database, lambda connection: connection.execute(query).scalar_one())
+    return first if isinstance(first, datetime) else None
+
+
 def _runs_over_time(
     connection: Connection, window: ReportWindow, bounds: list[datetime], handler: str | None
 ) -> dict[int, dict[str, int]]:
     # The run's moment as the module's docstring defines it; then its bucket by plain
     # comparisons with the boundaries (the same SQL on both databases); grouped over columns
     # of subqueries, so no bound parameter is repeated between SELECT and GROUP BY.
-    moment = case(
-        (TaskRun.finished_on.is_not(None), TaskRun.finished_on),
-        (TaskRun.status == RunStatus.RUNNING, TaskRun.started_on),
-        else_=TaskQueue.scheduled_on,
-    )
+    moment = _moment()
     moments = for_handler(
         runs_with_handler(moment.label("moment"), TaskRun.status.label("status")).where(
             run_in_window(window)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.models import RunStatus
-from celery_taskq.reports import RunSeries
+from celery_taskq.reports import ReportWindow, RunSeries
 
 STACK_ORDER = (
     RunStatus.SUCCESS,
@@ -21,10 +22,25 @@ STACK_ORDER = (
 )
 """Statuses bottom to top in each bar."""
 
-LEFT, RIGHT, TOP, BOTTOM = 44.0, 8.0, 10.0, 24.0
+LEFT, RIGHT, TOP, BOTTOM = 44.0, 8.0, 18.0, 24.0
 """Margins around the plot, in SVG units (room for the axis labels)."""
 
 MAX_TIME_LABELS = 6
+
+BUCKETS = 24
+"""Bars in a chart of a whole window."""
+
+MIN_BUCKETS = 12
+"""Bars at least, when the chart narrows to a young install's runs."""
+
+BUCKET_WIDTHS = tuple(
+    timedelta(minutes=minutes)
+    for minutes in (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880)
+)
+"""The bucket widths a narrowed chart picks from (round, so its axis reads well)."""
+
+TIMEZONE = "UTC"
+"""The timezone of the time axis (every time the dashboard shows is UTC)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,8 @@ class BarChart:
     """The y of each horizontal gridline (one per count label)."""
     total: int
     statuses: tuple[str, ...]
+    axis_title: Label
+    """Names the time axis and its timezone."""
 
 
 def nice_ceiling(value: int) -> int:
@@ -85,6 +103,36 @@ def nice_ceiling(value: int) -> int:
         if step * power >= value:
             return step * power
     return 10 * power  # pragma: no cover - the loop always returns
+
+
+@dataclass(frozen=True)
+class ChartSpan:
+    """What a chart shows: ``start`` to ``end`` in ``buckets`` bars."""
+
+    start: datetime
+    end: datetime
+    buckets: int
+
+
+def chart_span(first_run: datetime | None, window: ReportWindow) -> ChartSpan:
+    """The span of the chart of ``window`` (both bounds set) whose first run is ``first_run``.
+
+    When the runs fill most of the window, the chart is the window. When they all fall in its
+    last part (a fresh install), the chart narrows to them, in round buckets ending at the
+    window's end, so that they do not make one sliver at the right edge.
+    """
+    if window.since is None or window.until is None:
+        raise InvalidArgumentError("a chart needs a window with both since and until")
+    since, now = window.since, window.until
+    if first_run is None or first_run - since < (now - since) / 2:
+        return ChartSpan(since, now, BUCKETS)
+    used = max(now - first_run, timedelta(0))
+    width = next((width for width in BUCKET_WIDTHS if width * BUCKETS >= used), BUCKET_WIDTHS[-1])
+    buckets = min(BUCKETS, max(MIN_BUCKETS, math.ceil(used / width) + 1))
+    start = max(since, now - width * buckets)
+    if start == since:
+        return ChartSpan(since, now, BUCKETS)
+    return ChartSpan(start, now, buckets)
 
 
 def _time_format(span: timedelta) -> str:
@@ -113,8 +161,9 @@ def bar_chart(series: RunSeries, *, width: float = 720.0, height: float = 220.0)
                 segment_height = count * unit
                 y -= segment_height
                 segments.append(Segment(status.value, count, x, y, bar_width, segment_height))
+        start, end = bucket.start.astimezone(UTC), bucket.end.astimezone(UTC)
         title = (
-            f"{bucket.start:%Y-%m-%d %H:%M} to {bucket.end:%H:%M}: {bucket.runs.total} runs"
+            f"{start:%Y-%m-%d %H:%M} to {end:%H:%M} {TIMEZONE}: {bucket.runs.total} runs"
             + "".join(f", {segment.count} {segment.status}" for segment in segments)
         )
         bars.append(Bar(title=title, total=bucket.runs.total, segments=tuple(segments)))
@@ -123,7 +172,7 @@ def bar_chart(series: RunSeries, *, width: float = 720.0, height: float = 220.0)
         Label(
             x=plot_left + index * column,
             y=height - 6,
-            text=f"{buckets[index].start:{time_format}}",
+            text=f"{buckets[index].start.astimezone(UTC):{time_format}}",
         )
         for index in range(0, len(buckets), every)
     )
@@ -145,4 +194,5 @@ def bar_chart(series: RunSeries, *, width: float = 720.0, height: float = 220.0)
         gridlines=tuple(plot_bottom - count * unit for count in counts),
         total=sum(bucket.runs.total for bucket in buckets),
         statuses=tuple(status.value for status in STACK_ORDER),
+        axis_title=Label(x=plot_right, y=plot_top - 6, text=f"times in {TIMEZONE}"),
     )

@@ -17,9 +17,10 @@ from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskPage
 from celery_taskq.core.models import RunStatus
 from celery_taskq.reports.redact import redacted_task
+from celery_taskq.reports.series import first_run_moment
 from celery_taskq.reports.shown import shown_page, shown_relations, shown_task
 from celery_taskq.web import inputs, views
-from celery_taskq.web.charts import bar_chart
+from celery_taskq.web.charts import bar_chart, chart_span
 from celery_taskq.web.inputs import MAX_ID
 from celery_taskq.web.state import WebState, get_state
 from celery_taskq.web.templating import render
@@ -28,8 +29,6 @@ State = Annotated[WebState, Depends(get_state)]
 
 OVERVIEW_WINDOWS = ("1h", "6h", "24h", "7d", "30d")
 """The windows the overview offers."""
-
-CHART_BUCKETS = 24
 
 DEFAULT_PAGE_SIZE = 50
 
@@ -75,8 +74,10 @@ def overview(
         limit=5,
         lost_after=state.settings.native_lost_after,
     )
+    whole = reports.ReportWindow(window.since, now)
+    span = chart_span(first_run_moment(state.database, whole), whole)
     series = reports.runs_over_time(
-        state.database, reports.ReportWindow(window.since, now), CHART_BUCKETS
+        state.database, reports.ReportWindow(span.start, span.end), span.buckets
     )
     return render(
         request,
