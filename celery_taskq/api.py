@@ -265,8 +265,9 @@ def list_tasks(
     before_id: int | None = None,
     database_url: str | None = None,
 ) -> TaskPage:
-    """Tasks, newest first, filtered by last status, handler, queued-by and queue time, and
-    for native Celery tasks by workflow (``celery_root_id``) or group (``celery_group_id``).
+    """Tasks, newest first, filtered by last status (or ``cancelled``, ``never-run``), handler,
+    queued-by and queue time, and for native Celery tasks by workflow (``celery_root_id``) or
+    group (``celery_group_id``).
 
     Returns one page; pass its ``next_before_id`` as ``before_id`` for the next one.
     """

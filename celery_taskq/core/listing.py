@@ -1,15 +1,21 @@
 """Listing tasks: filters and keyset pagination over ``TaskQueue`` (newest first), and the
-tasks a native Celery task is related to."""
+tasks a native Celery task is related to.
+
+Besides the contract statuses a status filter may name two states derived from the columns:
+``cancelled`` (``CancelRequestedOn`` is set) and ``never-run`` (no run of the task has
+started). They are filters only, never stored.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, exists, or_, select
 
 from celery_taskq.core.exceptions import InvalidArgumentError
-from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.snapshots import RelatedTask, TaskSummary
 from celery_taskq.core.storage.database import Database
 
@@ -17,11 +23,30 @@ MAX_PAGE_SIZE = 1000
 """Most tasks one page may hold."""
 
 
+class DerivedStatus(enum.StrEnum):
+    """A task state read from the columns, offered beside the statuses as a filter."""
+
+    CANCELLED = "cancelled"
+    """``CancelRequestedOn`` is set, whatever its last run did."""
+    NEVER_RUN = "never-run"
+    """No run of the task has started: no run yet, or only a scheduled one."""
+
+
+StatusFilter = RunStatus | DerivedStatus
+"""What a status filter may name: a ``LastStatus`` or a derived state."""
+
+STATUS_FILTERS: tuple[str, ...] = (
+    *(status.value for status in RunStatus),
+    *(state.value for state in DerivedStatus),
+)
+"""Every status filter's name, in the order lists and chips offer them."""
+
+
 @dataclass(frozen=True)
 class TaskFilter:
     """What to list; every field narrows the list, ``None`` means any."""
 
-    status: RunStatus | None = None
+    status: StatusFilter | None = None
     handler: str | None = None
     queued_by: str | None = None
     queued_since: datetime | None = None
@@ -40,15 +65,57 @@ class TaskPage:
     next_before_id: int | None
 
 
-def parse_status(value: str | RunStatus | None) -> RunStatus | None:
-    """A status filter from text, with a clear error for an unknown one."""
-    if value is None or isinstance(value, RunStatus):
+def parse_status(value: str | StatusFilter | None) -> StatusFilter | None:
+    """A status filter from text (a status, ``cancelled`` or ``never-run``), with a clear error
+    for an unknown one."""
+    if value is None or isinstance(value, (RunStatus, DerivedStatus)):
         return value
-    try:
-        return RunStatus(value)
-    except ValueError:
-        allowed = ", ".join(status.value for status in RunStatus)
-        raise InvalidArgumentError(f"unknown status {value!r}: use one of {allowed}") from None
+    for kind in (RunStatus, DerivedStatus):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    allowed = ", ".join(STATUS_FILTERS)
+    raise InvalidArgumentError(f"unknown status {value!r}: use one of {allowed}")
+
+
+def status_condition(status: StatusFilter) -> ColumnElement[bool]:
+    """The rows a status filter keeps (a plain comparison where an index can serve it)."""
+    if status is DerivedStatus.CANCELLED:
+        return TaskQueue.cancel_requested_on.is_not(None)
+    if status is DerivedStatus.NEVER_RUN:
+        started = exists().where(
+            TaskRun.task_queue_id == TaskQueue.id, TaskRun.started_on.is_not(None)
+        )
+        return or_(
+            TaskQueue.last_status.is_(None),
+            and_(TaskQueue.last_status == RunStatus.SCHEDULED, ~started),
+        )
+    return TaskQueue.last_status == status
+
+
+def filter_conditions(task_filter: TaskFilter) -> list[ColumnElement[bool]]:
+    """The WHERE terms of ``task_filter`` (times are checked to be timezone-aware)."""
+    for name in ("queued_since", "queued_until"):
+        moment = getattr(task_filter, name)
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidArgumentError(f"{name} must be a timezone-aware datetime")
+    conditions: list[ColumnElement[bool]] = []
+    if task_filter.status is not None:
+        conditions.append(status_condition(task_filter.status))
+    if task_filter.handler is not None:
+        conditions.append(TaskQueue.task_handler_class == task_filter.handler)
+    if task_filter.queued_by is not None:
+        conditions.append(TaskQueue.queued_by_id == task_filter.queued_by)
+    if task_filter.queued_since is not None:
+        conditions.append(TaskQueue.queued_on >= task_filter.queued_since)
+    if task_filter.queued_until is not None:
+        conditions.append(TaskQueue.queued_on < task_filter.queued_until)
+    if task_filter.celery_root_id is not None:
+        conditions.append(TaskQueue.celery_root_id == task_filter.celery_root_id)
+    if task_filter.celery_group_id is not None:
+        conditions.append(TaskQueue.celery_group_id == task_filter.celery_group_id)
+    return conditions
 
 
 def list_tasks(
@@ -60,27 +127,14 @@ def list_tasks(
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
-    for name in ("queued_since", "queued_until"):
-        moment = getattr(task_filter, name)
-        if moment is not None and moment.tzinfo is None:
-            raise InvalidArgumentError(f"{name} must be a timezone-aware datetime")
-    query = select(TaskQueue).order_by(TaskQueue.id.desc()).limit(limit + 1)
+    query = (
+        select(TaskQueue)
+        .where(*filter_conditions(task_filter))
+        .order_by(TaskQueue.id.desc())
+        .limit(limit + 1)
+    )
     if before_id is not None:
         query = query.where(TaskQueue.id < before_id)
-    if task_filter.status is not None:
-        query = query.where(TaskQueue.last_status == task_filter.status)
-    if task_filter.handler is not None:
-        query = query.where(TaskQueue.task_handler_class == task_filter.handler)
-    if task_filter.queued_by is not None:
-        query = query.where(TaskQueue.queued_by_id == task_filter.queued_by)
-    if task_filter.queued_since is not None:
-        query = query.where(TaskQueue.queued_on >= task_filter.queued_since)
-    if task_filter.queued_until is not None:
-        query = query.where(TaskQueue.queued_on < task_filter.queued_until)
-    if task_filter.celery_root_id is not None:
-        query = query.where(TaskQueue.celery_root_id == task_filter.celery_root_id)
-    if task_filter.celery_group_id is not None:
-        query = query.where(TaskQueue.celery_group_id == task_filter.celery_group_id)
     with database.read_session() as session:
         rows = session.scalars(query).all()
         tasks = tuple(TaskSummary.from_row(row) for row in rows[:limit])
