@@ -63,7 +63,7 @@ def test_enqueue_prints_the_new_id(run_cli: RunCli, database: Database) -> None:
             "max_retries must be an integer of 1 or more",
         ),
         (["tests.handlers.Succeed", "--at", "2030-01-01T08:00:00"], "has no UTC offset"),
-        (["tests.handlers.Succeed", "--at", "tomorrow"], "is not an ISO 8601"),
+        (["tests.handlers.Succeed", "--at", "tomorrow"], "is neither an ISO 8601 time nor"),
         (["tests.handlers.RefuseNegative", '{"n": -1}'], "must not be negative"),
     ],
 )

@@ -250,7 +250,7 @@ def test_cli_enqueue_prints_an_id_or_refuses_clearly(
         return
     assert rows(db) == before
     if result.exit_code == 2:  # click's usage error
-        assert "Error:" in result.output
+        assert "error:" in result.output
     else:
         assert isinstance(result.exception, InvalidTaskError), result.exception
         assert str(result.exception).strip()

@@ -109,7 +109,7 @@ def test_cli_watch_and_show(
     database: Database, database_url: str, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     task_id = enqueue("tests.handlers.Steps", {"steps": 2, "pause": 0.1}, database_url=database_url)
-    failing = enqueue("tests.handlers.AlwaysFail", database_url=database_url)
+    failing = enqueue("tests.handlers.AlwaysFail", max_retries=1, database_url=database_url)
     runner = TaskQueueService(database, settings).get_task_runner()
     assert runner is not None
     runner.run(burst=True)

@@ -880,16 +880,16 @@ def test_cli_report_csv(run_cli: RunCli, rows: Rows) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "expected"),
     [
-        (["--json", "--csv"], 2, "Error: --json and --csv cannot be combined: choose one"),
+        (["--json", "--csv"], 2, "error: --json and --csv cannot be combined: choose one"),
         (
             ["--since", "yesterday"],
             2,
-            "Error: Invalid value for '--since': 'yesterday' is neither an ISO 8601 time nor a "
+            "error: Invalid value for '--since': 'yesterday' is neither an ISO 8601 time nor a "
             "duration like 24h, 30m or 7d",
         ),
         (["--until", "2026-01-01T08:00:00"], 2, "has no UTC offset"),
         (["--limit", "0"], 2, "Invalid value for '--limit'"),
-        (["--format", "xml"], 2, "Error: No such option '--format'"),
+        (["--format", "xml"], 2, "error: No such option '--format'"),
         (
             ["--since", "1h", "--until", "2h"],
             1,

@@ -48,7 +48,10 @@ def terminal_controls(text: str, *, allowed: str = "\n") -> set[str]:
 def hostile_task(service: TaskQueueService, database: Database) -> int:
     """A task whose only run ended ``error`` with hostile text in every field it wrote."""
     task_id = service.add_task(
-        "tests.hostile_handlers.StoreHostileText", {"text": HOSTILE}, queued_by=HOSTILE_BY
+        "tests.hostile_handlers.StoreHostileText",
+        {"text": HOSTILE},
+        queued_by=HOSTILE_BY,
+        max_retries=1,
     )
     drive(service)
     (run,) = runs_of(database, task_id)

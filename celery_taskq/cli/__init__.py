@@ -3,7 +3,7 @@
 Errors are handled in one place, :func:`main`:
 
 - a usage error (a bad option or argument, an id out of range, data that is not JSON) is
-  click's: the usage line and one ``Error:`` line, exit 2;
+  click's usage line and one ``error:`` line, exit 2;
 - a refusal or a failure is one ``error:`` line, exit 1: a library error
   (:class:`~celery_taskq.core.exceptions.TaskqError`), and what a hostile or impossible input can
   provoke from Python or the driver (``ValueError``, ``OverflowError`` and other
@@ -19,8 +19,9 @@ workers do (``TASKQ_*`` variables, then the app's ``taskq_*`` keys, then the def
 it, the variables and the defaults. ``--database-url`` wins over both. The current directory is
 on the import path, as with ``celery -A`` (:mod:`~celery_taskq.cli.app_loading`).
 
-The commands, by group: :mod:`~celery_taskq.cli.tasks` (enqueue, show, list, watch, cancel,
-retry, resend), :mod:`~celery_taskq.cli.runners` (process, create-runners, debug, runner, worker),
+The commands, by group: :mod:`~celery_taskq.cli.tasks` (enqueue, show, list, cancel, retry,
+resend), :mod:`~celery_taskq.cli.watch`, :mod:`~celery_taskq.cli.runners` (process,
+create-runners, debug, runner, worker),
 :mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.health`, :mod:`~celery_taskq.cli.prune`,
 :mod:`~celery_taskq.cli.db`,
 :mod:`~celery_taskq.cli.dashboard` and :mod:`~celery_taskq.cli.demo`; shared by them:
@@ -37,7 +38,18 @@ from dataclasses import replace
 import click
 
 from celery_taskq import __version__
-from celery_taskq.cli import dashboard, db, demo, health, prune, report, runners, schedules, tasks
+from celery_taskq.cli import (
+    dashboard,
+    db,
+    demo,
+    health,
+    prune,
+    report,
+    runners,
+    schedules,
+    tasks,
+    watch,
+)
 from celery_taskq.cli.app_loading import (
     APP_ENV,
     load_celery_app,
@@ -50,17 +62,18 @@ from celery_taskq.cli.errors import (
     EXIT_OK,
     EXIT_USAGE,
     FAILURES,
+    TaskqGroup,
+    error_line,
     failure_message,
-    one_line,
+    show_click_error,
 )
 from celery_taskq.cli.invocation import CliContext
 from celery_taskq.core.settings import Settings
-from celery_taskq.reports.terminal import escape_controls
 
 logger = logging.getLogger(__name__)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TaskqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-A",
     "--app",
@@ -99,7 +112,7 @@ for _command in (
     tasks.enqueue,
     tasks.show,
     tasks.list_command,
-    tasks.watch,
+    watch.watch,
     tasks.cancel,
     tasks.retry,
     tasks.resend,
@@ -125,24 +138,22 @@ def main(argv: list[str] | None = None) -> int:
         code = cli.main(args=argv, prog_name="celery-taskq", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.UsageError as exc:
-        exc.show()
-        return EXIT_USAGE
-    except click.ClickException as exc:
-        click.echo(f"error: {escape_controls(one_line(exc.format_message()))}", err=True)
-        return EXIT_FAILURE
+    except click.ClickException as exc:  # a usage error exits 2, another refusal 1
+        return show_click_error(exc)
     except click.Abort:
-        click.echo("aborted", err=True)
+        click.echo(error_line("aborted"), err=True)
         return EXIT_FAILURE
     except FAILURES as exc:
         logger.debug("the command failed", exc_info=exc)
-        click.echo(f"error: {escape_controls(failure_message(exc))}", err=True)
+        click.echo(error_line(failure_message(exc)), err=True)
         return EXIT_FAILURE
     except Exception as exc:
         traceback.print_exc()
         click.echo(
-            f"error: unexpected {type(exc).__name__}: a bug in celery-taskq {__version__}; "
-            "please report it with the traceback above",
+            error_line(
+                f"unexpected {type(exc).__name__}: a bug in celery-taskq {__version__}; "
+                "please report it with the traceback above"
+            ),
             err=True,
         )
         return EXIT_BUG

@@ -1,12 +1,24 @@
-"""How a failed command is told: exit codes, and one ``error:`` line with the chain of causes."""
+"""How a failed command is told: exit codes, and one ``error:`` line with the chain of causes.
+
+Every error line starts ``error:``, click's usage errors too (click itself writes ``Error:``):
+:func:`show_click_error` writes them, and :class:`TaskqGroup` uses it when the command runs in
+click's standalone mode (``cli()``, click's test runner) as :func:`~celery_taskq.cli.main` does.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import click
 from sqlalchemy.exc import DBAPIError
 
 from celery_taskq.core.exceptions import TaskqError
+from celery_taskq.reports.terminal import escape_controls
+
+ERROR_PREFIX = "error: "
+"""How every error line of the command starts."""
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -76,3 +88,48 @@ def _text_of(exc: BaseException) -> str:
 def one_line(text: str) -> str:
     """``text`` on one line: every run of whitespace becomes one space."""
     return " ".join(text.split())
+
+
+def error_line(message: str) -> str:
+    """``message`` as the command's one error line: prefixed, on one line, controls escaped."""
+    return ERROR_PREFIX + escape_controls(one_line(message))
+
+
+def show_click_error(exc: click.ClickException) -> int:
+    """Write a click error to stderr and return its exit code.
+
+    A usage error (exit 2) keeps click's usage line and help hint above the error line.
+    """
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        context = exc.ctx
+        help_names = context.command.get_help_option_names(context)
+        hint = ""
+        if context.command.get_help_option(context) is not None and help_names:
+            hint = f"Try '{context.command_path} {max(help_names, key=len)}' for help.\n"
+        click.echo(f"{context.get_usage()}\n{hint}", err=True)
+    click.echo(error_line(exc.format_message()), err=True)
+    return exc.exit_code
+
+
+class TaskqGroup(click.Group):
+    """The command group; in click's standalone mode its errors are shown as ``main`` shows
+    them (one ``error:`` line); any other exception propagates as click lets it."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            code = show_click_error(exc)
+        except click.Abort:
+            click.echo(error_line("aborted"), err=True)
+            code = EXIT_FAILURE
+        sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,14 +1,18 @@
-"""Reusable click parameter types: JSON documents, aware date-times, seconds and task ids."""
+"""Reusable click parameter types: JSON documents, times (an instant or a duration from now),
+seconds and task ids."""
 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
 
+from celery_taskq.core.exceptions import TaskqError
 from celery_taskq.core.storage.decoding import loads_json
+from celery_taskq.reports import window
+from celery_taskq.reports.window import parse_moment
 
 MAX_ID = 2**63 - 1
 """The largest id a database stores (a signed 64-bit integer)."""
@@ -33,31 +37,50 @@ class JsonParamType(click.ParamType):  # type: ignore[type-arg]
             self.fail("the JSON document is nested too deeply", param, ctx)
 
 
-class AwareDateTimeParamType(click.ParamType):  # type: ignore[type-arg]
-    """An ISO 8601 date and time with a UTC offset, e.g. ``2026-01-31T08:00:00Z``."""
+class MomentParamType(click.ParamType):  # type: ignore[type-arg]
+    """A time: ISO 8601 with a UTC offset (``2026-01-31T08:00:00Z``), or a duration such as
+    ``90s``, ``30m``, ``24h``, ``7d``, ``2w`` or ``1h30m`` counted back from now (``ahead``:
+    forward from now, for a due time).
 
-    name = "iso8601"
+    Every option that takes a time uses it. The value is a ``datetime`` or a ``timedelta``;
+    :meth:`resolve` turns it into a time, so that options of one command share one ``now``.
+    """
+
+    name = "time"
+
+    def __init__(self, *, ahead: bool = False) -> None:
+        self.ahead = ahead
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime:
-        if isinstance(value, datetime):
+    ) -> datetime | timedelta:
+        if isinstance(value, datetime | timedelta):
             return value
         try:
-            parsed = datetime.fromisoformat(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 date and time", param, ctx)
-        if parsed.tzinfo is None:
-            self.fail(
-                f"{value!r} has no UTC offset: write it like 2026-01-31T08:00:00Z or +02:00",
-                param,
-                ctx,
-            )
-        try:
-            parsed.astimezone(UTC)
-        except OverflowError:
+            moment = parse_moment(str(value))
+            self.resolve(moment, window.utc_now())  # a duration past year 1 or 9999 is refused
+        except TaskqError as exc:
+            message = str(exc)
+            if self.ahead:
+                message = message.replace("a duration like", "a duration from now like")
+            self.fail(message, param, ctx)
+        except (OverflowError, ValueError):
             self.fail(f"{value!r} is out of range in UTC", param, ctx)
-        return parsed
+        return moment
+
+    def resolve(self, moment: datetime | timedelta | None, now: datetime) -> datetime | None:
+        """``moment`` as an aware time: a duration counts back from ``now`` (forward when
+        ``ahead``)."""
+        if isinstance(moment, timedelta):
+            return now + moment if self.ahead else now - moment
+        return moment
+
+
+SINCE = MomentParamType()
+"""A time, or a duration back from now (``--since``, ``--until``)."""
+
+DUE = MomentParamType(ahead=True)
+"""A time, or a duration forward from now (``enqueue --at``)."""
 
 
 class SecondsParamType(click.FloatRange):

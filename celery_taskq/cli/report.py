@@ -5,42 +5,18 @@ only here, out of runners' memory).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 import click
 
 from celery_taskq.cli.invocation import CliContext, pass_context
-from celery_taskq.core.exceptions import TaskqError
+from celery_taskq.cli.params import SINCE
 from celery_taskq.reports.limits import DEFAULT_LIMIT, MAX_LIMIT
-
-
-class ReportTimeParamType(click.ParamType):  # type: ignore[type-arg]
-    """An ISO 8601 time with a UTC offset, or a duration back from now (``24h``, ``1h30m``)."""
-
-    name = "time"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime | timedelta:
-        if isinstance(value, datetime | timedelta):
-            return value
-        from celery_taskq import reports  # only for `report`: it stays out of runners' memory
-
-        try:
-            moment = reports.parse_moment(str(value))
-            # A duration reaching back before year 1 only overflows later, when resolved.
-            reports.resolve_moment(moment, reports.utc_now())
-        except TaskqError as exc:
-            self.fail(str(exc), param, ctx)
-        except (OverflowError, ValueError):
-            self.fail(f"{value!r} is out of range", param, ctx)
-        return moment
 
 
 @click.command("report")
 @click.option(
     "--since",
-    type=ReportTimeParamType(),
+    type=SINCE,
     default="24h",
     show_default=True,
     help="Start of the window: ISO 8601 with an offset, or a duration back from now "
@@ -48,7 +24,7 @@ class ReportTimeParamType(click.ParamType):  # type: ignore[type-arg]
 )
 @click.option(
     "--until",
-    type=ReportTimeParamType(),
+    type=SINCE,
     help="End of the window, excluded; same forms [default: open].",
 )
 @click.option("--handler", help="Exact TaskHandlerClass (every section but runners).")
@@ -94,8 +70,8 @@ def report_command(
     now = reports.utc_now()
     report = reports.build_report(
         context.service.database,
-        since=reports.resolve_moment(since, now),
-        until=reports.resolve_moment(until, now),
+        since=SINCE.resolve(since, now),
+        until=SINCE.resolve(until, now),
         handler=handler,
         now=now,
         limit=limit,

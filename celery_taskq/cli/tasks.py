@@ -1,19 +1,17 @@
-"""The task commands: ``enqueue``, ``show``, ``list``, ``watch``, ``cancel``, ``retry`` and
-``resend``."""
+"""The task commands: ``enqueue``, ``show``, ``list``, ``cancel``, ``retry`` and ``resend``
+(``watch`` is :mod:`~celery_taskq.cli.watch`)."""
 
 from __future__ import annotations
 
 import getpass
-import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
 
 from celery_taskq.cli.invocation import CliContext, pass_context
-from celery_taskq.cli.params import TASK_ID, AwareDateTimeParamType, JsonParamType, SecondsParamType
+from celery_taskq.cli.params import DUE, SINCE, TASK_ID, JsonParamType
 from celery_taskq.cli.task_text import (
-    progress_bar,
     render_page,
     render_page_json,
     render_task,
@@ -26,9 +24,10 @@ from celery_taskq.core.listing import (
     parse_status,
     related_tasks,
 )
-from celery_taskq.core.models import OPEN_RUN_STATUSES, RunStatus
+from celery_taskq.core.models import RunStatus
 from celery_taskq.reports.redact import redacted_page, redacted_task
 from celery_taskq.reports.shown import shown_page, shown_relations, shown_task
+from celery_taskq.reports.window import utc_now
 
 
 @click.command()
@@ -37,8 +36,9 @@ from celery_taskq.reports.shown import shown_page, shown_relations, shown_task
 @click.option(
     "--at",
     "scheduled_on",
-    type=AwareDateTimeParamType(),
-    help="When the task is due (default: now).",
+    type=DUE,
+    help="When the task is due: ISO 8601 with an offset, or a duration from now "
+    "(30m, 2h, 1d) [default: now].",
 )
 @click.option("--max-retries", type=int, help="Failed runs before giving up [default: 5].")
 @click.option("--queued-by", help="Who queued the task (QueuedById).")
@@ -61,7 +61,7 @@ def enqueue(
     context: CliContext,
     handler: str,
     data: Any,
-    scheduled_on: datetime | None,
+    scheduled_on: datetime | timedelta | None,
     max_retries: int | None,
     queued_by: str | None,
     title: str | None,
@@ -74,7 +74,7 @@ def enqueue(
     task_id = context.service.add_task(
         handler,
         data,
-        scheduled_on=scheduled_on,
+        scheduled_on=DUE.resolve(scheduled_on, utc_now()),
         max_retries=max_retries,
         queued_by=queued_by,
         title=title,
@@ -104,8 +104,12 @@ def show(context: CliContext, task_id: int, as_json: bool) -> None:
 )
 @click.option("--handler", help="Exact TaskHandlerClass.")
 @click.option("--queued-by", help="QueuedById.")
-@click.option("--since", type=AwareDateTimeParamType(), help="Queued at or after (ISO 8601).")
-@click.option("--until", type=AwareDateTimeParamType(), help="Queued before (ISO 8601).")
+@click.option(
+    "--since",
+    type=SINCE,
+    help="Queued at or after: ISO 8601 with an offset, or a duration back from now (24h, 7d).",
+)
+@click.option("--until", type=SINCE, help="Queued before; same forms.")
 @click.option("--celery-root", help="A Celery workflow: tasks whose CeleryRootId is this.")
 @click.option("--celery-group", help="A Celery group's members: tasks whose CeleryGroupId is this.")
 @click.option("--limit", type=click.IntRange(1, MAX_PAGE_SIZE), default=50, show_default=True)
@@ -117,8 +121,8 @@ def list_command(
     status: str | None,
     handler: str | None,
     queued_by: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    since: datetime | timedelta | None,
+    until: datetime | timedelta | None,
     celery_root: str | None,
     celery_group: str | None,
     limit: int,
@@ -126,56 +130,19 @@ def list_command(
     as_json: bool,
 ) -> None:
     """List tasks, newest first."""
+    now = utc_now()
     task_filter = TaskFilter(
         status=parse_status(status),
         handler=handler,
         queued_by=queued_by,
-        queued_since=since,
-        queued_until=until,
+        queued_since=SINCE.resolve(since, now),
+        queued_until=SINCE.resolve(until, now),
         celery_root_id=celery_root,
         celery_group_id=celery_group,
     )
     page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
     page = shown_page(redacted_page(page, context.settings.redact_patterns))
     click.echo(render_page_json(page) if as_json else render_page(page))
-
-
-@click.command()
-@click.argument("task_id", type=TASK_ID)
-@click.option("--timeout", type=SecondsParamType(), help="Give up after S seconds.")
-@pass_context
-def watch(context: CliContext, task_id: int, timeout: float | None) -> None:
-    """Show a live progress bar of a task's current run until it ends (exit 1 unless success).
-
-    A resumable task's next run, or a retry already scheduled, is followed in turn.
-    """
-    service = context.service
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not (runs := service.get_task(task_id).runs):
-        if deadline is not None and time.monotonic() >= deadline:
-            raise click.ClickException(f"task {task_id} has no run yet")
-        time.sleep(0.25)
-    last = runs[-1]
-    while True:
-        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        watched = last.id
-        for last in service.watch_run(watched, timeout=remaining):
-            click.echo("\r" + progress_bar(last), nl=False)
-        following = service.get_task(task_id).runs[-1]
-        if following.id == last.id or following.status not in OPEN_RUN_STATUSES:
-            break
-        click.echo("")
-        last = following
-    click.echo("")
-    if last.status is not RunStatus.SUCCESS:
-        message = (
-            f"run {last.id} ended {last.status.value}"
-            if last.status not in (RunStatus.SCHEDULED, RunStatus.RUNNING)
-            else f"run {last.id} is still {last.status.value}"
-        )
-        if last.error_code or last.error_message:
-            message += f": [{last.error_code or '-'}] {last.error_message or ''}"
-        raise click.ClickException(message)
 
 
 @click.command()
