@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import update
 
 from celery_taskq.cli import cli, main
 from celery_taskq.cli.watch import Ending, ending_of
-from celery_taskq.core.models import RunStatus, TaskQueue
+from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
 from tests.helpers import count, drive, insert_task_row, runs_of, task_row, wait_for
@@ -210,3 +211,93 @@ def test_watch_exit_codes_say_how_the_task_ended(
     snapshot = service.get_task(failed)
     assert ending_of(replace(snapshot, last_status=RunStatus.TIMEOUT)) is Ending.TIMEOUT
     assert ending_of(replace(snapshot, task_runs_failed=1)) is None  # a retry is still due
+
+
+# --- status filters: the contract statuses, and cancelled and never-run from the columns
+
+
+def test_list_status_filters_include_cancelled_and_never_run(
+    service: TaskQueueService, run_cli: RunCli
+) -> None:
+    # Given a task that succeeded, one that failed for good, one never run and one cancelled
+    # before its first run
+    later = datetime.now(UTC) + timedelta(days=1)
+    succeeded = service.add_task("tests.handlers.Succeed")
+    failed = service.add_task("tests.handlers.AlwaysFail", max_retries=1)
+    drive(service)
+    never_run = service.add_task("tests.handlers.Succeed", scheduled_on=later)
+    cancelled = service.add_task("tests.handlers.Succeed", scheduled_on=later)
+    service.cancel_task(cancelled)
+    # When the list is filtered by each status, then each holds its tasks, newest first
+    expected = {
+        "success": [succeeded],
+        "error": [failed],
+        "cancelled": [cancelled],
+        "never-run": [cancelled, never_run],
+        "running": [],
+    }
+    for status, ids in expected.items():
+        code, out, err = run_cli("list", "--status", status, "--json")
+        assert (code, err, _listed(out)) == (0, "", ids), status
+    # And an unknown status is refused, naming every filter
+    code, out, err = run_cli("list", "--status", "lost")
+    assert (code, out) == (2, "")
+    assert "'lost' is not one of" in err
+    assert "'cancelled', 'never-run'" in err
+
+
+# --- list: title and duration columns
+
+
+def test_list_shows_title_and_the_latest_runs_duration(
+    service: TaskQueueService, database: Database, run_cli: RunCli
+) -> None:
+    # Given a finished run that took 12.5 s, a running one started 5 s ago, and no run
+    finished = service.add_task("tests.handlers.Succeed", title="nightly\treport")
+    drive(service)
+    running = service.add_task("tests.handlers.Succeed", create_run=True)
+    waiting = service.add_task(
+        "tests.handlers.Succeed", scheduled_on=datetime.now(UTC) + timedelta(days=1)
+    )
+    start = datetime(2026, 1, 31, 8, 0, tzinfo=UTC)
+    now = datetime.now(UTC)
+    with database.transaction() as connection:
+        connection.execute(
+            update(TaskRun)
+            .where(TaskRun.task_queue_id == finished)
+            .values(started_on=start, finished_on=start + timedelta(seconds=12.5))
+        )
+        connection.execute(
+            update(TaskRun)
+            .where(TaskRun.task_queue_id == running)
+            .values(status=RunStatus.RUNNING, started_on=now - timedelta(seconds=5))
+        )
+    # When the tasks are listed as a table and as JSON
+    code, out, err = run_cli("list")
+    assert (code, err) == (0, "")
+    header, *rows = out.splitlines()
+    # Then the title (on one line) and the latest run's seconds are columns
+    assert header.split() == [
+        "ID",
+        "STATUS",
+        "FAILED",
+        "HANDLER",
+        "TITLE",
+        "QUEUED",
+        "DURATION",
+        "BY",
+    ]
+    by_id = {row.split()[0]: row for row in rows}
+    assert "  nightly report  " in by_id[str(finished)]
+    assert "  12.500  " in by_id[str(finished)]
+    so_far = by_id[str(running)].split()[-2]
+    assert so_far.endswith("+")
+    assert 5 <= float(so_far[:-1]) < 60
+    assert by_id[str(waiting)].split()[4] == "-"  # no title
+    assert by_id[str(waiting)].split()[-2] == "-"  # no run started
+    code, out, _ = run_cli("list", "--json")
+    tasks = {task["id"]: task for task in json.loads(out)["tasks"]}
+    assert (tasks[finished]["title"], tasks[finished]["duration"]) == ("nightly\treport", 12.5)
+    assert tasks[finished]["duration_running"] is False
+    assert tasks[running]["duration_running"] is True
+    assert (tasks[waiting]["title"], tasks[waiting]["duration"]) == (None, None)

@@ -108,7 +108,16 @@ def test_cli_list_and_retry(
 
     assert run("list", "--status", "error") == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["ID", "STATUS", "FAILED", "HANDLER", "QUEUED", "BY"]
+    assert table[0].split() == [
+        "ID",
+        "STATUS",
+        "FAILED",
+        "HANDLER",
+        "TITLE",
+        "QUEUED",
+        "DURATION",
+        "BY",
+    ]
     assert table[1].split()[:4] == [str(task_id), "error", "1/1", "tests.handlers.AlwaysFail"]
 
     assert run("list", "--json", "--queued-by", "ops") == 0

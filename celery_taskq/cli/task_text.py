@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+from celery_taskq.cli.errors import one_line
 from celery_taskq.core.listing import TaskPage
+from celery_taskq.core.models import RunStatus
 from celery_taskq.core.snapshots import RelatedTask, RunSnapshot, TaskSnapshot
+from celery_taskq.reports.last_runs import LastRun
 from celery_taskq.reports.terminal import escape_controls
 
 
@@ -181,16 +185,37 @@ def render_task_json(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()
     return json.dumps(document, sort_keys=True)
 
 
-def render_page(page: TaskPage) -> str:
-    """A page of tasks as an aligned table, with the cursor of the next page."""
-    header = ("ID", "STATUS", "FAILED", "HANDLER", "QUEUED", "BY")
+def _duration(last: LastRun | None, now: datetime) -> float | None:
+    return None if last is None else last.seconds(now)
+
+
+def _duration_text(last: LastRun | None, now: datetime) -> str:
+    seconds = _duration(last, now)
+    if seconds is None or last is None:
+        return "-"
+    return f"{seconds:.3f}" + ("+" if last.status is RunStatus.RUNNING else "")
+
+
+def render_page(
+    page: TaskPage, last: Mapping[int, LastRun] | None = None, now: datetime | None = None
+) -> str:
+    """A page of tasks as an aligned table, with the cursor of the next page.
+
+    ``DURATION`` is the seconds of each task's latest run (``last``), a running one's so far
+    marked ``+``; ``-`` when it has not started.
+    """
+    last = last or {}
+    now = now or datetime.now(UTC)
+    header = ("ID", "STATUS", "FAILED", "HANDLER", "TITLE", "QUEUED", "DURATION", "BY")
     rows = [
         (
             str(task.id),
             task.last_status.value if task.last_status else "-",
             f"{task.task_runs_failed}/{task.max_retries}",
             escape_controls(task.task_handler_class),
+            escape_controls(one_line(task.title)) if task.title else "-",
             _time(task.queued_on),
+            _duration_text(last.get(task.id), now),
             escape_controls(task.queued_by_id or "-"),
         )
         for task in page.tasks
@@ -205,14 +230,20 @@ def render_page(page: TaskPage) -> str:
     return "\n".join(lines)
 
 
-def render_page_json(page: TaskPage) -> str:
-    """A page of tasks as one JSON document."""
+def render_page_json(
+    page: TaskPage, last: Mapping[int, LastRun] | None = None, now: datetime | None = None
+) -> str:
+    """A page of tasks as one JSON document (``duration``: as the table's, ``null`` when the
+    latest run has not started; ``duration_running``: whether it is still running)."""
+    last = last or {}
+    now = now or datetime.now(UTC)
     return json.dumps(
         {
             "tasks": [
                 {
                     "id": task.id,
                     "handler": task.task_handler_class,
+                    "title": task.title,
                     "data": task.task_data,
                     "last_status": task.last_status.value if task.last_status else None,
                     "task_runs_failed": task.task_runs_failed,
@@ -220,6 +251,11 @@ def render_page_json(page: TaskPage) -> str:
                     "queued_on": task.queued_on.isoformat(),
                     "scheduled_on": task.scheduled_on.isoformat(),
                     "queued_by": task.queued_by_id,
+                    "cancel_requested_on": _iso(task.cancel_requested_on),
+                    "duration": _duration(last.get(task.id), now),
+                    "duration_running": (
+                        task.id in last and last[task.id].status is RunStatus.RUNNING
+                    ),
                 }
                 for task in page.tasks
             ],

@@ -19,12 +19,13 @@ from celery_taskq.cli.task_text import (
 )
 from celery_taskq.core.listing import (
     MAX_PAGE_SIZE,
+    STATUS_FILTERS,
     TaskFilter,
     list_tasks,
     parse_status,
     related_tasks,
 )
-from celery_taskq.core.models import RunStatus
+from celery_taskq.reports.last_runs import last_runs
 from celery_taskq.reports.redact import redacted_page, redacted_task
 from celery_taskq.reports.shown import shown_page, shown_relations, shown_task
 from celery_taskq.reports.window import utc_now
@@ -100,7 +101,9 @@ def show(context: CliContext, task_id: int, as_json: bool) -> None:
 
 @click.command("list")
 @click.option(
-    "--status", type=click.Choice([status.value for status in RunStatus]), help="Last status."
+    "--status",
+    type=click.Choice(STATUS_FILTERS),
+    help="Last status, or cancelled (a cancel was asked) or never-run (no run has started).",
 )
 @click.option("--handler", help="Exact TaskHandlerClass.")
 @click.option("--queued-by", help="QueuedById.")
@@ -141,8 +144,10 @@ def list_command(
         celery_group_id=celery_group,
     )
     page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
+    last = last_runs(context.service.database, (task.id for task in page.tasks))
     page = shown_page(redacted_page(page, context.settings.redact_patterns))
-    click.echo(render_page_json(page) if as_json else render_page(page))
+    render = render_page_json if as_json else render_page
+    click.echo(render(page, last, utc_now()))
 
 
 @click.command()
