@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import text, update
+import json
 
+import pytest
+from sqlalchemy import create_engine, make_url, text, update
+
+from celery_taskq.cli import main
 from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.listing import TaskFilter, list_tasks, parse_status
 from celery_taskq.core.models import TaskQueue
 from celery_taskq.core.queue import TaskQueueService
+from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.migrate import current_revision, schema_differences, upgrade_database
 from celery_taskq.reports import search
 from celery_taskq.reports.search import MAX_OFFSET, MAX_SEARCH_LENGTH, TaskQuery, find_tasks
 from tests.conftest import FakeClock
 from tests.helpers import drive
+from tests.test_schema import HEAD_REVISION
 
 
 def found(database: Database, text_value: str, **options: object) -> list[int]:
@@ -193,3 +199,72 @@ def test_cancelled_and_never_run_are_derived_from_the_columns(
         InvalidArgumentError, match=r"unknown status 'lost': use one of .*never-run"
     ):
         parse_status("lost")
+
+
+@pytest.mark.postgresql
+def test_the_migration_succeeds_without_the_right_to_create_pg_trgm(
+    postgresql_empty_url: str,
+) -> None:
+    # Given a role that may create tables but not extensions (no CREATE on the database)
+    owner = create_engine(postgresql_empty_url)
+    with owner.begin() as connection:
+        connection.execute(text("DROP ROLE IF EXISTS taskq_no_ext"))
+        connection.execute(text("CREATE ROLE taskq_no_ext LOGIN PASSWORD 'pw'"))
+        connection.execute(text("GRANT USAGE, CREATE ON SCHEMA public TO taskq_no_ext"))
+    owner.dispose()
+    url = make_url(postgresql_empty_url).set(username="taskq_no_ext", password="pw")  # noqa: S106
+
+    # When it upgrades the database, the search index is left out and the upgrade succeeds
+    upgrade_database(url)
+    assert current_revision(url) == HEAD_REVISION
+    assert schema_differences(url) == []
+    database = Database(url)
+    try:
+        with database.transaction() as connection:
+            assert (
+                connection.execute(text("SELECT to_regclass('\"ix_TaskQueue_search\"')")).scalar()
+                is None
+            )
+        # And the search still answers, from the window
+        service = TaskQueueService(database, Settings(database_url=url.render_as_string(False)))
+        task_id = service.add_task("tests.handlers.Succeed", {"word": "needle"})
+        page = find_tasks(database, TaskQuery(search="needle"))
+        assert [task.id for task in page.tasks] == [task_id]
+    finally:
+        database.close()
+        cleanup = create_engine(postgresql_empty_url)
+        with cleanup.begin() as connection:
+            connection.execute(text("DROP OWNED BY taskq_no_ext"))
+            connection.execute(text("DROP ROLE taskq_no_ext"))
+        cleanup.dispose()
+
+
+def test_cli_list_search_finds_by_data_and_refuses_bad_text(
+    service: TaskQueueService,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wanted = service.add_task("tests.handlers.Succeed", {"invoice": "INV-2026-0042"})
+    service.add_task("tests.handlers.Succeed", {"invoice": "INV-2026-0043"})
+
+    # A value inside the data finds its task, with the other filters still applying
+    code = main(["--database-url", database_url, "list", "--search", "inv-2026-0042", "--json"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert [task["id"] for task in json.loads(out)["tasks"]] == [wanted]
+    assert (
+        main(["--database-url", database_url, "list", "--search", "0042", "--status", "error"]) == 0
+    )
+    assert str(wanted) not in capsys.readouterr().out
+
+    # Text no column can hold is refused with the reason, as one error line
+    code = main(["--database-url", database_url, "list", "--search", "x" * 10_240])
+    out, err = capsys.readouterr()
+    assert code != 0
+    assert err.startswith("error: search is 10240 characters long: at most 200")
+
+    # A search the window bounded says so beside the list
+    monkeypatch.setattr(search, "SEARCH_WINDOW", 1)
+    assert main(["--database-url", database_url, "list", "--search", "in"]) == 0
+    assert "note: the search looked at the newest 1 tasks only" in capsys.readouterr().err

@@ -21,12 +21,13 @@ from celery_taskq.core.listing import (
     MAX_PAGE_SIZE,
     STATUS_FILTERS,
     TaskFilter,
-    list_tasks,
+    TaskPage,
     parse_status,
     related_tasks,
 )
 from celery_taskq.reports.last_runs import last_runs
 from celery_taskq.reports.redact import redacted_page, redacted_task
+from celery_taskq.reports.search import TaskQuery, find_tasks
 from celery_taskq.reports.shown import shown_page, shown_relations, shown_task
 from celery_taskq.reports.window import utc_now
 
@@ -115,6 +116,10 @@ def show(context: CliContext, task_id: int, as_json: bool) -> None:
 @click.option("--until", type=SINCE, help="Queued before; same forms.")
 @click.option("--celery-root", help="A Celery workflow: tasks whose CeleryRootId is this.")
 @click.option("--celery-group", help="A Celery group's members: tasks whose CeleryGroupId is this.")
+@click.option(
+    "--search",
+    help="Free text in the title, handler, queued-by, Celery task id or data (case-insensitive).",
+)
 @click.option("--limit", type=click.IntRange(1, MAX_PAGE_SIZE), default=50, show_default=True)
 @click.option("--before", "before_id", type=TASK_ID, help="Page cursor: tasks older than this id.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
@@ -128,6 +133,7 @@ def list_command(
     until: datetime | timedelta | None,
     celery_root: str | None,
     celery_group: str | None,
+    search: str | None,
     limit: int,
     before_id: int | None,
     as_json: bool,
@@ -143,7 +149,13 @@ def list_command(
         celery_root_id=celery_root,
         celery_group_id=celery_group,
     )
-    page = list_tasks(context.service.database, task_filter, limit=limit, before_id=before_id)
+    query = TaskQuery(task_filter, search=search, limit=limit, before_id=before_id)
+    found = find_tasks(context.service.database, query)
+    if found.window_size is not None:
+        click.echo(
+            f"note: the search looked at the newest {found.window_size:,} tasks only", err=True
+        )
+    page = TaskPage(found.tasks, found.next_before_id)
     last = last_runs(context.service.database, (task.id for task in page.tasks))
     page = shown_page(redacted_page(page, context.settings.redact_patterns))
     render = render_page_json if as_json else render_page

@@ -55,6 +55,12 @@ SEARCH_TEXT_SQL = (
 )
 """The text a search matches; the index of revision 0012 is built on this very expression."""
 
+# PostgreSQL: ILIKE, which the trigram index serves. SQLite's LIKE ignores ASCII case.
+_ILIKE_TEXT_SQL = f"{SEARCH_TEXT_SQL} ILIKE :search_text ESCAPE '\\'"
+_ILIKE_JSON_SQL = f"{SEARCH_TEXT_SQL} ILIKE :search_json ESCAPE '\\'"
+_LIKE_TEXT_SQL = f"{SEARCH_TEXT_SQL} LIKE :search_text ESCAPE '\\'"
+_LIKE_JSON_SQL = f"{SEARCH_TEXT_SQL} LIKE :search_json ESCAPE '\\'"
+
 SORT_COLUMNS: dict[str, Any] = {
     "id": TaskQueue.id,
     "queued": TaskQueue.queued_on,
@@ -100,6 +106,8 @@ class FoundPage:
     """The next page's offset (other orders), ``None`` at the end or past :data:`MAX_OFFSET`."""
     window_bounded: bool = False
     """The search scanned only the newest :data:`SEARCH_WINDOW` tasks, and older ones exist."""
+    window_size: int | None = None
+    """How many of the newest tasks the search scanned, when the window bounded it."""
 
 
 def parse_search(value: str | None) -> str | None:
@@ -172,24 +180,23 @@ def find_tasks(database: Database, query: TaskQuery) -> FoundPage:
     next_offset = None
     if more and not query.keyset and query.offset + query.limit <= MAX_OFFSET:
         next_offset = query.offset + query.limit
-    return FoundPage(tasks, next_before_id, next_offset, window_bounded)
+    window_size = SEARCH_WINDOW if window_bounded else None
+    return FoundPage(tasks, next_before_id, next_offset, window_bounded, window_size)
 
 
 def _matches(search: str, dialect: str) -> ColumnElement[bool]:
     # Inside TaskData's JSON text a quote, a backslash or a control character is escaped (and
     # on SQLite any non-ASCII character): the search also looks for that spelling of the text.
     in_json = json.dumps(search, ensure_ascii=dialect != "postgresql")[1:-1]
-    # PostgreSQL: ILIKE, which the trigram index serves. SQLite's LIKE ignores ASCII case.
-    operator = "ILIKE" if dialect == "postgresql" else "LIKE"
-    term = f"{SEARCH_TEXT_SQL} {operator} :{{name}} ESCAPE '\\'"
+    postgresql = dialect == "postgresql"
     match: ColumnElement[bool] = and_(
-        text(term.format(name="search_text")).bindparams(
+        text(_ILIKE_TEXT_SQL if postgresql else _LIKE_TEXT_SQL).bindparams(
             bindparam("search_text", like_pattern(search))
         )
     )
     if in_json == search:
         return match
-    match_json = text(term.format(name="search_json")).bindparams(
+    match_json = text(_ILIKE_JSON_SQL if postgresql else _LIKE_JSON_SQL).bindparams(
         bindparam("search_json", like_pattern(in_json))
     )
     return or_(match, match_json)

@@ -39,6 +39,25 @@ SEARCH_TEXT_SQL = (
     " || ' ' || COALESCE(CAST(\"TaskData\" AS TEXT), ''))"
 )
 
+# The operator class is named with the schema pg_trgm lives in, which need not be on the
+# search path (an extension made before, elsewhere): PL/pgSQL looks it up and quotes it.
+CREATE_INDEX_SQL = f"""
+DO $do$
+DECLARE
+    trgm_schema name;
+BEGIN
+    SELECT n.nspname INTO trgm_schema
+    FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+    WHERE e.extname = 'pg_trgm';
+    EXECUTE format(
+        $sql$CREATE INDEX "{SEARCH_INDEX}" ON "TaskQueue"
+        USING gin ({SEARCH_TEXT_SQL} %I.gin_trgm_ops)$sql$,
+        trgm_schema
+    );
+END
+$do$
+"""  # noqa: S608 - built from this module's constants only
+
 
 def upgrade() -> None:
     bind = op.get_bind()
@@ -54,19 +73,7 @@ def upgrade() -> None:
             extra={"action": "search_index_skipped"},
         )
         return
-    extension_schema = bind.execute(
-        sa.text(
-            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
-            " WHERE e.extname = 'pg_trgm'"
-        )
-    ).scalar_one()
-    quoted_schema = bind.dialect.identifier_preparer.quote_identifier(extension_schema)
-    bind.execute(
-        sa.text(
-            f'CREATE INDEX "{SEARCH_INDEX}" ON "TaskQueue" USING gin '
-            f"({SEARCH_TEXT_SQL} {quoted_schema}.gin_trgm_ops)"
-        )
-    )
+    bind.execute(sa.text(CREATE_INDEX_SQL))
 
 
 def downgrade() -> None:
