@@ -5,7 +5,13 @@ error prefix, ``watch`` through retries, status filters, ``show --json``, ``list
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -16,10 +22,12 @@ from click.testing import CliRunner
 from sqlalchemy import update
 
 from celery_taskq.cli import cli, main
+from celery_taskq.cli.top import CLEAR_SCREEN
 from celery_taskq.cli.watch import Ending, ending_of
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
+from tests.conftest import CLI
 from tests.helpers import count, drive, insert_task_row, runs_of, task_row, wait_for
 
 RunCli = Callable[..., tuple[int, str, str]]
@@ -301,3 +309,136 @@ def test_list_shows_title_and_the_latest_runs_duration(
     assert tasks[finished]["duration_running"] is False
     assert tasks[running]["duration_running"] is True
     assert (tasks[waiting]["title"], tasks[waiting]["duration"]) == (None, None)
+
+
+# --- top: a live summary
+
+
+def test_top_once_prints_due_work_running_runs_failures_and_runners(
+    live: TaskQueueService, database: Database, run_cli: RunCli
+) -> None:
+    # Given (on the wall clock) a task that failed for good, a run working for 30 s, a run due
+    # on the "reports" queue, and a registered runner
+    failed = live.add_task("tests.handlers.AlwaysFail", max_retries=1)
+    drive(live)
+    working = live.add_task("tests.handlers.Succeed", create_run=True)
+    due = live.add_task("tests.handlers.Succeed", queue="reports", create_run=True)
+    (working_run,) = runs_of(database, working)
+    with database.transaction() as connection:
+        connection.execute(
+            update(TaskRun)
+            .where(TaskRun.id == working_run.id)
+            .values(
+                status=RunStatus.RUNNING,
+                percents_completed=40,
+                started_on=datetime.now(UTC) - timedelta(seconds=30),
+            )
+        )
+    runner = live.get_task_runner()
+    assert runner is not None
+    # When one frame is asked for
+    code, out, err = run_cli("top", "--once")
+    # Then it holds each part, and is one plain frame (no screen control)
+    assert (code, err) == (0, "")
+    assert "\x1b" not in out
+    assert "(one frame)" in out.splitlines()[0]
+    assert "due runs: 1 (oldest waited " in out
+    assert "running: 1" in out
+    sections = out.split("\n\n")
+    queues = next(part for part in sections if part.startswith("due work per queue"))
+    assert queues.splitlines()[2].split()[:2] == ["reports", "1"]
+    running = next(part for part in sections if part.startswith("running runs (1)"))
+    cells = running.splitlines()[2].split()
+    assert cells[:5] == [
+        str(working_run.id),
+        str(working),
+        "tests.handlers.Succeed",
+        "default",
+        "40%",
+    ]
+    assert 30 <= float(cells[-1]) < 120
+    failures = next(part for part in sections if part.startswith("failures since"))
+    (failed_run,) = runs_of(database, failed)
+    assert failures.splitlines()[2].split()[:4] == [
+        str(failed_run.id),
+        str(failed),
+        "tests.handlers.AlwaysFail",
+        "error",
+    ]
+    assert "E_SMTP  the mail server refused" in failures
+    runners = next(part for part in sections if part.startswith("runners"))
+    live_rows = [line.split() for line in runners.splitlines()[2:]]
+    assert [row[0] for row in live_rows] == [str(runner.task_runner_id)]
+    assert live_rows[0][4] == "running"
+    assert due not in (failed, working)
+
+
+def test_top_draws_frames_until_ctrl_c_and_exits_0(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a top drawing a frame every 0.1 s to a pipe, and Ctrl-C pressed after two frames
+    main_thread = threading.get_ident()
+    printed: list[str] = []
+
+    def press_ctrl_c() -> None:
+        def two_frames() -> bool:
+            printed.append(capsys.readouterr().out)
+            return "".join(printed).count("celery-taskq top  ") >= 2
+
+        wait_for(two_frames, what="two frames")
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupter = threading.Thread(target=press_ctrl_c, daemon=True)
+    try:
+        interrupter.start()
+        code = main(["--database-url", database_url, "top", "--interval", "0.1"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    interrupter.join(timeout=10)
+    # Then it exits 0, having printed plain frames one after another, each with its parts
+    out = "".join(printed) + capsys.readouterr().out
+    assert code == 0
+    assert out.count("celery-taskq top  ") >= 2
+    assert out.count("(every 0.1 s, Ctrl-C quits)") == out.count("celery-taskq top  ")
+    assert "\n\nrunners\n  (none)\n" in out
+    assert "\x1b" not in out
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the drawing is the point
+def test_top_redraws_a_terminal_in_place_and_ctrl_c_exits_0(
+    subprocess_env: dict[str, str],
+) -> None:
+    # Given top in a real process whose output is a terminal (a pseudo-terminal)
+    controller, terminal = pty.openpty()
+    child = subprocess.Popen(
+        [*CLI, "top", "--interval", "0.2"],
+        env=subprocess_env,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(terminal)
+    shown = b""
+    try:
+        # When it has drawn two frames, and Ctrl-C is pressed
+        deadline = time.monotonic() + 60
+        while shown.count(CLEAR_SCREEN.encode()) < 2 and time.monotonic() < deadline:
+            if select.select([controller], [], [], 1.0)[0]:
+                shown += os.read(controller, 65536)
+        child.send_signal(signal.SIGINT)
+        code = child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+        os.close(controller)
+        assert child.stderr is not None
+        error = child.stderr.read()
+        child.stderr.close()
+    # Then each frame cleared the screen and drew itself from the top left; the exit is 0
+    assert (code, error) == (0, "")
+    frames = shown.decode().split(CLEAR_SCREEN)[1:]
+    assert len(frames) >= 2
+    assert all(frame.startswith("celery-taskq top  ") for frame in frames)

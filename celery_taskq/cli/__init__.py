@@ -22,7 +22,8 @@ on the import path, as with ``celery -A`` (:mod:`~celery_taskq.cli.app_loading`)
 The commands, by group: :mod:`~celery_taskq.cli.tasks` (enqueue, show, list, cancel, retry,
 resend), :mod:`~celery_taskq.cli.watch`, :mod:`~celery_taskq.cli.runners` (process,
 create-runners, debug, runner, worker),
-:mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.health`, :mod:`~celery_taskq.cli.prune`,
+:mod:`~celery_taskq.cli.report`, :mod:`~celery_taskq.cli.top`, :mod:`~celery_taskq.cli.health`,
+:mod:`~celery_taskq.cli.prune`,
 :mod:`~celery_taskq.cli.db`,
 :mod:`~celery_taskq.cli.dashboard` and :mod:`~celery_taskq.cli.demo`; shared by them:
 :mod:`~celery_taskq.cli.invocation`, :mod:`~celery_taskq.cli.params`,
@@ -48,6 +49,7 @@ from celery_taskq.cli import (
     runners,
     schedules,
     tasks,
+    top,
     watch,
 )
 from celery_taskq.cli.app_loading import (
@@ -118,6 +120,7 @@ for _command in (
     tasks.resend,
     report.report_command,
     health.health,
+    top.top,
     prune.prune,
     schedules.schedules_group,
     runners.process,
