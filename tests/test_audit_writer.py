@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import Connection, column, event, table, text
 from sqlalchemy import insert as insert_into
 
-from celery_taskq.celery.audit_writer import AuditOp, AuditWriter, RowOp
+from celery_taskq.celery.audit_writer import AuditOp, AuditWriter, GroupedOp, MergingOp, RowOp
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from tests.helpers import wait_for
@@ -188,6 +188,85 @@ def test_consecutive_rows_of_one_statement_are_written_as_one_executemany(
     assert writer.flush(30)
     assert statements == [True]
     assert len(rows(probe)) == 201
+
+
+class ProbeEnd(MergingOp):
+    """Writes row ``n + 1000`` after its start wrote row ``n``; merged, a group writes both."""
+
+    def __init__(self, start: AuditOp, n: int, groups: list[list[int]]) -> None:
+        self.start, self.n, self.groups = start, n, groups
+
+    @property
+    def merges(self) -> object:
+        return self.start
+
+    def merged(self) -> ProbeBoth:
+        return ProbeBoth(self.n, self.groups)
+
+    def __call__(self, connection: Connection) -> None:
+        insert(self.n + 1000)(connection)
+
+
+class ProbeBoth(GroupedOp):
+    """Rows ``n`` and ``n + 1000`` at once; each group's ``n`` are noted in ``groups``."""
+
+    def __init__(self, n: int, groups: list[list[int]]) -> None:
+        self.n, self.groups = n, groups
+
+    @property
+    def group(self) -> object:
+        return ProbeBoth
+
+    def run_group(self, connection: Connection, ops: Sequence[GroupedOp]) -> None:
+        both = [op.n for op in ops if isinstance(op, ProbeBoth)]
+        self.groups.append(both)
+        for n in both:
+            insert(n)(connection)
+            insert(n + 1000)(connection)
+
+
+def test_an_operation_whose_earlier_one_is_in_its_batch_writes_both_once(
+    probe: Database, settings: Settings, writers: list[AuditWriter]
+) -> None:
+    # Given starts and ends of five "attempts", interleaved, in one batch, with a plain write
+    writer = make_writer(writers, probe, settings, audit_batch_window=0.2)
+    groups: list[list[int]] = []
+    starts = {n: insert(n) for n in range(5)}
+    writer.submit(starts[0])
+    writer.submit(starts[1])
+    writer.submit(ProbeEnd(starts[0], 0, groups))
+    writer.submit(ProbeEnd(starts[1], 1, groups))
+    writer.submit(insert(500))
+    writer.submit(starts[2])
+    writer.submit(ProbeEnd(starts[2], 2, groups))
+    assert writer.flush(30)
+
+    # Then each start was written once, by its end's merged write, at the end's place, and
+    # consecutive merged writes ran as one group
+    assert groups == [[0, 1], [2]]
+    assert [n for n, _ in rows(probe)] == [0, 1, 2, 500, 1000, 1001, 1002]
+    assert writer.written == 7  # every submitted operation is done
+    assert writer.failures == 0
+
+    # And an end whose start was written in an earlier batch writes only itself
+    writer.submit(starts[3])
+    assert writer.flush(30)
+    writer.submit(ProbeEnd(starts[3], 3, groups))
+    assert writer.flush(30)
+    assert groups == [[0, 1], [2]]
+    assert [n for n, _ in rows(probe)][-2:] == [1002, 1003]
+    assert 3 in [n for n, _ in rows(probe)]
+
+    # And a batch that fails (a bad operation in it) is re-run one by one, still merged
+    writer.submit(starts[4])
+    writer.submit(failing)
+    writer.submit(ProbeEnd(starts[4], 4, groups))
+    assert writer.flush(30)
+    assert groups[-1] == [4]
+    found = [n for n, _ in rows(probe)]
+    assert found.count(4) == 1
+    assert found.count(1004) == 1
+    assert writer.failures == 1
 
 
 def test_without_write_behind_each_write_is_committed_before_submit_returns(

@@ -8,7 +8,7 @@ connects it to Celery's signals. Every write is an operation handed to an
 caller never waits on the database (an attempt that sends itself again, a retry or a
 replacement, waits until its own start is written, so that the next attempt comes after it).
 An operation needs nothing back: the end of an attempt finds its run through the
-:class:`_Attempt` its start operation filled in (same process, same order), or by
+:class:`Attempt` its start operation filled in (same process, same order), or by
 ``(CeleryTaskId, Attempt, TaskRunnerId)``. What the operations write is idempotent and
 order-robust across processes (:mod:`celery_taskq.core.statements.native_attempts`).
 
@@ -31,6 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import Connection
 
 from celery_taskq.celery import audit_processes
+from celery_taskq.celery.audit_attempts import Attempt, AttemptFinish, AttemptStart
 from celery_taskq.celery.audit_message import (
     QUEUED_BY_HEADER,
     NotedError,
@@ -40,8 +41,8 @@ from celery_taskq.celery.audit_message import (
     json_safe,
 )
 from celery_taskq.celery.audit_processes import ProcessRunner
-from celery_taskq.celery.audit_writer import AuditOp, AuditWriter, RowOp
-from celery_taskq.celery.native_output import OutputCapture, start_capture
+from celery_taskq.celery.audit_writer import AuditWriter, Op, RowOp
+from celery_taskq.celery.native_output import start_capture
 from celery_taskq.core.native_codes import NativeCode
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.outcome import RunOutcome, storable_outcome
@@ -86,27 +87,6 @@ def _guarded(method: Callable[P, R]) -> Callable[P, R | None]:
 
 
 @dataclass
-class _Attempt:
-    """One attempt running in this thread; its start operation fills in ``run_id``."""
-
-    message: TaskMessage
-    started_on: datetime
-    ignore_result: bool
-    capture: OutputCapture | None
-    run_id: int | None = None
-    runner_id: int | None = None
-    output: tuple[str, str] | None = None
-    error: NotedError | None = None
-    replaced: bool = False
-
-    def finish_capture(self) -> tuple[str, str]:
-        if self.output is None:
-            self.output = ("", "") if self.capture is None else self.capture.finish()
-            self.capture = None
-        return self.output
-
-
-@dataclass
 class NativeTaskAuditor:
     """Writes audit rows for plain Celery tasks as they are published and executed."""
 
@@ -137,17 +117,17 @@ class NativeTaskAuditor:
         assert self.main_writer is not None  # noqa: S101 - set by __post_init__
         self.main_writer.submit(op, describe=describe)
 
-    def _submit(self, op: AuditOp | RowOp, describe: str) -> None:
+    def _submit(self, op: Op, describe: str) -> None:
         assert self.writer is not None  # noqa: S101 - set by __post_init__
         self.writer.submit(op, describe=describe)
 
-    def _attempts(self) -> dict[str, list[_Attempt]]:
-        attempts: dict[str, list[_Attempt]] | None = getattr(self._local, "attempts", None)
+    def _attempts(self) -> dict[str, list[Attempt]]:
+        attempts: dict[str, list[Attempt]] | None = getattr(self._local, "attempts", None)
         if attempts is None:
             attempts = self._local.attempts = {}
         return attempts
 
-    def current_attempt(self, task_id: str) -> _Attempt | None:
+    def current_attempt(self, task_id: str) -> Attempt | None:
         """The innermost attempt of ``task_id`` running in this thread, if any."""
         stack = self._attempts().get(task_id)
         return stack[-1] if stack else None
@@ -188,22 +168,10 @@ class NativeTaskAuditor:
         now = service.clock()
         runner = None if message.eager else self._process_runner(service, worker_hostname)
         capture = start_capture(service.settings.output_cap_bytes) if self.capture_output else None
-        attempt = _Attempt(message, now, ignore_result, capture)
+        attempt = Attempt(message, now, ignore_result, capture)
+        attempt.start = AttemptStart(attempt, self._native_task(message, now), runner)
         self._attempts().setdefault(message.task_id, []).append(attempt)
-        task = self._native_task(message, now)
-
-        def start(connection: Connection) -> None:
-            attempt.runner_id = None if runner is None else runner.id
-            attempt.run_id = native_attempts.start_attempt(
-                connection,
-                task,
-                attempt=message.retries,
-                eager=message.eager,
-                runner_id=attempt.runner_id,
-                started_on=now,
-            )
-
-        self._submit(start, f"start {message.task_id}")
+        self._submit(attempt.start, f"start {message.task_id}")
 
     @_guarded
     def on_outcome(self, *, task_id: str, error: NotedError | None = None) -> None:
@@ -259,17 +227,8 @@ class NativeTaskAuditor:
             results=outcome.results,
             final=end.final,
         )
-        now = self.get_service().clock()
-
-        def finish(connection: Connection) -> None:
-            run_id = attempt.run_id
-            if run_id is None:
-                run_id = native_attempts.find_attempt(
-                    connection, task_id, attempt.message.retries, attempt.runner_id
-                )
-            if run_id is not None:
-                native_attempts.end_attempt(connection, run_id, end, now)
-
+        assert attempt.start is not None  # noqa: S101 - set by on_start
+        finish = AttemptFinish(attempt.start, end, self.get_service().clock())
         self._submit(finish, f"end {task_id}")
 
     # -- the worker's main process -----------------------------------------------------------

@@ -8,7 +8,11 @@ consecutive operations in one transaction (up to ``audit_batch_size``, gathered 
 operation commits before ``submit`` returns.
 
 - **Rows of one statement** (:class:`RowOp`, a prebuilt statement and its parameters) that
-  follow each other in a batch run as one ``executemany``: the cheapest write there is.
+  follow each other in a batch run as one ``executemany``: the cheapest write there is; so do
+  consecutive :class:`GroupedOp` of one group, through their own ``run_group``.
+- **Merged writes**: a :class:`MergingOp` whose earlier operation (``merges``) is in the same
+  batch stands in for both (``merged()``, run at the later one's place): an attempt that
+  started and ended within one batch window is written once, finished.
 - **One bad operation costs only itself.** A batch that fails is rolled back and run again
   one operation per transaction; an operation may therefore run twice (its first run rolled
   back), and must set again whatever it leaves for later operations. A failure is logged
@@ -37,9 +41,10 @@ import os
 import threading
 import time
 import weakref
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, Executable
 
@@ -84,8 +89,50 @@ class RowOp(NamedTuple):
         connection.execute(self.statement, dict(self.params))
 
 
+class GroupedOp(ABC):
+    """An audit write that runs together with the consecutive writes of its group in a batch
+    (one ``executemany``-like call), and alone when it is retried by itself."""
+
+    @property
+    @abstractmethod
+    def group(self) -> object:
+        """Consecutive operations with the same group run as one :meth:`run_group` call."""
+
+    @abstractmethod
+    def run_group(self, connection: Connection, ops: Sequence[GroupedOp]) -> None:
+        """Run ``ops`` (this one first, all of its group) in order."""
+
+    def __call__(self, connection: Connection) -> None:
+        """Run this operation alone."""
+        self.run_group(connection, [self])
+
+
+class MergingOp(ABC):
+    """An audit write that can stand in for an earlier one of the same batch."""
+
+    @property
+    @abstractmethod
+    def merges(self) -> object:
+        """The operation (the same object as submitted) this one can stand in for."""
+
+    @abstractmethod
+    def merged(self) -> AuditOp | RowOp | GroupedOp:
+        """What writes both: run in place of this operation, the earlier one being skipped."""
+
+    @abstractmethod
+    def __call__(self, connection: Connection) -> None:
+        """Run this operation alone (the earlier one was written before)."""
+
+
+def _skipped(connection: Connection) -> None:
+    """An operation merged into a later one of its batch: nothing left to write."""
+
+
+Op = AuditOp | RowOp | GroupedOp | MergingOp
+
+
 class _Pending(NamedTuple):
-    op: AuditOp | RowOp
+    op: Op
     describe: str
 
 
@@ -139,7 +186,7 @@ class AuditWriter:
 
     # -- the caller's side -------------------------------------------------------------------
 
-    def submit(self, op: AuditOp | RowOp, *, describe: str = "") -> None:
+    def submit(self, op: Op, *, describe: str = "") -> None:
         """Hand ``op`` to be written; a failure is logged and counted, never raised.
 
         Write-behind: returns at once (unless the queue is full, see the module docstring).
@@ -282,6 +329,7 @@ class AuditWriter:
             self.write_seconds += time.thread_time() - started
 
     def _write_batch(self, batch: list[_Pending]) -> list[_Pending]:
+        _merge(batch)  # in place: a part left unwritten is queued again as merged
         try:
             with self.get_database().transaction() as connection:
                 _run_grouped(connection, batch)
@@ -297,6 +345,8 @@ class AuditWriter:
             self._resumed()
             return []
         for index, pending in enumerate(batch):
+            if pending.op is _skipped:
+                continue
             try:
                 with self.get_database().transaction() as connection:
                     pending.op(connection)
@@ -371,26 +421,59 @@ class AuditWriter:
         return self.get_settings().audit_batch_window
 
 
+def _merge(batch: list[_Pending]) -> None:
+    """Replace each :class:`MergingOp` whose earlier operation is in ``batch`` by what writes
+    both, and that earlier operation by :func:`_skipped`."""
+    places: dict[int, int] | None = None
+    for index, pending in enumerate(batch):
+        op = pending.op
+        if not isinstance(op, MergingOp):
+            continue
+        if places is None:
+            places = {id(earlier.op): place for place, earlier in enumerate(batch)}
+        earlier = places.get(id(op.merges))
+        if earlier is not None and earlier < index:
+            batch[earlier] = batch[earlier]._replace(op=_skipped)
+            batch[index] = pending._replace(op=op.merged())
+
+
+def _group_of(op: Op) -> object:
+    if isinstance(op, RowOp):
+        return op.statement
+    if isinstance(op, GroupedOp):
+        return op.group
+    return None
+
+
 def _run_grouped(connection: Connection, batch: list[_Pending]) -> None:
     """Run ``batch`` in order, each run of consecutive :class:`RowOp` of one statement as one
-    ``executemany``."""
-    rows: list[RowOp] = []
+    ``executemany``, each of consecutive :class:`GroupedOp` of one group as one call."""
+    grouped: list[Op] = []
     for pending in batch:
         op = pending.op
-        if rows and not (isinstance(op, RowOp) and op.statement is rows[0].statement):
-            _run_rows(connection, rows)
-            rows = []
-        if isinstance(op, RowOp):
-            rows.append(op)
+        if op is _skipped:
+            continue
+        group = _group_of(op)
+        if grouped and (group is None or group is not _group_of(grouped[0])):
+            _run_group(connection, grouped)
+            grouped = []
+        if group is not None:
+            grouped.append(op)
         else:
             op(connection)
-    _run_rows(connection, rows)
+    _run_group(connection, grouped)
 
 
-def _run_rows(connection: Connection, rows: list[RowOp]) -> None:
-    if len(rows) == 1:
-        rows[0](connection)
-    elif rows:
+def _run_group(connection: Connection, ops: list[Op]) -> None:
+    if not ops:
+        return
+    first = ops[0]
+    if isinstance(first, GroupedOp):
+        first.run_group(connection, cast(list[GroupedOp], ops))
+    elif len(ops) == 1:
+        first(connection)
+    else:
+        rows = cast(list[RowOp], ops)
         connection.execute(rows[0].statement, [dict(row.params) for row in rows])
 
 

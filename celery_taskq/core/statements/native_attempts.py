@@ -202,7 +202,7 @@ def find_attempt(
 def end_attempt(connection: Connection, run_id: int, end: AttemptEnd, now: datetime) -> bool:
     """Record how an attempt ended, and roll it up; ``False`` if the run was closed for good
     meanwhile (by the worker's main process, which knows better)."""
-    values = _end_values(end, now)
+    values = end_values(end, now)
     if connection.dialect.name == "postgresql":
         if native_pg.end_attempt(connection, run_id, values, final=end.final):
             return True
@@ -258,7 +258,7 @@ def close_open_attempt(
             ),
             text(RUN_OPEN_SQL),
         )
-        .values(**_end_values(end, now))
+        .values(**end_values(end, now))
         .returning(TaskRun.task_queue_id)
     ).scalar()
     if task_queue_id is None:
@@ -314,7 +314,7 @@ def record_unstarted(
             task_queue_id=task_queue_id,
             celery_task_id=task.celery_task_id,
             attempt=attempt,
-            **_end_values(end, now),
+            **end_values(end, now),
         )
         .returning(TaskRun.id)
     ).scalar_one()
@@ -324,7 +324,8 @@ def record_unstarted(
     return int(run_id)
 
 
-def _end_values(end: AttemptEnd, now: datetime) -> dict[str, Any]:
+def end_values(end: AttemptEnd, now: datetime) -> dict[str, Any]:
+    """The columns an attempt's end sets on its run."""
     values: dict[str, Any] = {
         "status": end.status,
         "finished_on": now,

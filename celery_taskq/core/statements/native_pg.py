@@ -159,3 +159,139 @@ def end_attempt(
         },
     )
     return row is not None
+
+
+_COMPLETE = DriverStatement(
+    text(
+        "WITH newer AS ("  # noqa: S608 - constant SQL, values are bound
+        + """
+            SELECT 1 FROM "TaskRuns"
+            WHERE "TaskQueueId" = (
+                    SELECT "Id" FROM "TaskQueue" WHERE "CeleryTaskId" = :celery_task_id
+                )
+                AND """
+        + RUN_OPEN_SQL
+        + """ AND "StartedOn" > :started_on
+            LIMIT 1
+        ), closed AS (
+            UPDATE "TaskRuns" SET "Status" = 'timeout', "FinishedOn" = :started_on,
+                "ErrorCode" = CASE WHEN "Attempt" = :attempt THEN :lost ELSE :superseded END,
+                "ErrorMessage" = CASE WHEN "Attempt" = :attempt
+                    THEN :lost_message ELSE :superseded_message END
+            WHERE "TaskQueueId" = (
+                    SELECT "Id" FROM "TaskQueue" WHERE "CeleryTaskId" = :celery_task_id
+                )
+                AND """
+        + RUN_OPEN_SQL
+        + """ AND ("StartedOn" IS NULL OR "StartedOn" <= :started_on)
+                AND NOT EXISTS (SELECT 1 FROM newer)
+            RETURNING 1
+        ), task AS (
+            INSERT INTO "TaskQueue" (
+                "TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn", "QueuedById",
+                "MaxRetries", "TaskRunsFailed", "LastStatus", "CeleryTaskId", "CeleryParentId",
+                "CeleryRootId", "CeleryGroupId", "CeleryChordId"
+            ) VALUES (
+                :task_handler_class, :task_data, :scheduled_on, :queued_on, :queued_by_id,
+                CASE WHEN :succeeded THEN COALESCE(CAST(:allowed AS INTEGER), 1)
+                    WHEN :final THEN 1
+                    ELSE GREATEST(COALESCE(CAST(:allowed AS INTEGER), 1), 2) END,
+                CASE WHEN :succeeded THEN 0 ELSE 1 END,
+                :status, :celery_task_id, :celery_parent_id,
+                :celery_root_id, :celery_group_id, :celery_chord_id
+            )
+            ON CONFLICT ("CeleryTaskId") DO UPDATE SET
+                "LastStatus" = :status,
+                "TaskRunsFailed" = CASE WHEN :succeeded THEN 0
+                    ELSE "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1 END,
+                "MaxRetries" = CASE
+                    WHEN :succeeded THEN COALESCE(
+                        CAST(:allowed AS INTEGER),
+                        "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
+                    )
+                    WHEN :final THEN LEAST(
+                        COALESCE(
+                            CAST(:allowed AS INTEGER),
+                            "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
+                        ),
+                        "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
+                    )
+                    ELSE GREATEST(
+                        COALESCE(
+                            CAST(:allowed AS INTEGER),
+                            "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
+                        ),
+                        "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 2
+                    ) END,
+                "CeleryParentId" = COALESCE(
+                    "TaskQueue"."CeleryParentId", EXCLUDED."CeleryParentId"
+                ),
+                "CeleryRootId" = COALESCE("TaskQueue"."CeleryRootId", EXCLUDED."CeleryRootId"),
+                "CeleryGroupId" = COALESCE("TaskQueue"."CeleryGroupId", EXCLUDED."CeleryGroupId"),
+                "CeleryChordId" = COALESCE("TaskQueue"."CeleryChordId", EXCLUDED."CeleryChordId")
+            WHERE NOT EXISTS (SELECT 1 FROM newer)
+            RETURNING "Id"
+        )
+        INSERT INTO "TaskRuns" (
+            "TaskQueueId", "Status", "StartedOn", "FinishedOn", "CeleryTaskId", "TaskRunnerId",
+            "Attempt", "Eager", "ErrorCode", "ErrorMessage", "StandardOutput", "ErrorOutput",
+            "Results", "PercentsCompleted"
+        )
+        SELECT "Id", :status, :started_on, :now, :celery_task_id, CAST(:runner_id AS BIGINT),
+            :attempt, :eager, :error_code, :error_message, :standard_output, :error_output,
+            :results, COALESCE(CAST(:percents AS INTEGER), 0)
+        FROM task
+        RETURNING "Id"
+        """
+    ),
+    json_params=frozenset({"task_data", "results"}),
+)
+
+
+def complete_attempts(connection: Connection, attempts: list[dict[str, Any]]) -> list[int | None]:
+    """Record attempts that started and ended before either was written, each as one finished
+    run (closing the task's older open attempt, upserting its row and rolling it up, as a start
+    then an end would), in one round trip; for each, its run's id, or ``None`` (nothing
+    written) when a newer attempt of its task is open. ``attempts`` are
+    :func:`complete_params`."""
+    return [None if row is None else int(row[0]) for row in _COMPLETE.firsts(connection, attempts)]
+
+
+def complete_params(
+    task: NativeTask,
+    *,
+    attempt: int,
+    eager: bool,
+    runner_id: int | None,
+    started_on: datetime,
+    values: dict[str, Any],
+    final: bool,
+    lost_message: str,
+    superseded_message: str,
+) -> dict[str, Any]:
+    """The parameters of one attempt for :func:`complete_attempts`; ``values`` are the run's
+    end columns as :func:`~celery_taskq.core.statements.native_attempts.end_attempt` sets
+    them."""
+    status = str(values["status"])
+    return {
+        **native.published_params(task),
+        "allowed": attempts_allowed(task.max_retries),
+        "attempt": attempt,
+        "eager": eager,
+        "runner_id": runner_id,
+        "started_on": started_on,
+        "now": values["finished_on"],
+        "status": status,
+        "succeeded": status == "success",
+        "final": final,
+        "error_code": values["error_code"],
+        "error_message": values["error_message"],
+        "standard_output": values.get("standard_output"),
+        "error_output": values.get("error_output"),
+        "results": values["results"],
+        "percents": values.get("percents_completed"),
+        "lost": NativeCode.WORKER_LOST.value,
+        "superseded": NativeCode.SUPERSEDED.value,
+        "lost_message": lost_message,
+        "superseded_message": superseded_message,
+    }

@@ -14,8 +14,8 @@ disconnect, so callers (``db.translate_errors``) handle it like any other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
@@ -53,31 +53,45 @@ class DriverStatement:
 
     def first(self, connection: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run the statement with ``params`` and return its first row, or ``None``."""
+        return self.firsts(connection, [params])[0]
+
+    def firsts(
+        self, connection: Connection, params: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Any, ...] | None]:
+        """Run the statement once for each of ``params``, in order (several as one
+        ``executemany``, pipelined by psycopg: one round trip), and return each run's first
+        row, or ``None``."""
+        if not params:
+            return []
         # psycopg here, not at the top: SQLite processes never load it
         import psycopg
         from psycopg.types.json import Jsonb
 
         sql, literals = self.compiled(connection.dialect)
-        bound = dict(literals)
-        for name, value in params.items():
-            bound[name] = Jsonb(value) if value is not None and name in self.json_params else value
+        bound = [_bind(literals, one, self.json_params, Jsonb) for one in params]
         dbapi_connection = connection.connection
-        cursor = dbapi_connection.cursor()
+        cursor = cast("psycopg.Cursor[tuple[Any, ...]]", dbapi_connection.cursor())
         try:
-            cursor.execute(sql, bound)
-            row: tuple[Any, ...] | None = cursor.fetchone()
-            return row
+            if len(bound) == 1:
+                cursor.execute(sql, bound[0])
+                return [cursor.fetchone()]
+            cursor.executemany(sql, bound, returning=True)
+            rows: list[tuple[Any, ...] | None] = []
+            while True:
+                rows.append(cursor.fetchone() if cursor.description else None)
+                if not cursor.nextset():
+                    return rows
         except psycopg.Error as exc:
             disconnected = connection.dialect.is_disconnect(
                 exc,  # type: ignore[arg-type]  # psycopg's errors are the dialect's DBAPI errors
                 dbapi_connection.dbapi_connection,
-                cursor,
+                cast(Any, cursor),
             )
             if disconnected:
                 connection.invalidate(exc)
             raise DBAPIError.instance(
                 sql,
-                bound,
+                bound[0] if len(bound) == 1 else bound,
                 exc,
                 psycopg.Error,
                 connection_invalidated=disconnected,
@@ -85,3 +99,15 @@ class DriverStatement:
             ) from exc
         finally:
             cursor.close()
+
+
+def _bind(
+    literals: dict[str, Any],
+    params: Mapping[str, Any],
+    json_params: frozenset[str],
+    jsonb: Callable[[Any], Any],
+) -> dict[str, Any]:
+    bound = dict(literals)
+    for name, value in params.items():
+        bound[name] = jsonb(value) if value is not None and name in json_params else value
+    return bound

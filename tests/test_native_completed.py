@@ -1,0 +1,236 @@
+"""An attempt written once it is over leaves exactly the rows its start and end would (both
+databases).
+
+Each scenario prepares a task's rows, then records one attempt: for task ``a-…`` as a start and
+an end (two writes), for task ``b-…`` as one completed attempt; the rows must be the same. All
+the ``b-`` attempts go in one call, so that on PostgreSQL they run as one pipelined
+``executemany`` with the fallback for a task whose newer attempt is open among them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.native_codes import NativeCode
+from celery_taskq.core.statements import native, native_attempts, native_pg
+from celery_taskq.core.statements.native_attempts import AttemptEnd
+from celery_taskq.core.statements.native_completed import CompletedAttempt, record_completed
+from celery_taskq.core.storage.database import Database
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+SUCCESS = AttemptEnd(
+    RunStatus.SUCCESS, standard_output="out\n", error_output="", results={"value": [1, "x"]}
+)
+FAILED_FINAL = AttemptEnd(
+    RunStatus.ERROR, "ValueError", "bad input", error_output="Traceback …\n", final=True
+)
+FAILED_RETRYING = AttemptEnd(RunStatus.ERROR, "ValueError", "try again", final=False)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def task_of(celery_id: str, max_retries: int | None = 3) -> native.NativeTask:
+    return native.NativeTask(
+        celery_task_id=celery_id,
+        task_name="app.work",
+        task_data={"args": [1, "ü"], "kwargs": {"k": None}},
+        scheduled_on=T0,
+        queued_on=T0,
+        queued_by="beat:nightly",
+        max_retries=max_retries,
+        parent_id="p-1",
+        root_id="r-1",
+    )
+
+
+Prepare = Callable[[Any, native.NativeTask], None]
+
+
+def nothing(connection: Any, task: native.NativeTask) -> None:
+    """No row yet: the worker's write creates the task."""
+
+
+def published(connection: Any, task: native.NativeTask) -> None:
+    native.record_published(connection, task)
+
+
+def started(attempt: int, seconds: float) -> Prepare:
+    def prepare(connection: Any, task: native.NativeTask) -> None:
+        native.record_published(connection, task)
+        native_attempts.start_attempt(
+            connection, task, attempt=attempt, eager=False, runner_id=None, started_on=at(seconds)
+        )
+
+    return prepare
+
+
+def failed_before(connection: Any, task: native.NativeTask) -> None:
+    native.record_published(connection, task)
+    run_id = native_attempts.start_attempt(
+        connection, task, attempt=0, eager=False, runner_id=None, started_on=at(1)
+    )
+    native_attempts.end_attempt(connection, run_id, FAILED_RETRYING, at(2))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    prepare: Prepare
+    attempt: int
+    end: AttemptEnd
+    max_retries: int | None = 3
+    merged: bool = True
+    """Written by the one statement on PostgreSQL (else: a newer attempt is open)."""
+
+
+SCENARIOS = [
+    Scenario("fresh-success", nothing, 0, SUCCESS),
+    Scenario("published-success", published, 0, SUCCESS),
+    Scenario("published-final-failure", published, 0, FAILED_FINAL),
+    Scenario("published-retrying-failure", published, 0, FAILED_RETRYING),
+    Scenario("fresh-final-failure", nothing, 0, FAILED_FINAL),
+    Scenario("fresh-retrying-failure", nothing, 0, FAILED_RETRYING),
+    Scenario("unlimited-retrying", published, 0, FAILED_RETRYING, max_retries=None),
+    Scenario("unlimited-success", published, 0, SUCCESS, max_retries=None),
+    Scenario("older-open-attempt", started(0, 1), 1, FAILED_FINAL),
+    Scenario("redelivered-same-attempt", started(0, 1), 0, SUCCESS),
+    Scenario("after-a-failure", failed_before, 1, SUCCESS),
+    Scenario("after-a-failure-fails", failed_before, 1, FAILED_FINAL, max_retries=1),
+    Scenario("newer-attempt-open", started(1, 50), 0, SUCCESS, merged=False),
+]
+
+
+def completed(scenario: Scenario, task: native.NativeTask) -> CompletedAttempt:
+    return CompletedAttempt(
+        task=task,
+        attempt=scenario.attempt,
+        eager=False,
+        runner_id=None,
+        started_on=at(10),
+        end=scenario.end,
+        ended_on=at(11),
+    )
+
+
+def state(database: Database, celery_id: str) -> tuple[Any, ...]:
+    """The task's row and its runs, without ids."""
+    with database.transaction(read_only=True) as connection:
+        task = connection.execute(
+            select(
+                TaskQueue.task_handler_class,
+                TaskQueue.task_data,
+                TaskQueue.scheduled_on,
+                TaskQueue.queued_on,
+                TaskQueue.queued_by_id,
+                TaskQueue.max_retries,
+                TaskQueue.task_runs_failed,
+                TaskQueue.last_status,
+                TaskQueue.celery_parent_id,
+                TaskQueue.celery_root_id,
+                TaskQueue.celery_group_id,
+            ).where(TaskQueue.celery_task_id == celery_id)
+        ).one()
+        runs = connection.execute(
+            select(
+                TaskRun.status,
+                TaskRun.started_on,
+                TaskRun.finished_on,
+                TaskRun.attempt,
+                TaskRun.eager,
+                TaskRun.error_code,
+                TaskRun.error_message,
+                TaskRun.standard_output,
+                TaskRun.error_output,
+                TaskRun.results,
+                TaskRun.percents_completed,
+                TaskRun.task_runner_id,
+                TaskRun.celery_task_id.is_(None),
+            )
+            .join(TaskQueue, TaskQueue.id == TaskRun.task_queue_id)
+            .where(TaskQueue.celery_task_id == celery_id)
+            .order_by(TaskRun.id)
+        ).all()
+    return tuple(task), [tuple(run) for run in runs]
+
+
+def test_a_completed_attempt_leaves_the_rows_of_its_start_and_end(database: Database) -> None:
+    with database.transaction() as connection:
+        for scenario in SCENARIOS:
+            for prefix in ("a-", "b-"):
+                task = task_of(prefix + scenario.name, scenario.max_retries)
+                scenario.prepare(connection, task)
+    for scenario in SCENARIOS:
+        task = task_of("a-" + scenario.name, scenario.max_retries)
+        with database.transaction() as connection:
+            run_id = native_attempts.start_attempt(
+                connection,
+                task,
+                attempt=scenario.attempt,
+                eager=False,
+                runner_id=None,
+                started_on=at(10),
+            )
+            native_attempts.end_attempt(connection, run_id, scenario.end, at(11))
+    with database.transaction() as connection:
+        run_ids = record_completed(
+            connection,
+            [
+                completed(scenario, task_of("b-" + scenario.name, scenario.max_retries))
+                for scenario in SCENARIOS
+            ],
+        )
+    assert len(set(run_ids)) == len(SCENARIOS)
+    for scenario in SCENARIOS:
+        written = state(database, "b-" + scenario.name)
+        assert written == state(database, "a-" + scenario.name), scenario.name
+        assert written[1], scenario.name
+    task, runs = state(database, "b-published-final-failure")
+    assert (task[5], task[6], task[7]) == (1, 1, RunStatus.ERROR)  # a dead letter
+    _, runs = state(database, "b-older-open-attempt")
+    assert [(run[0], run[5]) for run in runs] == [
+        (RunStatus.TIMEOUT, NativeCode.SUPERSEDED.value),
+        (RunStatus.ERROR, "ValueError"),
+    ]
+    _, runs = state(database, "b-newer-attempt-open")
+    assert [run[0] for run in runs] == [RunStatus.RUNNING, RunStatus.SUCCESS]
+
+
+@pytest.mark.postgresql
+def test_on_postgresql_one_statement_writes_each_attempt_unless_a_newer_one_is_open(
+    postgresql_schema_url: str,
+) -> None:
+    database = Database(postgresql_schema_url)
+    with database.transaction() as connection:
+        for scenario in SCENARIOS:
+            scenario.prepare(connection, task_of(scenario.name, scenario.max_retries))
+        ids = native_pg.complete_attempts(
+            connection,
+            [
+                native_pg.complete_params(
+                    task_of(scenario.name, scenario.max_retries),
+                    attempt=scenario.attempt,
+                    eager=False,
+                    runner_id=None,
+                    started_on=at(10),
+                    values=native_attempts.end_values(scenario.end, at(11)),
+                    final=scenario.end.final,
+                    lost_message=native_attempts.REDELIVERED_MESSAGE,
+                    superseded_message=native_attempts.SUPERSEDED_MESSAGE,
+                )
+                for scenario in SCENARIOS
+            ],
+        )
+    assert [run_id is not None for run_id in ids] == [s.merged for s in SCENARIOS]
+    _, runs = state(database, "newer-attempt-open")
+    assert [run[0] for run in runs] == [RunStatus.RUNNING]  # nothing written for the older one
+    database.close()
