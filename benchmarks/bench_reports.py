@@ -13,7 +13,15 @@ after one warm-up call, the functions the CLI, the dashboard and the HTTP API ca
 * a filtered page (status ``error`` + one handler), and a page filtered by queued-by;
 * a task page (``TaskQueueService.get_task``: the task and its runs);
 * the report over the last 24 hours (``reports.build_report``) and over 7 days;
+* the task list's search (``reports.search.find_tasks``): a value inside one task's data, a
+  word in many tasks, text in none, a search with a status filter, and one too short for the
+  trigram index (the window of the newest tasks);
+* the sorted list: by handler, status, queue time and queued-by, one page deep by offset;
+* the per-handler table (``reports.handler_table``, the insight page's) over 24 hours and 7 days;
 * when the web package is importable, the same pages through the HTTP app.
+
+The tables are loaded at revision 0011 and then upgraded to the newest revision, so the
+upgrade to 0012 builds the search's trigram index over the loaded rows; its time is printed.
 
 It prints a Markdown table of median and worst milliseconds and appends it to
 ``benchmarks/RESULTS-reports.md``.
@@ -49,18 +57,23 @@ from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import upgrade_database
+from celery_taskq.reports.handler_table import handler_table
+from celery_taskq.reports.search import TaskQuery, find_tasks
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "RESULTS-reports.md"
 HANDLERS = 12
 USERS = 1000
 TARGET_MS = 200.0
+SEARCH_INDEX_REVISION_BEFORE = "0011"
+"""The revision the rows are loaded at; the upgrade from it builds the search index."""
 
 LOAD_TASKS = """
 INSERT INTO "TaskQueue" ("Id", "TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn",
     "QueuedById", "LastStatus", "MaxRetries", "TaskRunsFailed", "Title")
 SELECT g,
        'bench.handlers.Handler' || (g % :handlers),
-       jsonb_build_object('n', g),
+       jsonb_build_object('n', g, 'order', 'ORD-' || lpad(g::text, 8, '0'),
+                          'customer', 'cust-' || (g % 5000)),
        :start + (g * :spread) * interval '1 second',
        :start + (g * :spread) * interval '1 second',
        'user-' || (g % :users),
@@ -163,6 +176,7 @@ def measurements(
             database, since=now - timedelta(days=7), until=None, handler=None, now=now
         ),
     }
+    calls.update(search_measurements(database, tasks, now))
     day = reports.ReportWindow(since=now - timedelta(hours=24))
     sections: dict[str, Callable[[], Any]] = {
         "section: totals": lambda: reports.totals(database, day),
@@ -177,6 +191,39 @@ def measurements(
         calls.update(sections)
     calls.update(http_measurements(str(database.engine.url), middle))
     return calls
+
+
+def search_measurements(
+    database: Database, tasks: int, now: datetime
+) -> dict[str, Callable[[], Any]]:
+    """The task list's search and sort, and the per-handler table."""
+    wanted = f"ORD-{tasks // 2:08d}"
+
+    def find(**options: Any) -> Callable[[], Any]:
+        return lambda: find_tasks(database, TaskQuery(**options))
+
+    def table(days: int) -> Callable[[], Any]:
+        window = reports.ReportWindow(now - timedelta(days=days), now)
+        return lambda: handler_table(database, window)
+
+    return {
+        f"search: a value inside one task's data ({wanted})": find(search=wanted),
+        "search: a word in many tasks (Handler3)": find(search="Handler3"),
+        "search: text in no task": find(search="no such text anywhere"),
+        "search: + status=error": find(
+            search="cust-42", task_filter=TaskFilter(status=RunStatus.ERROR)
+        ),
+        "search: 2 characters (window of the newest 10,000)": find(search="zq"),
+        "sorted: handler ascending": find(sort="handler", order="asc"),
+        "sorted: status descending": find(sort="status", order="desc"),
+        "sorted: queued, oldest first": find(sort="queued", order="asc"),
+        "sorted: queued-by, offset 5,000": find(sort="queued_by", order="asc", offset=5000),
+        "sorted: handler + status=error": find(
+            sort="handler", order="asc", task_filter=TaskFilter(status=RunStatus.ERROR)
+        ),
+        "per-handler table: last 24 h": table(1),
+        "per-handler table: last 7 days": table(7),
+    }
 
 
 def http_measurements(database_url: str, task_id: int) -> dict[str, Callable[[], Any]]:
@@ -197,23 +244,33 @@ def http_measurements(database_url: str, task_id: int) -> dict[str, Callable[[],
 
         return call
 
-    return {
+    calls = {
         "HTTP GET /tasks (dashboard list)": get("/tasks"),
         "HTTP GET /tasks?status=error&handler=…": get(
             "/tasks?status=error&handler=bench.handlers.Handler3"
         ),
         f"HTTP GET /tasks/{task_id} (task page)": get(f"/tasks/{task_id}"),
         "HTTP GET /api/v1/report": get("/api/v1/report"),
+        "HTTP GET /tasks?q=ORD-… (dashboard search)": get(f"/tasks?q=ORD-{task_id:08d}"),
+        "HTTP GET /api/v1/tasks?sort=handler&order=asc": get(
+            "/api/v1/tasks?sort=handler&order=asc"
+        ),
     }
+    if client.get("/insight").status_code != 404:
+        calls["HTTP GET /insight (per-handler table)"] = get("/insight")
+    return calls
 
 
-def render(results: dict[str, list[float]], args: argparse.Namespace, seconds: float) -> str:
+def render(
+    results: dict[str, list[float]], args: argparse.Namespace, seconds: float, indexed: float
+) -> str:
     lines = [
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — {args.tasks:,} tasks, "
         f"{args.tasks * args.runs_per_task:,} runs",
         "",
         ", ".join(f"{k}: {v}" for k, v in machine().items())
-        + f"; load took {seconds:.0f} s; {args.repeat} timed calls each after one warm-up.",
+        + f"; load took {seconds:.0f} s, the upgrade building the search index {indexed:.0f} s;"
+        f" {args.repeat} timed calls each after one warm-up.",
         "",
         f"| read | median ms | worst ms | under {TARGET_MS:.0f} ms |",
         "|---|---:|---:|:---:|",
@@ -240,17 +297,25 @@ def main(argv: list[str] | None = None) -> int:
         server = stack.enter_context(postgres_server(Path(directory), durable=False))
         server.execute("CREATE DATABASE bench")
         url = server.url("bench")
-        upgrade_database(url)
+        upgrade_database(url, SEARCH_INDEX_REVISION_BEFORE)
         database = Database(url)
         stack.callback(database.close)
         started = time.perf_counter()
         load(database, args.tasks, args.runs_per_task)
         loaded = time.perf_counter() - started
+        started = time.perf_counter()
+        upgrade_database(url)
+        indexed = time.perf_counter() - started
+        print(f"upgrade to head (the search index over the loaded rows): {indexed:.0f} s")
+        with database.engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text('ANALYZE "TaskQueue"')
+            )
         results = {
             name: timed(call, args.repeat)
             for name, call in measurements(database, args.tasks, args.sections).items()
         }
-    table = render(results, args, loaded)
+    table = render(results, args, loaded, indexed)
     print(table)
     with RESULTS.open("a") as out:
         out.write(table + "\n")
