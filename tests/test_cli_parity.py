@@ -103,6 +103,31 @@ def test_a_bad_time_is_refused_with_what_is_wrong(
     assert count(database, TaskQueue) == 0
 
 
+def test_options_in_seconds_take_durations_too(service: TaskQueueService, run_cli: RunCli) -> None:
+    # Given a task due tomorrow: watching it ends at --timeout, given as a duration
+    later = datetime.now(UTC) + timedelta(days=1)
+    waiting = service.add_task("tests.handlers.Succeed", scheduled_on=later)
+    code, _, err = run_cli("watch", str(waiting), "--timeout", "1s")
+    assert code == Ending.UNFINISHED
+    assert "--timeout passed" in err
+    # The health thresholds, prune's pause and top's interval read durations as seconds
+    code, out, _ = run_cli("health", "--json", "--max-due-age", "1d", "--skip", "beat")
+    checks = {check["name"]: check["state"] for check in json.loads(out)["checks"]}
+    assert checks["due"] == "ok"
+    assert run_cli("prune", "--older-than", "30d", "--dry-run", "--pause", "1m")[0] == 0
+    assert run_cli("top", "--once", "--interval", "1m")[0] == 0
+    # And a number or duration that is neither is refused with what is wrong
+    code, out, err = run_cli("prune", "--older-than", "30d", "--pause", "5x")
+    assert (code, out) == (2, "")
+    assert (
+        "error: Invalid value for '--pause': '5x' is neither a number of seconds nor a duration "
+        "like 90s, 5m or 1h30m"
+    ) in err
+    code, _, err = run_cli("health", "--max-tick-age", "0s")
+    assert code == 2
+    assert "error: Invalid value for '--max-tick-age': 0.0 is not in the range x>0" in err
+
+
 # --- one error prefix
 
 

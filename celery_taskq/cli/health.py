@@ -8,6 +8,7 @@ import json
 import click
 
 from celery_taskq.cli.invocation import CliContext, pass_context
+from celery_taskq.cli.params import SecondsParamType
 from celery_taskq.reports.limits import MAX_LIMIT
 from celery_taskq.reports.terminal import escape_controls
 
@@ -22,16 +23,16 @@ DEFAULT_MAX_DEAD_LETTERS = 10
 @click.option("--json", "as_json", is_flag=True, help="One JSON document listing every check.")
 @click.option(
     "--max-tick-age",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds the last OnProcess tick may be old [default: 10 x TASKQ_PROCESS_INTERVAL, "
-    "at least 30].",
+    type=SecondsParamType(0, min_open=True),
+    help="Seconds (or a duration: 2m) the last OnProcess tick may be old "
+    "[default: 10 x TASKQ_PROCESS_INTERVAL, at least 30].",
 )
 @click.option(
     "--max-due-age",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SecondsParamType(0, min_open=True),
     default=DEFAULT_MAX_DUE_AGE,
     show_default=True,
-    help="Seconds the oldest due run may wait.",
+    help="Seconds (or a duration: 5m) the oldest due run may wait.",
 )
 @click.option(
     "--max-dead-letters",

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from celery_taskq.core.exceptions import TaskqError
 from celery_taskq.core.storage.decoding import loads_json
 from celery_taskq.reports import window
-from celery_taskq.reports.window import parse_moment
+from celery_taskq.reports.window import DURATION, parse_moment
 
 MAX_ID = 2**63 - 1
 """The largest id a database stores (a signed 64-bit integer)."""
@@ -84,14 +84,31 @@ DUE = MomentParamType(ahead=True)
 
 
 class SecondsParamType(click.FloatRange):
-    """A finite number of seconds, at least ``minimum`` (``nan`` and ``inf`` are refused)."""
+    """A finite number of seconds (``2.5``) or a duration (``90s``, ``5m``, ``1h30m``), at least
+    ``minimum`` (``nan`` and ``inf`` are refused)."""
 
     name = "seconds"
 
-    def __init__(self, minimum: float = 0) -> None:
-        super().__init__(min=minimum)
+    def __init__(self, minimum: float = 0, *, min_open: bool = False) -> None:
+        super().__init__(min=minimum, min_open=min_open)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            if DURATION.fullmatch(value.strip()):
+                try:
+                    value = cast(timedelta, parse_moment(value)).total_seconds()
+                except OverflowError:
+                    self.fail(f"{value!r} is out of range", param, ctx)
+            else:
+                try:
+                    float(value)
+                except ValueError:
+                    self.fail(
+                        f"{value!r} is neither a number of seconds nor a duration like 90s, 5m "
+                        "or 1h30m",
+                        param,
+                        ctx,
+                    )
         seconds = super().convert(value, param, ctx)
         if not math.isfinite(seconds):
             self.fail(f"{value!r} is not a finite number of seconds", param, ctx)

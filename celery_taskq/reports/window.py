@@ -36,7 +36,8 @@ class ReportWindow:
 
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])", re.IGNORECASE)
-_DURATION = re.compile(r"(?:\d+[smhdw])+", re.IGNORECASE)
+DURATION = re.compile(r"(?:\d+[smhdw])+", re.IGNORECASE)
+"""A duration as text: ``90s``, ``30m``, ``24h``, ``7d``, ``2w``, ``1h30m``."""
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -46,7 +47,7 @@ def parse_moment(value: str) -> datetime | timedelta:
     Units: ``s``, ``m``, ``h``, ``d``, ``w``. Resolve a duration with :func:`resolve_moment`.
     """
     text_value = value.strip()
-    if _DURATION.fullmatch(text_value):
+    if DURATION.fullmatch(text_value):
         seconds = sum(
             int(number) * _UNIT_SECONDS[unit.lower()]
             for number, unit in _DURATION_PART.findall(text_value)
