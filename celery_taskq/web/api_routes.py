@@ -8,7 +8,7 @@ shows them: whatever was stored renders, cut and marked where it is too deep or 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
@@ -21,8 +21,13 @@ from celery_taskq.core.exceptions import (
     PublishError,
 )
 from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskFilter
-from celery_taskq.core.models import RunStatus
 from celery_taskq.reports.redact import redacted_task
+from celery_taskq.reports.search import (
+    MAX_OFFSET,
+    MAX_SEARCH_LENGTH,
+    TaskQuery,
+    find_tasks,
+)
 from celery_taskq.reports.shown import shown_relations, shown_run, shown_task
 from celery_taskq.web import inputs
 from celery_taskq.web.auth import require_api_token
@@ -58,6 +63,14 @@ Since = Annotated[
 Until = Annotated[str | None, Query(description="End (excluded); same forms as since.")]
 Handler = Annotated[str | None, Query(description="Exact TaskHandlerClass.")]
 
+StatusName = Literal[
+    "scheduled", "running", "success", "error", "timeout", "cancelled", "never-run"
+]
+"""A status filter's name (``listing.STATUS_FILTERS``; a test keeps the two equal)."""
+
+SortName = Literal["id", "queued", "handler", "status", "queued_by"]
+"""A sortable column's name (``search.SORT_COLUMNS``; a test keeps the two equal)."""
+
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
@@ -91,7 +104,10 @@ def health(state: State) -> HealthOut:
 @router.get("/tasks", response_model=TaskPageOut, responses=READ_ERRORS)
 def list_tasks(
     state: State,
-    status: Annotated[RunStatus | None, Query(description="LastStatus.")] = None,
+    status: Annotated[
+        StatusName | None,
+        Query(description="LastStatus, or cancelled (a cancel was asked) or never-run."),
+    ] = None,
     handler: Handler = None,
     queued_by: Annotated[str | None, Query(description="QueuedById.")] = None,
     since: Since = None,
@@ -102,14 +118,31 @@ def list_tasks(
     celery_group_id: Annotated[
         str | None, Query(description="A Celery group's members: tasks with this CeleryGroupId.")
     ] = None,
-    before_id: Annotated[
-        int | None, Query(ge=1, le=MAX_ID, description="Page cursor: tasks older than this id.")
+    q: Annotated[
+        str | None,
+        Query(
+            description="Free text, matched case-insensitively and literally in the title, "
+            f"handler, queued-by, Celery task id and data (at most {MAX_SEARCH_LENGTH} "
+            "characters)."
+        ),
     ] = None,
+    sort: Annotated[SortName, Query(description="The column to sort by.")] = "id",
+    order: Annotated[
+        Literal["asc", "desc"], Query(description="Ties are broken by id, in the same order.")
+    ] = "desc",
+    before_id: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_ID, description="Page cursor of the default order (id, desc)."),
+    ] = None,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip in any other order.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> TaskPageOut:
-    """Tasks, newest first, a page at a time (keyset pagination)."""
+    """Tasks, filtered, searched and sorted, a page at a time: newest first by keyset
+    pagination, or in another order by a bounded offset."""
     task_filter = inputs.task_filter(
-        status=None if status is None else status.value,
+        status=status,
         handler=handler,
         queued_by=queued_by,
         since=since,
@@ -118,13 +151,24 @@ def list_tasks(
         celery_root_id=celery_root_id,
         celery_group_id=celery_group_id,
     )
-    page = listing.list_tasks(state.database, task_filter, limit=limit, before_id=before_id)
+    query = TaskQuery(
+        task_filter,
+        search=q,
+        sort=sort,
+        order=order,
+        limit=limit,
+        before_id=before_id,
+        offset=offset,
+    )
+    page = find_tasks(state.database, query)
     return TaskPageOut(
         tasks=[
             TaskSummaryOut.of(shown_task(redacted_task(task, state.settings.redact_patterns)))
             for task in page.tasks
         ],
         next_before_id=page.next_before_id,
+        next_offset=page.next_offset,
+        search_window_bounded=page.window_bounded,
     )
 
 

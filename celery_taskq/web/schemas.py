@@ -183,10 +183,14 @@ class TaskOut(TaskSummaryOut):
 
 
 class TaskPageOut(BaseModel):
-    """A page of tasks, newest first; pass ``next_before_id`` as ``before_id`` for the next."""
+    """A page of tasks. Newest first (the default order): pass ``next_before_id`` as
+    ``before_id`` for the next page; in any other order pass ``next_offset`` as ``offset``.
+    ``search_window_bounded`` says that a search scanned only the newest tasks."""
 
     tasks: list[TaskSummaryOut]
     next_before_id: int | None
+    next_offset: int | None = None
+    search_window_bounded: bool = False
 
 
 class RunnerOut(BaseModel):
