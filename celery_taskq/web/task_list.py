@@ -2,8 +2,7 @@
 
 The query itself is :func:`celery_taskq.reports.search.find_tasks`; this module turns request
 text into a :class:`~celery_taskq.reports.search.TaskQuery` and builds the links the page
-shows (column headers that sort, chips that filter, ranges that apply at once), each keeping
-the rest of the request.
+shows (column headers that sort, chips that filter), each keeping the rest of the request.
 """
 
 from __future__ import annotations
@@ -52,7 +51,6 @@ class ListView:
     older: dict[str, str] | None
     sort_links: dict[str, dict[str, str]] = field(default_factory=dict)
     chip_links: dict[str, dict[str, str]] = field(default_factory=dict)
-    range_links: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def context(self) -> dict[str, Any]:
         """The template's variables for these."""
@@ -69,7 +67,6 @@ class ListView:
             "status_chips": STATUS_FILTERS,
             "chip_links": self.chip_links,
             "time_ranges": TIME_RANGES,
-            "range_links": self.range_links,
         }
 
 
@@ -130,7 +127,6 @@ def task_list_view(
         older=older,
         sort_links={name: _sort_link(kept, name, sort_name, order_name) for name in SORT_COLUMNS},
         chip_links={status: _link(kept, status=status) for status in ("", *STATUS_FILTERS)},
-        range_links={window: _link(kept, since=window, until="") for window in ("", *TIME_RANGES)},
     )
 
 
