@@ -47,6 +47,7 @@ def test_search_matches_each_searched_column_literally(
         "tests.handlers.Succeed", {"order": {"sku": "ZX-81 100%_off\\now 'quoted'"}}
     )
     decoy = service.add_task("tests.handlers.Succeed", {"order": {"sku": "ZX-81 1000 offXnow"}})
+    accented = service.add_task("tests.handlers.Succeed", {"name": "Zoë Ñúñez"})
 
     # Then each is found by its own value, whatever the case
     assert found(database, "monthly invoices") == [by_title]
@@ -60,6 +61,8 @@ def test_search_matches_each_searched_column_literally(
     assert found(database, "_off\\now") == [by_data]
     assert found(database, "'quoted'") == [by_data]
     assert found(database, "nothing like this") == []
+    # A non-ASCII value inside the data is found as typed (SQLite stores it as \uXXXX)
+    assert found(database, "Zoë Ñúñez") == [accented]
 
 
 @pytest.mark.parametrize(
