@@ -177,6 +177,10 @@ taskq_db_schema = ""
 # lost (never re-published unless asked: celery-taskq resend ID).
 taskq_native_lost_after = 3600.0
 
+# Seconds between the dashboard pages' in-place updates (0: pages stay as loaded); read by
+# `celery-taskq -A <app> dashboard`.
+taskq_dashboard_refresh_interval = 5.0
+
 # The native audit's writes: handed to a background thread and committed in batches (True), or
 # each committed before the task goes on (False). A batch holds at most taskq_audit_batch_size
 # writes, gathered for at most taskq_audit_batch_window seconds after the first.

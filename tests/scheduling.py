@@ -68,6 +68,7 @@ PARALLEL_MODULES = frozenset(
         "tests/test_suite_scheduling.py",
         "tests/test_task_data_limits.py",
         "tests/test_web_api.py",
+        "tests/test_web_live.py",
         "tests/test_web_charts.py",
         "tests/test_web_csrf.py",
         "tests/test_web_fuzz.py",

@@ -92,6 +92,9 @@ DEFAULT_RUN_TIME_LIMIT_GRACE = 10.0
 DEFAULT_NATIVE_LOST_AFTER = 3600.0
 """Seconds after its due time a native task that never started counts as possibly lost."""
 
+DEFAULT_DASHBOARD_REFRESH_INTERVAL = 5.0
+"""Seconds between the dashboard's in-place updates of a page's data (0: no live updates)."""
+
 DEFAULT_AUDIT_WRITE_BEHIND = True
 """Whether the native audit's writes leave the task at once and are written by a background
 thread in batches (``False``: each write commits before the task goes on)."""
@@ -161,6 +164,8 @@ class Settings:
     Left out of ``repr`` so that logging the settings never shows it."""
     flower_url: str = ""
     """Base URL of Flower; the dashboard links runs and workers to it (empty: no links)."""
+    dashboard_refresh_interval: float = DEFAULT_DASHBOARD_REFRESH_INTERVAL
+    """Seconds between the dashboard pages' in-place updates (0: the pages stay as loaded)."""
     handler_runners: bool = True
     """Whether Celery workers run handler tasks; ``False`` is audit-only mode."""
     internal_task_events: bool = False
@@ -208,6 +213,9 @@ class Settings:
         _require(self.run_time_limit >= 0, "run_time_limit must be 0 (none) or more")
         _require(self.run_time_limit_grace > 0, "run_time_limit_grace must be positive")
         _require(self.native_lost_after > 0, "native_lost_after must be positive")
+        _require(
+            self.dashboard_refresh_interval >= 0, "dashboard_refresh_interval must be 0 or more"
+        )
         _require(self.audit_batch_size > 0, "audit_batch_size must be positive")
         _require(self.audit_batch_window >= 0, "audit_batch_window must be 0 or more")
         _require(
@@ -283,6 +291,7 @@ _FLOAT_FIELDS = {
     "run_time_limit",
     "run_time_limit_grace",
     "native_lost_after",
+    "dashboard_refresh_interval",
     "audit_batch_window",
 }
 

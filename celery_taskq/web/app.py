@@ -66,6 +66,7 @@ def create_app(
         templates=create_environment(),
         celery_app=celery_app,
     )
+    state.templates.globals["live_interval"] = settings.dashboard_refresh_interval
     app.state.taskq = state
     install_error_handlers(app)
     routers = (
