@@ -177,6 +177,10 @@ taskq_db_schema = ""
 # lost (never re-published unless asked: celery-taskq resend ID).
 taskq_native_lost_after = 3600.0
 
+# The dashboard's base URL as its users reach it: `celery-taskq -A <app> show` links each task
+# to its page there (empty: no links).
+taskq_dashboard_url = ""
+
 # Seconds between the dashboard pages' in-place updates (0: pages stay as loaded); read by
 # `celery-taskq -A <app> dashboard`.
 taskq_dashboard_refresh_interval = 5.0

@@ -467,3 +467,73 @@ def test_top_redraws_a_terminal_in_place_and_ctrl_c_exits_0(
     frames = shown.decode().split(CLEAR_SCREEN)[1:]
     assert len(frames) >= 2
     assert all(frame.startswith("celery-taskq top  ") for frame in frames)
+
+
+# --- show: the Celery task id, and the dashboard and Flower links
+
+
+SHOW_JSON_KEYS = {
+    "id", "handler", "title", "data", "scheduled_on", "queued_on", "queued_by", "last_status",
+    "max_retries", "task_runs_failed", "unique_key", "cancel_requested_on", "celery_task_id",
+    "celery_parent_id", "celery_root_id", "celery_group_id", "celery_chord_id",
+    "resent_from_id", "queue", "priority", "relations", "links", "runs",
+}  # fmt: skip
+SHOW_JSON_RUN_KEYS = {
+    "id", "task_id", "status", "started_on", "finished_on", "percents_completed",
+    "progress_step", "progress_steps", "progress_status", "results", "checkpoint",
+    "standard_output", "error_output", "error_code", "error_message", "task_runner_id",
+    "celery_task_id", "attempt", "eager", "flower_task_url",
+}  # fmt: skip
+"""``show --json``'s documented shape (docs/cli.md): a key is only ever added."""
+
+
+def test_show_gives_the_celery_id_and_links_when_configured(
+    service: TaskQueueService,
+    database: Database,
+    run_cli: RunCli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a native task and a handler task whose run went through a Celery runner task
+    native = insert_task_row(database, "celery:shop.charge", datetime.now(UTC))
+    handler_task = service.add_task("tests.handlers.Succeed")
+    drive(service)
+    (run,) = runs_of(database, handler_task)
+    with database.transaction() as connection:
+        connection.execute(
+            update(TaskQueue).where(TaskQueue.id == native).values(celery_task_id="c-1/x")
+        )
+        connection.execute(
+            update(TaskRun).where(TaskRun.id == run.id).values(celery_task_id="runner-7")
+        )
+    # Without links configured: the Celery ids, no links
+    code, out, err = run_cli("show", str(native))
+    assert (code, err) == (0, "")
+    assert "  celery task id: c-1/x\n" in out
+    assert "dashboard:" not in out
+    assert "flower:" not in out
+    code, out, _ = run_cli("show", str(handler_task))
+    assert "  celery task id: -\n" in out  # a handler task: each run shows its own
+    assert "    celery task id: runner-7\n" in out
+    document = json.loads(run_cli("show", str(handler_task), "--json")[1])
+    assert set(document) == SHOW_JSON_KEYS
+    assert set(document["runs"][0]) == SHOW_JSON_RUN_KEYS
+    assert document["links"] == {"dashboard": None, "flower": None}
+    assert document["runs"][0]["flower_task_url"] is None
+    # With the dashboard's and Flower's addresses configured: the links, in text and JSON
+    monkeypatch.setenv("TASKQ_DASHBOARD_URL", "https://taskq.example/ops/")
+    monkeypatch.setenv("TASKQ_FLOWER_URL", "http://flower:5555")
+    code, out, _ = run_cli("show", str(native))
+    assert f"  dashboard: https://taskq.example/ops/tasks/{native}\n" in out
+    assert "  flower: http://flower:5555/task/c-1%2Fx\n" in out
+    document = json.loads(run_cli("show", str(native), "--json")[1])
+    assert (document["id"], document["celery_task_id"]) == (native, "c-1/x")
+    assert document["links"] == {
+        "dashboard": f"https://taskq.example/ops/tasks/{native}",
+        "flower": "http://flower:5555/task/c-1%2Fx",
+    }
+    document = json.loads(run_cli("show", str(handler_task), "--json")[1])
+    assert document["links"]["flower"] is None  # its own id is its runs'
+    assert document["runs"][0]["celery_task_id"] == "runner-7"
+    assert document["runs"][0]["flower_task_url"] == "http://flower:5555/task/runner-7"
+    code, out, _ = run_cli("show", str(handler_task))
+    assert "    flower: http://flower:5555/task/runner-7\n" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from celery_taskq.core.listing import TaskPage
 from celery_taskq.core.models import RunStatus
 from celery_taskq.core.snapshots import RelatedTask, RunSnapshot, TaskSnapshot
 from celery_taskq.reports.last_runs import LastRun
+from celery_taskq.reports.links import dashboard_task_url, flower_celery_task_url, flower_task_url
 from celery_taskq.reports.terminal import escape_controls
 
 
@@ -91,10 +93,9 @@ RELATION_LABELS = {
 
 
 def relation_lines(task: TaskSnapshot, relations: tuple[RelatedTask, ...]) -> list[str]:
-    """A native task's Celery id and relations, each with the task that holds the id."""
-    lines = []
-    if task.celery_task_id is not None:
-        lines.append(f"  celery task id: {task.celery_task_id}")
+    """The task's Celery id (``-`` for a handler task: each run shows its own) and a native
+    task's relations, each with the task that holds the id."""
+    lines = [f"  celery task id: {task.celery_task_id or '-'}"]
     for relation in relations:
         found = "no task" if relation.task_id is None else f"task {relation.task_id}"
         if relation.relation == "resent_from":
@@ -107,9 +108,27 @@ def relation_lines(task: TaskSnapshot, relations: tuple[RelatedTask, ...]) -> li
     return lines
 
 
-def render_task(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()) -> str:
-    """A task, its relations and all its runs, oldest run first; stored text is shown escaped
-    (:func:`~celery_taskq.reports.terminal.escape_controls`)."""
+@dataclass(frozen=True)
+class Links:
+    """The base URLs ``show`` links to (empty: not configured, no link)."""
+
+    dashboard_url: str = ""
+    flower_url: str = ""
+
+    def of_task(self, task: TaskSnapshot) -> dict[str, str | None]:
+        """The task's page on the dashboard, and a native task's page on Flower."""
+        return {
+            "dashboard": dashboard_task_url(self.dashboard_url, task.id),
+            "flower": flower_celery_task_url(self.flower_url, task.celery_task_id),
+        }
+
+
+def render_task(
+    task: TaskSnapshot, relations: tuple[RelatedTask, ...] = (), links: Links | None = None
+) -> str:
+    """A task, its relations, its links (those configured) and all its runs, oldest run first;
+    stored text is shown escaped (:func:`~celery_taskq.reports.terminal.escape_controls`)."""
+    links = links or Links()
     lines = [
         f"task {task.id}: {task.task_handler_class}",
         f"  data: {json.dumps(task.task_data, sort_keys=True)}",
@@ -119,10 +138,13 @@ def render_task(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()) -> 
         f"failed runs: {task.task_runs_failed}/{task.max_retries}",
         f"  queue: {task.queue}; priority: {task.priority}",
         *relation_lines(task, relations),
+        *(f"  {name}: {url}" for name, url in links.of_task(task).items() if url),
         f"  runs: {len(task.runs)}",
     ]
     for run in task.runs:
         lines += render_run(run)
+        if url := flower_task_url(links.flower_url, run):
+            lines.append(f"    flower: {url}")
     return "\n".join(escape_controls(line) for line in lines)
 
 
@@ -130,8 +152,12 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def render_task_json(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()) -> str:
-    """A task, its relations and its runs as one JSON document (keys as the HTTP API's)."""
+def render_task_json(
+    task: TaskSnapshot, relations: tuple[RelatedTask, ...] = (), links: Links | None = None
+) -> str:
+    """A task, its relations, its links and its runs as one JSON document (keys as the HTTP
+    API's; ``links`` and each run's ``flower_task_url`` are ``null`` where not configured)."""
+    links = links or Links()
     document = {
         "id": task.id,
         "handler": task.task_handler_class,
@@ -157,6 +183,7 @@ def render_task_json(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()
             {"relation": item.relation, "value": item.value, "task_id": item.task_id}
             for item in relations
         ],
+        "links": links.of_task(task),
         "runs": [
             {
                 "id": run.id,
@@ -178,6 +205,7 @@ def render_task_json(task: TaskSnapshot, relations: tuple[RelatedTask, ...] = ()
                 "celery_task_id": run.celery_task_id,
                 "attempt": run.attempt,
                 "eager": run.eager,
+                "flower_task_url": flower_task_url(links.flower_url, run),
             }
             for run in task.runs
         ],

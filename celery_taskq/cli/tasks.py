@@ -12,6 +12,7 @@ import click
 from celery_taskq.cli.invocation import CliContext, pass_context
 from celery_taskq.cli.params import DUE, SINCE, TASK_ID, JsonParamType
 from celery_taskq.cli.task_text import (
+    Links,
     render_page,
     render_page_json,
     render_task,
@@ -93,11 +94,14 @@ def enqueue(
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
 @pass_context
 def show(context: CliContext, task_id: int, as_json: bool) -> None:
-    """Print a task, its Celery relations (native tasks) and every one of its runs."""
+    """Print a task, its Celery task id and relations (native tasks), its dashboard and Flower
+    links (TASKQ_DASHBOARD_URL, TASKQ_FLOWER_URL) and every one of its runs."""
     snapshot = context.service.get_task(task_id)
     relations = shown_relations(related_tasks(context.service.database, snapshot))
     shown = shown_task(redacted_task(snapshot, context.settings.redact_patterns))
-    click.echo(render_task_json(shown, relations) if as_json else render_task(shown, relations))
+    links = Links(context.settings.dashboard_url, context.settings.flower_url)
+    render = render_task_json if as_json else render_task
+    click.echo(render(shown, relations, links))
 
 
 @click.command("list")

@@ -164,6 +164,9 @@ class Settings:
     Left out of ``repr`` so that logging the settings never shows it."""
     flower_url: str = ""
     """Base URL of Flower; the dashboard links runs and workers to it (empty: no links)."""
+    dashboard_url: str = ""
+    """The dashboard's base URL as its users reach it; ``celery-taskq show`` links each task
+    to its page there (empty: no links)."""
     dashboard_refresh_interval: float = DEFAULT_DASHBOARD_REFRESH_INTERVAL
     """Seconds between the dashboard pages' in-place updates (0: the pages stay as loaded)."""
     handler_runners: bool = True

@@ -1,9 +1,9 @@
-"""What pages and API answers derive from snapshots: durations, Flower links, allowed actions."""
+"""What pages and API answers derive from snapshots: durations, Flower links
+(:mod:`celery_taskq.reports.links`), allowed actions."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from urllib.parse import quote
 
 from celery_taskq.core.models import (
     CELERY_HANDLER_PREFIX,
@@ -13,6 +13,8 @@ from celery_taskq.core.models import (
 )
 from celery_taskq.core.resend import state_refusal
 from celery_taskq.core.snapshots import RunSnapshot, TaskSummary
+from celery_taskq.reports.links import flower_task_url as flower_task_url
+from celery_taskq.reports.links import flower_worker_url as flower_worker_url
 
 
 def run_duration(run: RunSnapshot) -> float | None:
@@ -25,20 +27,6 @@ def run_duration(run: RunSnapshot) -> float | None:
 def run_is_open(run: RunSnapshot) -> bool:
     """Whether the run is ``scheduled`` or ``running`` (its progress may still change)."""
     return run.status in OPEN_RUN_STATUSES
-
-
-def flower_task_url(flower_url: str, run: RunSnapshot) -> str | None:
-    """Flower's page of the run's Celery task, when Flower is configured and the id known."""
-    if not flower_url or not run.celery_task_id:
-        return None
-    return f"{flower_url.rstrip('/')}/task/{quote(run.celery_task_id, safe='')}"
-
-
-def flower_worker_url(flower_url: str, worker_hostname: str | None) -> str | None:
-    """Flower's page of a Celery worker (``celery@host``), when Flower is configured."""
-    if not flower_url or not worker_hostname:
-        return None
-    return f"{flower_url.rstrip('/')}/worker/{quote(worker_hostname, safe='@')}"
 
 
 def is_native(task: TaskSummary) -> bool:
