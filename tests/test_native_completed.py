@@ -9,8 +9,9 @@ the ``b-`` attempts go in one call, so that on PostgreSQL they run as one pipeli
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,10 +20,11 @@ from sqlalchemy import select
 
 from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.native_codes import NativeCode
-from celery_taskq.core.statements import native, native_attempts, native_pg
+from celery_taskq.core.statements import native, native_attempts, native_pg, native_published
 from celery_taskq.core.statements.native_attempts import AttemptEnd
 from celery_taskq.core.statements.native_completed import CompletedAttempt, record_completed
 from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.encoding import JsonText
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -234,3 +236,82 @@ def test_on_postgresql_one_statement_writes_each_attempt_unless_a_newer_one_is_o
     _, runs = state(database, "newer-attempt-open")
     assert [run[0] for run in runs] == [RunStatus.RUNNING]  # nothing written for the older one
     database.close()
+
+
+def test_arguments_serialized_once_are_stored_as_the_document_on_every_path(
+    database: Database,
+) -> None:
+    # Given tasks whose TaskData is JSON text already (the audit serializes arguments once)
+    document = {"args": [1, "ü", None, [2.5]], "kwargs": {"quote": 'a"b', "nested": {"k": []}}}
+    text = JsonText(json.dumps(document))
+
+    def task(celery_id: str) -> native.NativeTask:
+        return replace(task_of(celery_id), task_data=text)
+
+    # When each write path stores one
+    with database.transaction() as connection:
+        native.record_published(connection, task("published"))
+        native_published.record_published(  # a batch of publishes, a duplicate among them
+            connection, [task("many-0"), task("many-1"), task("many-0")]
+        )
+        native_attempts.start_attempt(
+            connection, task("started"), attempt=0, eager=False, runner_id=None, started_on=at(1)
+        )
+        record_completed(connection, [completed(SCENARIOS[0], task("completed"))])
+        native_attempts.record_unstarted(
+            connection,
+            task("unstarted"),
+            attempt=0,
+            end=AttemptEnd(RunStatus.ERROR, NativeCode.REVOKED.value, "revoked"),
+            now=at(2),
+        )
+
+    # Then every row holds the document itself, not a JSON string of it
+    with database.transaction(read_only=True) as connection:
+        stored: dict[str, Any] = dict(
+            connection.execute(select(TaskQueue.celery_task_id, TaskQueue.task_data)).all()
+        )
+    names = ["published", "many-0", "many-1", "started", "completed", "unstarted"]
+    assert {name: stored[name] for name in names} == dict.fromkeys(names, document)
+
+
+def test_a_batch_of_publishes_leaves_the_rows_single_publishes_would(database: Database) -> None:
+    # Given publishes of every shape: relations or none, no retry limit, an ETA, empty data,
+    # no queued-by, and a task whose worker start came first
+    def shapes(prefix: str) -> list[native.NativeTask]:
+        base = task_of(prefix + "plain")
+        return [
+            base,
+            replace(base, celery_task_id=prefix + "bare", parent_id=None, root_id=None),
+            replace(base, celery_task_id=prefix + "unlimited", max_retries=None),
+            replace(base, celery_task_id=prefix + "eta", scheduled_on=at(3600)),
+            replace(base, celery_task_id=prefix + "empty", task_data={}, queued_by=None),
+            replace(base, celery_task_id=prefix + "chord", group_id="g-1", chord_id="c-9"),
+            replace(base, celery_task_id=prefix + "started"),
+        ]
+
+    with database.transaction() as connection:
+        for prefix in ("a-", "b-"):
+            native_attempts.start_attempt(
+                connection,
+                task_of(prefix + "started", max_retries=7),
+                attempt=0,
+                eager=False,
+                runner_id=None,
+                started_on=at(1),
+            )
+    # When the a- tasks are published one statement each, and the b- tasks as one batch
+    with database.transaction() as connection:
+        for task in shapes("a-"):
+            native.record_published(connection, task)
+        native_published.record_published(connection, shapes("b-"))
+
+    # Then both leave the same rows, and the worker's row is left as it was
+    for task in shapes(""):
+        assert state(database, "b-" + task.celery_task_id) == state(
+            database, "a-" + task.celery_task_id
+        ), task.celery_task_id
+    task_row, _ = state(database, "b-started")
+    assert (task_row[5], task_row[7]) == (8, RunStatus.RUNNING)
+    empty, _ = state(database, "b-empty")
+    assert (empty[1], empty[4]) == ({}, None)

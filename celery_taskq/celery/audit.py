@@ -39,9 +39,11 @@ from celery_taskq.celery.audit_message import (
     attempt_end,
     coded,
     json_safe,
+    json_text,
 )
 from celery_taskq.celery.audit_processes import ProcessRunner
-from celery_taskq.celery.audit_writer import AuditWriter, Op, RowOp
+from celery_taskq.celery.audit_publish import PublishedTask
+from celery_taskq.celery.audit_writer import AuditWriter, Op
 from celery_taskq.celery.native_output import start_capture
 from celery_taskq.core.native_codes import NativeCode
 from celery_taskq.core.queue import TaskQueueService
@@ -150,12 +152,8 @@ class NativeTaskAuditor:
             assert self.writer is not None  # noqa: S101 - set by __post_init__
             self.writer.flush(timeout=5.0)
             return
-        service = self.get_service()
-        task = self._native_task(message, service.clock())
-        row = RowOp(
-            native.published_statement(service.database.dialect), native.published_params(task)
-        )
-        self._submit(row, f"publish {message.task_id}")
+        task = self._native_task(message, self.get_service().clock())
+        self._submit(PublishedTask(task), f"publish {message.task_id}")
 
     # -- worker side -------------------------------------------------------------------------
 
@@ -318,7 +316,7 @@ class NativeTaskAuditor:
         return native.NativeTask(
             celery_task_id=message.task_id,
             task_name=message.task_name,
-            task_data=json_safe(
+            task_data=json_text(
                 {"args": list(message.args or ()), "kwargs": dict(message.kwargs or {})}
             ),
             scheduled_on=message.eta or now,

@@ -13,6 +13,7 @@ from typing import Any
 from celery_taskq.core.models import RunStatus
 from celery_taskq.core.native_codes import NATIVE_CODE_STATUS, NativeCode
 from celery_taskq.core.statements.native_attempts import AttemptEnd
+from celery_taskq.core.storage.encoding import JsonText
 
 QUEUED_BY_HEADER = "taskq_queued_by"
 """Message header a caller may set (``apply_async(headers=...)``) to fill ``QueuedById``."""
@@ -20,7 +21,12 @@ QUEUED_BY_HEADER = "taskq_queued_by"
 
 def json_safe(value: Any) -> Any:
     """``value`` as a JSON document; what JSON cannot hold becomes its ``repr``."""
-    return json.loads(json.dumps(value, default=repr, allow_nan=False))
+    return json.loads(json_text(value))
+
+
+def json_text(value: Any) -> JsonText:
+    """:func:`json_safe`'s document as JSON text, serialized once (stored as it is)."""
+    return JsonText(json.dumps(value, default=repr, allow_nan=False))
 
 
 @dataclass(frozen=True)

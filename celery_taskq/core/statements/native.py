@@ -45,7 +45,8 @@ class NativeTask:
     celery_task_id: str
     task_name: str
     task_data: Any
-    """``{"args": [...], "kwargs": {...}}`` as JSON."""
+    """``{"args": [...], "kwargs": {...}}`` as JSON: the document, or its
+    :class:`~celery_taskq.core.storage.encoding.JsonText` (stored as it is)."""
     scheduled_on: datetime
     queued_on: datetime
     queued_by: str | None = None

@@ -45,6 +45,7 @@ from celery_taskq.core.exceptions import (
 )
 from celery_taskq.core.runner.stop_points import no_stop
 from celery_taskq.core.storage.decoding import read_json, read_sqlite_text
+from celery_taskq.core.storage.encoding import write_json
 from celery_taskq.core.storage.schema import check_schema, install_search_path
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Database:
                 self.url,
                 echo=echo,
                 json_deserializer=read_json,
+                json_serializer=write_json,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
                 # File databases are pooled (SQLAlchemy's QueuePool): closing the last
                 # connection to a WAL database checkpoints and deletes the WAL, which made a
@@ -95,7 +97,9 @@ class Database:
             return engine
         if self.url.get_backend_name() == "postgresql":
             require_driver(self.url)
-            engine = create_engine(self.url, echo=echo, json_deserializer=read_json)
+            engine = create_engine(
+                self.url, echo=echo, json_deserializer=read_json, json_serializer=write_json
+            )
             if self.schema:
                 install_search_path(engine, self.schema)
             _install_fork_guard(engine)  # first: a parent's connection is never pinged
@@ -142,6 +146,7 @@ class Database:
                     echo=self._echo,
                     isolation_level="AUTOCOMMIT",
                     json_deserializer=read_json,
+                    json_serializer=write_json,
                     pool_reset_on_return=None,  # no transaction to roll back, ever
                     pool_size=2,
                     max_overflow=8,
