@@ -14,15 +14,17 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from celery_taskq import reports
 from celery_taskq.core import listing
 from celery_taskq.core.exceptions import InvalidArgumentError
-from celery_taskq.core.listing import MAX_PAGE_SIZE, TaskPage
+from celery_taskq.core.listing import MAX_PAGE_SIZE, STATUS_FILTERS
 from celery_taskq.core.models import RunStatus
 from celery_taskq.reports.redact import redacted_task
 from celery_taskq.reports.series import first_run_moment
-from celery_taskq.reports.shown import shown_page, shown_relations, shown_task
+from celery_taskq.reports.shown import shown_relations, shown_task
+from celery_taskq.reports.task_steps import task_steps
 from celery_taskq.web import inputs, views
 from celery_taskq.web.charts import bar_chart, chart_span
 from celery_taskq.web.inputs import MAX_ID
 from celery_taskq.web.state import WebState, get_state
+from celery_taskq.web.task_list import task_list_view
 from celery_taskq.web.templating import render
 
 State = Annotated[WebState, Depends(get_state)]
@@ -103,10 +105,15 @@ def tasks(
     until: str | None = None,
     celery_root_id: str | None = None,
     celery_group_id: str | None = None,
+    q: str | None = None,
+    sort: str | None = None,
+    order: str | None = None,
+    offset: str | None = None,
     before_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
 ) -> Response:
-    """Tasks, newest first, filtered; an "older" link pages on by ``before_id``."""
+    """Tasks, filtered, searched (``q``) and sorted (``sort``, ``order``); newest first pages
+    on by ``before_id``, any other order by ``offset`` (see :mod:`celery_taskq.web.task_list`)."""
     filters = {
         "status": status or "",
         "handler": handler or "",
@@ -116,36 +123,27 @@ def tasks(
         "celery_root_id": celery_root_id or "",
         "celery_group_id": celery_group_id or "",
     }
-    error = None
-    page = TaskPage((), None)
-    try:
-        task_filter = inputs.task_filter(now=reports.utc_now(), **filters)
-        page = shown_page(
-            listing.list_tasks(
-                state.database, task_filter, limit=limit, before_id=inputs.cursor(before_id)
-            )
-        )
-    except InvalidArgumentError as exc:
-        error = str(exc)
-    newest = {name: value for name, value in filters.items() if value}
-    if limit != DEFAULT_PAGE_SIZE:
-        newest["limit"] = str(limit)
-    older = None
-    if page.next_before_id is not None:
-        older = {**newest, "before_id": str(page.next_before_id)}
+    view = task_list_view(
+        state,
+        filters,
+        search=q,
+        sort=sort,
+        order=order,
+        offset=offset,
+        before_id=before_id,
+        limit=limit,
+        default_limit=DEFAULT_PAGE_SIZE,
+    )
     return render(
         request,
         "tasks.html",
         {
+            **view.context(),
             "filters": filters,
-            "statuses": [item.value for item in RunStatus],
-            "page": page,
-            "older": older,
-            "newest": newest,
-            "paged": bool(before_id),
-            "error": error,
+            "statuses": list(STATUS_FILTERS),
+            "paged": bool(before_id or offset),
         },
-        status_code=400 if error else 200,
+        status_code=400 if view.error else 200,
     )
 
 
@@ -168,6 +166,7 @@ def task(
             "task": snapshot,
             "relations": relations,
             "relation_labels": RELATION_LABELS,
+            "steps": task_steps(snapshot),
             "runs": [
                 {
                     "run": run,
