@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import Connection, column, event, table, text
 from sqlalchemy import insert as insert_into
 
-from celery_taskq.celery.audit_writer import AuditOp, AuditWriter, GroupedOp, MergingOp, RowOp
+from celery_taskq.celery.audit_writer import AuditOp, AuditWriter, GroupedOp, MergingOp
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from tests.helpers import wait_for
@@ -150,7 +150,22 @@ def test_a_failing_operation_costs_only_itself(
 PROBE_ROW = insert_into(table("audit_probe", column("n"), column("written_before")))
 
 
-def test_consecutive_rows_of_one_statement_are_written_as_one_executemany(
+class ProbeRow(GroupedOp):
+    """Row ``n``, with the consecutive rows of its batch as one ``executemany``."""
+
+    def __init__(self, n: int, written_before: int) -> None:
+        self.params = {"n": n, "written_before": written_before}
+
+    @property
+    def group(self) -> object:
+        return ProbeRow
+
+    def run_group(self, connection: Connection, ops: Sequence[GroupedOp]) -> None:
+        rows = [op.params for op in ops if isinstance(op, ProbeRow)]
+        connection.execute(PROBE_ROW, rows[0] if len(rows) == 1 else rows)
+
+
+def test_consecutive_writes_of_one_group_are_written_as_one_executemany(
     probe: Database,
     settings: Settings,
     writers: list[AuditWriter],
@@ -168,7 +183,7 @@ def test_consecutive_rows_of_one_statement_are_written_as_one_executemany(
     event.listen(probe.engine, "before_cursor_execute", on_execute)
     writer.submit(insert(0))
     for n in range(1, 101):
-        writer.submit(RowOp(PROBE_ROW, {"n": 49 if n == 50 else n, "written_before": n}))
+        writer.submit(ProbeRow(49 if n == 50 else n, n))
     writer.submit(insert(101))
     with caplog.at_level(logging.ERROR, logger="celery_taskq.celery.audit_writer"):
         assert writer.flush(30)
@@ -184,7 +199,7 @@ def test_consecutive_rows_of_one_statement_are_written_as_one_executemany(
     # And without a bad row, one executemany is all they cost
     statements.clear()
     for n in range(200, 300):
-        writer.submit(RowOp(PROBE_ROW, {"n": n, "written_before": 0}))
+        writer.submit(ProbeRow(n, 0))
     assert writer.flush(30)
     assert statements == [True]
     assert len(rows(probe)) == 201

@@ -7,9 +7,9 @@ consecutive operations in one transaction (up to ``audit_batch_size``, gathered 
 ``audit_batch_window`` seconds after the first), in submission order. Without it, each
 operation commits before ``submit`` returns.
 
-- **Rows of one statement** (:class:`RowOp`, a prebuilt statement and its parameters) that
-  follow each other in a batch run as one ``executemany``: the cheapest write there is; so do
-  consecutive :class:`GroupedOp` of one group, through their own ``run_group``.
+- **Writes of one kind** (:class:`GroupedOp` of one group, e.g. the rows of publishes) that
+  follow each other in a batch run as one call of their ``run_group`` (one statement or one
+  ``executemany``): the cheapest write there is.
 - **Merged writes**: a :class:`MergingOp` whose earlier operation (``merges``) is in the same
   batch stands in for both (``merged()``, run at the later one's place): an attempt that
   started and ended within one batch window is written once, finished.
@@ -43,10 +43,10 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-from sqlalchemy import Connection, Executable
+from sqlalchemy import Connection
 
 from celery_taskq.core.settings import (
     DEFAULT_AUDIT_BATCH_SIZE,
@@ -76,19 +76,6 @@ RETRY_MAX = 5.0
 """The longest wait between retries while the database is unreachable."""
 
 
-class RowOp(NamedTuple):
-    """An audit write that is one statement with its parameters: consecutive ones of the same
-    statement (the same object) in a batch run as one ``executemany`` (one compilation and,
-    for an INSERT on PostgreSQL, one multi-row statement), which costs far less per row."""
-
-    statement: Executable
-    params: Mapping[str, Any]
-
-    def __call__(self, connection: Connection) -> None:
-        """Run the statement for this row alone."""
-        connection.execute(self.statement, dict(self.params))
-
-
 class GroupedOp(ABC):
     """An audit write that runs together with the consecutive writes of its group in a batch
     (one ``executemany``-like call), and alone when it is retried by itself."""
@@ -116,7 +103,7 @@ class MergingOp(ABC):
         """The operation (the same object as submitted) this one can stand in for."""
 
     @abstractmethod
-    def merged(self) -> AuditOp | RowOp | GroupedOp:
+    def merged(self) -> AuditOp | GroupedOp:
         """What writes both: run in place of this operation, the earlier one being skipped."""
 
     @abstractmethod
@@ -128,7 +115,7 @@ def _skipped(connection: Connection) -> None:
     """An operation merged into a later one of its batch: nothing left to write."""
 
 
-Op = AuditOp | RowOp | GroupedOp | MergingOp
+Op = AuditOp | GroupedOp | MergingOp
 
 
 class _Pending(NamedTuple):
@@ -437,44 +424,23 @@ def _merge(batch: list[_Pending]) -> None:
             batch[index] = pending._replace(op=op.merged())
 
 
-def _group_of(op: Op) -> object:
-    if isinstance(op, RowOp):
-        return op.statement
-    if isinstance(op, GroupedOp):
-        return op.group
-    return None
-
-
 def _run_grouped(connection: Connection, batch: list[_Pending]) -> None:
-    """Run ``batch`` in order, each run of consecutive :class:`RowOp` of one statement as one
-    ``executemany``, each of consecutive :class:`GroupedOp` of one group as one call."""
-    grouped: list[Op] = []
+    """Run ``batch`` in order, each run of consecutive :class:`GroupedOp` of one group as one
+    ``run_group`` call."""
+    grouped: list[GroupedOp] = []
     for pending in batch:
         op = pending.op
         if op is _skipped:
             continue
-        group = _group_of(op)
-        if grouped and (group is None or group is not _group_of(grouped[0])):
-            _run_group(connection, grouped)
+        if grouped and not (isinstance(op, GroupedOp) and op.group is grouped[0].group):
+            grouped[0].run_group(connection, grouped)
             grouped = []
-        if group is not None:
+        if isinstance(op, GroupedOp):
             grouped.append(op)
         else:
             op(connection)
-    _run_group(connection, grouped)
-
-
-def _run_group(connection: Connection, ops: list[Op]) -> None:
-    if not ops:
-        return
-    first = ops[0]
-    if isinstance(first, GroupedOp):
-        first.run_group(connection, cast(list[GroupedOp], ops))
-    elif len(ops) == 1:
-        first(connection)
-    else:
-        rows = cast(list[RowOp], ops)
-        connection.execute(rows[0].statement, [dict(row.params) for row in rows])
+    if grouped:
+        grouped[0].run_group(connection, grouped)
 
 
 _writers: weakref.WeakSet[AuditWriter] = weakref.WeakSet()
