@@ -18,9 +18,12 @@ from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import current_revision, schema_differences, upgrade_database
 from celery_taskq.reports import search
 from celery_taskq.reports.search import MAX_OFFSET, MAX_SEARCH_LENGTH, TaskQuery, find_tasks
-from tests.conftest import FakeClock
+from tests.conftest import PROJECT_ROOT, FakeClock
 from tests.helpers import drive
 from tests.test_schema import HEAD_REVISION
+
+EXPLAIN_SEARCH = f"""EXPLAIN SELECT 1 FROM "TaskQueue" WHERE {search.SEARCH_TEXT_SQL} ILIKE 'x'"""  # noqa: S608
+"""The plan of a search, to see that the trigram index serves it."""
 
 
 def found(database: Database, text_value: str, **options: object) -> list[int]:
@@ -114,8 +117,7 @@ def test_postgresql_search_uses_the_trigram_index_and_falls_back_without_it(
     # The migration made the index on the very expression the search repeats
     with database.transaction() as connection:
         connection.execute(text("SET LOCAL enable_seqscan = off"))
-        explain = f"EXPLAIN SELECT 1 FROM \"TaskQueue\" WHERE {search.SEARCH_TEXT_SQL} ILIKE 'x'"  # noqa: S608
-        plan = "\n".join(connection.execute(text(explain)).scalars())
+        plan = "\n".join(connection.execute(text(EXPLAIN_SEARCH)).scalars())
     assert search.SEARCH_INDEX in plan
     # Through the index the search covers every task, past the window
     page = find_tasks(database, TaskQuery(search="NEEDLE"))
@@ -271,3 +273,35 @@ def test_cli_list_search_finds_by_data_and_refuses_bad_text(
     monkeypatch.setattr(search, "SEARCH_WINDOW", 1)
     assert main(["--database-url", database_url, "list", "--search", "in"]) == 0
     assert "note: the search looked at the newest 1 tasks only" in capsys.readouterr().err
+
+
+@pytest.mark.postgresql
+def test_an_index_built_beforehand_as_operations_md_shows_is_kept(
+    postgresql_empty_url: str,
+) -> None:
+    # Given a database at 0011 and the index built by the SQL of docs/operations.md
+    upgrade_database(postgresql_empty_url, "0011")
+    operations = (PROJECT_ROOT / "docs" / "operations.md").read_text()
+    section = operations[operations.index("**Revision `0012` on a large PostgreSQL table.**") :]
+    statements = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    engine = create_engine(postgresql_empty_url)
+    try:
+        with engine.connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            for statement in statements.split(";"):
+                if statement.strip():
+                    autocommit.execute(text(statement))
+    finally:
+        engine.dispose()
+
+    # When the upgrade runs, it keeps that index, and the search uses it
+    upgrade_database(postgresql_empty_url)
+    assert schema_differences(postgresql_empty_url) == []
+    database = Database(postgresql_empty_url)
+    try:
+        with database.transaction() as connection:
+            connection.execute(text("SET LOCAL enable_seqscan = off"))
+            plan = "\n".join(connection.execute(text(EXPLAIN_SEARCH)).scalars())
+        assert search.SEARCH_INDEX in plan
+    finally:
+        database.close()

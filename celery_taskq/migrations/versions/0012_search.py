@@ -40,7 +40,8 @@ SEARCH_TEXT_SQL = (
 )
 
 # The operator class is named with the schema pg_trgm lives in, which need not be on the
-# search path (an extension made before, elsewhere): PL/pgSQL looks it up and quotes it.
+# search path (an extension made before, elsewhere): PL/pgSQL looks it up and quotes it. An
+# index of this name built beforehand (CREATE INDEX CONCURRENTLY, docs/operations.md) is kept.
 CREATE_INDEX_SQL = f"""
 DO $do$
 DECLARE
@@ -50,7 +51,7 @@ BEGIN
     FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
     WHERE e.extname = 'pg_trgm';
     EXECUTE format(
-        $sql$CREATE INDEX "{SEARCH_INDEX}" ON "TaskQueue"
+        $sql$CREATE INDEX IF NOT EXISTS "{SEARCH_INDEX}" ON "TaskQueue"
         USING gin ({SEARCH_TEXT_SQL} %I.gin_trgm_ops)$sql$,
         trgm_schema
     );
