@@ -116,6 +116,10 @@ def test_options_in_seconds_take_durations_too(service: TaskQueueService, run_cl
     assert checks["due"] == "ok"
     assert run_cli("prune", "--older-than", "30d", "--dry-run", "--pause", "1m")[0] == 0
     assert run_cli("top", "--once", "--interval", "1m")[0] == 0
+    added = run_cli("schedules", "add", "often", "tests.handlers.Succeed", "--every", "1h30m")
+    assert added[0] == 0
+    code, out, _ = run_cli("schedules", "show", "often", "--json")
+    assert json.loads(out)["interval"] == 5400
     # And a number or duration that is neither is refused with what is wrong
     code, out, err = run_cli("prune", "--older-than", "30d", "--pause", "5x")
     assert (code, out) == (2, "")

@@ -113,3 +113,28 @@ class SecondsParamType(click.FloatRange):
         if not math.isfinite(seconds):
             self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
         return seconds
+
+
+class WholeSecondsParamType(click.IntRange):
+    """A whole number of seconds (``300``) or a duration (``5m``, ``1h30m``), at least
+    ``minimum``."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: int = 1) -> None:
+        super().__init__(min=minimum)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and DURATION.fullmatch(value.strip()):
+            try:
+                value = int(cast(timedelta, parse_moment(value)).total_seconds())
+            except OverflowError:
+                self.fail(f"{value!r} is out of range", param, ctx)
+        elif isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
+            self.fail(
+                f"{value!r} is neither a whole number of seconds nor a duration like 90s, 5m "
+                "or 1h30m",
+                param,
+                ctx,
+            )
+        return super().convert(value, param, ctx)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from celery_taskq.cli.invocation import CliContext, pass_context
-from celery_taskq.cli.params import JsonParamType
+from celery_taskq.cli.params import JsonParamType, WholeSecondsParamType
 from celery_taskq.core.schedule_models import MisfirePolicy
 from celery_taskq.core.schedules import (
     ScheduleService,
@@ -103,7 +103,12 @@ def show(context: CliContext, name: str, slot_count: int, as_json: bool) -> None
 
 def _timing_options(function: Any) -> Any:
     options = [
-        click.option("--every", "interval", type=click.IntRange(min=1), help="Seconds apart."),
+        click.option(
+            "--every",
+            "interval",
+            type=WholeSecondsParamType(),
+            help="Seconds apart, or a duration (90s, 5m, 1h).",
+        ),
         click.option("--cron", "crontab", help="Five crontab fields, e.g. '30 2 * * mon-fri'."),
         click.option("--timezone", help="IANA zone of a crontab [default: UTC]."),
         click.option("--misfire-policy", type=POLICIES, help="After missed slots."),
