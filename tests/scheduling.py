@@ -61,6 +61,7 @@ PARALLEL_MODULES = frozenset(
         "tests/test_schedules_web.py",
         "tests/test_schema.py",
         "tests/test_search.py",
+        "tests/test_search_web.py",
         "tests/test_security.py",
         "tests/test_settings.py",
         "tests/test_steps.py",
