@@ -30,6 +30,7 @@ PARALLEL_MODULES = frozenset(
         "tests/test_bench_native_audit.py",
         "tests/test_broker.py",
         "tests/test_cli.py",
+        "tests/test_cli_parity.py",
         "tests/test_compose.py",
         "tests/test_docs_settings.py",
         "tests/test_enqueue_many.py",
@@ -69,10 +70,12 @@ PARALLEL_MODULES = frozenset(
         "tests/test_suite_scheduling.py",
         "tests/test_task_data_limits.py",
         "tests/test_web_api.py",
+        "tests/test_web_bulk.py",
         "tests/test_web_live.py",
         "tests/test_web_charts.py",
         "tests/test_web_csrf.py",
         "tests/test_web_fuzz.py",
+        "tests/test_web_task_page.py",
     }
 )
 

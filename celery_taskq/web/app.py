@@ -12,7 +12,15 @@ from celery_taskq import __version__
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
-from celery_taskq.web import api_routes, forms, metrics, pages, probes, schedule_routes
+from celery_taskq.web import (
+    api_routes,
+    bulk_routes,
+    forms,
+    metrics,
+    pages,
+    probes,
+    schedule_routes,
+)
 from celery_taskq.web.api_routes import API_PATH
 from celery_taskq.web.auth import token_routes
 from celery_taskq.web.body_limit import BodyLimitMiddleware, body_limit
@@ -77,6 +85,7 @@ def create_app(
         pages.router,
         schedule_routes.pages,
         forms.router,
+        bulk_routes.router,
     )
     for router in routers:
         app.include_router(router)
