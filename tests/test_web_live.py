@@ -28,9 +28,16 @@ def test_live_pages_carry_their_regions_and_the_update_script(
     settings: Settings, service: TaskQueueService
 ) -> None:
     task_id = service.add_task("tests.handlers.Succeed", create_run=True)
+    steps = service.add_steps_task(
+        [{"handler": "tests.handlers.Succeed"}, {"handler": "tests.handlers.Succeed"}]
+    )
     app = create_app(replace(web_settings(settings), dashboard_refresh_interval=2.5))
     with TestClient(app) as client:
-        for path, regions in {**LIVE_PAGES, f"/tasks/{task_id}": ["task-fields", "runs"]}.items():
+        for path, regions in {
+            **LIVE_PAGES,
+            f"/tasks/{task_id}": ["task-fields", "runs"],
+            f"/tasks/{steps}": ["task-fields", "task-steps", "runs"],
+        }.items():
             response = client.get(path)
             assert response.status_code == 200, path
             for region in regions:
