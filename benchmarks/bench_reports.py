@@ -51,7 +51,7 @@ from sqlalchemy import text
 from benchmarks.bench_drain import machine, postgres_server
 from celery_taskq import reports
 from celery_taskq.core import listing
-from celery_taskq.core.listing import TaskFilter
+from celery_taskq.core.listing import TaskFilter, parse_status
 from celery_taskq.core.models import RunStatus
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
@@ -214,6 +214,12 @@ def search_measurements(
             search="cust-42", task_filter=TaskFilter(status=RunStatus.ERROR)
         ),
         "search: 2 characters (window of the newest 10,000)": find(search="zq"),
+        "list: status=cancelled chip": find(
+            task_filter=TaskFilter(status=parse_status("cancelled"))
+        ),
+        "list: status=never-run chip": find(
+            task_filter=TaskFilter(status=parse_status("never-run"))
+        ),
         "sorted: handler ascending": find(sort="handler", order="asc"),
         "sorted: status descending": find(sort="status", order="desc"),
         "sorted: queued, oldest first": find(sort="queued", order="asc"),

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import create_engine, make_url, text, update
+from sqlalchemy import create_engine, make_url, select, text, update
 
 from celery_taskq.cli import main
 from celery_taskq.core.exceptions import InvalidArgumentError
-from celery_taskq.core.listing import TaskFilter, list_tasks, parse_status
+from celery_taskq.core.listing import TaskFilter, filter_conditions, list_tasks, parse_status
 from celery_taskq.core.models import TaskQueue
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
@@ -305,3 +305,29 @@ def test_an_index_built_beforehand_as_operations_md_shows_is_kept(
         assert search.SEARCH_INDEX in plan
     finally:
         database.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "index"),
+    [("cancelled", "ix_TaskQueue_cancelled"), ("never-run", "ix_TaskQueue_LastStatus_Id")],
+)
+def test_the_derived_status_filters_read_an_index(
+    database: Database, status: str, index: str
+) -> None:
+    query = (
+        select(TaskQueue.id)
+        .where(*filter_conditions(TaskFilter(parse_status(status))))
+        .order_by(TaskQueue.id.desc())
+        .limit(51)
+    )
+    statement = str(query.compile(database.engine, compile_kwargs={"literal_binds": True}))
+    with database.transaction() as connection:
+        if database.dialect == "postgresql":
+            connection.execute(text("SET LOCAL enable_seqscan = off"))
+            rows = [str(row[0]) for row in connection.execute(text(f"EXPLAIN {statement}"))]
+        else:
+            rows = [
+                str(row[3]) for row in connection.execute(text(f"EXPLAIN QUERY PLAN {statement}"))
+            ]
+        plan = "\n".join(rows)
+    assert index in plan

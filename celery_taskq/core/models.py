@@ -151,6 +151,9 @@ TASK_EXHAUSTED_SQL = (
 )
 """A task out of retries: its last run failed and no retry is left (a dead letter)."""
 
+TASK_CANCELLED_SQL = '"CancelRequestedOn" IS NOT NULL'
+"""A task whose cancel was asked (the task list's ``cancelled`` filter)."""
+
 RUN_SCHEDULED_SQL = f"\"Status\" = '{RunStatus.SCHEDULED.value}'"
 RUN_RUNNING_SQL = f"\"Status\" = '{RunStatus.RUNNING.value}'"
 RUN_OPEN_SQL = _sql_in("Status", OPEN_RUN_STATUSES)
@@ -237,6 +240,12 @@ class TaskQueue(Base):
             "Id",
             postgresql_where=text(TASK_EXHAUSTED_SQL),
             sqlite_where=text(TASK_EXHAUSTED_SQL),
+        ),
+        Index(
+            "ix_TaskQueue_cancelled",
+            "Id",
+            postgresql_where=text(TASK_CANCELLED_SQL),
+            sqlite_where=text(TASK_CANCELLED_SQL),
         ),
         Index("uq_TaskQueue_CeleryTaskId", "CeleryTaskId", unique=True),
         Index("ix_TaskQueue_CeleryRootId", "CeleryRootId"),

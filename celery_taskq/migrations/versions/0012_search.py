@@ -1,14 +1,17 @@
-"""Search: a trigram index over the text the task list's search matches (PostgreSQL only).
+"""Search: a trigram index over the text the task list's search matches (PostgreSQL only), and
+a partial index for the status filter ``cancelled`` (both databases).
 
-The index needs the ``pg_trgm`` extension. ``CREATE EXTENSION IF NOT EXISTS pg_trgm`` is
-allowed to a database owner since PostgreSQL 13 (a trusted extension); where it is refused,
+The trigram index needs the ``pg_trgm`` extension. ``CREATE EXTENSION IF NOT EXISTS pg_trgm``
+is allowed to a database owner since PostgreSQL 13 (a trusted extension); where it is refused,
 or the extension is not installed on the server, the upgrade still succeeds without the
 index and the search scans a bounded window of the newest tasks instead
-(``celery_taskq/reports/search.py``). Both steps run in a savepoint so that a refusal leaves
-the upgrade's transaction usable. SQLite gets nothing: its search always scans the window.
+(``celery_taskq/reports/search.py``). The extension is created in a savepoint, so that a
+refusal leaves the upgrade's transaction usable. SQLite gets no trigram index: its search
+always scans the window.
 
-The index is not among the models (an expression index on one database only); the schema
-comparison leaves it out by name (``celery_taskq/core/storage/migrate.py``).
+The trigram index is not among the models (an expression index on one database only); the
+schema comparison leaves it out by name (``celery_taskq/core/storage/migrate.py``). The
+partial index is among the models.
 
 Revision ID: 0012
 Revises: 0011
@@ -60,7 +63,19 @@ $do$
 """  # noqa: S608 - built from this module's constants only
 
 
+CANCELLED_SQL = '"CancelRequestedOn" IS NOT NULL'
+
+
 def upgrade() -> None:
+    # The status filter cancelled, on both databases (never-run is served by
+    # ix_TaskQueue_LastStatus_Id: NULL or 'scheduled').
+    op.create_index(
+        "ix_TaskQueue_cancelled",
+        "TaskQueue",
+        ["Id"],
+        postgresql_where=sa.text(CANCELLED_SQL),
+        sqlite_where=sa.text(CANCELLED_SQL),
+    )
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
@@ -80,3 +95,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f'DROP INDEX IF EXISTS "{SEARCH_INDEX}"')
+    op.drop_index("ix_TaskQueue_cancelled", table_name="TaskQueue")
