@@ -60,6 +60,13 @@ def test_the_page_searches_sorts_and_filters_by_chip(
     assert listed(page.text) == [deep]
     assert 'value="ZOE@example"' in page.text
     assert listed(client.get("/tasks", params={"q": "c-7f3e91"}).text) == [native]
+    assert listed(
+        client.get("/tasks", params={"sort": "id", "order": "asc", "offset": "0"}).text
+    ) == [
+        plain,
+        deep,
+        native,
+    ]
     assert 'id="search-window"' not in page.text
 
     # Column headers sort (a second click reverses), keeping the search and the filter
@@ -105,6 +112,8 @@ def test_the_page_says_when_the_window_bounded_a_search(
         ({"status": "lost"}, "unknown status 'lost'"),
         ({"sort": "handler", "offset": "99999"}, "offset must be from 0 to 10000"),
         ({"before_id": "5", "sort": "handler"}, "before_id pages the default order only"),
+        ({"sort": "handler", "offset": "ten"}, "offset must be a whole number"),
+        ({"sort": "handler", "offset": "-1"}, "offset must be from 0 to 10000"),
     ],
 )
 def test_bad_list_input_is_refused_on_the_page_with_its_reason(

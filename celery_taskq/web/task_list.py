@@ -106,7 +106,7 @@ def task_list_view(
             order=order_name,
             limit=limit,
             before_id=inputs.cursor(before_id),
-            offset=inputs.cursor(offset, "offset") or 0,
+            offset=_offset(offset),
         )
         found = find_tasks(state.database, query)
         page = dataclasses.replace(found, tasks=tuple(shown_task(task) for task in found.tasks))
@@ -128,6 +128,16 @@ def task_list_view(
         sort_links={name: _sort_link(kept, name, sort_name, order_name) for name in SORT_COLUMNS},
         chip_links={status: _link(kept, status=status) for status in ("", *STATUS_FILTERS)},
     )
+
+
+def _offset(value: str | None) -> int:
+    """The ``offset`` of a sorted page: a whole number (its range is the query's to check)."""
+    if value is None or not value.strip():
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgumentError("offset must be a whole number") from None
 
 
 def _link(kept: dict[str, str], **changes: str) -> dict[str, str]:
