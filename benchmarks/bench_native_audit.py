@@ -12,7 +12,7 @@ Variants, each drained by ``celery worker -P prefork -c C`` on Redis (same C for
     plain Celery's settings (task events off, prefetch multiplier 4): the audit's own cost.
 ``audited-flower``
     the same with install()'s defaults for Flower (``worker_send_task_events`` and
-    ``task_send_sent_event`` on, prefetch multiplier 1).
+    ``task_send_sent_event`` on).
 ``plain-flower``
     ``plain`` with the same Celery settings as ``audited-flower``: what those settings cost
     without the audit, so that ``audited-flower`` vs ``plain-flower`` is the audit's own cost

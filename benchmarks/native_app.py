@@ -4,7 +4,7 @@ The same no-op and start-recording tasks as :mod:`benchmarks.plain_app`, on the 
 broker, in an app with ``install(app, audit_celery_tasks=True)``: every publish writes a
 ``TaskQueue`` row and every execution a ``TaskRuns`` row (``TASKQ_DATABASE_URL``). The worker
 runs with plain_app's Celery settings, or with ``BENCH_NATIVE_FLOWER=1`` with install()'s
-defaults for Flower (task events on, prefetch multiplier 1). With ``BENCH_PROFILE_DIR`` every
+defaults for Flower (task events on). With ``BENCH_PROFILE_DIR`` every
 pool process writes a cProfile of its life there (``pool-<pid>.prof``) when it shuts down; with
 ``BENCH_STATS_DIR`` it writes its audit writer's counters (``writer-<pid>.json``: operations,
 transactions, CPU seconds spent writing).
@@ -30,7 +30,7 @@ app.conf.task_ignore_result = True
 if not os.environ.get("BENCH_NATIVE_FLOWER"):
     # The audit's own cost: the Celery settings of plain_app (Celery's defaults), which
     # install() keeps because the app sets them. With BENCH_NATIVE_FLOWER=1 the app is silent
-    # and install() turns on task events for Flower and sets a prefetch multiplier of 1.
+    # and install() turns on task events for Flower.
     app.conf.worker_send_task_events = False
     app.conf.task_send_sent_event = False
     app.conf.task_track_started = False

@@ -3,7 +3,7 @@
 The worker runs ``celery -A benchmarks.plain_app worker -P prefork -c 2``; the broker URL comes
 from ``BENCH_REDIS_URL``. Apart from ignoring results (there is no backend) the app keeps
 Celery's defaults; with ``BENCH_PLAIN_FLOWER=1`` it has the Celery settings install() gives a
-silent app for Flower (task events on, prefetch multiplier 1). Tasks report to Redis so the
+silent app for Flower (task events on). Tasks report to Redis so the
 benchmark can tell when and how fast they ran: ``noop`` counts itself and keeps the earliest
 and latest time a task ran, ``record_start`` stores when it started.
 """
@@ -15,6 +15,8 @@ import time
 
 import redis
 from celery import Celery
+
+from celery_taskq.celery.routing import INSTALL_DEFAULTS
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -31,9 +33,7 @@ app = Celery("bench_plain", broker=REDIS_URL)
 app.conf.task_ignore_result = True
 if os.environ.get("BENCH_PLAIN_FLOWER"):
     # The Celery settings install() gives a silent app for Flower, without celery_taskq.
-    app.conf.worker_send_task_events = True
-    app.conf.task_send_sent_event = True
-    app.conf.worker_prefetch_multiplier = 1
+    app.conf.update(INSTALL_DEFAULTS)
 
 _clients: dict[int, redis.Redis] = {}
 

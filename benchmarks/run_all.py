@@ -95,7 +95,7 @@ TITLES = {
     "native": "audited native Celery tasks (same app and Celery settings + celery_taskq, "
     "PostgreSQL + Redis)",
     "native-flower": "audited native Celery tasks with install()'s Flower defaults "
-    "(task events on, prefetch 1)",
+    "(task events on)",
     "postgresql": "celery_taskq handler runs, PostgreSQL + Redis",
     "sqlite": "celery_taskq handler runs, embedded default (SQLite + kombu SQL broker)",
 }

@@ -29,6 +29,7 @@ from celery_taskq.celery import (
     PROCESS_TASK,
     RUNNER_TASK,
     RUNNERS_QUEUE,
+    create_app,
     install,
 )
 from celery_taskq.celery.routing import route_queue
@@ -39,16 +40,21 @@ from celery_taskq.core.storage.migrate import upgrade_database
 SETTINGS = Settings(broker_url="redis://127.0.0.1:6399/3")
 
 
-def test_an_app_that_is_silent_gets_events_for_flower_and_no_prefetch() -> None:
+def test_an_app_that_is_silent_gets_events_for_flower_and_keeps_celery_s_prefetch() -> None:
     app = Celery("silent")
     install(app, settings=SETTINGS)
     assert {key: app.conf[key] for key in INSTALL_DEFAULTS} == {
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "worker_prefetch_multiplier": 1,
     }
+    # How many messages its workers reserve is the app's (Celery's default here)
+    assert app.conf.worker_prefetch_multiplier == Celery("plain").conf.worker_prefetch_multiplier
     # What a caller of the app's tasks sees is not changed: no STARTED state in the backend
     assert app.conf.task_track_started is False
+
+
+def test_the_ready_app_reserves_one_message_per_pool_process() -> None:
+    assert create_app(SETTINGS).conf.worker_prefetch_multiplier == 1
 
 
 def test_what_the_app_sets_itself_is_kept() -> None:
@@ -136,7 +142,7 @@ def test_install_works_before_or_after_the_app_configures_itself(
     assert app.conf.broker_url == "memory://"
     assert state.settings.database_url == "sqlite:///from-config-object.db"
     assert state.settings.process_interval == 0.5
-    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.worker_send_task_events is True
     # No queue is added: the app's workers consume what they consumed before.
     assert not app.conf.task_queues
     assert route_queue(app, PROCESS_TASK) == route_queue(app, RUNNER_TASK) == "celery"

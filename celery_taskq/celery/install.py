@@ -6,7 +6,7 @@ from celery import Celery
 
 from celery_taskq import api
 from celery_taskq.celery.audit_signals import connect_audit
-from celery_taskq.celery.routing import declare_own_queues
+from celery_taskq.celery.routing import READY_APP_PREFETCH, declare_own_queues
 from celery_taskq.celery.schedule_sync import connect_schedule_sync
 from celery_taskq.celery.startup import connect_startup
 from celery_taskq.celery.state import TaskqCelery, connect_worker_signals
@@ -45,11 +45,13 @@ def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from the environment, with celery_taskq installed.
 
     Its beat ticks and runner tasks have queues of their own (``taskq.events``,
-    ``taskq.runners``), which ``celery-taskq worker`` consumes beside the default queue.
+    ``taskq.runners``), which ``celery-taskq worker`` consumes beside the default queue, and
+    its workers reserve one message per pool process (:data:`READY_APP_PREFETCH`).
     """
     settings = settings or Settings.resolve()
     celery_app = Celery("celery_taskq", broker=settings.broker_url)
     celery_app.conf.task_ignore_result = True
+    celery_app.conf.worker_prefetch_multiplier = READY_APP_PREFETCH
     declare_own_queues(celery_app)
     install(celery_app, settings=settings)
     return celery_app

@@ -50,15 +50,21 @@ OWN_QUEUES = {
 INSTALL_DEFAULTS: dict[str, Any] = {
     "worker_send_task_events": True,
     "task_send_sent_event": True,
-    "worker_prefetch_multiplier": 1,
 }
 """Celery settings :func:`~celery_taskq.celery.install.install` gives an app that does not set
-them: Flower and ``celery events`` see the app's tasks, and a worker holds no message behind a
-runner task.
+them: Flower and ``celery events`` see the app's tasks. Events change no task's outcome.
 
 Not ``task_track_started``: it would change what the app's callers see (``AsyncResult.state``
 ``STARTED`` instead of ``PENDING`` while a task runs), and Flower learns that a task started
-from the ``task-started`` event anyway."""
+from the ``task-started`` event anyway. Not ``worker_prefetch_multiplier``: how many messages
+the app's workers reserve is the app's choice (Celery's fair scheduling, its default, hands a
+reserved message only to a free pool process, so none waits behind a running runner task);
+the ready app (:func:`~celery_taskq.celery.install.create_app`), whose workers serve mostly
+runner tasks, sets 1 itself."""
+
+READY_APP_PREFETCH = 1
+"""``worker_prefetch_multiplier`` of the ready app: a worker busy with runner tasks reserves no
+more messages than it has pool processes, so a burst of runner tasks spreads over workers."""
 
 
 def declared_queues(app: Celery) -> set[str]:
