@@ -167,10 +167,18 @@ def seed(database: Database, count: int) -> float:
 
 
 def vacuum(database: Database) -> None:
-    """``VACUUM ANALYZE`` the two tables pruning deletes most from."""
+    """``VACUUM ANALYZE`` the two tables pruning deletes most from, then a checkpoint."""
     with database.autocommit() as connection:
         connection.execute(text('VACUUM ANALYZE "TaskQueue"'))
         connection.execute(text('VACUUM ANALYZE "TaskRuns"'))
+    checkpoint(database)
+
+
+def checkpoint(database: Database) -> None:
+    """Write every dirty page now: a checkpoint the writes before a drain (the seeding's
+    millions of rows, the drain before) call for must not fall inside the drain."""
+    with database.autocommit() as connection:
+        connection.execute(text("CHECKPOINT"))
 
 
 def pruned_so_far(database: Database) -> int:
@@ -338,6 +346,7 @@ def run(args: argparse.Namespace, directory: Path, say: Callable[[str], None]) -
         for rep in range(1, args.repeat + 1):
             shift = (rep - 1) % len(MODES)
             for mode in MODES[shift:] + MODES[:shift]:
+                checkpoint(database)  # each drain starts clean, whatever the one before wrote
                 sample = drain(database, url, children, args, directory, f"{mode}-{rep}", mode=mode)
                 measured.drains[mode].append(sample)
                 measured.loads.append(os.getloadavg()[0])
