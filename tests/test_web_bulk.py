@@ -21,6 +21,7 @@ from celery_taskq.core.models import RunStatus, TaskQueue
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
+from celery_taskq.reports import search
 from celery_taskq.web import create_app
 from tests.helpers import drive, runs_of, task_row
 from tests.test_security import snapshot_tables
@@ -202,6 +203,8 @@ def test_refusals_write_nothing(
         (act(client, action, too_many), 400, f"at most {MAX_BULK_TASKS} tasks"),
         (act(client, action, f"{ids[0]},{ids[1]},x7"), 400, "'x7' is not a whole number"),
         (act(client, action, f"{ids[0]},0"), 400, "'0' is not a whole number"),
+        (act(client, action, f"{ids[0]},\u00b2"), 400, "'\u00b2' is not a whole number"),
+        (act(client, action, f"{ids[0]},{'9' * 5000}"), 400, "is not a whole number from 1"),
         (act(client, action, ""), 400, "select at least one task"),
         (act(client, "delete", ids), 400, "unknown bulk action 'delete'"),
     ]
@@ -272,3 +275,20 @@ def test_a_read_only_dashboard_offers_no_bulk_action(
     assert client.get("/bulk", params={"action": "retry", "task_id": "1"}).status_code == 403
     assert act(client, "retry", [1]).status_code == 403
     assert snapshot_tables(database) == before
+
+
+def test_all_matching_says_when_the_search_looked_at_the_newest_tasks_only(
+    make_client: MakeClient, service: TaskQueueService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a search window of 3 tasks (10,000 in use) and a matching task older than it
+    monkeypatch.setattr(search, "SEARCH_WINDOW", 3)
+    old = service.add_task("tests.handlers.Succeed", {"tag": "x"})
+    newer = [service.add_task("tests.handlers.Succeed", {"tag": "x"}) for _ in range(3)]
+    client = make_client()
+    # When every task matching a search too short for an index is selected (any database)
+    page = client.get("/bulk", params={"action": "cancel", "all": "1", "q": "x"})
+    # Then the selection is the window's, and the page says older tasks were not looked at
+    assert page.status_code == 200, page.text
+    assert 'id="bulk-window"' in page.text
+    assert f'value="{",".join(str(task_id) for task_id in reversed(newer))}"' in page.text
+    assert f'href="/tasks/{old}"' not in page.text

@@ -79,7 +79,8 @@ def check_selection(task_ids: Iterable[int | str]) -> tuple[int, ...]:
     selected: dict[int, None] = {}
     for raw in task_ids:
         text = str(raw).strip()
-        if not text.isdigit() or not 1 <= int(text) <= MAX_TASK_ID:
+        whole = text.isascii() and text.isdigit() and len(text) <= len(str(MAX_TASK_ID))
+        if not whole or not 1 <= int(text) <= MAX_TASK_ID:
             raise InvalidArgumentError(
                 f"task id {text[:40]!r} is not a whole number from 1 to {MAX_TASK_ID}; "
                 "nothing was changed"

@@ -51,9 +51,10 @@ search)."""
 router = APIRouter(include_in_schema=False)
 
 
-def matching_ids(state: WebState, request: Request) -> tuple[int, ...]:
+def matching_ids(state: WebState, request: Request) -> tuple[tuple[int, ...], bool]:
     """The ids of every task the task list's filter and search (in the query) match, newest
-    first; refused when more than :data:`MAX_BULK_TASKS` match."""
+    first, and whether the search looked only at the newest tasks (its window, on SQLite or
+    for short text); refused when more than :data:`MAX_BULK_TASKS` match."""
     filters = {name: request.query_params.get(name) for name in FILTER_FIELDS}
     query = TaskQuery(
         inputs.task_filter(now=reports.utc_now(), **filters),
@@ -66,7 +67,7 @@ def matching_ids(state: WebState, request: Request) -> tuple[int, ...]:
             f"a bulk action takes at most {MAX_BULK_TASKS} tasks, and more than that match "
             "this filter: narrow the filter; nothing was changed"
         )
-    return tuple(task.id for task in page.tasks)
+    return tuple(task.id for task in page.tasks), page.window_bounded
 
 
 @router.get("/bulk")
@@ -81,8 +82,9 @@ def confirm(
     if not state.writes_enabled:
         raise ApiError(403, WRITES_DISABLED)
     chosen = parse_action(action)
+    window_bounded = False
     if select_all == "1":
-        selection = matching_ids(state, request)
+        selection, window_bounded = matching_ids(state, request)
         if not selection:
             raise InvalidArgumentError("no task matches this filter; nothing was changed")
     else:
@@ -95,6 +97,7 @@ def confirm(
             "selection": selection,
             "task_ids": ",".join(str(task) for task in selection),
             "matching": select_all == "1",
+            "window_bounded": window_bounded,
             "report": None,
             "maximum": MAX_BULK_TASKS,
         },
@@ -120,6 +123,7 @@ async def act(request: Request, state: State, action: str) -> Response:
             "selection": selection,
             "task_ids": "",
             "matching": False,
+            "window_bounded": False,
             "report": report,
             "maximum": MAX_BULK_TASKS,
         },
