@@ -52,6 +52,7 @@ PARALLEL_MODULES = frozenset(
         "tests/test_redact.py",
         "tests/test_registry.py",
         "tests/test_reports.py",
+        "tests/test_reports_insight.py",
         "tests/test_reports_series.py",
         "tests/test_resend.py",
         "tests/test_resumable.py",
@@ -75,6 +76,7 @@ PARALLEL_MODULES = frozenset(
         "tests/test_web_charts.py",
         "tests/test_web_csrf.py",
         "tests/test_web_fuzz.py",
+        "tests/test_web_insight.py",
         "tests/test_web_task_page.py",
     }
 )

@@ -16,6 +16,7 @@ from celery_taskq.web import (
     api_routes,
     bulk_routes,
     forms,
+    insight_routes,
     metrics,
     pages,
     probes,
@@ -84,6 +85,7 @@ def create_app(
         probes.router,
         pages.router,
         schedule_routes.pages,
+        insight_routes.router,
         forms.router,
         bulk_routes.router,
     )
