@@ -1,7 +1,9 @@
-"""Helpers shared by the web tests: an app client on the test database, and a live server."""
+"""Helpers shared by the web tests: an app client on the test database, a live server, and
+the rows of a rendered page."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -54,3 +56,17 @@ def live_server(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def row_of(html: str, attribute: str, value: str) -> str:
+    """The ``<tr>`` (with its opening tag) whose ``attribute`` is ``value``."""
+    found = re.search(rf'<tr {attribute}="{re.escape(value)}"[^>]*>.*?</tr>', html, re.S)
+    assert found, f"no row {attribute}={value}"
+    return found.group(0)
+
+
+def field(row: str, name: str) -> str:
+    """The text of the row's cell ``data-field=name``, tags stripped."""
+    found = re.search(rf'data-field="{name}">(.*?)</td>', row, re.S)
+    assert found, name
+    return re.sub(r"<[^>]+>", "", found.group(1)).strip()
