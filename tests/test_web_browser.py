@@ -277,8 +277,11 @@ def test_screenshots_of_every_page(
         "tasks": "/tasks?limit=20",
         "task": f"/tasks/{steps}",
         "runners": "/runners",
+        "insight": "/insight",
+        "overview-dark": "/",
     }
     for name, path in shots.items():
+        page.emulate_media(color_scheme="dark" if name.endswith("-dark") else "light")
         page.goto(f"{dashboard}{path}")
         page.wait_for_load_state("load")
         assert page.locator("h1").count() == 1
