@@ -103,6 +103,12 @@ def test_insight_page_shows_handlers_queues_beat_and_heartbeats(
     assert 'class="stale"' in row_of(html, "data-runner-id", str(runners["stale"]))
     assert 'class="stale"' not in row_of(html, "data-runner-id", str(runners["fresh"]))
     assert html.count("<tr data-runner-id=") == 2
+    # And the Runners page highlights the same runner
+    runners_page = client.get("/runners").text
+    for name, stale in (("stale", True), ("fresh", False)):
+        opening = re.search(rf'<tr id="runner-{runners[name]}"[^>]*>', runners_page)
+        assert opening, name
+        assert ('class="stale"' in opening.group(0)) is stale, name
 
 
 def test_insight_page_on_an_empty_database_and_a_bad_window(client: TestClient) -> None:

@@ -9,7 +9,6 @@ highlights what ``celery-taskq health`` would fail on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -22,7 +21,7 @@ from celery_taskq.reports.backlog import BEAT_EVENTS, QueueBacklog, beat_tick_ag
 from celery_taskq.reports.handler_table import handler_table
 from celery_taskq.reports.health import HealthThresholds
 from celery_taskq.reports.runner_report import RunnerReport
-from celery_taskq.web import inputs
+from celery_taskq.web import inputs, views
 from celery_taskq.web.state import WebState, get_state
 from celery_taskq.web.templating import render
 
@@ -101,7 +100,7 @@ def insight(
                 for event in BEAT_EVENTS
             ],
             "runners": [
-                RunnerRow(runner, _runner_stale(runner, now, limits.stale_heartbeat))
+                RunnerRow(runner, views.runner_is_stale(runner, now, limits.stale_heartbeat))
                 for runner in running
             ],
             "limits": limits,
@@ -112,12 +111,3 @@ def insight(
 def _stale(age: float | None, limit: float) -> bool:
     """An age is stale past ``limit``, and so is one never recorded."""
     return age is None or age > limit
-
-
-def _runner_stale(runner: RunnerReport, now: datetime, limit: float) -> bool:
-    """A running runner is stale when its heartbeat (with none yet, its start) is older than
-    ``limit``: the judgement of the health check's ``runners`` check."""
-    age = runner.heartbeat_age
-    if age is None:
-        age = (now - runner.started_on).total_seconds()
-    return age > limit

@@ -16,6 +16,7 @@ from celery_taskq.core import listing
 from celery_taskq.core.exceptions import InvalidArgumentError
 from celery_taskq.core.listing import MAX_PAGE_SIZE, STATUS_FILTERS
 from celery_taskq.core.models import RunStatus
+from celery_taskq.reports.health import HealthThresholds
 from celery_taskq.reports.redact import redacted_task
 from celery_taskq.reports.series import first_run_moment
 from celery_taskq.reports.shown import shown_relations, shown_task
@@ -201,6 +202,7 @@ def runners(request: Request, state: State) -> Response:
     """Runners, running first, with heartbeat ages, runs taken and Flower links."""
     now = reports.utc_now()
     found = reports.runners(state.database, reports.ReportWindow(), now=now, limit=200)
+    stale_after = HealthThresholds.of(state.settings).stale_heartbeat
     return render(
         request,
         "runners.html",
@@ -211,10 +213,12 @@ def runners(request: Request, state: State) -> Response:
                     "flower_worker_url": views.flower_worker_url(
                         state.settings.flower_url, runner.worker_hostname
                     ),
+                    "stale": views.runner_is_stale(runner, now, stale_after),
                 }
                 for runner in found
             ],
             "counts": reports.runner_counts(state.database),
+            "stale_after": stale_after,
         },
     )
 

@@ -9,12 +9,14 @@ from celery_taskq.core.models import (
     CELERY_HANDLER_PREFIX,
     FAILED_RUN_STATUSES,
     OPEN_RUN_STATUSES,
+    RunnerStatus,
     RunStatus,
 )
 from celery_taskq.core.resend import state_refusal
 from celery_taskq.core.snapshots import RunSnapshot, TaskSummary
 from celery_taskq.reports.links import flower_task_url as flower_task_url
 from celery_taskq.reports.links import flower_worker_url as flower_worker_url
+from celery_taskq.reports.runner_report import RunnerReport
 
 
 def run_duration(run: RunSnapshot) -> float | None:
@@ -66,3 +68,15 @@ def can_resend(task: TaskSummary, now: datetime, lost_after: float) -> bool:
         lost_after,
     )
     return refusal is None
+
+
+def runner_is_stale(runner: RunnerReport, now: datetime, limit: float) -> bool:
+    """A ``running`` runner whose heartbeat (with none yet, its start) is older than ``limit``
+    seconds: what the health check's ``runners`` check fails on (``HealthThresholds``'s
+    ``stale_heartbeat``)."""
+    if runner.status is not RunnerStatus.RUNNING:
+        return False
+    age = runner.heartbeat_age
+    if age is None:
+        age = (now - runner.started_on).total_seconds()
+    return age > limit
