@@ -113,7 +113,9 @@ def test_insight_page_shows_handlers_queues_beat_and_heartbeats(
 
 def test_insight_page_on_an_empty_database_and_a_bad_window(client: TestClient) -> None:
     html = client.get("/insight").text
-    assert 'id="chart-empty"' in client.get("/").text  # the overview's chart too
+    overview = client.get("/").text
+    assert 'id="chart-empty"' in overview  # the overview's chart is empty, and whole
+    assert 'id="chart-since"' not in overview
     for empty in ("no-handlers", "no-queues", "no-runners"):
         assert f'id="{empty}"' in html
     refused = client.get("/insight?since=2h")
@@ -133,4 +135,5 @@ def test_overview_chart_of_a_fresh_install_narrows_to_its_runs(
     # Then the chart has its minimum of one-minute bars, not 24 hour-long ones, and names UTC
     assert html.count('<g class="bar"') == MIN_BUCKETS
     assert re.search(r'id="chart-timezone"[^>]*>times in UTC<', html)
+    assert "from the window's first run" in html  # the heading says the chart is narrowed
     assert 'id="chart-empty"' not in html

@@ -90,6 +90,7 @@ def overview(
             "windows": OVERVIEW_WINDOWS,
             "report": report,
             "chart": bar_chart(series),
+            "chart_since": span.start if span.start != whole.since else None,
             "statuses": [status.value for status in RunStatus],
         },
     )
