@@ -36,13 +36,18 @@ def test_a_read_only_task_page_says_how_to_enable_writes(
     task_id = service.add_task("tests.handlers.Succeed")
     with TestClient(create_app(replace(web_settings(settings), dashboard_token=""))) as reader:
         html = reader.get(f"/tasks/{task_id}").text
+        schedules = reader.get("/schedules").text
     hint = re.search(r'<p class="hint" id="read-only-hint">(.*?)</p>', html, re.S)
     assert hint, html
     assert "TASKQ_DASHBOARD_TOKEN" in hint.group(1)
     assert "cancel" in hint.group(1)
-    assert 'id="read-only"' in html  # and the header says read-only, with the setting
+    # And the header's "read-only" leads to the page that explains it, naming the setting
+    assert re.search(r'<a href="/login" id="read-only" title="[^"]*TASKQ_DASHBOARD_TOKEN', html)
+    # And the schedules page says the same of its buttons
+    assert re.search(r'id="read-only-hint">Read-only: set <code>TASKQ_DASHBOARD_TOKEN', schedules)
     with TestClient(create_app(web_settings(settings))) as writer:
         assert "read-only-hint" not in writer.get(f"/tasks/{task_id}").text
+        assert "read-only-hint" not in writer.get("/schedules").text
 
 
 def test_a_failed_run_has_a_red_progress_bar_class(
