@@ -25,6 +25,9 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from celery_taskq.core.exceptions import StorageError
 
+_LINE_BREAK = re.compile(r"\s*\n\s*")
+"""A line break and the indentation around it (never inside a SQL literal here)."""
+
 _PYFORMAT_BIND = re.compile(r"%\((\w+)\)s")
 """A bind as SQLAlchemy's psycopg dialect compiles it: ``%(name)s``."""
 
@@ -53,7 +56,12 @@ class DriverStatement:
         compiled = self._compiled.get(key)
         if compiled is None:
             sql = self.statement.compile(dialect=dialect)
-            text = str(sql)
+            if "--" in str(sql):
+                raise ValueError(
+                    "a driver statement's SQL holds no -- comment (it goes as one line)"
+                )
+            # One line: psycopg caches its parse of a query only up to 4 kB of text.
+            text = _LINE_BREAK.sub(" ", str(sql)).strip()
             if self.binary:
                 text = _PYFORMAT_BIND.sub(r"%(\1)b", text)
             compiled = self._compiled[key] = (text, dict(sql.params))
