@@ -439,6 +439,7 @@ def test_redaction_module_is_used_at_every_place_data_is_shown() -> None:
         "celery_taskq/core/runner/loop.py",  # hands the real data to the handler
         "celery_taskq/core/runner/outcome.py",  # stores change_data_on_error's new data
         "celery_taskq/reports/shown.py",  # bounds what the places above then redact
+        "celery_taskq/reports/task_steps.py",  # lists the steps of what pages.py redacted
         "celery_taskq/core/statements/runs.py",
         "celery_taskq/core/statements/tasks.py",
         "celery_taskq/core/intake.py",
