@@ -123,10 +123,10 @@ class HandlerExecution:
         :mod:`celery_taskq.core.runner.time_limit`)."""
         limit = effective_limit(handler.time_limit, self.settings.run_time_limit)
         grace = self.settings.run_time_limit_grace
-        return TimeLimit(
-            limit,
-            grace=grace,
-            on_unstoppable=lambda: abandon_run(
+
+        def record_unstoppable() -> None:
+            self.abandoning()
+            abandon_run(
                 self.database,
                 run_id=context.id,
                 runner_id=self.task_runner_id,
@@ -135,8 +135,13 @@ class HandlerExecution:
                 percent=context.percent,
                 output_cap=self.settings.output_cap_bytes,
                 now=self.clock(),
-            ),
-        )
+            )
+
+        return TimeLimit(limit, grace=grace, on_unstoppable=record_unstoppable)
+
+    def abandoning(self) -> None:
+        """The process is about to record its run abandoned (timed out with its runner) and
+        end: what must not end it first lets go (the runner's lease)."""
 
     def default_backoff(self) -> Backoff:
         """The configured retry backoff."""

@@ -116,6 +116,13 @@ class TaskRunner(RunRecording, HandlerExecution):
             extra={"action": "runner_signal", "runner_id": self.task_runner_id},
         )
 
+    def abandoning(self) -> None:
+        """Let the lease go before the run is recorded abandoned: that record times this
+        runner's row out, and a heartbeat reading it must not kill the process (it ends with
+        its own exit code a moment later, the kernel's hard stop behind it)."""
+        if self._lease is not None:
+            self._lease.release()
+
     def stop(self) -> None:
         """Ask the loop to end after the current run (thread-safe)."""
         self._stop.set()
