@@ -106,11 +106,11 @@ def test_a_search_scans_a_bounded_window_where_no_index_serves_it(
 
 
 @pytest.mark.postgresql
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the index is PG's
 def test_postgresql_search_uses_the_trigram_index_and_falls_back_without_it(
     service: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if database.dialect != "postgresql":
-        pytest.skip("the trigram index is PostgreSQL's")
+    assert database.dialect == "postgresql"
     ids = [service.add_task("tests.handlers.Succeed", {"word": "needle"}) for _ in range(4)]
     monkeypatch.setattr(search, "SEARCH_WINDOW", 3)
 
