@@ -425,3 +425,42 @@ def test_prune_pauses_after_each_batch_that_deleted_rows(
     # the last look that found the table's end
     assert report.tasks == 5
     assert slept == [0.5, 0.5, 0.5]
+
+
+def test_prune_leaves_the_database_to_the_runners_for_its_busy_share(
+    database: Database, clock: FakeClock
+) -> None:
+    # Given 5 finished old tasks, and batches that each take 2 s by the pruner's timer
+    seeder = Seeder(database, clock.now)
+    for _ in range(5):
+        seeder.task(RunStatus.SUCCESS, [(RunStatus.SUCCESS, 40)])
+    ticks = iter(range(0, 1000, 2))
+    slept: list[float] = []
+
+    # When they are pruned 2 rows a statement, deleting a quarter of the time
+    pruner = Pruner(
+        database,
+        clock,
+        batch_size=2,
+        busy_share=0.25,
+        sleep=slept.append,
+        timer=lambda: float(next(ticks)),
+    )
+    report = pruner.prune(RetentionPolicy.everything_older_than(30 * DAY, (RunStatus.SUCCESS,)))
+
+    # Then after each batch that deleted tasks it waited three times as long as the batch took
+    assert report.tasks == 5
+    assert slept == [6.0, 6.0, 6.0]
+    # And the longer of --pause and the busy share's wait wins
+    waited: list[float] = []
+    Pruner(database, clock, pause=9.0, busy_share=0.5, sleep=waited.append)._pause_between_batches(
+        2
+    )
+    Pruner(database, clock, pause=1.0, busy_share=0.5, sleep=waited.append)._pause_between_batches(
+        2
+    )
+    assert waited == [9.0, 2.0]
+    # And a busy share out of range is refused
+    for share in (0.0, 0.01, 1.5):
+        with pytest.raises(ValueError, match=r"busy_share must be from 0\.05 to 1"):
+            Pruner(database, clock, busy_share=share)

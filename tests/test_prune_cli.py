@@ -34,6 +34,10 @@ def run_prune(
             ["--older-than", "30d", "--pause", "-1"],
             "Invalid value for '--pause': -1.0 is not in the range x>=0",
         ),
+        (
+            ["--older-than", "30d", "--busy-share", "0"],
+            "Invalid value for '--busy-share': 0.0 is not in the range 0.05<=x<=1.0",
+        ),
         (["--older-than", "30d", "--status", "running"], "'running' is not one of"),
         ([], "Missing option '--older-than'"),
     ],

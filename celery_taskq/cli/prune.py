@@ -12,7 +12,7 @@ from celery_taskq.cli.invocation import CliContext, pass_context
 from celery_taskq.cli.params import SecondsParamType
 from celery_taskq.core.models import RunStatus
 from celery_taskq.core.retention import FINISHED_STATUSES, RetentionPolicy, parse_age
-from celery_taskq.core.retention_pruner import Pruner
+from celery_taskq.core.retention_pruner import DEFAULT_BUSY_SHARE, MIN_BUSY_SHARE, Pruner
 
 
 class AgeParamType(click.ParamType):  # type: ignore[type-arg]
@@ -53,8 +53,16 @@ class AgeParamType(click.ParamType):  # type: ignore[type-arg]
     type=SecondsParamType(),
     default=0.0,
     show_default=True,
-    help="Seconds to wait after each batch that deleted rows, leaving the database to the "
-    "runners while a large backlog is pruned.",
+    help="Seconds to wait at least after each batch that deleted rows.",
+)
+@click.option(
+    "--busy-share",
+    type=click.FloatRange(MIN_BUSY_SHARE, 1.0),
+    default=DEFAULT_BUSY_SHARE,
+    show_default=True,
+    help="The share of its time the prune spends deleting: after a batch that took t "
+    "seconds it waits t × (1 − share) / share, leaving the database to the runners. "
+    "1 prunes flat out.",
 )
 @pass_context
 def prune(
@@ -63,6 +71,7 @@ def prune(
     statuses: tuple[str, ...],
     dry_run: bool,
     pause: float,
+    busy_share: float,
 ) -> None:
     """Delete finished tasks (with their runs), finished runners and beat ticks older than
     --older-than, at most TASKQ_RETENTION_BATCH_SIZE rows a statement.
@@ -74,6 +83,6 @@ def prune(
     policy = RetentionPolicy.everything_older_than(older_than, chosen)
     service = context.service
     batch_size = context.settings.retention_batch_size
-    pruner = Pruner(service.database, service.clock, batch_size, pause=pause)
+    pruner = Pruner(service.database, service.clock, batch_size, pause=pause, busy_share=busy_share)
     report = pruner.prune(policy, dry_run=dry_run)
     click.echo(f"{'would prune' if dry_run else 'pruned'}: {report.summary()}")

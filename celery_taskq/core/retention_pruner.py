@@ -31,6 +31,13 @@ logger = logging.getLogger(__name__)
 
 SLOTS = "schedule_slots"
 
+MIN_BUSY_SHARE = 0.05
+"""The smallest share of its time ``celery-taskq prune`` may spend deleting."""
+
+DEFAULT_BUSY_SHARE = 0.5
+"""``celery-taskq prune`` deletes half of the time and leaves the database to the runners the
+other half, unless told otherwise: flat out it took about 30 % of their drain rate."""
+
 
 @dataclass(frozen=True)
 class PruneReport:
@@ -77,17 +84,20 @@ class _Batch:
     """The window reached the table's end: the next batch starts a new pass."""
 
 
-def _walk(batch: Callable[[int], _Batch], pause: Callable[[], None]) -> PruneReport:
+def _walk(
+    batch: Callable[[int], _Batch], pause: Callable[[float], None], timer: Callable[[], float]
+) -> PruneReport:
     """Batch after batch from the first id to the table's end (``celery-taskq prune``),
-    pausing after each batch that deleted something."""
+    pausing after each batch that deleted something (``pause`` is told how long it took)."""
     report, after = PruneReport(), 0
     while True:
+        started = timer()
         step = batch(after)
         report += step.report
         if step.pass_done:
             return report
         if step.report.total:
-            pause()
+            pause(timer() - started)
         after = step.next_after
 
 
@@ -101,19 +111,27 @@ class Pruner:
         batch_size: int = MAX_BATCH_SIZE,
         *,
         pause: float = 0.0,
+        busy_share: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
+        timer: Callable[[], float] = time.monotonic,
     ):
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be from 1 to {MAX_BATCH_SIZE}")
         if not 0 <= pause < float("inf"):
             raise ValueError("pause must be a finite number of seconds, 0 or more")
+        if not MIN_BUSY_SHARE <= busy_share <= 1:
+            raise ValueError(f"busy_share must be from {MIN_BUSY_SHARE:g} to 1")
         self.database = database
         self.clock = clock
         self.batch_size = batch_size
         self.pause = pause
-        """Seconds :meth:`prune` waits after each batch that deleted rows, leaving the database
-        to the work (``celery-taskq prune --pause``)."""
+        """Seconds :meth:`prune` waits at least after each batch that deleted rows, leaving
+        the database to the work (``celery-taskq prune --pause``)."""
+        self.busy_share = busy_share
+        """The share of its time :meth:`prune` spends deleting: after a batch that took t
+        seconds it waits t × (1 − share) / share (``celery-taskq prune --busy-share``)."""
         self._sleep = sleep
+        self._timer = timer
 
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> PruneReport:
         """Walk every table once; with ``dry_run`` only count, writing nothing.
@@ -127,33 +145,41 @@ class Pruner:
         pause = self._pause_between_batches
         if cutoffs:
             report += _walk(
-                lambda after: self._tasks_batch(cutoffs, after, now, dry_run=dry_run), pause
+                lambda after: self._tasks_batch(cutoffs, after, now, dry_run=dry_run),
+                pause,
+                self._timer,
             )
         runner_cutoff = policy.cutoff(RUNNERS, now)
         if runner_cutoff is not None:
             runners = runner_cutoff
             report += _walk(
-                lambda after: self._runners_batch(runners, after, now, dry_run=dry_run), pause
+                lambda after: self._runners_batch(runners, after, now, dry_run=dry_run),
+                pause,
+                self._timer,
             )
         tick_cutoff = policy.cutoff(TICKS, now)
         if tick_cutoff is not None:
             ticks = tick_cutoff
             while True:
+                started = self._timer()
                 batch = self._ticks_batch(ticks, now, dry_run=dry_run)
                 report += batch
                 if dry_run or batch.beat_ticks < self.batch_size:
                     break
-                pause()
+                pause(self._timer() - started)
             report += _walk(
-                lambda after: self._slots_batch(ticks, after, now, dry_run=dry_run), pause
+                lambda after: self._slots_batch(ticks, after, now, dry_run=dry_run),
+                pause,
+                self._timer,
             )
         if not dry_run and report.total:
             logger.info("pruned %s", report.summary(), extra={"action": "rows_pruned"})
         return report
 
-    def _pause_between_batches(self) -> None:
-        if self.pause:
-            self._sleep(self.pause)
+    def _pause_between_batches(self, batch_seconds: float) -> None:
+        wait = max(self.pause, batch_seconds * (1 - self.busy_share) / self.busy_share)
+        if wait > 0:
+            self._sleep(wait)
 
     def prune_step(self, policy: RetentionPolicy) -> PruneReport:
         """OnProcess's share: one batch of each kind, from the resume points it stored."""
