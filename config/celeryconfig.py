@@ -190,7 +190,7 @@ taskq_dashboard_refresh_interval = 5.0
 # writes, gathered for at most taskq_audit_batch_window seconds after the first.
 taskq_audit_write_behind = True
 taskq_audit_batch_size = 200
-taskq_audit_batch_window = 0.02
+taskq_audit_batch_window = 0.05
 
 # How long finished rows are kept, e.g. "success=7d,error=90d" (keys: success, error, timeout,
 # runners, ticks; ages like 45s, 90m, 12h, 30d, 2w). Empty: keep everything. OnProcess prunes by

@@ -102,9 +102,11 @@ thread in batches (``False``: each write commits before the task goes on)."""
 DEFAULT_AUDIT_BATCH_SIZE = 200
 """Most audit writes one background transaction holds."""
 
-DEFAULT_AUDIT_BATCH_WINDOW = 0.02
+DEFAULT_AUDIT_BATCH_WINDOW = 0.05
 """Seconds the background writer gathers audit writes after the first before it commits them
-(it commits sooner when ``audit_batch_size`` are waiting)."""
+(it commits sooner when ``audit_batch_size`` are waiting). 50 ms: a short task's start and end
+fall in one batch and are written once, and a batch holds about 50 writes at a busy pool's
+rate (at 20 ms, about 20: the audited drain ran at 0.71-0.78x plain Celery, against 0.84x)."""
 
 DEFAULT_RETENTION_BATCH_SIZE = 2000
 """Most rows one pruning statement deletes (OnProcess and ``celery-taskq prune``); at most
