@@ -23,27 +23,46 @@ from celery_taskq.core.statements.native import NativeTask, attempts_allowed
 from celery_taskq.core.storage.driver import DriverStatement
 from celery_taskq.core.storage.encoding import write_json
 
-_START = DriverStatement(
-    text(
-        "WITH closed AS ("  # noqa: S608 - constant SQL, values are bound
-        + """
-            UPDATE "TaskRuns" SET "Status" = 'timeout', "FinishedOn" = :now,
+_TASK_OF_MESSAGE = '(SELECT "Id" FROM "TaskQueue" WHERE "CeleryTaskId" = :celery_task_id)'
+"""The id of the task row of the attempt's Celery task id (a scalar subquery)."""
+
+
+def _closing_older(at: str, *, unless_newer: bool = False) -> str:
+    """The ``closed`` CTE's UPDATE: the task's open attempts that started by ``at`` (a bind)
+    closed as lost (the same attempt) or superseded; with ``unless_newer``, nothing when the
+    ``newer`` CTE found a newer open attempt."""
+    guard = " AND NOT EXISTS (SELECT 1 FROM newer)" if unless_newer else ""
+    return f"""UPDATE "TaskRuns" SET "Status" = 'timeout', "FinishedOn" = {at},
                 "ErrorCode" = CASE WHEN "Attempt" = :attempt THEN :lost ELSE :superseded END,
                 "ErrorMessage" = CASE WHEN "Attempt" = :attempt
                     THEN :lost_message ELSE :superseded_message END
-            WHERE "TaskQueueId" = (
-                    SELECT "Id" FROM "TaskQueue" WHERE "CeleryTaskId" = :celery_task_id
-                )
-                AND """
-        + RUN_OPEN_SQL
-        + """ AND ("StartedOn" IS NULL OR "StartedOn" <= :now)
-            RETURNING 1
+            WHERE "TaskQueueId" = {_TASK_OF_MESSAGE} AND {RUN_OPEN_SQL}
+                AND ("StartedOn" IS NULL OR "StartedOn" <= {at}){guard}
+            RETURNING 1"""  # noqa: S608 - constant SQL, values are bound
+
+
+_TASK_COLUMNS = (
+    '"TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn", "QueuedById", "MaxRetries", '
+    '"TaskRunsFailed", "LastStatus", "CeleryTaskId", "CeleryParentId", "CeleryRootId", '
+    '"CeleryGroupId", "CeleryChordId"'
+)
+"""The columns a worker's upsert of the task row writes, in the order of its VALUES."""
+
+_KEEP_RELATIONS = ", ".join(
+    f'"{column}" = COALESCE("TaskQueue"."{column}", EXCLUDED."{column}")'
+    for column in ("CeleryParentId", "CeleryRootId", "CeleryGroupId", "CeleryChordId")
+)
+"""The upsert fills in the relations the row lacks and keeps those it has."""
+
+_FAILED_BEFORE = '"TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed)'
+"""The task's failed attempts once the ``closed`` CTE's are counted (upsert of a known row)."""
+
+_START = DriverStatement(
+    text(
+        f"""
+        WITH closed AS ({_closing_older(":now")}
         ), task AS (
-            INSERT INTO "TaskQueue" (
-                "TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn", "QueuedById",
-                "MaxRetries", "TaskRunsFailed", "LastStatus", "CeleryTaskId", "CeleryParentId",
-                "CeleryRootId", "CeleryGroupId", "CeleryChordId"
-            ) VALUES (
+            INSERT INTO "TaskQueue" ({_TASK_COLUMNS}) VALUES (
                 :task_handler_class, :task_data, :scheduled_on, :queued_on, :queued_by_id,
                 COALESCE(CAST(:allowed AS INTEGER), (SELECT count(*) FROM closed) + 1),
                 (SELECT count(*) FROM closed), 'running', :celery_task_id, :celery_parent_id,
@@ -51,17 +70,9 @@ _START = DriverStatement(
             )
             ON CONFLICT ("CeleryTaskId") DO UPDATE SET
                 "LastStatus" = 'running',
-                "TaskRunsFailed" = "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed),
-                "MaxRetries" = COALESCE(
-                    CAST(:allowed AS INTEGER),
-                    "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
-                ),
-                "CeleryParentId" = COALESCE(
-                    "TaskQueue"."CeleryParentId", EXCLUDED."CeleryParentId"
-                ),
-                "CeleryRootId" = COALESCE("TaskQueue"."CeleryRootId", EXCLUDED."CeleryRootId"),
-                "CeleryGroupId" = COALESCE("TaskQueue"."CeleryGroupId", EXCLUDED."CeleryGroupId"),
-                "CeleryChordId" = COALESCE("TaskQueue"."CeleryChordId", EXCLUDED."CeleryChordId")
+                "TaskRunsFailed" = {_FAILED_BEFORE},
+                "MaxRetries" = COALESCE(CAST(:allowed AS INTEGER), {_FAILED_BEFORE} + 1),
+                {_KEEP_RELATIONS}
             RETURNING "Id"
         )
         INSERT INTO "TaskRuns" (
@@ -69,11 +80,9 @@ _START = DriverStatement(
         )
         SELECT "Id", 'running', :now, :celery_task_id, CAST(:runner_id AS BIGINT), :attempt, :eager
         FROM task
-        ON CONFLICT ("TaskQueueId") WHERE """
-        + RUN_OPEN_SQL
-        + """ DO NOTHING
+        ON CONFLICT ("TaskQueueId") WHERE {RUN_OPEN_SQL} DO NOTHING
         RETURNING "Id"
-        """
+        """  # noqa: S608 - constant SQL, values are bound
     ),
     json_params=frozenset({"task_data"}),
 )
@@ -165,35 +174,15 @@ def end_attempt(
 
 _COMPLETE = DriverStatement(
     text(
-        "WITH newer AS ("  # noqa: S608 - constant SQL, values are bound
-        + """
+        f"""
+        WITH newer AS (
             SELECT 1 FROM "TaskRuns"
-            WHERE "TaskQueueId" = (
-                    SELECT "Id" FROM "TaskQueue" WHERE "CeleryTaskId" = :celery_task_id
-                )
-                AND """
-        + RUN_OPEN_SQL
-        + """ AND "StartedOn" > :started_on
+            WHERE "TaskQueueId" = {_TASK_OF_MESSAGE} AND {RUN_OPEN_SQL}
+                AND "StartedOn" > :started_on
             LIMIT 1
-        ), closed AS (
-            UPDATE "TaskRuns" SET "Status" = 'timeout', "FinishedOn" = :started_on,
-                "ErrorCode" = CASE WHEN "Attempt" = :attempt THEN :lost ELSE :superseded END,
-                "ErrorMessage" = CASE WHEN "Attempt" = :attempt
-                    THEN :lost_message ELSE :superseded_message END
-            WHERE "TaskQueueId" = (
-                    SELECT "Id" FROM "TaskQueue" WHERE "CeleryTaskId" = :celery_task_id
-                )
-                AND """
-        + RUN_OPEN_SQL
-        + """ AND ("StartedOn" IS NULL OR "StartedOn" <= :started_on)
-                AND NOT EXISTS (SELECT 1 FROM newer)
-            RETURNING 1
+        ), closed AS ({_closing_older(":started_on", unless_newer=True)}
         ), task AS (
-            INSERT INTO "TaskQueue" (
-                "TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn", "QueuedById",
-                "MaxRetries", "TaskRunsFailed", "LastStatus", "CeleryTaskId", "CeleryParentId",
-                "CeleryRootId", "CeleryGroupId", "CeleryChordId"
-            ) VALUES (
+            INSERT INTO "TaskQueue" ({_TASK_COLUMNS}) VALUES (
                 :task_handler_class, :task_data, :scheduled_on, :queued_on, :queued_by_id,
                 CASE WHEN :succeeded THEN COALESCE(CAST(:allowed AS INTEGER), 1)
                     WHEN :final THEN 1
@@ -204,33 +193,18 @@ _COMPLETE = DriverStatement(
             )
             ON CONFLICT ("CeleryTaskId") DO UPDATE SET
                 "LastStatus" = :status,
-                "TaskRunsFailed" = CASE WHEN :succeeded THEN 0
-                    ELSE "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1 END,
+                "TaskRunsFailed" = CASE WHEN :succeeded THEN 0 ELSE {_FAILED_BEFORE} + 1 END,
                 "MaxRetries" = CASE
-                    WHEN :succeeded THEN COALESCE(
-                        CAST(:allowed AS INTEGER),
-                        "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
-                    )
+                    WHEN :succeeded THEN COALESCE(CAST(:allowed AS INTEGER), {_FAILED_BEFORE} + 1)
                     WHEN :final THEN LEAST(
-                        COALESCE(
-                            CAST(:allowed AS INTEGER),
-                            "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
-                        ),
-                        "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
+                        COALESCE(CAST(:allowed AS INTEGER), {_FAILED_BEFORE} + 1),
+                        {_FAILED_BEFORE} + 1
                     )
                     ELSE GREATEST(
-                        COALESCE(
-                            CAST(:allowed AS INTEGER),
-                            "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 1
-                        ),
-                        "TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed) + 2
+                        COALESCE(CAST(:allowed AS INTEGER), {_FAILED_BEFORE} + 1),
+                        {_FAILED_BEFORE} + 2
                     ) END,
-                "CeleryParentId" = COALESCE(
-                    "TaskQueue"."CeleryParentId", EXCLUDED."CeleryParentId"
-                ),
-                "CeleryRootId" = COALESCE("TaskQueue"."CeleryRootId", EXCLUDED."CeleryRootId"),
-                "CeleryGroupId" = COALESCE("TaskQueue"."CeleryGroupId", EXCLUDED."CeleryGroupId"),
-                "CeleryChordId" = COALESCE("TaskQueue"."CeleryChordId", EXCLUDED."CeleryChordId")
+                {_KEEP_RELATIONS}
             WHERE NOT EXISTS (SELECT 1 FROM newer)
             RETURNING "Id"
         )
@@ -244,7 +218,7 @@ _COMPLETE = DriverStatement(
             :results, COALESCE(CAST(:percents AS INTEGER), 0)
         FROM task
         RETURNING "Id"
-        """
+        """  # noqa: S608 - constant SQL, values are bound
     ),
     json_params=frozenset({"task_data", "results"}),
 )
