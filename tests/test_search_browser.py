@@ -12,31 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.web import create_app
-from tests.fixtures.postgres import servers_required
+from tests.test_web_browser import browser, chromium
 from tests.web_support import live_server, web_settings
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless chromium from PATH; skip (fail under CI) without it."""
-    path = shutil.which("chromium")
-    if path is None:
-        reason = "chromium is not installed (apt-get install chromium)"
-        if servers_required():
-            pytest.fail(f"{reason}\n(CI=true: browser tests may not be skipped)", pytrace=False)
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=path, headless=True)
-        yield launched
-        launched.close()
+__all__ = ["browser", "chromium"]  # the module-scoped browser fixtures, shared
 
 
 @pytest.fixture(scope="module")

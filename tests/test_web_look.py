@@ -15,16 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize
 
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.steps import Step
 from celery_taskq.core.storage.database import Database
 from celery_taskq.web import create_app
-from tests.fixtures.postgres import servers_required
 from tests.helpers import drive
-from tests.test_web_browser import seed_history
+from tests.test_web_browser import browser, chromium, seed_history
 from tests.web_support import live_server, web_settings
 
 PHONE = ViewportSize(width=420, height=860)
@@ -33,6 +32,8 @@ ERROR_RED = "rgb(207, 34, 46)"
 """``--error`` of the light scheme."""
 
 pytestmark = pytest.mark.slow
+
+__all__ = ["browser", "chromium"]  # the module-scoped browser fixtures, shared
 
 
 @dataclass(frozen=True)
@@ -44,21 +45,6 @@ class Site:
     """A task whose only run failed (and which was cancelled after)."""
     steps: int
     """A multi-step task that ran to its end, with long data."""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless chromium from PATH for the whole module; skip (fail under CI) without it."""
-    path = shutil.which("chromium")
-    if path is None:
-        reason = "chromium is not installed (apt-get install chromium)"
-        if servers_required():
-            pytest.fail(f"{reason}\n(CI=true: browser tests may not be skipped)", pytrace=False)
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=path, headless=True)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")
