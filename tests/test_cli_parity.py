@@ -12,7 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,20 +28,9 @@ from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.storage.database import Database
 from tests.conftest import CLI
 from tests.helpers import count, drive, insert_task_row, runs_of, task_row, wait_for
+from tests.test_cli import RunCli, run_cli
 
-RunCli = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def run_cli(database_url: str, capsys: pytest.CaptureFixture[str]) -> RunCli:
-    """Run the command in-process against the test database; return (code, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(["--database-url", database_url, *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+__all__ = ["run_cli"]  # test_cli's fixture: the command in-process on the test database
 
 
 def _listed(out: str) -> list[int]:
