@@ -57,10 +57,17 @@ _KEEP_RELATIONS = ", ".join(
 _FAILED_BEFORE = '"TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed)'
 """The task's failed attempts once the ``closed`` CTE's are counted (upsert of a known row)."""
 
+_CLOSE_OLDER = _closing_older(":now")
+"""A start's ``closed`` CTE: the open attempts that started by now."""
+
+_CLOSE_OLDER_UNLESS_NEWER = _closing_older(":started_on", unless_newer=True)
+"""A finished attempt's ``closed`` CTE: those that started by its start, unless a newer one
+is open."""
+
 _START = DriverStatement(
     text(
         f"""
-        WITH closed AS ({_closing_older(":now")}
+        WITH closed AS ({_CLOSE_OLDER}
         ), task AS (
             INSERT INTO "TaskQueue" ({_TASK_COLUMNS}) VALUES (
                 :task_handler_class, :task_data, :scheduled_on, :queued_on, :queued_by_id,
@@ -180,7 +187,7 @@ _COMPLETE = DriverStatement(
             WHERE "TaskQueueId" = {_TASK_OF_MESSAGE} AND {RUN_OPEN_SQL}
                 AND "StartedOn" > :started_on
             LIMIT 1
-        ), closed AS ({_closing_older(":started_on", unless_newer=True)}
+        ), closed AS ({_CLOSE_OLDER_UNLESS_NEWER}
         ), task AS (
             INSERT INTO "TaskQueue" ({_TASK_COLUMNS}) VALUES (
                 :task_handler_class, :task_data, :scheduled_on, :queued_on, :queued_by_id,
