@@ -8,15 +8,15 @@ Variants, each drained by ``celery worker -P prefork -c C`` on Redis (same C for
 ``plain``
     benchmarks/plain_app.py: a no-op task, no celery_taskq.
 ``audited``
-    benchmarks/native_app.py: the same task with ``install(app, audit_celery_tasks=True)`` and
-    plain Celery's settings (task events off, prefetch multiplier 4): the audit's own cost.
+    benchmarks/native_app.py: the same task with ``install(app, audit_celery_tasks=True)``, whose
+    Celery settings install() leaves as they are (task events off, prefetch multiplier 4): the
+    audit's own cost, and what an app pays with install()'s defaults.
 ``audited-flower``
-    the same with install()'s defaults for Flower (``worker_send_task_events`` and
-    ``task_send_sent_event`` on).
+    the same while Flower watches: the worker sends task events, as Flower's ``enable_events``
+    command makes it (``benchmarks.plain_app.FLOWER_ATTACHED``).
 ``plain-flower``
-    ``plain`` with the same Celery settings as ``audited-flower``: what those settings cost
-    without the audit, so that ``audited-flower`` vs ``plain-flower`` is the audit's own cost
-    under them.
+    ``plain`` while Flower watches: what Flower's events cost without the audit, so that
+    ``audited-flower`` vs ``plain-flower`` is the audit's own cost under them.
 ``audited-sync`` (only when asked for with ``--variants``)
     ``audited`` with ``TASKQ_AUDIT_WRITE_BEHIND=false``: every audit write committed before
     the task goes on, to show what writing behind gives.
@@ -162,11 +162,6 @@ def measure(
             stack.enter_context(
                 audited_database(database_url, write_behind=variant != "audited-sync")
             )
-        if flower:
-            # install() turns task_send_sent_event on for a silent app: the caller sends the
-            # task-sent event too.
-            module.app.conf.task_send_sent_event = True
-            stack.callback(setattr, module.app.conf, "task_send_sent_event", False)
         profiler = cProfile.Profile() if profile is not None and audited else None
         caller_before = writer_stats(audit_writer()) if audited else None
         started = time.perf_counter()

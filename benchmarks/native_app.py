@@ -3,8 +3,9 @@
 The same no-op and start-recording tasks as :mod:`benchmarks.plain_app`, on the same Redis
 broker, in an app with ``install(app, audit_celery_tasks=True)``: every publish writes a
 ``TaskQueue`` row and every execution a ``TaskRuns`` row (``TASKQ_DATABASE_URL``). The worker
-runs with plain_app's Celery settings, or with ``BENCH_NATIVE_FLOWER=1`` with install()'s
-defaults for Flower (task events on). With ``BENCH_PROFILE_DIR`` every
+runs with plain_app's Celery settings (Celery's defaults, which install() keeps), and with
+``BENCH_NATIVE_FLOWER=1`` sends task events as it does while Flower watches it
+(:data:`benchmarks.plain_app.FLOWER_ATTACHED`). With ``BENCH_PROFILE_DIR`` every
 pool process writes a cProfile of its life there (``pool-<pid>.prof``) when it shuts down; with
 ``BENCH_STATS_DIR`` it writes its audit writer's counters (``writer-<pid>.json``: operations,
 transactions, CPU seconds spent writing).
@@ -20,21 +21,15 @@ from typing import Any
 
 from celery import Celery, signals
 
-from benchmarks.plain_app import count_run, store_start
+from benchmarks.plain_app import FLOWER_ATTACHED, count_run, store_start
 from celery_taskq.celery import install
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 app = Celery("bench_native", broker=REDIS_URL)
 app.conf.task_ignore_result = True
-if not os.environ.get("BENCH_NATIVE_FLOWER"):
-    # The audit's own cost: the Celery settings of plain_app (Celery's defaults), which
-    # install() keeps because the app sets them. With BENCH_NATIVE_FLOWER=1 the app is silent
-    # and install() turns on task events for Flower.
-    app.conf.worker_send_task_events = False
-    app.conf.task_send_sent_event = False
-    app.conf.task_track_started = False
-    app.conf.worker_prefetch_multiplier = 4
+if os.environ.get("BENCH_NATIVE_FLOWER"):
+    app.conf.update(FLOWER_ATTACHED)
 _auditor = install(app, audit_celery_tasks=True).auditor
 assert _auditor is not None  # noqa: S101 - install() always sets it
 _audits = _auditor.should_audit

@@ -5,7 +5,9 @@ process; the tests read Flower's HTTP API on 127.0.0.1.
 
 - With the default settings, Flower's task list (``/api/tasks``) holds the app's tasks and none
   of celery_taskq's, while beat ticks and a runner task runs a handler task: the internal tasks
-  send no task events and no ``task-sent`` event.
+  send no task events and no ``task-sent`` event. ``install()`` leaves the app's event settings
+  (off, Celery's default): Flower turns the worker's task events on itself, with its
+  ``enable_events`` control command.
 - With ``internal_task_events`` on, Flower sees them. That test does not settle for Flower
   answering 200: it checks what Flower can only know from events. With
   ``worker_send_task_events`` off Flower never learns that a runner task was received or
@@ -121,9 +123,16 @@ def test_flower_lists_the_apps_tasks_and_no_internal_task(redis_stack: CelerySta
     flower = start_flower(stack, "tests.native_app")
     stack.unset_env.update(STACK_OVERRIDES)
     stack.start(
-        *("-m", "celery", "-A", "tests.native_app", "worker", "-B", "-c", "2"),
+        *("-m", "celery", "-A", "tests.native_app", "worker", "-B", "-c", "2", "-l", "INFO"),
         *("--hostname", "worker@%h", "--schedule", str(stack.directory / "schedule")),
         log_name="worker.log",
+    )
+    # (the app sends no task events of its own: Flower turns them on, every 5 s)
+    worker_log = stack.directory / "worker.log"
+    wait_for(
+        lambda: ENABLED_BY_FLOWER in worker_log.read_text(errors="replace"),
+        timeout=30,
+        what=f"Flower to turn the worker's task events on (see {worker_log})",
     )
     # When the app's task runs, and a handler task is run by a runner task
     app_task = stack_app_task(stack)
@@ -152,6 +161,10 @@ def test_flower_lists_the_apps_tasks_and_no_internal_task(redis_stack: CelerySta
     )
     names = {task.get("name") for task in flower.tasks()}
     assert names == {"native.add"}, f"Flower lists {names} after {ticks_seen} OnProcess ticks"
+
+
+ENABLED_BY_FLOWER = "Events of group {task} enabled by remote."
+"""What a worker logs (INFO) when Flower's ``enable_events`` command turns its task events on."""
 
 
 def stack_app_task(stack: CeleryStack) -> str:

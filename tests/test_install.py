@@ -25,8 +25,8 @@ from celery_taskq.celery import (
     AUDIT_ONLY,
     CREATE_RUNNERS_TASK,
     EVENTS_QUEUE,
-    INSTALL_DEFAULTS,
     PROCESS_TASK,
+    READY_APP_EVENTS,
     RUNNER_TASK,
     RUNNERS_QUEUE,
     create_app,
@@ -40,42 +40,57 @@ from celery_taskq.core.storage.migrate import upgrade_database
 SETTINGS = Settings(broker_url="redis://127.0.0.1:6399/3")
 
 
-def test_an_app_that_is_silent_gets_events_for_flower_and_keeps_celery_s_prefetch() -> None:
-    app = Celery("silent")
+CELERY_SETTINGS_INSTALL_LEAVES = (
+    "worker_send_task_events",
+    "task_send_sent_event",
+    "worker_prefetch_multiplier",
+    "task_track_started",
+    "task_queues",
+    "task_routes",
+    "task_ignore_result",
+)
+
+
+def test_an_app_that_is_silent_keeps_celery_s_own_settings() -> None:
+    # Given an app that sets nothing, and one just like it without celery_taskq
+    app, plain = Celery("silent"), Celery("plain")
+    # When celery_taskq is installed on one of them and the app starts
     install(app, settings=SETTINGS)
-    assert {key: app.conf[key] for key in INSTALL_DEFAULTS} == {
+    started(app)
+    # Then its workers and callers send the events, reserve the messages, report the states and
+    # consume the queues of the plain app: Celery's defaults
+    installed = {key: app.conf[key] for key in CELERY_SETTINGS_INSTALL_LEAVES}
+    assert installed == {key: plain.conf[key] for key in CELERY_SETTINGS_INSTALL_LEAVES}
+    assert installed["worker_send_task_events"] is False
+    assert installed["task_send_sent_event"] is False
+
+
+def test_the_ready_app_reserves_one_message_per_pool_process_and_sends_task_events() -> None:
+    app = create_app(SETTINGS)
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert {key: app.conf[key] for key in READY_APP_EVENTS} == {
         "worker_send_task_events": True,
         "task_send_sent_event": True,
     }
-    # How many messages its workers reserve is the app's (Celery's default here)
-    assert app.conf.worker_prefetch_multiplier == Celery("plain").conf.worker_prefetch_multiplier
-    # What a caller of the app's tasks sees is not changed: no STARTED state in the backend
-    assert app.conf.task_track_started is False
-
-
-def test_the_ready_app_reserves_one_message_per_pool_process() -> None:
-    assert create_app(SETTINGS).conf.worker_prefetch_multiplier == 1
 
 
 def test_what_the_app_sets_itself_is_kept() -> None:
     class Config:
-        worker_send_task_events = False
+        worker_send_task_events = True
         worker_prefetch_multiplier = 4
 
     from_object = Celery("from-object")
     from_object.config_from_object(Config)
     install(from_object, settings=SETTINGS)
     set_directly = Celery("set-directly")
-    set_directly.conf.task_send_sent_event = False
-    set_directly.conf.task_track_started = False
+    set_directly.conf.task_send_sent_event = True
+    set_directly.conf.task_track_started = True
     install(set_directly, settings=SETTINGS)
 
-    assert from_object.conf.worker_send_task_events is False
+    assert from_object.conf.worker_send_task_events is True
     assert from_object.conf.worker_prefetch_multiplier == 4
-    assert from_object.conf.task_send_sent_event is True  # not set by the app: installed
-    assert set_directly.conf.task_send_sent_event is False
-    assert set_directly.conf.task_track_started is False
-    assert set_directly.conf.worker_send_task_events is True
+    assert set_directly.conf.task_send_sent_event is True
+    assert set_directly.conf.task_track_started is True
 
 
 # --- install() before or after the app configures itself --------------------------------------
@@ -142,7 +157,7 @@ def test_install_works_before_or_after_the_app_configures_itself(
     assert app.conf.broker_url == "memory://"
     assert state.settings.database_url == "sqlite:///from-config-object.db"
     assert state.settings.process_interval == 0.5
-    assert app.conf.worker_send_task_events is True
+    assert app.conf.worker_send_task_events is False  # install() sets no Celery setting
     # No queue is added: the app's workers consume what they consumed before.
     assert not app.conf.task_queues
     assert route_queue(app, PROCESS_TASK) == route_queue(app, RUNNER_TASK) == "celery"

@@ -10,8 +10,8 @@ A runner task is sent for one named queue of handler runs and serves only that q
 the app declares ``taskq.runners.<queue>`` (:func:`runner_queue_name`) its runner tasks go
 there (:func:`runner_route`), so that only the workers consuming it serve that queue.
 
-Configuration: :func:`apply_config` adds the beat entries and, where the app is silent,
-:data:`INSTALL_DEFAULTS` and the broker. It is idempotent and runs whenever the app's
+Configuration: :func:`apply_config` adds the beat entries and, where the app is silent, the
+broker; an app's Celery settings are otherwise its own. It is idempotent and runs whenever the app's
 configuration may have changed (see :mod:`celery_taskq.celery.startup`), so it does not matter
 whether ``install()`` comes before or after the app configures itself.
 """
@@ -47,20 +47,21 @@ OWN_QUEUES = {
 }
 """The queue each task goes to when the app declares it."""
 
-INSTALL_DEFAULTS: dict[str, Any] = {
+READY_APP_EVENTS: dict[str, Any] = {
     "worker_send_task_events": True,
     "task_send_sent_event": True,
 }
-"""Celery settings :func:`~celery_taskq.celery.install.install` gives an app that does not set
-them: Flower and ``celery events`` see the app's tasks. Events change no task's outcome.
+"""Celery event settings of the ready app (:func:`~celery_taskq.celery.install.create_app`), so
+that ``celery events`` and Flower see its tasks with their ``sent`` time.
 
-Not ``task_track_started``: it would change what the app's callers see (``AsyncResult.state``
-``STARTED`` instead of ``PENDING`` while a task runs), and Flower learns that a task started
-from the ``task-started`` event anyway. Not ``worker_prefetch_multiplier``: how many messages
-the app's workers reserve is the app's choice (Celery's fair scheduling, its default, hands a
-reserved message only to a free pool process, so none waits behind a running runner task);
-the ready app (:func:`~celery_taskq.celery.install.create_app`), whose workers serve mostly
-runner tasks, sets 1 itself."""
+:func:`~celery_taskq.celery.install.install` gives an app's own configuration nothing: with
+celery_taskq installed, an app's workers and callers send the events they sent before. Flower
+turns the workers' task events on by itself while it runs (its ``enable_events`` option, on by
+default); ``task_send_sent_event`` is the app's to choose, and a task's queued time is in its
+``TaskQueue`` row anyway. Nor ``task_track_started`` (it would change what the app's callers
+see) nor ``worker_prefetch_multiplier`` (how many messages the app's workers reserve is the
+app's choice; Celery's fair scheduling, its default, hands a reserved message only to a free
+pool process, so none waits behind a running runner task)."""
 
 READY_APP_PREFETCH = 1
 """``worker_prefetch_multiplier`` of the ready app: a worker busy with runner tasks reserves no
@@ -131,7 +132,7 @@ def missing_beat_entries(schedule: Iterable[str], settings: Settings) -> list[st
 
 
 def apply_config(app: Celery, settings: Settings) -> None:
-    """Beat entries, :data:`INSTALL_DEFAULTS` and the broker, where ``app`` is silent.
+    """Beat entries and the broker, where ``app`` is silent.
 
     Idempotent: what is already there is left as it is, and the app's own values win.
     """
@@ -141,10 +142,6 @@ def apply_config(app: Celery, settings: Settings) -> None:
     if missing:
         entries = beat_entries(settings)
         conf.beat_schedule = {**schedule, **{name: entries[name] for name in missing}}
-    # What the app sets itself is kept (events cost a Redis publish per task and state change).
-    for key, value in INSTALL_DEFAULTS.items():
-        if not conf.value_set_for(key):
-            conf[key] = value
     # The app's own broker wins; an app without one takes celery_taskq's setting.
     broker_url = str(conf.broker_url or settings.broker_url)
     sql_database = split_sql_broker_url(broker_url)
