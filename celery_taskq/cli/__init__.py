@@ -28,6 +28,9 @@ create-runners, debug, runner, worker),
 :mod:`~celery_taskq.cli.dashboard` and :mod:`~celery_taskq.cli.demo`; shared by them:
 :mod:`~celery_taskq.cli.invocation`, :mod:`~celery_taskq.cli.params`,
 :mod:`~celery_taskq.cli.errors` and :mod:`~celery_taskq.cli.task_text`.
+
+Each command's module is imported only when the command is used
+(:mod:`~celery_taskq.cli.commands`), so a runner loads none of the others.
 """
 
 from __future__ import annotations
@@ -39,32 +42,19 @@ from dataclasses import replace
 import click
 
 from celery_taskq import __version__
-from celery_taskq.cli import (
-    dashboard,
-    db,
-    demo,
-    health,
-    prune,
-    report,
-    runners,
-    schedules,
-    tasks,
-    top,
-    watch,
-)
 from celery_taskq.cli.app_loading import (
     APP_ENV,
     load_celery_app,
     put_working_directory_on_path,
     settings_of_app,
 )
+from celery_taskq.cli.commands import LazyGroup
 from celery_taskq.cli.errors import (
     EXIT_BUG,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
     FAILURES,
-    TaskqGroup,
     error_line,
     failure_message,
     show_click_error,
@@ -75,7 +65,7 @@ from celery_taskq.core.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-@click.group(cls=TaskqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-A",
     "--app",
@@ -107,31 +97,6 @@ def cli(ctx: click.Context, app_name: str | None, database_url: str | None, verb
         settings = replace(settings, database_url=database_url)
     ctx.obj = CliContext(settings, app_name=app_name or None, celery_app=celery_app)
     ctx.call_on_close(ctx.obj.close)
-
-
-for _command in (
-    db.db_group,
-    tasks.enqueue,
-    tasks.show,
-    tasks.list_command,
-    watch.watch,
-    tasks.cancel,
-    tasks.retry,
-    tasks.resend,
-    report.report_command,
-    health.health,
-    top.top,
-    prune.prune,
-    schedules.schedules_group,
-    runners.process,
-    runners.create_runners,
-    runners.debug,
-    runners.runner,
-    runners.worker,
-    dashboard.dashboard,
-    demo.demo,
-):
-    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:
