@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
@@ -103,6 +103,93 @@ def test_a_batch_costs_at_most_two_inserts_whatever_its_size(
     # PostgreSQL: one statement inserts the tasks and their runs; SQLite: one each
     assert len(statements) == (1 if database.dialect == "postgresql" else 2)
     assert count(database, TaskRun) == 500
+
+
+def test_odd_values_in_one_batch_are_stored_as_given(
+    service: TaskQueueService, database: Database, clock: FakeClock
+) -> None:
+    # On PostgreSQL each column travels as one binary array: NULLs among values, text beyond
+    # the BMP, a document near the size limit, times in other zones, unique keys (some taken
+    # within the batch) between plain tasks, and a column that is NULL in every row.
+    huge = {"blob": "\u00e9\U0001f600" * 100_000, "list": list(range(1000))}
+    tokyo = timezone(timedelta(hours=9))
+    later = (clock() + timedelta(hours=1)).astimezone(tokyo)
+    earlier = (clock() - timedelta(days=3)).astimezone(timezone(timedelta(hours=-5, minutes=-30)))
+    specs: list[TaskSpec] = [
+        TaskSpec(SUCCEED, {"text": "caf\u00e9 \U0001f600 \u05e9\u05dc\u05d5\u05dd", "q": '"\\{,}'}),
+        TaskSpec(SUCCEED, huge, title="\u65e5\u672c\u8a9e", queued_by="\U0001f916 bot"),
+        TaskSpec(SUCCEED, None, scheduled_on=later, priority=-1000, queue="q.b-1"),
+        TaskSpec(SUCCEED, [None, 1.5, True, {"": []}], unique_key="k", scheduled_on=earlier),
+        TaskSpec(SUCCEED, "NULL", unique_key="k"),
+        TaskSpec(SUCCEED, {"n": None}, max_retries=2**31 - 1, priority=1000, title="{}"),
+    ]
+    ids = service.add_tasks(specs, create_run=True)
+    assert ids[3] == ids[4]
+    assert ids[:3] == sorted(ids[:3])
+    assert len(set(ids)) == 5
+    rows = [task_row(database, task_id) for task_id in ids]
+    assert [row.task_data for row in rows] == [
+        {"text": "caf\u00e9 \U0001f600 \u05e9\u05dc\u05d5\u05dd", "q": '"\\{,}'},
+        huge,
+        {},
+        [None, 1.5, True, {"": []}],
+        [None, 1.5, True, {"": []}],
+        {"n": None},
+    ]
+    assert [row.title for row in rows] == [None, "\u65e5\u672c\u8a9e", None, None, None, "{}"]
+    assert [row.queued_by_id for row in rows] == [None, "\U0001f916 bot", None, None, None, None]
+    assert rows[2].scheduled_on == later
+    assert rows[3].scheduled_on == earlier
+    assert [(row.queue, row.priority) for row in rows] == [
+        ("default", 0),
+        ("default", 0),
+        ("q.b-1", -1000),
+        ("default", 0),
+        ("default", 0),
+        ("default", 1000),
+    ]
+    assert rows[5].max_retries == 2**31 - 1
+    assert [row.last_status for row in rows] == [
+        RunStatus.SCHEDULED,
+        RunStatus.SCHEDULED,
+        None,
+        RunStatus.SCHEDULED,
+        RunStatus.SCHEDULED,
+        RunStatus.SCHEDULED,
+    ]
+    assert [len(runs_of(database, task_id)) for task_id in ids] == [1, 1, 0, 1, 1, 1]
+    assert [(run.queue, run.priority) for run in runs_of(database, ids[5])] == [("default", 1000)]
+
+
+def test_a_batch_of_tasks_none_due_gets_no_runs(
+    service: TaskQueueService, database: Database, clock: FakeClock
+) -> None:
+    later = clock() + timedelta(minutes=5)
+    ids = service.add_tasks([TaskSpec(SUCCEED, scheduled_on=later)] * 3, create_run=True)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 3
+    assert [task_row(database, task_id).last_status for task_id in ids] == [None] * 3
+    assert count(database, TaskRun) == 0
+
+
+def test_a_batch_loads_each_handler_once_and_validates_every_task(
+    service: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created: list[str] = []
+    create = service.create_task_handler
+
+    def counting(path: str) -> Any:
+        created.append(path)
+        return create(path)
+
+    monkeypatch.setattr(service, "create_task_handler", counting)
+    good = {"handler": "tests.handlers.RefuseNegative", "data": {"n": 1}}
+    ids = service.add_tasks([good, {"handler": SUCCEED}] * 3, create_run=True)
+    assert len(ids) == 6
+    assert sorted(created) == ["tests.handlers.RefuseNegative", SUCCEED]
+    with pytest.raises(InvalidTaskError, match=r"task 4: task data refused.*negative"):
+        service.add_tasks([good, good, good, good, {**good, "data": {"n": -1}}])
+    assert count(database, TaskQueue) == 6
 
 
 # -- joining the caller's transaction ----------------------------------------------------------
