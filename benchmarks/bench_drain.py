@@ -510,7 +510,16 @@ class TaskqTarget:
     cleanup: Callable[[], None]
 
 
-def run_taskq(config: Config, children: Children, target: TaskqTarget, label: str) -> Sample:
+def run_taskq(
+    config: Config,
+    children: Children,
+    target: TaskqTarget,
+    label: str,
+    *,
+    extra_env: dict[str, str] | None = None,
+) -> Sample:
+    """celery_taskq: ``enqueue()`` of the no-op handler, drained by ``celery-taskq worker``
+    (with ``extra_env`` in the worker's environment, e.g. a runner mode)."""
     database = Database(target.database_url)
     # The enqueuing process is configured like the worker, as an application would be: with
     # a Redis broker, enqueue() wakes idle runners over pub/sub.
@@ -543,6 +552,7 @@ def run_taskq(config: Config, children: Children, target: TaskqTarget, label: st
                 TASKQ_DATABASE_URL=target.database_url,
                 TASKQ_BROKER_URL=target.broker_url,
                 TASKQ_TASK_RUNNER_LIMIT=str(config.runner_limit),
+                **(extra_env or {}),
             ),
             log=log,
         )

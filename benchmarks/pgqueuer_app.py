@@ -6,7 +6,8 @@ runs ``pgqueuer.run(create_pgqueuer, batch_size=10)`` on uvloop: what ``pgq run`
 supervisor, SIGTERM and SIGINT stop it), called without its command line, whose option parsing
 fails with some versions of typer. One entrypoint, ``bench_noop``, whose job does nothing, as
 ``bench.noop`` in plain_app.py and ``benchmarks.handlers.Noop``. It imports PgQueuer and
-asyncpg only, so the worker's memory is PgQueuer's own.
+asyncpg only (when it runs: benchmarks/bench_pgqueuer.py imports its names without PgQueuer
+installed), so the worker's memory is PgQueuer's own.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-import asyncpg
-import pgqueuer
-from pgqueuer import AsyncpgDriver, PgQueuer
-from pgqueuer.models import Job
+if TYPE_CHECKING:
+    from pgqueuer import PgQueuer
 
 ENTRYPOINT = "bench_noop"
 DSN_ENV = "BENCH_PGQUEUER_DSN"
@@ -30,6 +30,10 @@ DSN_ENV = "BENCH_PGQUEUER_DSN"
 async def create_pgqueuer() -> AsyncIterator[PgQueuer]:
     """The consumer, as PgQueuer's quick start builds one: an asyncpg connection and one
     entrypoint with PgQueuer's defaults (no concurrency limit, failed jobs deleted)."""
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, PgQueuer
+    from pgqueuer.models import Job
+
     connection = await asyncpg.connect(os.environ[DSN_ENV])
     try:
         pgq = PgQueuer(AsyncpgDriver(connection))
@@ -48,6 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="PgQueuer's worker on one no-op entrypoint")
     parser.add_argument("--batch-size", type=int, default=10, help="jobs per dequeue (10)")
     args = parser.parse_args()
+    import pgqueuer
+
     worker = pgqueuer.run(create_pgqueuer, batch_size=args.batch_size)
     try:
         import uvloop

@@ -28,6 +28,7 @@ PARALLEL_MODULES = frozenset(
         "tests/test_backoff.py",
         "tests/test_beat_link.py",
         "tests/test_bench_native_audit.py",
+        "tests/test_bench_run_all.py",
         "tests/test_broker.py",
         "tests/test_cli.py",
         "tests/test_cli_parity.py",

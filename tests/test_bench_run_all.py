@@ -1,0 +1,144 @@
+"""benchmarks/run_all.py's command line and report, without running a benchmark: every
+PostgreSQL target is judged once per durability with issue 19's bounds, PgQueuer is compared
+when measured and named as skipped (with how to install it) when not, and a batched runner
+mode is measured beside the strict one when its environment is given."""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import UTC, datetime
+
+import pytest
+
+from benchmarks import bench_pgqueuer, run_all
+from benchmarks.bench_drain import Config, Sample
+from benchmarks.run_all_report import Results, Target, key, report, targets
+
+
+def drained(enqueue: float, drain: float, p50_ms: float = 3.0, rss: float = 50.0) -> list[Sample]:
+    """Three repetitions with these medians."""
+    latencies = [p50_ms / 1000] * 5
+    return [Sample(enqueue, drain * f, 1.0, latencies, rss) for f in (0.9, 1.0, 1.1)]
+
+
+def results(*, pgqueuer: bool = True, batched: bool = False) -> Results:
+    """A run where the handler drain is 2.5x plain Celery's on both PostgreSQLs."""
+    measured = Results(tick_due=1000, standalone_rss_mb=[55.0, 58.0, 56.0])
+    measured.drains["plain"] = drained(1000, 400, p50_ms=3.5, rss=50.0)
+    measured.drains["sqlite"] = drained(2000, 800, p50_ms=40.0)
+    for durability in ("no-durability", "durable"):
+        measured.drains[key("postgresql", durability)] = drained(2500, 1000, rss=70.0)
+        measured.enqueue_many[key("postgresql", durability)] = [31_000.0, 29_000.0, 30_500.0]
+        measured.ticks[durability] = {10_000: [20.0] * 7, 1_000_000: [25.0] * 7}
+        measured.idle_ticks[durability] = [6.0] * 7
+        measured.server_settings[durability] = f"fsync={'on' if durability == 'durable' else 'off'}"
+        if pgqueuer:
+            measured.drains[key("pgqueuer", durability)] = drained(900, 800)
+        if batched:
+            measured.drains[key("postgresql-batched", durability)] = drained(2500, 1300)
+    if pgqueuer:
+        measured.pgqueuer = {"version": "pgqueuer 9.9", "dequeue": "batches of 10"}
+    else:
+        measured.pgqueuer_skipped = "pgqueuer not installed; to measure PgQueuer: pip install x"
+    if batched:
+        measured.batched_env = {"TASKQ_RUNNER_MODE": "batched"}
+    return measured
+
+
+def by_name(rows: list[Target]) -> dict[str, Target]:
+    return {row.name: row for row in rows}
+
+
+def test_each_postgresql_target_is_judged_on_each_durability_with_its_own_bound() -> None:
+    rows = by_name(targets(results()))
+    fast = rows["handler drain vs plain Celery + Redis, no-durability PostgreSQL"]
+    durable = rows["handler drain vs plain Celery + Redis, durable PostgreSQL"]
+    assert (fast.bound, fast.met) == (">= 3x", False)  # 2.5x
+    assert (durable.bound, durable.met) == (">= 2x", True)
+    assert durable.measured.startswith("2.50x")
+    for durability in ("no-durability", "durable"):
+        on = f"{durability} PostgreSQL"
+        assert rows[f"handler drain vs PgQueuer, same {on}"].met is True  # 1,000 vs 800
+        assert rows[f"`enqueue()` vs `.delay()` (Redis), {on}"].met is True  # 2.5x
+        assert rows[f"`enqueue_many()` (batches of 1,000), {on}"].met is True  # 30,500
+        assert rows[f"latency p50, {on} + Redis"].met is True
+        assert rows[f"OnProcess tick at 1,000,000 rows, 1,000 due, {on}"].met is True
+        idle = rows[f"OnProcess tick at 1,000,000 rows, nothing due, {on}"]
+        assert (idle.bound, idle.met) == ("<= 5 ms", False)
+    native = rows["audited native Celery tasks drain vs plain Celery, durable PostgreSQL"]
+    assert (native.met, native.measured.split(" (")[0]) == (None, "not measured")
+    assert rows["standalone `celery-taskq runner` RSS after 500 runs"].met is True  # 56 MB
+    pool = rows["Celery pool process that ran handler runs, RSS vs plain Celery's pool process"]
+    assert (pool.met, pool.measured) == (False, "70.0 MB vs 50.0 MB (+20.0 MB)")
+
+
+def test_a_missing_pgqueuer_is_reported_not_judged() -> None:
+    measured = results(pgqueuer=False)
+    rows = by_name(targets(measured))
+    row = rows["handler drain vs PgQueuer, same durable PostgreSQL"]
+    assert row.met is None
+    assert "pip install" in row.measured
+    text = render(measured)
+    assert "PgQueuer: not measured (pgqueuer not installed" in text
+    assert "| handler drain vs PgQueuer, same durable PostgreSQL |" in text
+
+
+def test_the_report_labels_both_durabilities_and_records_pgqueuer() -> None:
+    text = render(results())
+    assert "**durable** (`SHOW`: fsync=on)" in text
+    assert "**no-durability** (`SHOW`: fsync=off)" in text
+    assert "PgQueuer: version: pgqueuer 9.9; dequeue: batches of 10" in text
+    assert "| PgQueuer (its own worker, batched dequeue), durable PostgreSQL | 900 | 800 |" in text
+    assert "| celery_taskq handler runs + Redis, no-durability PostgreSQL |" in text
+    assert "| durable | 1,000,000 | 0 | 6.0 | 6.0 |" in text  # the idle tick
+
+
+def test_a_batched_mode_is_measured_beside_the_strict_one_and_judged_at_its_best() -> None:
+    measured = results(batched=True)
+    rows = by_name(targets(measured))
+    row = rows["handler drain vs plain Celery + Redis, no-durability PostgreSQL"]
+    assert row.measured.startswith("3.25x (batched (strict 1,000, batched 1,300 jobs/s)")
+    assert row.met is True
+    assert "batched (`TASKQ_RUNNER_MODE=batched`)" in render(measured)
+
+
+def test_the_command_line_adds_the_batched_system_with_its_environment() -> None:
+    args = run_all.parse_args(["--quick", "--batched-env", "TASKQ_A=1,TASKQ_B=x"])
+    assert args.batched_env == {"TASKQ_A": "1", "TASKQ_B": "x"}
+    assert args.systems[:3] == ["plain", "postgresql", "postgresql-batched"]
+    assert "pgqueuer" in run_all.parse_args([]).systems
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--batched-env", "TASKQ_A"],
+        ["--systems", "postgresql-batched"],
+        ["--systems", "rabbit"],
+        ["--tick-sizes", "10k"],
+    ],
+)
+def test_the_command_line_refuses_bad_input(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_all.parse_args(argv)
+    assert exited.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_pgqueuer_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "asyncpg" else object()
+    )
+    reason = bench_pgqueuer.missing()
+    assert reason is not None
+    assert reason.startswith("asyncpg not installed")
+    assert "pip install -e '.[bench]'" in reason
+
+
+def render(measured: Results) -> str:
+    """RESULTS.md for ``measured``."""
+    args = run_all.parse_args(["--quick"])
+    config = Config(1000, 3, 2, 20, False, run_all.PROJECT_ROOT)
+    return report(args, config, measured, {"CPU": "test"}, datetime(2026, 1, 1, tzinfo=UTC), 60.0)
