@@ -12,7 +12,9 @@ import pytest
 
 from benchmarks import bench_pgqueuer, run_all
 from benchmarks.bench_drain import Config, Sample
-from benchmarks.run_all_report import Results, Target, key, report, targets
+from benchmarks.run_all_report import report
+from benchmarks.run_all_results import Results, key
+from benchmarks.run_all_targets import Target, targets
 
 
 def drained(enqueue: float, drain: float, p50_ms: float = 3.0, rss: float = 50.0) -> list[Sample]:
