@@ -157,6 +157,8 @@ TASK_CANCELLED_SQL = '"CancelRequestedOn" IS NOT NULL'
 RUN_SCHEDULED_SQL = f"\"Status\" = '{RunStatus.SCHEDULED.value}'"
 RUN_RUNNING_SQL = f"\"Status\" = '{RunStatus.RUNNING.value}'"
 RUN_OPEN_SQL = _sql_in("Status", OPEN_RUN_STATUSES)
+RUN_RESERVED_SQL = f'{RUN_SCHEDULED_SQL} AND "TaskRunnerId" IS NOT NULL'
+"""A run reserved by a runner's batched claim: still ``scheduled``, held under its runner id."""
 NATIVE_NEVER_STARTED_SQL = (
     f""""LastStatus" IS NULL AND "TaskHandlerClass" LIKE '{CELERY_HANDLER_PREFIX}%'"""
 )
@@ -359,6 +361,12 @@ class TaskRun(Base):
             "TaskRunnerId",
             postgresql_where=text(RUN_RUNNING_SQL),
             sqlite_where=text(RUN_RUNNING_SQL),
+        ),
+        Index(
+            "ix_TaskRuns_reserved",
+            "TaskRunnerId",
+            postgresql_where=text(RUN_RESERVED_SQL),
+            sqlite_where=text(RUN_RESERVED_SQL),
         ),
     )
 

@@ -157,6 +157,9 @@ def _values(
 _ORDER = 'ORDER BY "Priority" DESC, "Id" LIMIT 1'
 _LIMITED_ORDER = 'ORDER BY "TaskRuns"."Priority" DESC, "TaskRuns"."Id" LIMIT 1'
 _EVERY, _ONE, _LIST = "every", "one", "list"
+_UNRESERVED = '"TaskRunnerId" IS NULL'
+"""A scheduled run no runner holds: every claim skips the runs a batched claim reserved
+(:mod:`celery_taskq.core.statements.reserve`)."""
 # One queue is an equality on the index's last column, checked on the index entries while the
 # index keeps its order; PostgreSQL checks a list (= ANY) only on the rows fetched.
 _PG_QUEUE_FILTERS = {
@@ -215,19 +218,21 @@ def _pg_claimed_cte(queue_filter: str, limited: bool) -> str:
         return f"""claimed AS (
             {_START}
             WHERE "Id" = (
-                SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled'{queues}
+                SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled' AND {_UNRESERVED}{queues}
                 {_ORDER} FOR UPDATE SKIP LOCKED
-            ) AND "Status" = 'scheduled' AND {_RUNNER_IS_LIVE}
+            ) AND "Status" = 'scheduled' AND {_UNRESERVED}
+                AND {_RUNNER_IS_LIVE}
             RETURNING "Id", "TaskQueueId"
         )"""
     return f"""candidate AS (
             SELECT "TaskRuns"."Id", {limits.PG_LIMIT_NAMES} FROM "TaskRuns"
             JOIN "TaskQueue" q ON q."Id" = "TaskRuns"."TaskQueueId"
-            WHERE "Status" = 'scheduled'{queues} AND NOT EXISTS ({limits.FULL_LIMIT})
+            WHERE "Status" = 'scheduled' AND {_UNRESERVED}{queues}
+                AND NOT EXISTS ({limits.FULL_LIMIT})
             {_LIMITED_ORDER} FOR UPDATE OF "TaskRuns" SKIP LOCKED
         ), {limits.PG_COUNTED_CTE}, claimed AS (
             {_START}
-            WHERE "Id" = (SELECT "Id" FROM candidate) AND "Status" = 'scheduled'
+            WHERE "Id" = (SELECT "Id" FROM candidate) AND "Status" = 'scheduled' AND {_UNRESERVED}
                 AND {_RUNNER_IS_LIVE} AND {limits.PG_ALL_COUNTED}
             RETURNING "Id", "TaskQueueId"
         )"""
@@ -270,9 +275,10 @@ def _pg_finish_success_and_claim(queue_filter: str) -> DriverStatement:
         ), claimed AS (
             {_START}
             WHERE "Id" = (
-                SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled'{queues}
+                SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled' AND {_UNRESERVED}{queues}
                 {_ORDER} FOR UPDATE SKIP LOCKED
-            ) AND "Status" = 'scheduled' AND EXISTS (SELECT 1 FROM finished)
+            ) AND "Status" = 'scheduled' AND {_UNRESERVED}
+                AND EXISTS (SELECT 1 FROM finished)
             RETURNING "Id", "TaskQueueId"
         ){_PG_TASK_AND_INPUT}
         SELECT (SELECT count(*) FROM rolled_up) AS "Recorded", {_PG_INPUT_COLUMNS}
@@ -300,13 +306,16 @@ def _sqlite_claim(queue_filter: str, limited: bool) -> TextualSelect:
     if limited:
         pick = f"""SELECT "TaskRuns"."Id" FROM "TaskRuns"
             JOIN "TaskQueue" q ON q."Id" = "TaskRuns"."TaskQueueId"
-            WHERE "Status" = 'scheduled'{queues} AND NOT EXISTS ({limits.FULL_LIMIT})
+            WHERE "Status" = 'scheduled' AND {_UNRESERVED}{queues}
+                AND NOT EXISTS ({limits.FULL_LIMIT})
             {_LIMITED_ORDER}"""
     else:
-        pick = f"""SELECT "Id" FROM "TaskRuns" WHERE "Status" = 'scheduled'{queues} {_ORDER}"""
+        pick = f"""SELECT "Id" FROM "TaskRuns"
+            WHERE "Status" = 'scheduled' AND {_UNRESERVED}{queues} {_ORDER}"""
     sql = f"""
         {_START}
-        WHERE "Id" = ({pick}) AND "Status" = 'scheduled' AND {_RUNNER_IS_LIVE}
+        WHERE "Id" = ({pick}) AND "Status" = 'scheduled' AND {_UNRESERVED}
+                AND {_RUNNER_IS_LIVE}
         RETURNING "Id", "TaskQueueId"
     """
     return _binds(text(sql), queue_filter, limited).columns(

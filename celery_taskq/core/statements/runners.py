@@ -29,6 +29,7 @@ from celery_taskq.core.models import (
     TaskRunner,
 )
 from celery_taskq.core.runner.liveness import RunnerRecord
+from celery_taskq.core.statements.reserve import hand_back_orphaned_reservations
 from celery_taskq.core.statements.tasks import rollup_tasks
 
 RUNNER_REGISTRY_LOCK_KEY = 0x7461736B71
@@ -130,14 +131,18 @@ def beat_heart(connection: Connection, runner_id: int, now: datetime) -> bool:
 
 
 def finish_runner(connection: Connection, runner_id: int, now: datetime) -> bool:
-    """A runner that stops itself ends ``success`` with ``FinishedOn``."""
+    """A runner that stops itself ends ``success`` with ``FinishedOn``; the runs it still held
+    reserved are handed back (:mod:`celery_taskq.core.statements.reserve`)."""
     updated = connection.execute(
         update(TaskRunner)
         .where(TaskRunner.id == runner_id, text(RUNNER_RUNNING_SQL))
         .values(status=RunnerStatus.SUCCESS, finished_on=now)
         .returning(TaskRunner.id)
     ).first()
-    return updated is not None
+    if updated is None:
+        return False
+    hand_back_orphaned_reservations(connection)  # this runner's, and any left over
+    return True
 
 
 def running_runners(connection: Connection) -> list[RunnerRecord]:
@@ -171,6 +176,7 @@ def time_out_runners(
     judged: Iterable[RunnerRecord] = (),
 ) -> list[int]:
     """Move runners to ``timeout``; their ``running`` runs follow, and their tasks roll up.
+    The runs they held reserved are handed back, without a failure.
 
     The seed's ``task-runner:OnAfterItemUpdate``. Returns the ids actually timed out (a runner
     that finished meanwhile is left alone). A runner in ``judged`` is timed out only if its
@@ -204,6 +210,8 @@ def time_out_runners(
         )
     if not timed_out:
         return []
+    # Reserved runs never started as far as the database knows: no failure is counted.
+    hand_back_orphaned_reservations(connection)
     task_ids = connection.execute(
         update(TaskRun)
         .where(TaskRun.task_runner_id.in_(timed_out), text(RUN_RUNNING_SQL))
