@@ -71,6 +71,7 @@ PARALLEL_MODULES = frozenset(
         "tests/test_stored_values_property.py",
         "tests/test_suite_scheduling.py",
         "tests/test_task_data_limits.py",
+        "tests/test_tick.py",
         "tests/test_web_api.py",
         "tests/test_web_bulk.py",
         "tests/test_web_live.py",

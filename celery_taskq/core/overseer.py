@@ -16,7 +16,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
 
 from celery_taskq.core.clock import Clock
 from celery_taskq.core.limits import apply_declared_limits
@@ -34,7 +38,7 @@ from celery_taskq.core.runner.liveness import (
 from celery_taskq.core.runner.loop import TaskRunner
 from celery_taskq.core.schedules_firing import fire_due_schedules
 from celery_taskq.core.settings import Settings
-from celery_taskq.core.statements import beat, dispatch, runners, tasks
+from celery_taskq.core.statements import beat, dispatch, runners, schedules, tasks
 from celery_taskq.core.statements.claim import EVERY_QUEUE, ClaimScope
 from celery_taskq.core.statements.dispatch import RunnerDemand
 from celery_taskq.core.storage.database import Database
@@ -68,13 +72,26 @@ class QueueOverseer:
 
     # -- the overseer ----------------------------------------------------------------------
 
+    def _reading(self) -> AbstractContextManager[Connection]:
+        """A connection for the tick's reads: autocommit on PostgreSQL (no BEGIN and COMMIT
+        round trips), a read transaction on SQLite."""
+        if self.database.dialect == "postgresql":
+            return self.database.autocommit()
+        return self.database.transaction(read_only=True)
+
     def refresh_task_runners_status(self) -> list[int]:
         """Time out every ``running`` runner that can no longer be executing a run; return their
         ids. See :mod:`celery_taskq.core.runner.liveness` for the judgement: a runner of this
         machine that is alive but out of its lease is killed first."""
         now = self.clock()
-        with self.database.transaction(read_only=True) as connection:
+        with self._reading() as connection:
             records = runners.running_runners(connection)
+        return self._time_out_dead_runners(records, now)
+
+    def _time_out_dead_runners(self, records: Sequence[RunnerRecord], now: datetime) -> list[int]:
+        """Judge the ``running`` runners read at ``now``; time out the dead ones (their ids)."""
+        if not records:
+            return []
         namespace = process_namespace()
         dead: list[RunnerRecord] = []
         for runner in records:
@@ -124,12 +141,12 @@ class QueueOverseer:
     def claim_beat_tick(self, event: str, interval: float) -> bool:
         """Whether this process carries out ``event``'s current tick (first caller wins)."""
         now = self.clock()
-        with self.database.transaction() as connection:
+        with self.database.autocommit() as connection:  # one statement on PostgreSQL
             return beat.claim_beat_tick(connection, event, int(now.timestamp() // interval), now)
 
     def create_missing_task_runs(self) -> int:
         """Create runs for every due, unfinished task in one statement; return how many."""
-        with self.database.transaction() as connection:
+        with self.database.autocommit() as connection:  # one statement on PostgreSQL
             created = tasks.create_runs(connection, self.clock())
         if created:
             logger.info("created %s task runs", len(created), extra={"action": "runs_created"})
@@ -138,9 +155,19 @@ class QueueOverseer:
 
     def process_queue(self) -> ProcessReport:
         """The seed's ``processQueue``: refresh runner status, fire due schedules, then create
-        missing runs."""
-        timed_out = self.refresh_task_runners_status()
-        fire_due_schedules(self.database, self.settings, self.clock())  # before runs are made
+        missing runs.
+
+        A step with nothing to do costs one indexed read: the running runners and the due
+        schedules are read together first (autocommit on PostgreSQL), and the schedules fire
+        only when one is due.
+        """
+        now = self.clock()
+        with self._reading() as connection:
+            records = runners.running_runners(connection)
+            schedules_due = bool(schedules.due_schedule_ids(connection, now))
+        timed_out = self._time_out_dead_runners(records, now)
+        if schedules_due:  # before runs are made
+            fire_due_schedules(self.database, self.settings, self.clock())
         created = self.create_missing_task_runs()
         apply_declared_limits(self.database, self.settings)  # recounts what lost runners held
         pruned = prune_on_process(self.database, self.clock, self.settings)  # bounded; last
