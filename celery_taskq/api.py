@@ -27,7 +27,7 @@ from celery_taskq.core.models import RunStatus
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.schedules import ScheduleService, ScheduleSnapshot
 from celery_taskq.core.schedules_spec import ScheduleSpec
-from celery_taskq.core.settings import Settings
+from celery_taskq.core.settings import ENV_PREFIX, Settings
 from celery_taskq.core.snapshots import RunSnapshot, TaskSnapshot
 from celery_taskq.core.steps import STEPS_HANDLER, Step, steps_data
 from celery_taskq.core.storage.database import Database
@@ -37,6 +37,9 @@ EnqueueHook = Callable[[TaskQueueService, int, bool], None]
 
 _enqueue_hooks: list[EnqueueHook] = []
 _services: dict[tuple[int, str], TaskQueueService] = {}
+_environment_services: dict[tuple[int, str | None], TaskQueueService] = {}
+"""The service of each ``TASKQ_DATABASE_URL`` value seen (``None``: unset), per process."""
+_DATABASE_URL_ENV = f"{ENV_PREFIX}DATABASE_URL"
 _services_lock = threading.Lock()
 logger = logging.getLogger(__name__)
 
@@ -44,10 +47,21 @@ logger = logging.getLogger(__name__)
 def get_service(
     database_url: str | None = None, settings: Settings | None = None
 ) -> TaskQueueService:
-    """The process-wide queue service for ``database_url`` (default: from settings)."""
-    if settings is None and database_url is not None:
-        cached = _services.get((os.getpid(), database_url))
-        if cached is not None:  # every enqueue() asks: skip resolving the settings then
+    """The process-wide queue service for ``database_url`` (default: from settings).
+
+    Without either argument the settings are resolved from the environment once per value of
+    ``TASKQ_DATABASE_URL``: a service keeps the settings it was made with, and resolving them
+    again costs about as much as a fast ``enqueue()``'s round trip.
+    """
+    environment_key = None
+    if settings is None:  # every enqueue() asks: skip resolving the settings when cached
+        pid = os.getpid()
+        if database_url is not None:
+            cached = _services.get((pid, database_url))
+        else:
+            environment_key = (pid, os.environ.get(_DATABASE_URL_ENV))
+            cached = _environment_services.get(environment_key)
+        if cached is not None:
             return cached
     settings = settings or Settings.resolve()
     url = database_url or settings.database_url
@@ -58,6 +72,8 @@ def get_service(
             settings = replace(settings, database_url=url)
             service = TaskQueueService(Database(url, schema=settings.db_schema), settings)
             _services[key] = service
+        if environment_key is not None:
+            _environment_services[environment_key] = service
         return service
 
 
@@ -356,3 +372,4 @@ def close_all() -> None:
         for service in _services.values():
             service.database.close()
         _services.clear()
+        _environment_services.clear()

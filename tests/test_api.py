@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from celery_taskq.core.models import RunStatus, TaskQueue
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
+from celery_taskq.core.storage.migrate import upgrade_database
 from tests.helpers import count
 
 
@@ -58,6 +61,37 @@ def test_enqueue_reads_the_environment(database_url: str, monkeypatch: pytest.Mo
     monkeypatch.setenv("TASKQ_DATABASE_URL", database_url)
     task_id = enqueue("tests.handlers.Succeed")
     assert get_task(task_id).task_handler_class == "tests.handlers.Succeed"
+
+
+def test_enqueue_resolves_the_environment_once_per_database_url(
+    database_url: str, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolved: list[Settings] = []
+    resolve = Settings.resolve
+
+    def counting(*args: Any, **kwargs: Any) -> Settings:
+        resolved.append(resolve(*args, **kwargs))
+        return resolved[-1]
+
+    monkeypatch.setattr(Settings, "resolve", counting)
+    monkeypatch.setenv("TASKQ_DATABASE_URL", database_url)
+    first = [enqueue("tests.handlers.Succeed") for _ in range(3)]
+    assert len(resolved) == 1
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    upgrade_database(other_url)
+    monkeypatch.setenv("TASKQ_DATABASE_URL", other_url)
+    other = enqueue("tests.handlers.AlwaysFail")
+    assert len(resolved) == 2
+    assert get_task(other).task_handler_class == "tests.handlers.AlwaysFail"
+    assert count(database, TaskQueue) == 3
+    other_database = Database(other_url)
+    try:
+        assert count(other_database, TaskQueue) == 1
+    finally:
+        other_database.close()
+    monkeypatch.setenv("TASKQ_DATABASE_URL", database_url)
+    assert get_task(first[0]).task_handler_class == "tests.handlers.Succeed"
+    assert len(resolved) == 2
 
 
 def test_enqueue_of_a_future_task_creates_no_run_yet(database_url: str) -> None:
