@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, insert
@@ -435,5 +436,11 @@ def check_on_duplicate(on_duplicate: str) -> None:
 
 def _column_values(model: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """Attribute-named values keyed by column name, as a multi-row Core insert needs them."""
-    mapper = model.__mapper__
-    return {mapper.attrs[name].columns[0].key: value for name, value in values.items()}
+    column_names = _column_names(model)
+    return {column_names[name]: value for name, value in values.items()}
+
+
+@cache
+def _column_names(model: type[Any]) -> dict[str, str]:
+    """The column name of each of ``model``'s column attributes (asked once per task)."""
+    return {attribute.key: attribute.columns[0].key for attribute in model.__mapper__.column_attrs}
