@@ -29,7 +29,7 @@ from celery_taskq.core.exceptions import (
     TaskDataLimitError,
 )
 from celery_taskq.core.handlers import TaskHandler
-from celery_taskq.core.models import DEFAULT_QUEUE, RunStatus, TaskQueue, TaskRun
+from celery_taskq.core.models import DEFAULT_QUEUE, Base, RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.queues import check_priority, check_queue_name
 from celery_taskq.core.settings import DEFAULT_MAX_RETRIES, DEFAULT_TASK_DATA_MAX_BYTES
 from celery_taskq.core.statements import tasks
@@ -434,13 +434,13 @@ def check_on_duplicate(on_duplicate: str) -> None:
         raise InvalidArgumentError("on_duplicate must be 'return' or 'raise'")
 
 
-def _column_values(model: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
+def _column_values(model: type[Base], values: Mapping[str, Any]) -> dict[str, Any]:
     """Attribute-named values keyed by column name, as a multi-row Core insert needs them."""
     column_names = _column_names(model)
     return {column_names[name]: value for name, value in values.items()}
 
 
 @cache
-def _column_names(model: type[Any]) -> dict[str, str]:
+def _column_names(model: type[Base]) -> dict[str, str]:
     """The column name of each of ``model``'s column attributes (asked once per task)."""
     return {attribute.key: attribute.columns[0].key for attribute in model.__mapper__.column_attrs}
