@@ -7,12 +7,15 @@ number of runners is a pure function.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from celery_taskq.core.queue import TaskQueueService
-from celery_taskq.core.statements.dispatch import RunnerDemand
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.statements.dispatch import DEMAND_COUNT_FACTOR, RunnerDemand, runner_demand
+from celery_taskq.core.storage.database import Database
 from tests.conftest import FakeClock
 
 
@@ -92,3 +95,32 @@ def test_the_limit_hit_is_named(
     assert refusal.getMessage() == (
         f"no runner started: TaskRunnerLimit of {limit} reached ({limit} running)"
     )
+
+
+def test_counting_scheduled_runs_up_to_twice_the_limit_wants_the_same_runners() -> None:
+    # Every demand the limit allows: counting the scheduled runs only up to
+    # DEMAND_COUNT_FACTOR x limit never changes how many runners are wanted
+    for limit in range(5):
+        for live in range(limit + 2):
+            for busy in range(live + 1):
+                for scheduled in range(4 * limit + 3):
+                    counted = min(scheduled, DEMAND_COUNT_FACTOR * limit)
+                    exact = RunnerDemand(scheduled, live, busy).runners_wanted(limit)
+                    capped = RunnerDemand(counted, live, busy).runners_wanted(limit)
+                    assert capped == exact, (limit, live, busy, scheduled)
+
+
+def test_a_deep_backlog_is_counted_only_as_far_as_the_demand_needs(
+    database: Database, settings: Settings
+) -> None:
+    # Given more scheduled runs than twice TaskRunnerLimit
+    limited = TaskQueueService(database, replace(settings, task_runner_limit=2))
+    for n in range(7):
+        limited.add_task("tests.handlers.Succeed", {"n": n}, create_run=True)
+    # Then the demand counts them up to 4, and still wants both runners
+    assert limited.runner_demand() == RunnerDemand(4, 0, 0)
+    assert limited.runners_wanted() == 2
+    # And the statement counts them all when asked to
+    with database.transaction(read_only=True) as connection:
+        assert runner_demand(connection).scheduled_runs == 7
+        assert runner_demand(connection, count_up_to=0).scheduled_runs == 0

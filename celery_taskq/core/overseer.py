@@ -185,11 +185,13 @@ class QueueOverseer:
         return max(self.settings.task_runner_limit - self.get_task_runner_count(), 0)
 
     def runner_demand(self) -> RunnerDemand:
-        """Scheduled runs, live runners and busy runners (one read); its
+        """Scheduled runs (counted up to twice TaskRunnerLimit), live runners and busy runners
+        (one read); its
         :meth:`~celery_taskq.core.statements.dispatch.RunnerDemand.runners_wanted` is how
         many runners to start."""
-        with self.database.transaction(read_only=True) as connection:
-            return dispatch.runner_demand(connection)
+        count_up_to = dispatch.DEMAND_COUNT_FACTOR * self.settings.task_runner_limit
+        with self._reading() as connection:
+            return dispatch.runner_demand(connection, count_up_to)
 
     def runners_wanted(self) -> int:
         """Runners to start now: none unless a scheduled run waits for one, never more than

@@ -25,6 +25,11 @@ from celery_taskq.core.models import (
 )
 from celery_taskq.core.queues import QUEUE_LIMIT_PREFIX
 
+DEMAND_COUNT_FACTOR = 2
+"""Scheduled runs are counted up to this many times TaskRunnerLimit: with ``live`` runners
+(``idle`` of them idle, ``live < limit``) and ``2 * limit`` runs or more, the runs no idle runner
+takes are at least ``2 * limit - idle >= limit - live``, the most that may start anyway."""
+
 
 @dataclass(frozen=True)
 class RunnerDemand:
@@ -36,21 +41,28 @@ class RunnerDemand:
 
     def runners_wanted(self, limit: int) -> int:
         """Runners to start: one per scheduled run that no idle runner will take, within
-        ``limit`` (TaskRunnerLimit) runners in all. 0 when no run is scheduled."""
+        ``limit`` (TaskRunnerLimit) runners in all. 0 when no run is scheduled.
+
+        Scheduled runs beyond ``2 * limit`` change nothing (idle runners are at most the live
+        ones), so they need not be counted (:data:`DEMAND_COUNT_FACTOR`)."""
         idle_runners = max(self.live_runners - self.busy_runners, 0)
         return max(min(self.scheduled_runs - idle_runners, limit - self.live_runners), 0)
 
 
-def runner_demand(connection: Connection) -> RunnerDemand:
+def runner_demand(connection: Connection, count_up_to: int | None = None) -> RunnerDemand:
     """Count scheduled runs, live runner loops and busy runner loops, in one statement.
 
     Each count goes through a partial index (``ix_TaskRuns_scheduled``,
     ``ix_TaskRunners_running``, ``ix_TaskRuns_running_by_runner``): the cost follows what is
-    open, not the size of the tables. Worker processes running audited native tasks are not
-    runners and are not counted.
+    open, not the size of the tables. With ``count_up_to`` the scheduled runs are counted up
+    to that many only, so a deep backlog costs no more than a shallow one. Worker processes
+    running audited native tasks are not runners and are not counted.
     """
+    scheduled_runs = select(TaskRun.id).where(text(RUN_SCHEDULED_SQL))
+    if count_up_to is not None:
+        scheduled_runs = scheduled_runs.limit(max(count_up_to, 0))
     scheduled = (
-        select(func.count()).select_from(TaskRun).where(text(RUN_SCHEDULED_SQL)).scalar_subquery()
+        select(func.count()).select_from(scheduled_runs.subquery("scheduled")).scalar_subquery()
     )
     live = (
         select(func.count())
