@@ -145,6 +145,12 @@ taskq_runner_max_idle = 1.0
 # process; OnCreateTaskRunners sends a new runner task while handler runs are still due.
 taskq_runner_max_lifetime = 600.0
 
+# 0: the strict mode (one commit per run). From 1 to 1000 (PostgreSQL): the fast mode, where a
+# runner reserves up to taskq_claim_batch_max runs at once and commits the outcomes of short
+# runs together within this many milliseconds (a crash may make those runs run again).
+taskq_group_commit_ms = 0
+taskq_claim_batch_max = 50
+
 # Retry backoff after a failed handler run: base * 2 ** (failures - 1) seconds, at most the
 # maximum, varied by +/- jitter. A handler class may set retry_backoff_base/_max itself.
 taskq_retry_backoff_base = 2.0

@@ -80,6 +80,13 @@ as it finds the queue empty), handing its pool process back to the app's tasks."
 DEFAULT_RUNNER_MAX_LIFETIME = 600.0
 """A runner started as a Celery task leaves after this many seconds (after its current run)."""
 
+DEFAULT_GROUP_COMMIT_MS = 0
+"""Milliseconds a runner may keep finished runs' outcomes to commit them together (0: the
+strict mode, one commit per run before the next starts); PostgreSQL, runners without limits."""
+
+DEFAULT_CLAIM_BATCH_MAX = 50
+"""The most runs a runner in the group-commit mode reserves in one claim."""
+
 DEFAULT_RUN_TIME_BUDGET = 60.0
 """Seconds a run may work before its ``run.deadline``; a resumable handler stops there."""
 
@@ -151,6 +158,8 @@ class Settings:
     create_runners_interval: float = DEFAULT_CREATE_RUNNERS_INTERVAL
     runner_max_idle: float = DEFAULT_RUNNER_MAX_IDLE
     runner_max_lifetime: float = DEFAULT_RUNNER_MAX_LIFETIME
+    group_commit_ms: int = DEFAULT_GROUP_COMMIT_MS
+    claim_batch_max: int = DEFAULT_CLAIM_BATCH_MAX
     retry_backoff_base: float = DEFAULT_RETRY_BACKOFF_BASE
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
     retry_jitter: float = DEFAULT_RETRY_JITTER
@@ -211,6 +220,8 @@ class Settings:
         _require(self.create_runners_interval > 0, "create_runners_interval must be positive")
         _require(self.runner_max_idle >= 0, "runner_max_idle must be 0 or more")
         _require(self.runner_max_lifetime > 0, "runner_max_lifetime must be positive")
+        _require(0 <= self.group_commit_ms <= 1000, "group_commit_ms must be from 0 to 1000")
+        _require(1 <= self.claim_batch_max <= 1000, "claim_batch_max must be from 1 to 1000")
         _require(self.retry_backoff_base >= 0, "retry_backoff_base must be 0 or more")
         _require(self.retry_backoff_max >= 0, "retry_backoff_max must be 0 or more")
         _require(0 <= self.retry_jitter <= 1, "retry_jitter must be from 0 to 1")
@@ -279,6 +290,8 @@ _INT_FIELDS = {
     "result_max_bytes",
     "audit_batch_size",
     "retention_batch_size",
+    "group_commit_ms",
+    "claim_batch_max",
 }
 _FLOAT_FIELDS = {
     "poll_interval",

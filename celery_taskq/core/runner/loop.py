@@ -26,15 +26,12 @@ from celery_taskq.core.context import RunContext
 from celery_taskq.core.exceptions import SchemaNotReadyError, StorageError
 from celery_taskq.core.models import RunStatus
 from celery_taskq.core.notify import RunListener, RunNotifier, notifier_for
+from celery_taskq.core.runner.batch import BatchedRecording
 from celery_taskq.core.runner.execution import HandlerExecution
 from celery_taskq.core.runner.heartbeat import Heartbeat
 from celery_taskq.core.runner.lease import KernelDeadline, Lease, boottime
 from celery_taskq.core.runner.outcome import RunOutcome
-from celery_taskq.core.runner.recording import (
-    STORAGE_RETRY_FIRST_DELAY,
-    STORAGE_RETRY_MAX_DELAY,
-    RunRecording,
-)
+from celery_taskq.core.runner.recording import STORAGE_RETRY_FIRST_DELAY, STORAGE_RETRY_MAX_DELAY
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements import limits, runners, runs
 from celery_taskq.core.statements.claim import EVERY_QUEUE, ClaimedRun, ClaimScope
@@ -64,11 +61,12 @@ class StopReason(enum.StrEnum):
     TIMED_OUT = "runner was timed out by the overseer"
 
 
-class TaskRunner(RunRecording, HandlerExecution):
+class TaskRunner(BatchedRecording, HandlerExecution):
     """Works the queue as the runner row ``runner_id``.
 
     How it claims runs and records them is
-    :class:`~celery_taskq.core.runner.recording.RunRecording`; how it executes a handler is
+    :class:`~celery_taskq.core.runner.recording.RunRecording` (with the fast mode of
+    :class:`~celery_taskq.core.runner.batch.BatchedRecording`); how it executes a handler is
     :class:`~celery_taskq.core.runner.execution.HandlerExecution`.
     """
 
@@ -102,6 +100,7 @@ class TaskRunner(RunRecording, HandlerExecution):
         self._registered_at = boottime() if registered_at is None else registered_at
         self._lease: Lease | None = None
         self._run_in_progress = False
+        self._init_batching()
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -129,8 +128,6 @@ class TaskRunner(RunRecording, HandlerExecution):
 
     # -- one run ---------------------------------------------------------------------------
 
-    # -- one run ---------------------------------------------------------------------------
-
     def run_once(self) -> bool:
         """Claim and process one run; ``False`` when there was nothing to do.
 
@@ -138,7 +135,9 @@ class TaskRunner(RunRecording, HandlerExecution):
         previous run claimed it too.
         """
         claimed, self._claimed_ahead = self._claimed_ahead, None
-        if claimed is None:
+        if self.batching:
+            claimed = self.next_reserved_run()
+        elif claimed is None:
             claimed = self.get_next_task_run()
         if claimed is None:
             return False
@@ -147,20 +146,19 @@ class TaskRunner(RunRecording, HandlerExecution):
             self._lease.hold()  # ends the process here if the lease already ran out
         self.process_task_run(claimed)
         self._run_in_progress = False
-        if self._claimed_ahead is None and self._lease is not None:
+        held = self._claimed_ahead is not None or self.holds_reserved_runs()
+        if not held and self._lease is not None:
             self._lease.release()
         return True
 
     def process_task_run(self, claimed: ClaimedRun) -> RunOutcome:
         """Execute a claimed run with output captured and record its final state.
 
-        Inside :meth:`run`, while the loop will go on, the transaction that records this run also
-        claims the next one (one transaction per run instead of two). That claim is the same atomic
-        claim as :meth:`~celery_taskq.core.runner.recording.RunRecording.get_next_task_run`'s, made
-        the moment before the next handler starts, so what a crash can lose is unchanged: a run is
-        ``running`` exactly while a handler of this runner is about to run it or runs it, and a
-        run's outcome is committed before the next run starts. A claimed run that the loop does not
-        start (it was asked to stop meanwhile) is handed back to ``scheduled`` when the loop ends.
+        Strict mode, inside :meth:`run` while the loop goes on: the transaction recording this
+        run also claims the next one, the moment before it starts, so a run's outcome is still
+        committed before the next run starts; a run claimed ahead and not started is handed
+        back when the loop ends. The fast mode (:mod:`celery_taskq.core.runner.batch`) keeps a
+        plain success for its group commit instead.
         """
         if claimed.handler is None:
             # Once claimed, a run must end recorded: database outages are waited out here.
@@ -184,9 +182,9 @@ class TaskRunner(RunRecording, HandlerExecution):
             create_handler=self.create_handler,
             wall_clock=self.clock,
         )
+        self.arm_start(claimed)
         outcome, backoff = self._execute(context)
-
-        recorded, outcome = self._record(claimed, outcome, backoff)
+        recorded, outcome = self._finish(claimed, outcome, backoff)
         self._log_claimed(self._claimed_ahead)
         self.notifier.publish(claimed.run_id)
         self.runs_done += 1
@@ -253,7 +251,14 @@ class TaskRunner(RunRecording, HandlerExecution):
                 or self.memory_exceeded()
             )
 
-        self._may_claim_ahead = may_claim_ahead
+        def reservation_room() -> int:  # how many more runs the loop may start
+            room = self.settings.claim_batch_max if may_claim_ahead() else 1
+            return room if max_runs is None else min(room, max_runs - self.runs_done)
+
+        if self.group_commit:  # the fast mode reserves runs instead of claiming ahead
+            self.start_batching(reservation_room)
+        else:
+            self._may_claim_ahead = may_claim_ahead
         outage_delay = STORAGE_RETRY_FIRST_DELAY
         work_notices = self.notifier.listen_for_work()
         listener = work_notices.__enter__()
@@ -306,6 +311,7 @@ class TaskRunner(RunRecording, HandlerExecution):
             self._stop.set()
             self._may_claim_ahead = None
             work_notices.__exit__(None, None, None)
+            self.stop_batching()
             heartbeat.stop()
             self._end(crashed=crashed or self._run_in_progress)
             for signum, handler in previous_handlers.items():
@@ -316,6 +322,7 @@ class TaskRunner(RunRecording, HandlerExecution):
         any run it still held) when it crashed, so that the overseer's rules take the run up.
         A run claimed ahead and never started goes back to ``scheduled``."""
         claimed_ahead, self._claimed_ahead = self._claimed_ahead, None
+        self.commit_pending()  # before the end hands back what the runner still holds
         try:
             with self.database.transaction() as connection:
                 if (

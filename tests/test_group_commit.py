@@ -1,0 +1,142 @@
+"""The runner's fast mode (``group_commit_ms`` > 0), in process: batched claims whose size follows
+the queue, outcomes committed in groups, long runs marked ``running`` while they work, other
+outcomes recorded the strict way, and reservations handed back when the loop ends. On SQLite
+(and with limits) the runner stays strict and works the same queue to the same end."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from celery_taskq.core.models import RunStatus
+from celery_taskq.core.queue import TaskQueueService
+from celery_taskq.core.runner.loop import StopReason, TaskRunner
+from celery_taskq.core.settings import Settings
+from celery_taskq.core.statements import reserve
+from celery_taskq.core.storage.database import Database
+from tests.conftest import FakeClock
+from tests.helpers import runs_of, task_row, wait_for
+
+SUCCEED = "tests.handlers.Succeed"
+WINDOW_MS = 50
+
+
+@pytest.fixture
+def fast(database: Database, settings: Settings, clock: FakeClock) -> TaskQueueService:
+    """The service whose runners work in the fast mode."""
+    return TaskQueueService(
+        database, replace(settings, group_commit_ms=WINDOW_MS, claim_batch_max=16), clock=clock
+    )
+
+
+def new_runner(service: TaskQueueService) -> TaskRunner:
+    runner = service.get_task_runner()
+    assert runner is not None
+    return runner
+
+
+def reservations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(asked, got) of every reservation the runners make from now on."""
+    made: list[tuple[int, int]] = []
+    original = reserve.reserve_runs
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        reserved = original(*args, **kwargs)
+        made.append((args[3], len(reserved)))
+        return reserved
+
+    monkeypatch.setattr(reserve, "reserve_runs", recording)
+    return made
+
+
+def test_a_drain_reserves_in_growing_batches_and_commits_in_groups(
+    fast: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [fast.add_task(SUCCEED, {"n": n}, create_run=True) for n in range(40)]
+    made = reservations(monkeypatch)
+    commits: list[int] = []
+    event.listen(database.engine, "commit", lambda _connection: commits.append(1))
+    runner = new_runner(fast)
+    assert runner.run(burst=True) is StopReason.BURST
+    for task_id in ids:
+        (run,) = runs_of(database, task_id)
+        assert (run.status, run.task_runner_id) == (RunStatus.SUCCESS, runner.task_runner_id)
+        assert run.started_on is not None
+        assert run.results == {"echo": {"n": ids.index(task_id)}}
+        assert (task_row(database, task_id).last_status, run.percents_completed) == (
+            RunStatus.SUCCESS,
+            100,
+        )
+    if database.dialect != "postgresql":  # SQLite keeps the strict mode
+        assert made == []
+        return
+    # 1, 2, 4, 8 come back full, then the cap (16) twice, then what is left, then nothing
+    assert made == [(1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (16, 9), (9, 0)]
+    assert len(commits) < len(ids) // 2  # a commit per reservation (or window), not per run
+
+
+def test_a_shallow_queue_reserves_one_run_at_a_time(
+    fast: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = reservations(monkeypatch)
+    runner = new_runner(fast)
+    for _ in range(3):  # a task arrives, the runner takes it, the queue is empty again
+        task_id = fast.add_task(SUCCEED, create_run=True)
+        assert runner.run(max_runs=1) is StopReason.MAX_RUNS
+        assert runs_of(database, task_id)[0].status == RunStatus.SUCCESS
+        runner = new_runner(fast)
+    expected = [1, 1, 1] if database.dialect == "postgresql" else []
+    assert [asked for asked, _got in made] == expected
+
+
+def test_a_long_run_is_running_while_it_works_and_failures_are_recorded_strictly(
+    fast: TaskQueueService, database: Database, tmp_path: Any
+) -> None:
+    slow = fast.add_task("tests.handlers.Sleep", {"seconds": 1.0}, create_run=True)
+    failing = fast.add_task("tests.handlers.FailWithResults", create_run=True)
+    quick = fast.add_task(SUCCEED, create_run=True)
+    runner = new_runner(fast)
+    thread = threading.Thread(target=lambda: runner.run(burst=True))
+    thread.start()
+    try:
+        # the handler reports progress at once, and then outlives the window anyway
+        wait_for(
+            lambda: runs_of(database, slow)[0].status == RunStatus.RUNNING,
+            timeout=10,
+            what="the long run marked running",
+        )
+        assert runs_of(database, slow)[0].percents_completed == 40
+    finally:
+        thread.join(timeout=30)
+    assert runs_of(database, slow)[0].status == RunStatus.SUCCESS
+    (failed,) = runs_of(database, failing)[:1]
+    assert (failed.status, failed.error_code, failed.results) == (
+        RunStatus.ERROR,
+        "E_HALF",
+        {"done": 5, "of": 10},
+    )
+    assert task_row(database, failing).task_runs_failed == 1
+    assert runs_of(database, quick)[0].status == RunStatus.SUCCESS
+
+
+def test_a_loop_that_stops_hands_back_what_it_reserved_without_a_failure(
+    fast: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [fast.add_task(SUCCEED, create_run=True) for _ in range(10)]
+    made = reservations(monkeypatch)
+    runner = new_runner(fast)
+    # reservations of 1, 2, then 4 runs; the loop stops after the first of the 4
+    assert runner.run(should_stop=lambda: runner.runs_done >= 4) is StopReason.STOP_REQUESTED
+    runs = [runs_of(database, task_id)[0] for task_id in ids]
+    assert [run.status for run in runs] == [RunStatus.SUCCESS] * 4 + [RunStatus.SCHEDULED] * 6
+    assert all(run.task_runner_id is None for run in runs[4:])  # handed back
+    assert all(task_row(database, task_id).task_runs_failed == 0 for task_id in ids)
+    if database.dialect == "postgresql":
+        assert made == [(1, 1), (2, 2), (4, 4)]
+    other = new_runner(fast)
+    assert other.run(burst=True) is StopReason.BURST
+    assert all(runs_of(database, task_id)[0].status == RunStatus.SUCCESS for task_id in ids)
