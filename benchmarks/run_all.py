@@ -105,6 +105,12 @@ BATCHED_ENV: dict[str, str] = {}
 """The environment that turns the runners' batched mode on, when it is not the default: with
 it (or ``--batched-env``) the handler drain is measured in both modes."""
 SERVER_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
+NATIVE_AUDIT_TASKS = 2000
+"""Tasks a drain of the native audit's section at most: its 24 drains (4 variants, 2
+PostgreSQLs, 3 repetitions) would take a third of the run at 5,000."""
+PRUNE_MIN_RUNS = 4000
+"""Runs a drain of the pruning section at least (twice ``--tasks`` by default): 9 drains on
+each PostgreSQL."""
 
 
 def run_native(
@@ -276,11 +282,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def native_audit_section(
     args: argparse.Namespace, directory: Path, say: Callable[[str], None]
 ) -> tuple[NativeAuditRun | None, str]:
-    """bench_native_audit.py's measurements with this run's repetitions (at most 3,000 tasks a
-    drain), and its section of RESULTS.md; a failure is reported in the section."""
+    """bench_native_audit.py's measurements with this run's repetitions (at most
+    NATIVE_AUDIT_TASKS tasks a drain), and its section of RESULTS.md; a failure is reported
+    in the section."""
     started_at, clock = datetime.now(UTC), time.monotonic()
     options = argparse.Namespace(
-        tasks=min(args.tasks, 3000),
+        tasks=min(args.tasks, NATIVE_AUDIT_TASKS),
         repeat=args.repeat,
         concurrency=args.concurrency,
         variants=list(native_audit_report.DEFAULT_VARIANTS),
@@ -312,7 +319,7 @@ def prune_section(
         started_at = datetime.now(UTC)
         options = argparse.Namespace(
             old_tasks=args.prune_old_tasks,
-            tasks=max(args.tasks * 4, 4000),
+            tasks=max(args.tasks * 2, PRUNE_MIN_RUNS),
             runners=max(args.concurrency, 1),
             repeat=args.repeat,
             durability=durability,

@@ -179,7 +179,8 @@ def native_targets(results: Results, durability: str) -> list[Target]:
     return [
         Target(
             name,
-            f"{native:.2f}x; with the Flower settings {flower:.2f}x ({source})",
+            f"{native:.2f}x; with the Flower settings {flower:.2f}x "
+            f"({'met' if flower >= 0.7 else 'not met'}; {source})",
             ">= 0.8x (Flower: >= 0.7x)",
             check(native, lambda v: v >= 0.8),
             "Target not met: audited native Celery tasks",
