@@ -96,20 +96,26 @@ def test_a_shallow_queue_reserves_one_run_at_a_time(
 def test_a_long_run_is_running_while_it_works_and_failures_are_recorded_strictly(
     fast: TaskQueueService, database: Database, tmp_path: Any
 ) -> None:
+    quick = fast.add_task(SUCCEED, create_run=True)
     slow = fast.add_task("tests.handlers.Sleep", {"seconds": 1.0}, create_run=True)
     failing = fast.add_task("tests.handlers.FailWithResults", create_run=True)
-    quick = fast.add_task(SUCCEED, create_run=True)
     runner = new_runner(fast)
     thread = threading.Thread(target=lambda: runner.run(burst=True))
     thread.start()
     try:
-        # the handler reports progress at once, and then outlives the window anyway
+        # reservations of [quick] and [slow, failing]; the slow handler reports progress at
+        # once and then outlives the window: it is marked running, and the run reserved
+        # behind it is handed back rather than kept waiting
         wait_for(
             lambda: runs_of(database, slow)[0].status == RunStatus.RUNNING,
             timeout=10,
             what="the long run marked running",
         )
         assert runs_of(database, slow)[0].percents_completed == 40
+        waiting = runs_of(database, failing)[0]
+        if database.dialect == "postgresql":
+            assert runs_of(database, quick)[0].status == RunStatus.SUCCESS  # committed with it
+        assert (waiting.status, waiting.task_runner_id) == (RunStatus.SCHEDULED, None)
     finally:
         thread.join(timeout=30)
     assert runs_of(database, slow)[0].status == RunStatus.SUCCESS

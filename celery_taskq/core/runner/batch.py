@@ -116,7 +116,7 @@ class BatchedRecording(RunRecording):
         self._started_on = started_on
 
         def mark_running() -> None:
-            self._commit(start=(claimed, started_on))
+            self._commit(start=(claimed, started_on), hand_back=True)
 
         self._watch.arm(left, mark_running)
 
@@ -207,27 +207,40 @@ class BatchedRecording(RunRecording):
         self,
         *,
         start: tuple[ClaimedRun, datetime] | None = None,
+        hand_back: bool = False,
         reserve_up_to: int = 0,
     ) -> list[ClaimedRun]:
-        """One transaction: the waiting outcomes, a run marked ``running``, a new reservation.
+        """One transaction: the waiting outcomes, a run marked ``running``, the runs still
+        reserved handed back (``hand_back``: they would wait behind a long run), a new
+        reservation.
 
-        After a transaction whose commit was not confirmed, the reservation first hands back
-        whatever this runner may still hold reserved (this runner holds no other reserved run
-        then: it reserves only when it has none left)."""
+        Runs handed back are dropped here first: if the commit is not confirmed, they stay
+        reserved in the database, and the next reservation hands them back (as it does after
+        any transaction whose commit was not confirmed; this runner then holds no other
+        reserved run: it reserves only when it has none left)."""
         pending = list(self._pending)
         reserved: list[ClaimedRun] = []
+        if hand_back and self._reserved:
+            self._reserved.clear()
+            self._claim_uncertain = True  # until the hand-back below is committed
+        else:
+            hand_back = False
         with self.database.transaction() as connection:
             recorded = reserve.finish_reserved_successes(connection, self.task_runner_id, pending)
             if start is not None:
                 reserve.start_reserved_run(
                     connection, start[0].run_id, self.task_runner_id, start[1]
                 )
+            if hand_back:
+                reserve.hand_back_reservations(connection, [self.task_runner_id])
             if reserve_up_to:
                 if self._claim_uncertain:
                     reserve.hand_back_reservations(connection, [self.task_runner_id])
                 reserved = reserve.reserve_runs(
                     connection, self.task_runner_id, self.clock(), reserve_up_to, self.claim_scope
                 )
+        if hand_back:
+            self._claim_uncertain = False
         del self._pending[: len(pending)]
         self._pending_since = None if not self._pending else time.monotonic()
         self._after_commit(pending, recorded)

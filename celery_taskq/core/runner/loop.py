@@ -119,6 +119,8 @@ class TaskRunner(BatchedRecording, HandlerExecution):
         """Let the lease go before the run is recorded abandoned: that record times this
         runner's row out, and a heartbeat reading it must not kill the process (it ends with
         its own exit code a moment later, the kernel's hard stop behind it)."""
+        if self._watch is not None:  # the run is recorded by finish_run: mark it running
+            self._watch.run_now()
         if self._lease is not None:
             self._lease.release()
 
