@@ -2,8 +2,9 @@
 
 What a tick does (timing out dead runners, firing schedules, creating runs) is tested with its
 steps in test_queue.py and test_schedules.py; here: one claim per slot, the pruning of old tick
-rows, the claim's relaxed commit kept to its own statement, and an idle tick that writes
-nothing and reads each table once, on SQLite and PostgreSQL.
+rows, the claim's relaxed commit kept to its own statement, an idle tick that writes nothing
+and reads each table once, and the due probe that lets it skip run creation, on SQLite and
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from celery_taskq.core.schedules import ScheduleService
 from celery_taskq.core.schedules_spec import ScheduleSpec
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements.beat import BEAT_TICKS_KEPT, claim_beat_tick
+from celery_taskq.core.statements.dispatch import any_task_due
 from celery_taskq.core.storage.database import Database
 from tests.conftest import TEST_HOST, FakeClock
-from tests.helpers import count, runs_of
+from tests.helpers import count, drive, insert_task_row, runs_of
 
 INTERVAL = 10.0
 
@@ -171,6 +173,7 @@ def test_an_idle_tick_reads_each_table_once_and_writes_nothing(
     assert sum('"TaskRunners"."ProcessId"' in statement for statement in seen) == 1, seen
     assert sum('"TaskSchedules"' in statement for statement in seen) == 1, seen
     assert not any('"TaskScheduleSlots"' in statement for statement in seen), seen
+    assert not any('INSERT INTO "TaskRuns"' in statement for statement in seen), seen
     # When the task's time comes (the runner still beating), the next tick gives it its run
     clock.advance(300)
     with database.transaction() as connection:
@@ -178,3 +181,29 @@ def test_an_idle_tick_reads_each_table_once_and_writes_nothing(
     assert service.process_queue().tasks_given_runs == 1
     assert [run.status for run in runs_of(database, later)] == [RunStatus.SCHEDULED]
     assert count(database, BeatTick) == 0  # process_queue alone claims no tick
+
+
+def test_the_due_probe_agrees_with_run_creation(
+    service: TaskQueueService, database: Database, clock: FakeClock
+) -> None:
+    def probe() -> bool:
+        with database.transaction(read_only=True) as connection:
+            return any_task_due(connection, clock.now)
+
+    # Given tasks that may not get a run: due later, cancelled, a native Celery task's row,
+    # one that succeeded
+    service.add_task("tests.handlers.Succeed", scheduled_on=clock.now + timedelta(minutes=1))
+    service.cancel_task(service.add_task("tests.handlers.Succeed"))
+    insert_task_row(database, "celery:tests.native", clock.now)
+    drive(service)
+    assert (probe(), service.create_missing_task_runs()) == (False, 0)
+    # When a task fails with a retry left, the probe and the creation both see it due
+    failing = service.add_task("tests.handlers.AlwaysFail", max_retries=2)
+    drive(service)
+    assert (probe(), service.create_missing_task_runs()) == (True, 1)
+    # And once it has its run, neither does
+    assert (probe(), service.create_missing_task_runs()) == (False, 0)
+    assert [run.status for run in runs_of(database, failing)] == [
+        RunStatus.ERROR,
+        RunStatus.SCHEDULED,
+    ]

@@ -145,8 +145,12 @@ class QueueOverseer:
             return beat.claim_beat_tick(connection, event, int(now.timestamp() // interval), now)
 
     def create_missing_task_runs(self) -> int:
-        """Create runs for every due, unfinished task in one statement; return how many."""
-        with self.database.autocommit() as connection:  # one statement on PostgreSQL
+        """Create runs for every due, unfinished task in one statement; return how many.
+
+        The transaction commits without waiting for the disk (:func:`beat.relax_commit`): runs
+        lost in a crash of the database server are created again by the next tick."""
+        with self.database.transaction() as connection:
+            beat.relax_commit(connection)
             created = tasks.create_runs(connection, self.clock())
         if created:
             logger.info("created %s task runs", len(created), extra={"action": "runs_created"})
@@ -157,18 +161,21 @@ class QueueOverseer:
         """The seed's ``processQueue``: refresh runner status, fire due schedules, then create
         missing runs.
 
-        A step with nothing to do costs one indexed read: the running runners and the due
-        schedules are read together first (autocommit on PostgreSQL), and the schedules fire
-        only when one is due.
+        A step with nothing to do costs one indexed read: the running runners, the due
+        schedules and whether a task is due are read together first (autocommit on
+        PostgreSQL); schedules fire only when one is due, and runs are created only when a task
+        was due, a runner was timed out (its task's retry) or a schedule fired.
         """
         now = self.clock()
         with self._reading() as connection:
             records = runners.running_runners(connection)
             schedules_due = bool(schedules.due_schedule_ids(connection, now))
+            tasks_due = dispatch.any_task_due(connection, now)
         timed_out = self._time_out_dead_runners(records, now)
+        fired = 0
         if schedules_due:  # before runs are made
-            fire_due_schedules(self.database, self.settings, self.clock())
-        created = self.create_missing_task_runs()
+            fired = fire_due_schedules(self.database, self.settings, self.clock())
+        created = self.create_missing_task_runs() if tasks_due or timed_out or fired else 0
         apply_declared_limits(self.database, self.settings)  # recounts what lost runners held
         pruned = prune_on_process(self.database, self.clock, self.settings)  # bounded; last
         return ProcessReport(tuple(timed_out), created, pruned)

@@ -1,10 +1,14 @@
-"""The beat tick claim: each periodic event runs once per time slot, however many beats tick.
+"""The beat tick claim (each periodic event runs once per time slot, however many beats tick),
+and the relaxed commit of what a tick writes that the next tick would write again.
 
 On PostgreSQL the claim is one statement, run in autocommit: the tick row's insert, the pruning
 of old tick rows, and an asynchronous commit (``synchronous_commit`` off for this statement's
 own transaction only). A tick row lost in a crash of the database server costs at most one
 tick carried out twice, and every step of a tick may run twice (each re-reads the tables and
 changes only what is still to change); a durable commit would cost an fsync on every tick.
+The runs a tick creates commit the same way (:func:`relax_commit`): lost, they are created
+again by the next tick, and a runner's claim of one, committed durably, flushes the write-ahead
+log up to it first.
 """
 
 from __future__ import annotations
@@ -69,3 +73,14 @@ def claim_beat_tick(connection: Connection, event: str, slot: int, now: datetime
             delete(BeatTick).where(BeatTick.event == event, BeatTick.slot < oldest_kept)
         )
     return claimed
+
+
+_PG_RELAX_COMMIT = text("SET LOCAL synchronous_commit = off")
+
+
+def relax_commit(connection: Connection) -> None:
+    """Let the connection's current transaction commit without waiting for the write-ahead log
+    to reach the disk (PostgreSQL; nothing on SQLite). Only for writes that a later tick
+    repeats when they are lost: the setting ends with the transaction."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(_PG_RELAX_COMMIT)

@@ -1,4 +1,5 @@
-"""How much handler work waits for a runner: one read that the runner dispatch is judged by.
+"""How much handler work waits for a runner: one read that the runner dispatch is judged by,
+and whether a task waits for a run (:func:`any_task_due`, OnProcess's probe).
 
 :func:`runner_demand` counts the ``scheduled`` runs (each is due: a run is created only when its
 task is), the live runner loops, and those of them that are running a run.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, exists, func, select, text
 
@@ -19,7 +21,9 @@ from celery_taskq.core.models import (
     RUN_SCHEDULED_SQL,
     RUNNER_ROLE_RUNNER_SQL,
     RUNNER_RUNNING_SQL,
+    TASK_OPEN_SQL,
     Limit,
+    TaskQueue,
     TaskRun,
     TaskRunner,
 )
@@ -82,6 +86,14 @@ def runner_demand(connection: Connection, count_up_to: int | None = None) -> Run
     )
     row = connection.execute(select(scheduled, live, busy)).one()
     return RunnerDemand(int(row[0]), int(row[1]), int(row[2]))
+
+
+def any_task_due(connection: Connection, now: datetime) -> bool:
+    """Whether a task is due at ``now`` and may get a run: the condition of
+    :func:`~celery_taskq.core.statements.tasks.create_runs`, probed through the partial index
+    ``ix_TaskQueue_due`` (its cost follows the due tasks, not the table)."""
+    due = select(TaskQueue.id).where(TaskQueue.scheduled_on <= now, text(TASK_OPEN_SQL))
+    return bool(connection.execute(select(exists(due))).scalar())
 
 
 @dataclass(frozen=True)
