@@ -92,7 +92,8 @@ def setup_lines(config: Config, results: Results) -> list[str]:
         env = " ".join(f"`{name}={value}`" for name, value in results.batched_env.items())
         lines.append(
             f"- celery_taskq's handler drain runs in both runner modes: strict (the default) and "
-            f"batched ({env})."
+            f"batched, the fast mode ({env}: batched claims, successes group-committed; "
+            "docs/reliability.md states what a crash may lose in it)."
         )
     if results.pgqueuer:
         lines.append(

@@ -35,7 +35,8 @@ TITLES = {
     "native": "audited native Celery tasks (same app and Celery settings + celery_taskq)",
     "native-flower": "audited native Celery tasks with the Flower settings (task events on)",
     "postgresql": "celery_taskq handler runs + Redis",
-    "postgresql-batched": "celery_taskq handler runs + Redis, batched runner mode",
+    "postgresql-batched": "celery_taskq handler runs + Redis, fast runner mode (batched claims, "
+    "group commit)",
     "pgqueuer": "PgQueuer (its own worker, batched dequeue)",
     "sqlite": "celery_taskq handler runs, embedded default (SQLite + kombu SQL broker)",
 }

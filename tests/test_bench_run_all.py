@@ -101,21 +101,29 @@ def test_a_batched_mode_is_measured_beside_the_strict_one_and_judged_at_its_best
     row = rows["handler drain vs plain Celery + Redis, no-durability PostgreSQL"]
     assert row.measured.startswith("3.25x (batched (strict 1,000, batched 1,300 jobs/s)")
     assert row.met is True
-    assert "batched (`TASKQ_RUNNER_MODE=batched`)" in render(measured)
+    assert "batched, the fast mode (`TASKQ_RUNNER_MODE=batched`: batched claims" in render(measured)
 
 
 def test_the_command_line_adds_the_batched_system_with_its_environment() -> None:
     args = run_all.parse_args(["--quick", "--batched-env", "TASKQ_A=1,TASKQ_B=x"])
     assert args.batched_env == {"TASKQ_A": "1", "TASKQ_B": "x"}
     assert args.systems[:3] == ["plain", "postgresql", "postgresql-batched"]
-    assert "pgqueuer" in run_all.parse_args([]).systems
+    default = run_all.parse_args([])
+    assert default.batched_env == run_all.BATCHED_ENV
+    assert default.systems == ["plain", "postgresql", "postgresql-batched", "pgqueuer", "sqlite"]
+    assert run_all.parse_args(["--batched-env", ""]).systems == [
+        "plain",
+        "postgresql",
+        "pgqueuer",
+        "sqlite",
+    ]
 
 
 @pytest.mark.parametrize(
     "argv",
     [
         ["--batched-env", "TASKQ_A"],
-        ["--systems", "postgresql-batched"],
+        ["--systems", "postgresql-batched", "--batched-env", ""],
         ["--systems", "rabbit"],
         ["--tick-sizes", "10k"],
     ],
