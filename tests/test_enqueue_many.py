@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta, timezone
 from typing import Any
@@ -159,6 +160,58 @@ def test_odd_values_in_one_batch_are_stored_as_given(
     ]
     assert [len(runs_of(database, task_id)) for task_id in ids] == [1, 1, 0, 1, 1, 1]
     assert [(run.queue, run.priority) for run in runs_of(database, ids[5])] == [("default", 1000)]
+
+
+def test_a_batch_of_alike_tasks_stores_each_value_for_every_task(
+    service: TaskQueueService, database: Database, clock: FakeClock
+) -> None:
+    # On PostgreSQL a column with one value for the whole batch goes as that one value.
+    spec = TaskSpec(
+        SUCCEED,
+        {"to": "\u00e9\U0001f600", "n": [1, None]},
+        scheduled_on=clock() - timedelta(minutes=1),
+        max_retries=7,
+        queued_by="batch",
+        title="alike",
+        queue="q1",
+        priority=-5,
+    )
+    ids = service.add_tasks([spec] * 4, create_run=True)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 4
+    stored = {
+        (
+            row.task_handler_class,
+            json.dumps(row.task_data, sort_keys=True),
+            row.scheduled_on,
+            row.queued_on,
+            row.queued_by_id,
+            row.last_status,
+            row.max_retries,
+            row.title,
+            row.queue,
+            row.priority,
+        )
+        for row in (task_row(database, task_id) for task_id in ids)
+    }
+    assert stored == {
+        (
+            SUCCEED,
+            json.dumps({"to": "\u00e9\U0001f600", "n": [1, None]}, sort_keys=True),
+            clock() - timedelta(minutes=1),
+            clock(),
+            "batch",
+            RunStatus.SCHEDULED,
+            7,
+            "alike",
+            "q1",
+            -5,
+        )
+    }
+    runs = [run for task_id in ids for run in runs_of(database, task_id)]
+    assert [(run.status, run.queue, run.priority) for run in runs] == [
+        (RunStatus.SCHEDULED, "q1", -5)
+    ] * 4
 
 
 def test_a_batch_of_tasks_none_due_gets_no_runs(

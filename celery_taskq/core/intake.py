@@ -32,7 +32,7 @@ from celery_taskq.core.handlers import TaskHandler
 from celery_taskq.core.models import DEFAULT_QUEUE, Base, RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.queues import check_priority, check_queue_name
 from celery_taskq.core.settings import DEFAULT_MAX_RETRIES, DEFAULT_TASK_DATA_MAX_BYTES
-from celery_taskq.core.statements import tasks
+from celery_taskq.core.statements import batch_insert_pg, tasks
 from celery_taskq.core.steps import MultiStepTask, check_steps
 from celery_taskq.core.storage.storable import (
     MAX_INT32,
@@ -296,41 +296,10 @@ def insert_many(
     return [int(task_id) for task_id in ids if task_id is not None]
 
 
-_PG_INSERT_TASKS_AND_RUNS = """
-WITH new_tasks AS (
-    INSERT INTO "TaskQueue" ("TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn",
-        "QueuedById", "LastStatus", "MaxRetries", "TaskRunsFailed", "Title", "Queue",
-        "Priority")
-    SELECT handler, data, scheduled_on, queued_on, queued_by, last_status, max_retries, 0, title,
-        queue, priority
-    FROM unnest(%(handler)b::varchar[], %(data)b::jsonb[], %(scheduled_on)b::timestamptz[],
-        %(queued_on)b::timestamptz[], %(queued_by)b::varchar[], %(last_status)b::varchar[],
-        %(max_retries)b::int[], %(title)b::varchar[], %(queue)b::varchar[],
-        %(priority)b::int[])
-        WITH ORDINALITY AS t(handler, data, scheduled_on, queued_on, queued_by, last_status,
-            max_retries, title, queue, priority, position)
-    ORDER BY position
-    RETURNING "Id", "LastStatus", "Queue", "Priority"
-), new_runs AS (
-    INSERT INTO "TaskRuns" ("TaskQueueId", "Status", "Queue", "Priority")
-    SELECT "Id", 'scheduled', "Queue", "Priority" FROM new_tasks WHERE "LastStatus" = 'scheduled'
-)
-SELECT array_agg("Id" ORDER BY "Id") FROM new_tasks
-"""
-
-
 def _pg_insert_tasks_and_runs(
     connection: Connection, rows: Sequence[dict[str, Any]], due: Sequence[bool]
 ) -> list[int]:
-    """Insert tasks and the due ones' first runs in one statement; return the ids in order.
-
-    Each column travels as one array parameter (``unnest``): a statement with a parameter per
-    value costs more to build and parse than the insert itself. The arrays go in psycopg's
-    binary format (``%(name)b``), whose cost per element is a copy, where the text format
-    escapes each element with a regular expression. Rows are inserted in the given order and
-    take their ids from the sequence one after the other, so the ids sorted are the ids in
-    order; they come back as one array.
-    """
+    """Insert tasks and the due ones' first runs in one statement; return the ids in order."""
     handler, data, scheduled_on, queued_on, queued_by = [], [], [], [], []
     max_retries, title, queue, priority = [], [], [], []
     for row in rows:
@@ -345,7 +314,7 @@ def _pg_insert_tasks_and_runs(
         queue.append(row["queue"])
         priority.append(row["priority"])
     scheduled = RunStatus.SCHEDULED.value
-    parameters = {
+    columns = {
         "handler": handler,
         "data": data,
         "scheduled_on": scheduled_on,
@@ -357,8 +326,7 @@ def _pg_insert_tasks_and_runs(
         "queue": queue,
         "priority": priority,
     }
-    ids = connection.exec_driver_sql(_PG_INSERT_TASKS_AND_RUNS, parameters).scalar_one()
-    return [] if ids is None else [int(task_id) for task_id in ids]
+    return batch_insert_pg.insert_tasks_and_runs(connection, columns)
 
 
 _EMPTY_DOCUMENT = "{}"
