@@ -191,6 +191,10 @@ taskq_dashboard_url = ""
 # `celery-taskq -A <app> dashboard`.
 taskq_dashboard_refresh_interval = 5.0
 
+# A Celery worker's main process loads the database stack and freezes its heap before the pool
+# forks, so pool processes share that memory (False: left as Celery starts it).
+taskq_fork_preload = True
+
 # The native audit's writes: handed to a background thread and committed in batches (True), or
 # each committed before the task goes on (False). A batch holds at most taskq_audit_batch_size
 # writes, gathered for at most taskq_audit_batch_window seconds after the first.

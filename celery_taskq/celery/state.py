@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery, signals
 
 from celery_taskq.celery.audit import NativeTaskAuditor
+from celery_taskq.celery.preload import preload_before_fork
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
@@ -126,6 +127,8 @@ def connect_worker_signals(app: Celery, state: TaskqCelery) -> None:
         # Created before the pool forks, so every child shares it.
         state.worker = sender
         state.shutting_down = multiprocessing.Event()
+        if state.settings.fork_preload:
+            preload_before_fork(state.settings.database_url)
 
     def on_worker_process_init(**_: Any) -> None:
         state.after_fork()

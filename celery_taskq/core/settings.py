@@ -184,6 +184,9 @@ class Settings:
     """Whether Celery workers run handler tasks; ``False`` is audit-only mode."""
     internal_task_events: bool = False
     """Whether beat ticks and runner tasks send Celery task events (Flower then shows them)."""
+    fork_preload: bool = True
+    """Whether a Celery worker's main process loads the database stack and freezes its heap
+    before the pool forks, so that pool processes share that memory."""
     db_schema: str = ""
     """PostgreSQL schema of the tables (empty: the connection's default schema)."""
     native_lost_after: float = DEFAULT_NATIVE_LOST_AFTER
@@ -315,7 +318,7 @@ _FLOAT_FIELDS = {
 
 _TUPLE_FIELDS = {"allowed_handler_prefixes", "imports", "redact_patterns"}
 
-_BOOL_FIELDS = {"handler_runners", "internal_task_events", "audit_write_behind"}
+_BOOL_FIELDS = {"handler_runners", "internal_task_events", "fork_preload", "audit_write_behind"}
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _FALSE_WORDS = {"0", "false", "no", "off"}
 
