@@ -115,6 +115,22 @@ def test_group_committed_successes_record_reserved_and_started_runs(
             connection, runner_id, [success(run_id, clock()) for run_id in run_ids]
         )
     assert recorded == run_ids
+    odd = service.add_task(SUCCEED, create_run=True)  # no result, text past the BMP, quotes
+    (odd_run,) = reserve_for(database, runner_id, clock(), 1)
+    with database.transaction() as connection:
+        reserve.finish_reserved_successes(
+            connection,
+            runner_id,
+            [ReservedSuccess(odd_run, clock(), clock(), 'naïve 𝄞 "{x}"', "err", None, 7)],
+        )
+    (run,) = runs_of(database, odd)
+    assert (run.status, run.standard_output, run.error_output, run.results) == (
+        RunStatus.SUCCESS,
+        'naïve 𝄞 "{x}"',
+        "err",
+        None,
+    )
+    assert run.percents_completed == 7
     for task_id in ids:
         (run,) = runs_of(database, task_id)
         assert (run.status, run.standard_output, run.percents_completed) == (

@@ -15,6 +15,9 @@ from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
+IDLE_WAIT = 0.01
+"""Seconds the idle thread sleeps between looks; a job armed for sooner wakes it at once."""
+
 
 class StartWatch:
     """Runs the armed job once its deadline passes, unless disarmed first.
@@ -29,6 +32,7 @@ class StartWatch:
         self._deadline = 0.0
         self._ran = False
         self._closed = False
+        self._sleeping_until = 0.0
         self._thread = threading.Thread(target=self._work, name="taskq-start-watch", daemon=True)
         self._thread.start()
 
@@ -38,7 +42,8 @@ class StartWatch:
             self._job = job
             self._deadline = time.monotonic() + max(delay, 0.0)
             self._ran = False
-            self._condition.notify()
+            if self._deadline < self._sleeping_until:  # else the thread wakes up in time
+                self._condition.notify()
 
     def run_now(self) -> bool:
         """Run the armed job now, in the calling thread, if it has not run; whether it has."""
@@ -79,11 +84,15 @@ class StartWatch:
     def _work(self) -> None:
         with self._condition:
             while not self._closed:
+                now = time.monotonic()
                 if self._job is None or self._ran:
-                    self._condition.wait()
+                    # Idle: look again after a while, so that arming wakes no thread.
+                    self._sleeping_until = now + IDLE_WAIT
+                    self._condition.wait(IDLE_WAIT)
                     continue
-                left = self._deadline - time.monotonic()
-                if left > 0:
-                    self._condition.wait(left)
+                if self._deadline > now:
+                    self._sleeping_until = self._deadline
+                    self._condition.wait(self._deadline - now)
                     continue
+                self._sleeping_until = 0.0
                 self._run()

@@ -18,6 +18,7 @@ the writing runner (``TaskRunnerId``) and open, so a runner whose reservations w
 # ruff: noqa: S608 - the SQL is built from constant fragments only; every value is bound
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -106,6 +107,28 @@ def finish_reserved_successes(
 
     A run no longer this runner's (handed back, timed out, cancelled) is left as it is.
     """
+    if not successes:
+        return []
+    if connection.dialect.name == "postgresql":
+        return [
+            int(run_id)
+            for run_id in connection.execute(
+                _PG_FINISH_RESERVED,
+                {
+                    "runner_id": runner_id,
+                    "run_ids": [success.run_id for success in successes],
+                    "started": [success.started_on for success in successes],
+                    "finished": [success.finished_on for success in successes],
+                    "stdout": [success.standard_output for success in successes],
+                    "stderr": [success.error_output for success in successes],
+                    "results": [
+                        None if success.results is None else json.dumps(success.results)
+                        for success in successes
+                    ],
+                    "percents": [success.percents_completed for success in successes],
+                },
+            ).scalars()
+        ]
     recorded: list[int] = []
     task_ids: list[int] = []
     for success in successes:
@@ -182,10 +205,12 @@ def _reserve(queue_filter: str, postgresql: bool) -> TextualSelect:
     if postgresql:
         # Materialised: as a subquery of IN, PostgreSQL may scan the pick again for each row
         # updated, and the rows already reserved fail the recheck, letting more in past LIMIT.
+        # As an array, the picked ids are found by primary key (a join may scan every
+        # scheduled run once per picked one).
         sql = f"""
             WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED)
-            UPDATE "TaskRuns" SET "TaskRunnerId" = :runner_id FROM picked
-            WHERE "TaskRuns"."Id" = picked."Id" AND "TaskRuns".{held}
+            UPDATE "TaskRuns" SET "TaskRunnerId" = :runner_id
+            WHERE "TaskRuns"."Id" = ANY(ARRAY(SELECT "Id" FROM picked)) AND "TaskRuns".{held}
             RETURNING "TaskRuns"."Id", "TaskRuns"."TaskQueueId", "TaskRuns"."Priority"
         """
     else:
@@ -246,6 +271,30 @@ _FINISH_RESERVED = text(
     bindparam("now", type_=UTCDateTime()),
     bindparam("results", type_=JsonDocument),
 )
+# One statement for the whole group on PostgreSQL: the outcomes travel as arrays.
+_PG_FINISH_RESERVED = text(
+    """
+    WITH done AS (
+        SELECT * FROM unnest(CAST(:run_ids AS bigint[]), CAST(:started AS timestamptz[]),
+            CAST(:finished AS timestamptz[]), CAST(:stdout AS text[]), CAST(:stderr AS text[]),
+            CAST(:results AS text[]), CAST(:percents AS integer[]))
+            AS d(id, started, finished, stdout, stderr, results, percent)
+    ), finished AS (
+        UPDATE "TaskRuns" SET "Status" = 'success',
+            "StartedOn" = COALESCE("TaskRuns"."StartedOn", done.started),
+            "FinishedOn" = done.finished, "StandardOutput" = done.stdout,
+            "ErrorOutput" = done.stderr, "Results" = CAST(done.results AS jsonb),
+            "ErrorCode" = NULL, "ErrorMessage" = NULL, "PercentsCompleted" = done.percent
+        FROM done WHERE "TaskRuns"."Id" = done.id AND "TaskRuns"."TaskRunnerId" = :runner_id
+            AND "TaskRuns"."Status" IN ('scheduled', 'running')
+        RETURNING "TaskRuns"."Id", "TaskRuns"."TaskQueueId"
+    ), rolled_up AS (
+        UPDATE "TaskQueue" SET "LastStatus" = 'success', "TaskRunsFailed" = 0 FROM finished
+        WHERE "TaskQueue"."Id" = finished."TaskQueueId"
+    )
+    SELECT "Id" FROM finished ORDER BY "Id"
+    """
+).bindparams(bindparam("runner_id", type_=Integer()))
 # The finished run was its task's newest (a task has one open run at a time): the roll-up is
 # exact without recounting, as in runs.finish_run.
 _TASKS_SUCCEEDED = text(
