@@ -103,17 +103,19 @@ def durability_targets(results: Results, durability: str) -> list[Target]:
             "After: `enqueue()` on PostgreSQL",
         )
     )
+    latency, fast = f.p50(pg), f.p50(batched)
+    others = [f"plain Celery {f.p50('plain'):.1f} ms"]
+    if results.pgqueuer:
+        others.append(f"PgQueuer {f.p50(key('pgqueuer', durability)):.1f} ms")
+    if f.samples(batched):  # judged in both modes: the fast one must not cost latency
+        latency = max(latency, fast)
+        others.insert(0, f"strict {f.p50(pg):.1f} ms, batched {fast:.1f} ms")
     rows.append(
         Target(
             f"latency p50, {on} + Redis",
-            f"{f.p50(pg):.1f} ms (plain Celery {f.p50('plain'):.1f} ms"
-            + (
-                f", PgQueuer {f.p50(key('pgqueuer', durability)):.1f} ms)"
-                if results.pgqueuer
-                else ")"
-            ),
+            f"{latency:.1f} ms ({'; '.join(others)})",
             "<= 10 ms",
-            check(f.p50(pg), lambda v: v <= 10),
+            check(latency, lambda v: v <= 10),
             "-",
         )
     )

@@ -101,6 +101,11 @@ def test_a_batched_mode_is_measured_beside_the_strict_one_and_judged_at_its_best
     row = rows["handler drain vs plain Celery + Redis, no-durability PostgreSQL"]
     assert row.measured.startswith("3.25x (batched (strict 1,000, batched 1,300 jobs/s)")
     assert row.met is True
+    latency = rows["latency p50, durable PostgreSQL + Redis"]
+    assert latency.measured.startswith("3.0 ms (strict 3.0 ms, batched 3.0 ms; plain Celery")
+    measured.drains[key("postgresql-batched", "durable")] = drained(2500, 1300, p50_ms=12.0)
+    latency = by_name(targets(measured))["latency p50, durable PostgreSQL + Redis"]
+    assert (latency.measured[:7], latency.met) == ("12.0 ms", False)  # the fast mode's
     assert "batched, the fast mode (`TASKQ_RUNNER_MODE=batched`: batched claims" in render(measured)
 
 
