@@ -234,7 +234,7 @@ def prune_targets(results: Results) -> list[Target]:
                 f"OnProcess pruning {on_process:.2f}x; `celery-taskq prune` {command:.2f}x",
                 f">= {bench_prune.TARGET_RATIO}x",
                 check(min(on_process, command), lambda v: v >= bench_prune.TARGET_RATIO),
-                "Pruning while runners work",
+                "(RESULTS.md: Pruning while runners work)",
             )
         )
     return rows
