@@ -20,7 +20,7 @@ Concurrency: one worker process (one event loop, one connection) dequeuing batch
 default and what its docs recommend over one job per dequeue. celery_taskq drains through one
 runner in one pool process of its ``-c 2`` worker; plain Celery uses two pool processes. On a
 2-core machine that also runs PostgreSQL, one process per system is the comparable setting;
-``--pgqueuer-batch-size`` changes the batch.
+run_all.py's ``--pgqueuer-batch-size`` changes the batch.
 
 PgQueuer is optional: ``pip install -e '.[bench]'`` installs it. Without it, :func:`missing`
 says so and run_all.py skips this system with that message.

@@ -162,7 +162,7 @@ def measure_drain(
     system: str,
     durability: str | None,
     rep: int,
-    batched_env: dict[str, str],
+    args: argparse.Namespace,
 ) -> Sample:
     """One repetition of one system (on the PostgreSQL of ``durability``)."""
     label = f"{key(system, durability).replace('/', '-')}-{rep}"
@@ -177,9 +177,11 @@ def measure_drain(
         flower = system == "native-flower"
         return run_native(config, children, redis_server, postgres, rep, label=label, flower=flower)
     if system == "pgqueuer":
-        return bench_pgqueuer.run_pgqueuer(config, children, postgres, label)
+        return bench_pgqueuer.run_pgqueuer(
+            config, children, postgres, label, args.pgqueuer_batch_size
+        )
     target = postgres_target(postgres, redis_server, rep)
-    extra = batched_env if system == "postgresql-batched" else {}
+    extra = args.batched_env if system == "postgresql-batched" else {}
     return run_taskq(config, children, target, label, extra_env=extra)
 
 
@@ -223,6 +225,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(f"{name}={value}" for name, value in BATCHED_ENV.items()),
         help="NAME=VALUE[,NAME=VALUE]: the environment of the runners' batched mode; the "
         "handler drain is then measured in both modes (postgresql and postgresql-batched)",
+    )
+    parser.add_argument(
+        "--pgqueuer-batch-size",
+        type=int,
+        default=bench_pgqueuer.BATCH_SIZE,
+        help=f"jobs per PgQueuer dequeue (default {bench_pgqueuer.BATCH_SIZE}, its own)",
     )
     parser.add_argument(
         "--no-capacity",
@@ -275,8 +283,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.systems[at:at] = [] if "postgresql-batched" in args.systems else ["postgresql-batched"]
     if "postgresql-batched" in args.systems and not args.batched_env:
         parser.error("--systems postgresql-batched needs --batched-env")
-    if args.tasks < 1 or args.repeat < 1 or args.concurrency < 1 or args.latency_samples < 1:
-        parser.error("--tasks, --repeat, --concurrency and --latency-samples must be positive")
+    counts = (args.tasks, args.repeat, args.concurrency, args.latency_samples)
+    if min(*counts, args.pgqueuer_batch_size) < 1:
+        parser.error(
+            "--tasks, --repeat, --concurrency, --latency-samples and --pgqueuer-batch-size "
+            "must be positive"
+        )
     return args
 
 
@@ -372,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"PgQueuer skipped: {results.pgqueuer_skipped}")
             args.systems.remove("pgqueuer")
         else:
-            results.pgqueuer = bench_pgqueuer.settings()
+            results.pgqueuer = bench_pgqueuer.settings(args.pgqueuer_batch_size)
     plan = [
         (system, durability)
         for system in args.systems
@@ -401,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                         system,
                         durability,
                         rep,
-                        args.batched_env,
+                        args,
                     )
                     results.drains[name].append(sample)
                     say(

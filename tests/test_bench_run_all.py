@@ -131,6 +131,7 @@ def test_the_command_line_adds_the_batched_system_with_its_environment() -> None
         ["--systems", "postgresql-batched", "--batched-env", ""],
         ["--systems", "rabbit"],
         ["--tick-sizes", "10k"],
+        ["--pgqueuer-batch-size", "0"],
     ],
 )
 def test_the_command_line_refuses_bad_input(
