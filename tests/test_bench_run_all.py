@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from benchmarks import bench_pgqueuer, run_all
+from benchmarks import bench_pgqueuer, bench_prune, run_all
 from benchmarks.bench_drain import Config, Sample
+from benchmarks.native_audit_report import Run
+from benchmarks.native_audit_report import Sample as NativeSample
 from benchmarks.run_all_report import report
 from benchmarks.run_all_results import Results, key
 from benchmarks.run_all_targets import Target, targets
@@ -107,6 +109,29 @@ def test_a_batched_mode_is_measured_beside_the_strict_one_and_judged_at_its_best
     latency = by_name(targets(measured))["latency p50, durable PostgreSQL + Redis"]
     assert (latency.measured[:7], latency.met) == ("12.0 ms", False)  # the fast mode's
     assert "batched, the fast mode (`TASKQ_RUNNER_MODE=batched`: batched claims" in render(measured)
+
+
+def test_the_native_audit_and_pruning_rows_come_from_their_sections() -> None:
+    measured = results()
+    run = Run(tasks=100, repeat=1, concurrency=2)
+    drains = {"plain": 500, "audited": 450, "plain-flower": 400, "audited-flower": 260}
+    for variant, drain in drains.items():
+        run.samples[("durable", variant)] = [NativeSample(1000, drain, None, None)]
+    measured.native_audit = run
+    prune = bench_prune.Measured()
+    prune.drains = {
+        "without": [bench_prune.Drain(1000, 10), bench_prune.Drain(1000, 10)],
+        "on_process": [bench_prune.Drain(900, 10), bench_prune.Drain(850, 10)],
+        "command": [bench_prune.Drain(700, 10), bench_prune.Drain(750, 10)],
+    }
+    measured.prune = {"durable": prune}
+    rows = by_name(targets(measured))
+    native = rows["audited native Celery tasks drain vs plain Celery, durable PostgreSQL"]
+    assert native.met is True  # 0.90x
+    assert native.measured.startswith("0.90x; with the Flower settings 0.65x (not met;")
+    pruning = rows["drain with pruning vs without, durable PostgreSQL (bench_prune.py)"]
+    assert pruning.measured == "OnProcess pruning 0.88x; `celery-taskq prune` 0.72x"
+    assert pruning.met is False
 
 
 def test_the_command_line_adds_the_batched_system_with_its_environment() -> None:
