@@ -5,7 +5,8 @@ The handlers' ledger (start and end of each execution, with its run id and PID, 
 the database) proves the stated crash guarantee (docs/reliability.md): no run is lost (every
 task ends ``success`` exactly once, nothing is left open), no task executes twice at once, and a
 run whose handler finished within the window is never recorded failed. The kills land mid-batch:
-some finished runs lose their outcome and run again (at-least-once within the window).
+some finished runs lose their outcome and run again (at-least-once within the window), and a run
+runs again only after a kill of the process that ran it.
 """
 
 from __future__ import annotations
@@ -188,9 +189,14 @@ def check_the_guarantee(
     by_run: dict[int, list[Execution]] = defaultdict(list)
     for execution in sorted(found, key=lambda execution: execution.started_ns):
         by_run[execution.run_id].append(execution)
-    for run_id in failed:  # the execution the failure is about: the run's last one
+    for run_id in failed:  # a failed run started, and its last execution outlived the window
+        assert by_run.get(run_id), f"run {run_id} failed without ever starting"
         last = by_run[run_id][-1]
         assert last.ended_ns is None or last.ended_ns - last.started_ns >= window_ns, last
+    # A run executes again only after the process of its earlier execution was killed
+    for run_id, runs in by_run.items():
+        for earlier in runs[:-1]:
+            assert earlier.pid in killed_at, f"run {run_id} ran again though {earlier} lives"
     # The kills hit batches: finished runs whose outcome was lost ran again
     rerun = [
         run_id
