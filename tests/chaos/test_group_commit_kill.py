@@ -194,13 +194,13 @@ def check_the_guarantee(
         last = by_run[run_id][-1]
         assert last.ended_ns is None or last.ended_ns - last.started_ns >= window_ns, last
     # A run executes again only after the process of its earlier execution was killed
-    for run_id, runs in by_run.items():
-        for earlier in runs[:-1]:
+    for run_id, executed in by_run.items():
+        for earlier in executed[:-1]:
             assert earlier.pid in killed_at, f"run {run_id} ran again though {earlier} lives"
     # The kills hit batches: finished runs whose outcome was lost ran again
     rerun = [
         run_id
-        for run_id, runs in by_run.items()
-        if any(execution.ended_ns is not None for execution in runs[:-1])
+        for run_id, executed in by_run.items()
+        if any(execution.ended_ns is not None for execution in executed[:-1])
     ]
     assert rerun, "no kill caught a finished run waiting for its group commit"
