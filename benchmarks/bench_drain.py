@@ -301,6 +301,15 @@ class PostgresServer:
             return cursor.fetchone() if cursor.description else None
 
 
+def accepts_connections(server: PostgresServer) -> bool:
+    """Whether ``server`` answers a query."""
+    try:
+        server.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def postgres_server(directory: Path, durable: bool) -> Iterator[PostgresServer]:
     """A private cluster on 127.0.0.1, as tests/fixtures/postgres.py starts one."""
@@ -343,7 +352,16 @@ def postgres_server(directory: Path, durable: bool) -> Iterator[PostgresServer]:
                 f"PostgreSQL did not start; end of its log:\n{log_tail(workdir / 'postgresql.log')}"
             ) from exc
         try:
-            yield PostgresServer(executor)
+            server = PostgresServer(executor)
+            # pg_ctl -w can return while the server still refuses connections ("the database
+            # system is starting up") on a busy machine.
+            wait_until(
+                functools.partial(accepts_connections, server),
+                timeout=60,
+                what="PostgreSQL to accept connections",
+                log=workdir / "postgresql.log",
+            )
+            yield server
         finally:
             executor.stop()
     finally:
