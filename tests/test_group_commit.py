@@ -14,6 +14,7 @@ from sqlalchemy import event
 
 from celery_taskq.core.models import RunStatus
 from celery_taskq.core.queue import TaskQueueService
+from celery_taskq.core.runner import batch
 from celery_taskq.core.runner.loop import StopReason, TaskRunner
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.statements import reserve
@@ -146,3 +147,23 @@ def test_a_loop_that_stops_hands_back_what_it_reserved_without_a_failure(
     other = new_runner(fast)
     assert other.run(burst=True) is StopReason.BURST
     assert all(runs_of(database, task_id)[0].status == RunStatus.SUCCESS for task_id in ids)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite stays strict
+def test_outcomes_holding_much_output_are_committed_early(
+    fast: TaskQueueService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    groups: list[int] = []
+    original = reserve.finish_reserved_successes
+
+    def recording(connection: Any, runner_id: int, successes: Any) -> list[int]:
+        if successes:
+            groups.append(len(successes))
+        return original(connection, runner_id, successes)
+
+    monkeypatch.setattr(reserve, "finish_reserved_successes", recording)
+    monkeypatch.setattr(batch, "PENDING_OUTPUT_MAX", -1)  # any output is too much
+    ids = [fast.add_task(SUCCEED, create_run=True) for _ in range(8)]
+    assert new_runner(fast).run(burst=True) is StopReason.BURST
+    assert all(runs_of(database, task_id)[0].status == RunStatus.SUCCESS for task_id in ids)
+    assert groups == [1] * len(ids)

@@ -43,6 +43,10 @@ from celery_taskq.core.statements.reserve import ReservedSuccess
 
 logger = logging.getLogger(__name__)
 
+PENDING_OUTPUT_MAX = 4 * 1024 * 1024
+"""Characters of output the waiting outcomes may hold before they are committed early (each
+run's output is capped, but a group of runs that print a lot would add up)."""
+
 
 class BatchedRecording(RunRecording):
     """:class:`RunRecording` with the fast mode (a base class of the runner, whose ``__init__``
@@ -99,7 +103,9 @@ class BatchedRecording(RunRecording):
             self._refill()
         if not self._reserved:
             return None
-        if self._pending_since is not None and self._window_left() <= 0:
+        if self._pending_since is not None and (
+            self._window_left() <= 0 or self._pending_output > PENDING_OUTPUT_MAX
+        ):
             self._until_stored("recording finished runs", lambda: self._commit())
         return self._reserved.popleft()
 
@@ -181,6 +187,10 @@ class BatchedRecording(RunRecording):
     @property
     def _window(self) -> float:
         return self.settings.group_commit_ms / 1000
+
+    @property
+    def _pending_output(self) -> int:
+        return sum(len(done.standard_output) + len(done.error_output) for done in self._pending)
 
     def _window_left(self) -> float:
         if self._pending_since is None:
