@@ -139,26 +139,12 @@ def batch_call(connection: psycopg.Connection[Any], sql: str) -> Callable[[], No
     return once
 
 
-def wait_until_ready(server: PostgresServer, timeout: float = 60.0) -> None:
-    """Return once the server takes connections (it may still be starting up)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            server.execute("SELECT 1")
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def measure(
     server: PostgresServer, redis_server: RedisServer, rounds: int, tasks: int, many: int
 ) -> dict[str, list[float]]:
     """Every figure of one PostgreSQL, ``rounds`` times."""
     results: dict[str, list[float]] = {}
     plain_app.app.conf.broker_url = redis_server.url(PLAIN_REDIS_DB)
-    wait_until_ready(server)
     for index in range(rounds):
         dbname = f"enqueue_{index}"
         server.execute(f"CREATE DATABASE {dbname}")
