@@ -176,7 +176,19 @@ def test_a_batch_of_alike_tasks_stores_each_value_for_every_task(
         queue="q1",
         priority=-5,
     )
-    ids = service.add_tasks([spec] * 4, create_run=True)
+    statements: list[str] = []
+
+    def record(_conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", record)
+    try:
+        ids = service.add_tasks([spec] * 4, create_run=True)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", record)
+    if database.dialect == "postgresql":  # no column went as an array
+        assert [s for s in statements if "INSERT" in s and "unnest" in s] == []
+        assert len([s for s in statements if "INSERT" in s]) == 1
     assert ids == sorted(ids)
     assert len(set(ids)) == 4
     stored = {
