@@ -61,6 +61,7 @@ class BatchedRecording(RunRecording):
         self._reserved: deque[ClaimedRun] = deque()
         self._pending: list[ReservedSuccess] = []
         self._pending_since: float | None = None
+        self._pending_output = 0
         self._reservation_size = 1
         self._watch: StartWatch | None = None
         self._started_on: datetime | None = None
@@ -148,6 +149,7 @@ class BatchedRecording(RunRecording):
                     values["percents_completed"],
                 )
             )
+            self._pending_output += len(outcome.standard_output) + len(outcome.error_output)
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
             return True, outcome
@@ -187,10 +189,6 @@ class BatchedRecording(RunRecording):
     @property
     def _window(self) -> float:
         return self.settings.group_commit_ms / 1000
-
-    @property
-    def _pending_output(self) -> int:
-        return sum(len(done.standard_output) + len(done.error_output) for done in self._pending)
 
     def _window_left(self) -> float:
         if self._pending_since is None:
@@ -252,6 +250,9 @@ class BatchedRecording(RunRecording):
         if hand_back:
             self._claim_uncertain = False
         del self._pending[: len(pending)]
+        self._pending_output = sum(
+            len(done.standard_output) + len(done.error_output) for done in self._pending
+        )
         self._pending_since = None if not self._pending else time.monotonic()
         self._after_commit(pending, recorded)
         return reserved
