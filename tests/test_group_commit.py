@@ -167,3 +167,24 @@ def test_outcomes_holding_much_output_are_committed_early(
     assert new_runner(fast).run(burst=True) is StopReason.BURST
     assert all(runs_of(database, task_id)[0].status == RunStatus.SUCCESS for task_id in ids)
     assert groups == [1] * len(ids)
+
+
+def test_a_resumable_task_goes_on_from_its_checkpoint(
+    fast: TaskQueueService, database: Database, tmp_path: Any
+) -> None:
+    """Each run continues in a new run, which a later reservation takes with the checkpoint."""
+    log = tmp_path / "items"
+    task_id = fast.add_task(
+        "tests.handlers.Chunked", {"total": 7, "per_run": 3, "log": str(log)}, create_run=True
+    )
+    others = [fast.add_task(SUCCEED, create_run=True) for _ in range(4)]
+    assert new_runner(fast).run(burst=True) is StopReason.BURST
+    runs = runs_of(database, task_id)
+    assert [run.status for run in runs] == [RunStatus.SUCCESS] * 3
+    assert [run.results for run in runs] == [
+        {"handled": [0, 3]},
+        {"handled": [3, 6]},
+        {"done": 7},
+    ]
+    assert log.read_text().split() == [str(item) for item in range(7)]  # each item once
+    assert all(runs_of(database, other)[0].status == RunStatus.SUCCESS for other in others)

@@ -25,7 +25,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Integer, String, bindparam, column, text
+from sqlalchemy import Connection, Integer, String, TextClause, bindparam, column, text
 from sqlalchemy.sql.selectable import TextualSelect
 
 from celery_taskq.core.models import RUN_RESERVED_SQL, RUNNER_RUNNING_SQL, JsonDocument, UTCDateTime
@@ -68,8 +68,12 @@ def reserve_runs(
     if scope.queues is not None:
         queue_filter = "list"
         values["queues"] = list(scope.queues)
-    postgresql = connection.dialect.name == "postgresql"
-    rows = connection.execute(_reserve(queue_filter, postgresql), values).all()
+    if connection.dialect.name == "postgresql":
+        return [
+            ClaimedRun(*row) if row[2] is not None else ClaimedRun(row[0], row[1])
+            for row in connection.execute(_pg_reserve(queue_filter), values)
+        ]
+    rows = connection.execute(_sqlite_reserve(queue_filter), values).all()
     if not rows:
         return []
     inputs = {
@@ -195,36 +199,65 @@ _QUEUE_FILTERS = {
 }
 
 
-@cache
-def _reserve(queue_filter: str, postgresql: bool) -> TextualSelect:
-    queues = _QUEUE_FILTERS[(queue_filter, postgresql)]
-    pick = f"""SELECT "Id" FROM "TaskRuns"
+def _pick(queues: str) -> str:
+    return f"""SELECT "Id" FROM "TaskRuns"
             WHERE "Status" = 'scheduled' AND "TaskRunnerId" IS NULL{queues}
             ORDER BY "Priority" DESC, "Id" LIMIT :limit"""
-    held = f""""Status" = 'scheduled' AND "TaskRunnerId" IS NULL AND {_RUNNER_IS_LIVE}"""
-    if postgresql:
-        # Materialised: as a subquery of IN, PostgreSQL may scan the pick again for each row
-        # updated, and the rows already reserved fail the recheck, letting more in past LIMIT.
-        # As an array, the picked ids are found by primary key (a join may scan every
-        # scheduled run once per picked one).
-        sql = f"""
-            WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED)
-            UPDATE "TaskRuns" SET "TaskRunnerId" = :runner_id
-            WHERE "TaskRuns"."Id" = ANY(ARRAY(SELECT "Id" FROM picked)) AND "TaskRuns".{held}
-            RETURNING "TaskRuns"."Id", "TaskRuns"."TaskQueueId", "TaskRuns"."Priority"
-        """
-    else:
-        sql = f"""
-            UPDATE "TaskRuns" SET "TaskRunnerId" = :runner_id
-            WHERE "Id" IN ({pick}) AND {held}
-            RETURNING "Id", "TaskQueueId", "Priority"
-        """
-    statement = text(sql).bindparams(
+
+
+_HELD = f""""Status" = 'scheduled' AND "TaskRunnerId" IS NULL AND {_RUNNER_IS_LIVE}"""
+
+
+def _reserve_binds(statement: TextClause, queue_filter: str, postgresql: bool) -> TextClause:
+    statement = statement.bindparams(
         bindparam("runner_id", type_=Integer()), bindparam("limit", type_=Integer())
     )
     if queue_filter == "list":
         statement = statement.bindparams(bindparam("queues", expanding=not postgresql))
-    return statement.columns(
+    return statement
+
+
+@cache
+def _pg_reserve(queue_filter: str) -> TextualSelect:
+    """Reserve and read what the runs start from, in one statement.
+
+    The pick is materialised: as a subquery of ``IN``, PostgreSQL may scan it again for each
+    row updated, and the rows already reserved fail the recheck, letting more in past LIMIT.
+    The picked ids are then found by primary key, as an array (a join may scan every scheduled
+    run once per picked one)."""
+    pick = _pick(_QUEUE_FILTERS[(queue_filter, True)])
+    sql = f"""
+        WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED), reserved AS (
+            UPDATE "TaskRuns" SET "TaskRunnerId" = :runner_id
+            WHERE "TaskRuns"."Id" = ANY(ARRAY(SELECT "Id" FROM picked)) AND "TaskRuns".{_HELD}
+            RETURNING "TaskRuns"."Id", "TaskRuns"."TaskQueueId", "TaskRuns"."Priority"
+        )
+        SELECT reserved."Id", reserved."TaskQueueId", q."TaskHandlerClass", q."TaskData",
+            (SELECT r."Checkpoint" FROM "TaskRuns" r
+             WHERE r."TaskQueueId" = reserved."TaskQueueId" AND r."Checkpoint" IS NOT NULL
+             ORDER BY r."Id" DESC LIMIT 1) AS "Checkpoint"
+        FROM reserved LEFT JOIN "TaskQueue" q ON q."Id" = reserved."TaskQueueId"
+        ORDER BY reserved."Priority" DESC, reserved."Id"
+    """
+    return _reserve_binds(text(sql), queue_filter, postgresql=True).columns(
+        column("Id", Integer()),
+        column("TaskQueueId", Integer()),
+        column("TaskHandlerClass", String()),
+        column("TaskData", JsonDocument),
+        column("Checkpoint", JsonDocument),
+    )
+
+
+@cache
+def _sqlite_reserve(queue_filter: str) -> TextualSelect:
+    """Reserve under SQLite's write lock (the input is read by a second statement)."""
+    pick = _pick(_QUEUE_FILTERS[(queue_filter, False)])
+    sql = f"""
+        UPDATE "TaskRuns" SET "TaskRunnerId" = :runner_id
+        WHERE "Id" IN ({pick}) AND {_HELD}
+        RETURNING "Id", "TaskQueueId", "Priority"
+    """
+    return _reserve_binds(text(sql), queue_filter, postgresql=False).columns(
         column("Id", Integer()), column("TaskQueueId", Integer()), column("Priority", Integer())
     )
 
