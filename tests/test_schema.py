@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect
 
 from celery_taskq.core.storage.migrate import current_revision, schema_differences, upgrade_database
 
-HEAD_REVISION = "0013"
+HEAD_REVISION = "0014"
 
 DOCUMENTED_COLUMNS = {
     "TaskQueue": [

@@ -26,10 +26,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import DateTime, TypeDecorator
 
 
@@ -125,6 +127,27 @@ def _sql_in(column: str, statuses: tuple[enum.StrEnum, ...]) -> str:
 # Index predicates and the queries they serve share these SQL fragments: SQLite uses a partial
 # index only when the query repeats the predicate's terms, and PostgreSQL's ON CONFLICT
 # inference needs the same predicate too.
+CELERY_TASK_ID_SET_SQL = '"CeleryTaskId" IS NOT NULL'
+"""Predicate of ``uq_TaskQueue_CeleryTaskId``, which the native audit's ``ON CONFLICT`` names."""
+
+
+def _not_null(name: str) -> ColumnElement[bool]:
+    """The predicate of an index that leaves out the rows whose column ``name`` is NULL."""
+    return column(name).is_not(None)
+
+
+def _index_of_set_values(name: str, column: str, *, unique: bool = False) -> Index:
+    """An index over ``column`` without the rows where it is NULL (the column of a handler
+    task, or of a run not started or not finished): those rows cost it nothing."""
+    return Index(
+        name,
+        column,
+        unique=unique,
+        postgresql_where=_not_null(column),
+        sqlite_where=_not_null(column),
+    )
+
+
 CELERY_HANDLER_PREFIX = "celery:"
 """``TaskHandlerClass`` of an audited native Celery task: ``celery:<task name>``."""
 
@@ -249,9 +272,9 @@ class TaskQueue(Base):
             postgresql_where=text(TASK_CANCELLED_SQL),
             sqlite_where=text(TASK_CANCELLED_SQL),
         ),
-        Index("uq_TaskQueue_CeleryTaskId", "CeleryTaskId", unique=True),
-        Index("ix_TaskQueue_CeleryRootId", "CeleryRootId"),
-        Index("ix_TaskQueue_CeleryGroupId", "CeleryGroupId"),
+        _index_of_set_values("uq_TaskQueue_CeleryTaskId", "CeleryTaskId", unique=True),
+        _index_of_set_values("ix_TaskQueue_CeleryRootId", "CeleryRootId"),
+        _index_of_set_values("ix_TaskQueue_CeleryGroupId", "CeleryGroupId"),
         Index(
             "ix_TaskQueue_native_never_started",
             "ScheduledOn",
@@ -346,9 +369,9 @@ class TaskRun(Base):
             name="percents_completed_range",
         ),
         Index("ix_TaskRuns_TaskQueueId_Id", "TaskQueueId", "Id"),
-        Index("ix_TaskRuns_CeleryTaskId", "CeleryTaskId"),
-        Index("ix_TaskRuns_FinishedOn", "FinishedOn"),
-        Index("ix_TaskRuns_TaskRunnerId", "TaskRunnerId"),
+        _index_of_set_values("ix_TaskRuns_CeleryTaskId", "CeleryTaskId"),
+        _index_of_set_values("ix_TaskRuns_FinishedOn", "FinishedOn"),
+        _index_of_set_values("ix_TaskRuns_TaskRunnerId", "TaskRunnerId"),
         Index(
             "uq_TaskRuns_one_open_run_per_task",
             "TaskQueueId",

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from celery_taskq.core.models import (
     CELERY_HANDLER_PREFIX,
+    CELERY_TASK_ID_SET_SQL,
     RUN_RUNNING_SQL,
     RUNNER_RUNNING_SQL,
     RunnerRole,
@@ -114,7 +115,9 @@ def published_statement(dialect: str) -> Any:
         statement = _PUBLISHED[dialect] = (
             insert(TaskQueue)
             .values({name: bindparam(name) for name in names})
-            .on_conflict_do_nothing(index_elements=[TaskQueue.celery_task_id])
+            .on_conflict_do_nothing(
+                index_elements=[TaskQueue.celery_task_id], index_where=text(CELERY_TASK_ID_SET_SQL)
+            )
         )
     return statement
 
@@ -166,6 +169,7 @@ def upsert_started_task_statement(
         changes[TaskQueue.last_status] = RunStatus.RUNNING
     return statement.on_conflict_do_update(
         index_elements=[TaskQueue.celery_task_id],
+        index_where=text(CELERY_TASK_ID_SET_SQL),
         set_={column.name: value for column, value in changes.items()},
     ).returning(TaskQueue.id)
 

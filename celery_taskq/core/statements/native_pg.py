@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from celery_taskq.core.models import RUN_OPEN_SQL
+from celery_taskq.core.models import CELERY_TASK_ID_SET_SQL, RUN_OPEN_SQL
 from celery_taskq.core.native_codes import NativeCode
 from celery_taskq.core.statements import native
 from celery_taskq.core.statements.native import NativeTask, attempts_allowed
@@ -75,7 +75,7 @@ _START = DriverStatement(
                 (SELECT count(*) FROM closed), 'running', :celery_task_id, :celery_parent_id,
                 :celery_root_id, :celery_group_id, :celery_chord_id
             )
-            ON CONFLICT ("CeleryTaskId") DO UPDATE SET
+            ON CONFLICT ("CeleryTaskId") WHERE {CELERY_TASK_ID_SET_SQL} DO UPDATE SET
                 "LastStatus" = 'running',
                 "TaskRunsFailed" = {_FAILED_BEFORE},
                 "MaxRetries" = COALESCE(CAST(:allowed AS INTEGER), {_FAILED_BEFORE} + 1),
@@ -198,7 +198,7 @@ _COMPLETE = DriverStatement(
                 :status, :celery_task_id, :celery_parent_id,
                 :celery_root_id, :celery_group_id, :celery_chord_id
             )
-            ON CONFLICT ("CeleryTaskId") DO UPDATE SET
+            ON CONFLICT ("CeleryTaskId") WHERE {CELERY_TASK_ID_SET_SQL} DO UPDATE SET
                 "LastStatus" = :status,
                 "TaskRunsFailed" = CASE WHEN :succeeded THEN 0 ELSE {_FAILED_BEFORE} + 1 END,
                 "MaxRetries" = CASE
@@ -282,7 +282,7 @@ def complete_params(
 
 _PUBLISHED = DriverStatement(
     text(
-        """
+        f"""
         INSERT INTO "TaskQueue" (
             "TaskHandlerClass", "TaskData", "ScheduledOn", "QueuedOn", "QueuedById",
             "MaxRetries", "TaskRunsFailed", "CeleryTaskId", "CeleryParentId", "CeleryRootId",
@@ -296,8 +296,8 @@ _PUBLISHED = DriverStatement(
             CAST(:parent_ids AS TEXT[]), CAST(:root_ids AS TEXT[]), CAST(:group_ids AS TEXT[]),
             CAST(:chord_ids AS TEXT[])
         )
-        ON CONFLICT ("CeleryTaskId") DO NOTHING
-        """
+        ON CONFLICT ("CeleryTaskId") WHERE {CELERY_TASK_ID_SET_SQL} DO NOTHING
+        """  # noqa: S608 - constant SQL, values are bound
     ),
     binary=True,
 )
