@@ -9,10 +9,13 @@ when the command runs (the reports stay out of runners' memory).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
@@ -159,15 +162,49 @@ def top(context: CliContext, interval: float, once: bool, limit: int) -> None:
     from celery_taskq.reports.top import top_frame  # only for `top`: out of runners' memory
 
     database = context.service.database
-    redraw = not once and sys.stdout.isatty()
-    try:
-        while True:
-            text = render_frame(top_frame(database, limit=limit), None if once else interval)
-            if once:
-                click.echo(text)
-                return
+    if once:
+        click.echo(render_frame(top_frame(database, limit=limit), None))
+        return
+    redraw = sys.stdout.isatty()
+    with _ctrl_c_ends_between_frames() as ctrl_c:
+        while not ctrl_c.pressed:
+            text = render_frame(top_frame(database, limit=limit), interval)
             click.echo((CLEAR_SCREEN + text) if redraw else text + "\n")
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        if redraw:
-            click.echo("")
+            ctrl_c.sleep(interval)
+    if redraw:
+        click.echo("")
+
+
+class _CtrlC:
+    """Whether Ctrl-C was pressed; set by the SIGINT handler, read between frames."""
+
+    SLICE = 0.05
+    """Longest sleep between two looks at :attr:`pressed`."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until Ctrl-C is pressed."""
+        deadline = time.monotonic() + seconds
+        while not self.pressed and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, self.SLICE))
+
+
+@contextlib.contextmanager
+def _ctrl_c_ends_between_frames() -> Iterator[_CtrlC]:
+    """Ctrl-C ends the loop once the frame being read is finished: an interrupt in the middle
+    of a database call could leave its connection pool locked, and the exit waiting on it. A
+    second Ctrl-C interrupts at once."""
+    ctrl_c = _CtrlC()
+
+    def on_ctrl_c(_signum: int, _frame: FrameType | None) -> None:
+        if ctrl_c.pressed:
+            raise KeyboardInterrupt
+        ctrl_c.pressed = True
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield ctrl_c
+    finally:
+        signal.signal(signal.SIGINT, previous)
