@@ -381,6 +381,10 @@ class Sample:
     latencies: list[float]
     runner_rss_mb: float | None = None
     """Resident memory of the process that ran the jobs (the largest, if several), after."""
+    runner_pss_mb: float | None = None
+    """Proportional memory of the same process (the largest, if several): its own pages plus
+    its share of those it shares with its worker's other processes (RSS counts those in full
+    in every process)."""
 
 
 @dataclass
@@ -462,30 +466,31 @@ def run_plain(
                 raise BenchmarkError("plain Celery: the tasks recorded no times")
             drain_rate = rate(config.tasks, last - first)
             wall = last - launched
-            rss = largest_child_rss(worker)
+            rss, pss = children_memory(psutil_children(worker))
             latencies = plain_latencies(config, client, worker, log, app_module)
         finally:
             children.stop(worker)
     finally:
         client.close()
-    return Sample(enqueue_rate, drain_rate, wall, latencies, rss)
+    return Sample(enqueue_rate, drain_rate, wall, latencies, rss, pss)
 
 
-def largest_child_rss(process: subprocess.Popen[bytes]) -> float | None:
-    """MiB of the largest pool process of a worker (the processes that run the jobs)."""
+def psutil_children(process: subprocess.Popen[bytes]) -> list[int]:
+    """Pids of a worker's pool processes (the processes that run the jobs)."""
     with contextlib.suppress(psutil.Error):
-        sizes = [child.memory_info().rss for child in psutil.Process(process.pid).children()]
-        return max(sizes) / 2**20 if sizes else None
-    return None
+        return [child.pid for child in psutil.Process(process.pid).children()]
+    return []
 
 
-def rss_of(pids: list[int]) -> float | None:
-    """MiB of the largest of ``pids`` still alive."""
-    sizes = []
+def children_memory(pids: list[int]) -> tuple[float | None, float | None]:
+    """MiB of the largest RSS and the largest PSS among ``pids`` still alive."""
+    rss, pss = [], []
     for pid in pids:
         with contextlib.suppress(psutil.Error):
-            sizes.append(psutil.Process(pid).memory_info().rss)
-    return max(sizes) / 2**20 if sizes else None
+            memory = psutil.Process(pid).memory_full_info()
+            rss.append(memory.rss)
+            pss.append(memory.pss)
+    return (max(rss) / 2**20 if rss else None, max(pss) / 2**20 if pss else None)
 
 
 def plain_latencies(
@@ -599,7 +604,7 @@ def run_taskq(
                         select(TaskRunner.process_id).where(TaskRunner.role == RunnerRole.RUNNER)
                     ).scalars()
                 )
-            rss = rss_of(runner_pids)
+            rss, pss = children_memory(runner_pids)
             latencies = taskq_latencies(config, database, target, worker, log)
         finally:
             children.stop(worker)
@@ -607,7 +612,7 @@ def run_taskq(
         database.close()
         api.close_all()
         target.cleanup()
-    return Sample(enqueue_rate, drain_rate, wall, latencies, rss)
+    return Sample(enqueue_rate, drain_rate, wall, latencies, rss, pss)
 
 
 def successes(database: Database) -> int:

@@ -46,7 +46,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-import psutil
 import psycopg
 
 from benchmarks.bench_drain import (
@@ -58,6 +57,7 @@ from benchmarks.bench_drain import (
     PostgresServer,
     Sample,
     child_env,
+    children_memory,
     rate,
     wait_until,
 )
@@ -206,15 +206,13 @@ def run_pgqueuer(
                 last = scalar(connection, f"{done.replace('count(*)', 'max(created)')}")
                 drain_rate = rate(config.tasks, (last - first).total_seconds())
                 wall = (last - launched).total_seconds()
-                rss = None
-                with contextlib.suppress(psutil.Error):
-                    rss = psutil.Process(worker.pid).memory_info().rss / 2**20
+                rss, pss = children_memory([worker.pid])
                 latencies = pgqueuer_latencies(config, connection, url, worker, log)
             finally:
                 children.stop(worker)
     finally:
         postgres.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
-    return Sample(enqueue_rate, drain_rate, wall, latencies, rss)
+    return Sample(enqueue_rate, drain_rate, wall, latencies, rss, pss)
 
 
 def pgqueuer_latencies(

@@ -115,8 +115,8 @@ def drain_lines(results: Results) -> list[str]:
         "## Drain, enqueue, latency",
         "",
         "| system | enqueue (/s) | drain (jobs/s) | vs plain drain | latency p50 (ms) "
-        "| p99 (ms) | runner RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| p99 (ms) | runner RSS (MB) | runner PSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, samples in results.drains.items():
         if not samples:
@@ -125,7 +125,7 @@ def drain_lines(results: Results) -> list[str]:
         lines.append(
             f"| {title(name)} | {f.enqueue(name):,.0f} | {f.drain(name):,.0f} "
             f"| {f.drain(name) / plain:.2f}x | {percentile(pooled, 0.5) * 1000:.1f} "
-            f"| {percentile(pooled, 0.99) * 1000:.1f} | {f.rss(name):.1f} |"
+            f"| {percentile(pooled, 0.99) * 1000:.1f} | {f.rss(name):.1f} | {f.pss(name):.1f} |"
         )
     return [
         *lines,
