@@ -83,7 +83,7 @@ def durability_targets(results: Results, durability: str) -> list[Target]:
             f"{handler / plain:.2f}x ({modes} vs {plain:,.0f})",
             f">= {bound:.0f}x",
             check(handler / plain, lambda v: v >= bound),
-            "After: a runner's drain on PostgreSQL",
+            "Issue 19: the fast drain against PgQueuer",
         ),
         pgqueuer_target(results, durability, handler, mode),
         *native_targets(results, durability),
@@ -96,7 +96,7 @@ def durability_targets(results: Results, durability: str) -> list[Target]:
             f"{many:,.0f} tasks/s",
             ">= 30,000 tasks/s",
             check(many, lambda v: v >= 30_000),
-            "After: `enqueue()` on PostgreSQL",
+            "Issue 19: `enqueue()` against `.delay()`",
         )
     )
     latency, fast = f.p50(pg), f.p50(batched)
@@ -124,14 +124,14 @@ def durability_targets(results: Results, durability: str) -> list[Target]:
             f"{busy:.1f} ms",
             "<= 30 ms",
             check(busy, lambda v: v <= 30),
-            "Target not met: the OnProcess tick",
+            "Issue 19: the OnProcess tick with 1,000 due",
         ),
         Target(
             f"OnProcess tick at {biggest:,} rows, nothing due, {on}",
             f"{idle:.1f} ms",
             "<= 5 ms",
             check(idle, lambda v: v <= 5),
-            "Target not met: the OnProcess tick",
+            "Issue 19: the OnProcess tick with 1,000 due",
         ),
     ]
     return rows
@@ -149,7 +149,7 @@ def enqueue_target(f: Figures, durability: str) -> Target:
         f"{enqueue / delay:.2f}x ({enqueue:,.0f} vs {delay:,.0f} /s; {len(runs)} runs)",
         ">= 2x",
         check(enqueue / delay, lambda v: v >= 2),
-        "After: `enqueue()` on PostgreSQL",
+        "Issue 19: `enqueue()` against `.delay()`",
     )
 
 
@@ -165,7 +165,7 @@ def pgqueuer_target(results: Results, durability: str, handler: float, mode: str
         f"{handler / peer:.2f}x ({mode} {handler:,.0f} vs {peer:,.0f} jobs/s)",
         ">= 1.0x",
         check(handler / peer, lambda v: v >= 1.0),
-        "After: a runner's drain on PostgreSQL",
+        "Issue 19: the fast drain against PgQueuer",
     )
 
 
@@ -178,24 +178,30 @@ def native_targets(results: Results, durability: str) -> list[Target]:
         def drain(variant: str) -> float:
             return median([s.drain_rate for s in run.samples.get((durability, variant), [])])
 
-        native, flower = drain("audited") / drain("plain"), drain("audited-flower")
-        flower /= drain("plain-flower")
+        native = drain("audited") / drain("plain")
+        watched = drain("audited-flower") / drain("plain")
+        own = drain("audited-flower") / drain("plain-flower")
         source = "the native audit's section"
     else:
         f = Figures(results)
         native = f.drain(key("native", durability)) / f.drain("plain")
-        flower = f.drain(key("native-flower", durability)) / f.drain("plain")
+        watched = f.drain(key("native-flower", durability)) / f.drain("plain")
+        own = float("nan")
         source = "the drain table"
     name = f"audited native Celery tasks drain vs plain Celery, {durability} PostgreSQL"
     if native != native:
         why = "not measured (`--no-native-audit`, and no `native` in `--systems`)"
-        return [Target(name, why, ">= 0.8x (Flower: >= 0.7x)", None, "-")]
+        return [Target(name, why, ">= 0.8x", None, "-")]
+    # install() changes no Celery setting, so its defaults are the `audited` figure; while
+    # Flower watches, Celery's own task events cost plain Celery too (`own` divides them out).
+    watching = f"while Flower watches {watched:.2f}x" + (
+        f" (vs plain Celery while Flower watches {own:.2f}x)" if own == own else ""
+    )
     return [
         Target(
             name,
-            f"{native:.2f}x; with the Flower settings {flower:.2f}x "
-            f"({'met' if flower >= 0.7 else 'not met'}; {source})",
-            ">= 0.8x (Flower: >= 0.7x)",
+            f"{native:.2f}x with install()'s defaults; {watching}; {source}",
+            ">= 0.8x",
             check(native, lambda v: v >= 0.8),
             "Target not met: audited native Celery tasks",
         )
@@ -227,21 +233,21 @@ def common_targets(results: Results) -> list[Target]:
             f"{standalone:.1f} MB",
             "<= 60 MB",
             check(standalone, lambda v: v <= 60),
-            "Target not met: runner RSS",
+            "Issue 19: runner memory",
         ),
         Target(
             "Celery pool process that ran handler runs, RSS vs plain Celery's pool process",
             f"{pool:.1f} MB vs {plain_pool:.1f} MB (+{pool - plain_pool:.1f} MB)",
             "<= plain + 15 MB",
             check(pool - plain_pool, lambda v: v <= 15),
-            "Target not met: runner RSS",
+            "Issue 19: runner memory",
         ),
         Target(
             "the same pool processes' PSS (shared pages divided among the worker's processes)",
             f"{pool_pss:.1f} MB vs {plain_pool_pss:.1f} MB (+{pool_pss - plain_pool_pss:.1f} MB)",
             "<= plain + 15 MB",
             check(pool_pss - plain_pool_pss, lambda v: v <= 15),
-            "Target not met: runner RSS",
+            "Issue 19: runner memory",
         ),
     ]
 
