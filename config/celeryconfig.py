@@ -72,10 +72,11 @@ task_queues = [Queue("celery"), Queue("taskq.events"), Queue("taskq.runners")]
 #
 # task_routes = {"myapp.tasks.*": {"queue": "celery"}}
 #
-# install() also sets worker_prefetch_multiplier = 1 and turns on worker_send_task_events and
-# task_send_sent_event, so that Flower and `celery events` see your tasks, unless this file
-# sets them: values given here for those three are kept. celery_taskq's own tasks send no
-# events (Flower shows your work) unless taskq_internal_task_events is True.
+# install() changes none of your Celery settings: your workers send the events, and reserve
+# the messages, they did before (Flower turns workers' task events on by itself while it runs;
+# set worker_send_task_events / task_send_sent_event here for `celery events` or a Flower
+# started later). celery_taskq's own tasks send no events (Flower shows your work) unless
+# taskq_internal_task_events is True.
 
 # --- celery_taskq ------------------------------------------------------------------------------
 
