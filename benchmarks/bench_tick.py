@@ -12,9 +12,10 @@ the beat-tick claim and ``process_queue()`` timed apart, and the statements the 
 
 Last, the run-creation statement of a due tick under ``EXPLAIN (ANALYZE, BUFFERS)``: the
 buffers it touches, its time and the time of its foreign-key checks, on the schema as migrated
-and with the indexes that hold only NULLs for handler tasks made partial (``WHERE <column> IS
-NOT NULL``; created inside a transaction that is rolled back). The figures are medians; on a
-shared machine compare the variants of one run, not runs.
+and without the search's trigram index (dropped inside a transaction that is rolled back): what
+that index costs each task row the tick rolls up. (The indexes that hold only NULLs for handler
+tasks are partial since migration 0014.) The figures are medians; on a shared machine compare
+the variants of one run, not runs.
 """
 
 # ruff: noqa: E402 - the project root must be on sys.path before its packages are imported
@@ -44,16 +45,9 @@ from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from celery_taskq.core.storage.migrate import upgrade_database
 
-PARTIAL_INDEXES = {
-    "uq_TaskQueue_CeleryTaskId": ('CREATE UNIQUE INDEX "{name}" ON "TaskQueue"', "CeleryTaskId"),
-    "ix_TaskQueue_CeleryRootId": ('CREATE INDEX "{name}" ON "TaskQueue"', "CeleryRootId"),
-    "ix_TaskQueue_CeleryGroupId": ('CREATE INDEX "{name}" ON "TaskQueue"', "CeleryGroupId"),
-    "ix_TaskRuns_CeleryTaskId": ('CREATE INDEX "{name}" ON "TaskRuns"', "CeleryTaskId"),
-    "ix_TaskRuns_FinishedOn": ('CREATE INDEX "{name}" ON "TaskRuns"', "FinishedOn"),
-    "ix_TaskRuns_TaskRunnerId": ('CREATE INDEX "{name}" ON "TaskRuns"', "TaskRunnerId"),
-}
-"""Indexes whose entries for a handler task or its new run are all NULL, each with the start of
-its CREATE statement and its column: the variant made partial (``WHERE … IS NOT NULL``)."""
+SEARCH_INDEX = "ix_TaskQueue_search"
+"""The trigram index of the task list's search (migration 0012): a task row written outside
+PostgreSQL's HOT path adds its trigrams to it."""
 
 
 @contextmanager
@@ -135,19 +129,15 @@ def creation_statement(
 
 
 def explain(
-    database: Database, statement: tuple[str, Any], args: argparse.Namespace, *, partial: bool
+    database: Database, statement: tuple[str, Any], args: argparse.Namespace, *, search: bool
 ) -> tuple[int, float, float]:
     """Buffers, execution ms and foreign-key check ms of the statement after a reset, in a
-    transaction that is rolled back (with ``partial``: after PARTIAL_INDEXES' variant)."""
+    transaction that is rolled back (without ``search``: with the search index dropped in it)."""
     reset(database, args.size, args.due, idle=False)
     sql, parameters = statement
     with database.engine.connect() as connection, connection.begin() as transaction:
-        if partial:
-            for name, (create, column) in PARTIAL_INDEXES.items():
-                connection.exec_driver_sql(f'DROP INDEX "{name}"')
-                connection.exec_driver_sql(
-                    f'{create.format(name=name)} ("{column}") WHERE "{column}" IS NOT NULL'
-                )
+        if not search:
+            connection.exec_driver_sql(f'DROP INDEX IF EXISTS "{SEARCH_INDEX}"')
         row = connection.exec_driver_sql(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, parameters
         ).one()
@@ -201,13 +191,13 @@ def measure(durable: bool, args: argparse.Namespace) -> list[str]:
                     f"{figures['process_queue']:.1f} | {figures['statements']:.0f} |"
                 )
             statement = creation_statement(database, service, args)
-            for partial in (False, True):
-                plans = [explain(database, statement, args, partial=partial) for _ in range(3)]
+            for search in (True, False):
+                plans = [explain(database, statement, args, search=search) for _ in range(3)]
                 buffers, ms, checks = (
                     statistics.median(values) for values in zip(*plans, strict=True)
                 )
                 lines.append(
-                    f"| {label} | {'NULL-only ones partial' if partial else 'as migrated'} | "
+                    f"| {label} | {'as migrated' if search else 'without the search index'} | "
                     f"{ms:.1f} | {buffers:,.0f} | {checks:.1f} |"
                 )
             return lines
