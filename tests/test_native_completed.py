@@ -238,6 +238,69 @@ def test_on_postgresql_one_statement_writes_each_attempt_unless_a_newer_one_is_o
     database.close()
 
 
+def finished_newer(end: AttemptEnd) -> Prepare:
+    """A newer attempt (1, at 50-51 s) already started and ended: written first."""
+
+    def prepare(connection: Any, task: native.NativeTask) -> None:
+        native.record_published(connection, task)
+        run_id = native_attempts.start_attempt(
+            connection, task, attempt=1, eager=False, runner_id=None, started_on=at(50)
+        )
+        native_attempts.end_attempt(connection, run_id, end, at(51))
+
+    return prepare
+
+
+@pytest.mark.parametrize(
+    ("newer_end", "older_end", "expected"),
+    [
+        # The retried task failed for good: still a dead letter, both failures counted
+        (FAILED_FINAL, FAILED_RETRYING, (2, 2, RunStatus.ERROR)),
+        # A retry of the newer attempt is coming: the task keeps the one retry it had left
+        (FAILED_RETRYING, FAILED_RETRYING, (3, 2, RunStatus.ERROR)),
+        # The newer attempt succeeded: the task stays a success
+        (SUCCESS, FAILED_RETRYING, (2, 0, RunStatus.SUCCESS)),
+    ],
+    ids=["after-a-final-failure", "after-a-retrying-failure", "after-a-success"],
+)
+def test_on_postgresql_an_attempt_written_after_a_newer_finished_one_leaves_it_newest(
+    postgresql_schema_url: str,
+    newer_end: AttemptEnd,
+    older_end: AttemptEnd,
+    expected: tuple[int, int, RunStatus],
+) -> None:
+    # Given a task (max_retries=1) whose attempt 1 is recorded as finished, as when the pool
+    # process that ran it commits its audit before the one that ran attempt 0
+    database = Database(postgresql_schema_url)
+    task = task_of("late", max_retries=1)
+    with database.transaction() as connection:
+        finished_newer(newer_end)(connection, task)
+    # When attempt 0 (retried, at 10-11 s) is written with the one statement
+    with database.transaction() as connection:
+        (run_id,) = native_pg.complete_attempts(
+            connection,
+            [
+                native_pg.complete_params(
+                    task,
+                    attempt=0,
+                    eager=False,
+                    runner_id=None,
+                    started_on=at(10),
+                    values=native_attempts.end_values(older_end, at(11)),
+                    final=older_end.final,
+                    lost_message=native_attempts.REDELIVERED_MESSAGE,
+                    superseded_message=native_attempts.SUPERSEDED_MESSAGE,
+                )
+            ],
+        )
+    # Then both attempts are there, and the task's roll-up is still the newer attempt's
+    row, runs = state(database, "late")
+    assert run_id is not None
+    assert [(run[3], run[0]) for run in runs] == [(1, newer_end.status), (0, older_end.status)]
+    assert (row[5], row[6], row[7]) == expected
+    database.close()
+
+
 def test_arguments_serialized_once_are_stored_as_the_document_on_every_path(
     database: Database,
 ) -> None:

@@ -57,6 +57,23 @@ _KEEP_RELATIONS = ", ".join(
 _FAILED_BEFORE = '"TaskQueue"."TaskRunsFailed" + (SELECT count(*) FROM closed)'
 """The task's failed attempts once the ``closed`` CTE's are counted (upsert of a known row)."""
 
+_LATE_FAILURES = "(SELECT count(*) FROM closed) + CASE WHEN :succeeded THEN 0 ELSE 1 END"
+"""Failures an attempt recorded after a newer, finished one adds to its task."""
+
+_LATE_FAILED = (
+    f'CASE WHEN "TaskQueue"."LastStatus" = \'success\' THEN "TaskQueue"."TaskRunsFailed"'
+    f' ELSE "TaskQueue"."TaskRunsFailed" + {_LATE_FAILURES} END'
+)
+_LATE_MAX_RETRIES = (
+    f'CASE WHEN "TaskQueue"."LastStatus" = \'success\' THEN "TaskQueue"."MaxRetries"'
+    f' ELSE "TaskQueue"."MaxRetries" + {_LATE_FAILURES} END'
+)
+"""An attempt recorded after a newer attempt of its task finished (pool processes' writers
+commit in their own order) is not the task's newest: it leaves ``LastStatus``, and adds its
+failures to both ``TaskRunsFailed`` and ``MaxRetries``, so that a task the newer attempt left a
+dead letter stays one, and one with retries left keeps them; after a success it changes
+nothing."""
+
 _CLOSE_OLDER = _closing_older(":now")
 """A start's ``closed`` CTE: the open attempts that started by now."""
 
@@ -187,6 +204,11 @@ _COMPLETE = DriverStatement(
             WHERE "TaskQueueId" = {_TASK_OF_MESSAGE} AND {RUN_OPEN_SQL}
                 AND "StartedOn" > :started_on
             LIMIT 1
+        ), later AS (
+            SELECT 1 FROM "TaskRuns"
+            WHERE "TaskQueueId" = {_TASK_OF_MESSAGE} AND NOT {RUN_OPEN_SQL}
+                AND "StartedOn" > :started_on
+            LIMIT 1
         ), closed AS ({_CLOSE_OLDER_UNLESS_NEWER}
         ), task AS (
             INSERT INTO "TaskQueue" ({_TASK_COLUMNS}) VALUES (
@@ -199,9 +221,13 @@ _COMPLETE = DriverStatement(
                 :celery_root_id, :celery_group_id, :celery_chord_id
             )
             ON CONFLICT ("CeleryTaskId") WHERE {CELERY_TASK_ID_SET_SQL} DO UPDATE SET
-                "LastStatus" = :status,
-                "TaskRunsFailed" = CASE WHEN :succeeded THEN 0 ELSE {_FAILED_BEFORE} + 1 END,
+                "LastStatus" = CASE WHEN EXISTS (SELECT 1 FROM later)
+                    THEN "TaskQueue"."LastStatus" ELSE :status END,
+                "TaskRunsFailed" = CASE
+                    WHEN EXISTS (SELECT 1 FROM later) THEN {_LATE_FAILED}
+                    WHEN :succeeded THEN 0 ELSE {_FAILED_BEFORE} + 1 END,
                 "MaxRetries" = CASE
+                    WHEN EXISTS (SELECT 1 FROM later) THEN {_LATE_MAX_RETRIES}
                     WHEN :succeeded THEN COALESCE(CAST(:allowed AS INTEGER), {_FAILED_BEFORE} + 1)
                     WHEN :final THEN LEAST(
                         COALESCE(CAST(:allowed AS INTEGER), {_FAILED_BEFORE} + 1),
