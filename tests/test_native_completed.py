@@ -378,3 +378,31 @@ def test_a_batch_of_publishes_leaves_the_rows_single_publishes_would(database: D
     assert (task_row[5], task_row[7]) == (8, RunStatus.RUNNING)
     empty, _ = state(database, "b-empty")
     assert (empty[1], empty[4]) == ({}, None)
+
+
+def test_the_late_end_of_a_superseded_attempt_leaves_a_dead_letter_dead(
+    database: Database,
+) -> None:
+    # Given a task (max_retries=1) whose attempt 0 started, then its retry, attempt 1, started
+    # (closing attempt 0 as superseded) and failed for good: a dead letter
+    task = task_of("late-end", max_retries=1)
+    with database.transaction() as connection:
+        native.record_published(connection, task)
+        older = native_attempts.start_attempt(
+            connection, task, attempt=0, eager=False, runner_id=None, started_on=at(10)
+        )
+        newer = native_attempts.start_attempt(
+            connection, task, attempt=1, eager=False, runner_id=None, started_on=at(20)
+        )
+        native_attempts.end_attempt(connection, newer, FAILED_FINAL, at(21))
+    # When attempt 0's own end (Celery retried it) is written last, as when the pool process
+    # that ran it commits its audit after the one that ran attempt 1
+    with database.transaction() as connection:
+        assert native_attempts.end_attempt(connection, older, FAILED_RETRYING, at(11))
+    # Then attempt 0 holds its real end, and the task is still a dead letter with 2 failures
+    row, runs = state(database, "late-end")
+    assert [(run[3], run[0], run[5]) for run in runs] == [
+        (0, RunStatus.ERROR, "ValueError"),
+        (1, RunStatus.ERROR, "ValueError"),
+    ]
+    assert (row[5], row[6], row[7]) == (2, 2, RunStatus.ERROR)

@@ -234,6 +234,9 @@ def end_attempt(connection: Connection, run_id: int, end: AttemptEnd, now: datet
         rollup_tasks(connection, [int(task_queue_id)])  # rare: a superseded attempt succeeded
         return True
     # Counted failed when it was closed; it is still the newest attempt only if none began since.
+    # Otherwise the newer attempt's roll-up settles MaxRetries: this late end must not reopen a
+    # task the newer attempt left a dead letter (pool processes' writers commit in their own
+    # order).
     newest = connection.execute(
         select(func.max(TaskRun.id)).where(TaskRun.task_queue_id == task_queue_id)
     ).scalar()
@@ -241,7 +244,7 @@ def end_attempt(connection: Connection, run_id: int, end: AttemptEnd, now: datet
         connection.execute(
             update(TaskQueue).where(TaskQueue.id == task_queue_id).values(last_status=end.status)
         )
-    settle_max_retries(connection, int(task_queue_id), final=end.final)
+        settle_max_retries(connection, int(task_queue_id), final=end.final)
     return True
 
 
