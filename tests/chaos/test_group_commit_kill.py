@@ -15,7 +15,6 @@ import random
 import subprocess
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
 from tests.chaos.support import (
     CLI,
+    Execution,
     Overseer,
     ProcessGroups,
     child_env,
@@ -44,17 +44,6 @@ KILLS = 10
 RUNNERS = 2
 WINDOW_MS = 50
 DEADLINE_SECONDS = 120
-
-
-@dataclass(frozen=True)
-class Execution:
-    """One execution of a run by one process (a run handed back runs again, same run id)."""
-
-    task_id: int
-    run_id: int
-    pid: int
-    started_ns: int
-    ended_ns: int | None
 
 
 def executions(ledger: Path) -> list[Execution]:
