@@ -84,6 +84,19 @@ def failed_before(connection: Any, task: native.NativeTask) -> None:
     native_attempts.end_attempt(connection, run_id, FAILED_RETRYING, at(2))
 
 
+def finished_newer(end: AttemptEnd) -> Prepare:
+    """A newer attempt (1, at 50-51 s) already started and ended: written first."""
+
+    def prepare(connection: Any, task: native.NativeTask) -> None:
+        native.record_published(connection, task)
+        run_id = native_attempts.start_attempt(
+            connection, task, attempt=1, eager=False, runner_id=None, started_on=at(50)
+        )
+        native_attempts.end_attempt(connection, run_id, end, at(51))
+
+    return prepare
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -109,6 +122,11 @@ SCENARIOS = [
     Scenario("after-a-failure", failed_before, 1, SUCCESS),
     Scenario("after-a-failure-fails", failed_before, 1, FAILED_FINAL, max_retries=1),
     Scenario("newer-attempt-open", started(1, 50), 0, SUCCESS, merged=False),
+    # The newer attempt's writer committed first (pool processes commit in their own order)
+    Scenario("newer-attempt-failed", finished_newer(FAILED_FINAL), 0, FAILED_RETRYING, 1),
+    Scenario("newer-attempt-retrying", finished_newer(FAILED_RETRYING), 0, FAILED_RETRYING, 1),
+    Scenario("newer-attempt-succeeded", finished_newer(SUCCESS), 0, FAILED_RETRYING, 1),
+    Scenario("older-succeeded-late", finished_newer(FAILED_FINAL), 0, SUCCESS, 1),
 ]
 
 
@@ -205,6 +223,17 @@ def test_a_completed_attempt_leaves_the_rows_of_its_start_and_end(database: Data
     ]
     _, runs = state(database, "b-newer-attempt-open")
     assert [run[0] for run in runs] == [RunStatus.RUNNING, RunStatus.SUCCESS]
+    # Written after a newer attempt finished, an attempt leaves the task's roll-up the newer
+    # one's: a dead letter stays one, a retry left stays left, a success stays a success
+    for name, roll_up in {
+        "newer-attempt-failed": (2, 2, RunStatus.ERROR),
+        "newer-attempt-retrying": (3, 2, RunStatus.ERROR),
+        "newer-attempt-succeeded": (2, 0, RunStatus.SUCCESS),
+        "older-succeeded-late": (1, 1, RunStatus.ERROR),
+    }.items():
+        task, runs = state(database, "b-" + name)
+        assert (task[5], task[6], task[7]) == roll_up, name
+        assert [run[3] for run in runs] == [1, 0], name
 
 
 @pytest.mark.postgresql
@@ -236,19 +265,6 @@ def test_on_postgresql_one_statement_writes_each_attempt_unless_a_newer_one_is_o
     _, runs = state(database, "newer-attempt-open")
     assert [run[0] for run in runs] == [RunStatus.RUNNING]  # nothing written for the older one
     database.close()
-
-
-def finished_newer(end: AttemptEnd) -> Prepare:
-    """A newer attempt (1, at 50-51 s) already started and ended: written first."""
-
-    def prepare(connection: Any, task: native.NativeTask) -> None:
-        native.record_published(connection, task)
-        run_id = native_attempts.start_attempt(
-            connection, task, attempt=1, eager=False, runner_id=None, started_on=at(50)
-        )
-        native_attempts.end_attempt(connection, run_id, end, at(51))
-
-    return prepare
 
 
 @pytest.mark.parametrize(
@@ -380,8 +396,13 @@ def test_a_batch_of_publishes_leaves_the_rows_single_publishes_would(database: D
     assert (empty[1], empty[4]) == ({}, None)
 
 
+@pytest.mark.parametrize(
+    ("older_end", "roll_up"),
+    [(FAILED_RETRYING, (2, 2, RunStatus.ERROR)), (SUCCESS, (1, 1, RunStatus.ERROR))],
+    ids=["retried", "succeeded-after-all"],
+)
 def test_the_late_end_of_a_superseded_attempt_leaves_a_dead_letter_dead(
-    database: Database,
+    database: Database, older_end: AttemptEnd, roll_up: tuple[int, int, RunStatus]
 ) -> None:
     # Given a task (max_retries=1) whose attempt 0 started, then its retry, attempt 1, started
     # (closing attempt 0 as superseded) and failed for good: a dead letter
@@ -395,14 +416,15 @@ def test_the_late_end_of_a_superseded_attempt_leaves_a_dead_letter_dead(
             connection, task, attempt=1, eager=False, runner_id=None, started_on=at(20)
         )
         native_attempts.end_attempt(connection, newer, FAILED_FINAL, at(21))
-    # When attempt 0's own end (Celery retried it) is written last, as when the pool process
+    # When attempt 0's own end is written last, as when the pool process
     # that ran it commits its audit after the one that ran attempt 1
     with database.transaction() as connection:
-        assert native_attempts.end_attempt(connection, older, FAILED_RETRYING, at(11))
-    # Then attempt 0 holds its real end, and the task is still a dead letter with 2 failures
+        assert native_attempts.end_attempt(connection, older, older_end, at(11))
+    # Then attempt 0 holds its real end, and the task is still a dead letter (counting attempt
+    # 0 among its failures unless it succeeded after all)
     row, runs = state(database, "late-end")
     assert [(run[3], run[0], run[5]) for run in runs] == [
-        (0, RunStatus.ERROR, "ValueError"),
+        (0, older_end.status, older_end.error_code),
         (1, RunStatus.ERROR, "ValueError"),
     ]
-    assert (row[5], row[6], row[7]) == (2, 2, RunStatus.ERROR)
+    assert (row[5], row[6], row[7]) == roll_up

@@ -6,8 +6,8 @@ a lost or terminated attempt; a redelivered message starts again). So:
 
 - a start closes the task's open attempt that started before it (``timeout``: ``superseded``,
   or ``worker_lost`` when it is the same attempt delivered again); a start older than the
-  open attempt is written already closed as ``superseded``. The one-open-run index never
-  refuses an attempt;
+  task's newest attempt (open or finished) is written already closed as ``superseded``, and
+  leaves the newest attempt's roll-up. The one-open-run index never refuses an attempt;
 - an end finds its run by id and writes its outcome while the run is open, or over a close
   that was only a guess (``superseded``, ``worker_lost``): what the attempt's own process
   says wins;
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, insert, select, text, update
+from sqlalchemy import Connection, case, insert, select, text, update
 
 from celery_taskq.core.models import (
     FAILED_RUN_STATUSES,
@@ -95,6 +95,20 @@ def start_attempt(
         return _insert_superseded(
             connection, task, task_queue_id, attempt, eager, runner_id, started_on
         )
+    late_for = connection.execute(
+        select(TaskRun.task_queue_id)
+        .where(
+            TaskRun.task_queue_id.in_(
+                select(TaskQueue.id).where(TaskQueue.celery_task_id == task.celery_task_id)
+            ),
+            TaskRun.started_on > started_on,
+        )
+        .limit(1)
+    ).scalar()
+    if late_for is not None:
+        return _insert_superseded(
+            connection, task, int(late_for), attempt, eager, runner_id, started_on
+        )
     close_older = (
         update(TaskRun)
         .where(
@@ -155,8 +169,13 @@ def _insert_superseded(
     runner_id: int | None,
     started_on: datetime,
 ) -> int:
-    """A start written after a newer attempt's: closed as superseded at once. The newer attempt
-    stays the task's newest (``LastStatus`` running); this one counts as failed."""
+    """A start written after a newer attempt's: closed as superseded at once, and the newer
+    attempt stays the task's newest (pool processes' writers commit in their own order).
+
+    This one counts as failed, unless the newest attempt succeeded (a success resets the
+    failures). If the newest attempt already failed, ``MaxRetries`` grows with the failures,
+    so that a dead letter stays one and a task with retries left keeps them; while it runs,
+    its own end settles ``MaxRetries``."""
     run_id = connection.execute(
         insert(TaskRun)
         .values(
@@ -173,10 +192,19 @@ def _insert_superseded(
         )
         .returning(TaskRun.id)
     ).scalar_one()
+    newest_failed = TaskQueue.last_status.in_(FAILED_RUN_STATUSES)
+    counted = TaskQueue.last_status != RunStatus.SUCCESS
     connection.execute(
         update(TaskQueue)
         .where(TaskQueue.id == task_queue_id)
-        .values(task_runs_failed=TaskQueue.task_runs_failed + 1)
+        .values(
+            task_runs_failed=case(
+                (counted, TaskQueue.task_runs_failed + 1), else_=TaskQueue.task_runs_failed
+            ),
+            max_retries=case(
+                (newest_failed, TaskQueue.max_retries + 1), else_=TaskQueue.max_retries
+            ),
+        )
     )
     return int(run_id)
 
@@ -230,22 +258,51 @@ def end_attempt(connection: Connection, run_id: int, end: AttemptEnd, now: datet
     ).scalar()
     if task_queue_id is None:
         return False
-    if end.status not in FAILED_RUN_STATUSES:
-        rollup_tasks(connection, [int(task_queue_id)])  # rare: a superseded attempt succeeded
-        return True
-    # Counted failed when it was closed; it is still the newest attempt only if none began since.
-    # Otherwise the newer attempt's roll-up settles MaxRetries: this late end must not reopen a
+    # Counted failed when it was closed. It is still the task's newest attempt only if none
+    # began since; otherwise the newer attempt's roll-up stands: this late end must not reopen a
     # task the newer attempt left a dead letter (pool processes' writers commit in their own
-    # order).
-    newest = connection.execute(
-        select(func.max(TaskRun.id)).where(TaskRun.task_queue_id == task_queue_id)
+    # order, so the newer attempt's run may have the smaller id).
+    started = select(TaskRun.started_on).where(TaskRun.id == run_id).scalar_subquery()
+    began_since = connection.execute(
+        select(TaskRun.id)
+        .where(TaskRun.task_queue_id == task_queue_id, TaskRun.started_on > started)
+        .limit(1)
     ).scalar()
-    if newest == run_id:
-        connection.execute(
-            update(TaskQueue).where(TaskQueue.id == task_queue_id).values(last_status=end.status)
-        )
+    task = update(TaskQueue).where(TaskQueue.id == task_queue_id)
+    succeeded = end.status not in FAILED_RUN_STATUSES
+    if began_since is None and succeeded:  # rare: a superseded attempt succeeded
+        connection.execute(task.values(last_status=end.status, task_runs_failed=0))
+    elif began_since is None:
+        connection.execute(task.values(last_status=end.status))
         settle_max_retries(connection, int(task_queue_id), final=end.final)
+    elif succeeded:
+        connection.execute(task.values(**_uncounted_close()))
     return True
+
+
+def _uncounted_close() -> dict[str, Any]:
+    """The roll-up columns without the failure a superseded close counted, for an attempt that
+    succeeded after all while a newer one is the task's newest: what
+    :func:`_insert_superseded` (or a newer start's close) added, taken back."""
+    return {
+        "task_runs_failed": case(
+            (
+                (TaskQueue.last_status != RunStatus.SUCCESS) & (TaskQueue.task_runs_failed > 0),
+                TaskQueue.task_runs_failed - 1,
+            ),
+            else_=TaskQueue.task_runs_failed,
+        ),
+        # A dead letter stays one; a task with retries left keeps them
+        "max_retries": case(
+            (
+                TaskQueue.last_status.in_(FAILED_RUN_STATUSES)
+                & (TaskQueue.task_runs_failed >= TaskQueue.max_retries)
+                & (TaskQueue.max_retries > 1),
+                TaskQueue.max_retries - 1,
+            ),
+            else_=TaskQueue.max_retries,
+        ),
+    }
 
 
 def close_open_attempt(

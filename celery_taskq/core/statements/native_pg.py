@@ -4,8 +4,8 @@ An audited Celery task costs its worker one start and one end. Built with SQLAlc
 each cost milliseconds of client CPU (statement construction, cache key, compilation lookup);
 here each is a constant :class:`~celery_taskq.core.storage.driver.DriverStatement`. They do
 what :mod:`celery_taskq.core.statements.native_attempts` does on every database, and fall back
-to it where they cannot (``None``): a start older than the open attempt, an end over a guessed
-close.
+to it where they cannot (``None``): a start older than the task's newest attempt, an end over
+a guessed close.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _TASK_OF_MESSAGE = '(SELECT "Id" FROM "TaskQueue" WHERE "CeleryTaskId" = :celery
 def _closing_older(at: str, *, unless_newer: bool = False) -> str:
     """The ``closed`` CTE's UPDATE: the task's open attempts that started by ``at`` (a bind)
     closed as lost (the same attempt) or superseded; with ``unless_newer``, nothing when the
-    ``newer`` CTE found a newer open attempt."""
+    statement's ``newer`` CTE found a newer attempt."""
     guard = " AND NOT EXISTS (SELECT 1 FROM newer)" if unless_newer else ""
     return f"""UPDATE "TaskRuns" SET "Status" = 'timeout', "FinishedOn" = {at},
                 "ErrorCode" = CASE WHEN "Attempt" = :attempt THEN :lost ELSE :superseded END,
@@ -74,8 +74,9 @@ failures to both ``TaskRunsFailed`` and ``MaxRetries``, so that a task the newer
 dead letter stays one, and one with retries left keeps them; after a success it changes
 nothing."""
 
-_CLOSE_OLDER = _closing_older(":now")
-"""A start's ``closed`` CTE: the open attempts that started by now."""
+_CLOSE_OLDER_UNLESS_LATER = _closing_older(":now", unless_newer=True)
+"""A start's ``closed`` CTE: the open attempts that started by now, unless an attempt of the
+task started later (its ``newer`` CTE)."""
 
 _CLOSE_OLDER_UNLESS_NEWER = _closing_older(":started_on", unless_newer=True)
 """A finished attempt's ``closed`` CTE: those that started by its start, unless a newer one
@@ -84,7 +85,11 @@ is open."""
 _START = DriverStatement(
     text(
         f"""
-        WITH closed AS ({_CLOSE_OLDER}
+        WITH newer AS (
+            SELECT 1 FROM "TaskRuns"
+            WHERE "TaskQueueId" = {_TASK_OF_MESSAGE} AND "StartedOn" > :now
+            LIMIT 1
+        ), closed AS ({_CLOSE_OLDER_UNLESS_LATER}
         ), task AS (
             INSERT INTO "TaskQueue" ({_TASK_COLUMNS}) VALUES (
                 :task_handler_class, :task_data, :scheduled_on, :queued_on, :queued_by_id,
@@ -97,6 +102,7 @@ _START = DriverStatement(
                 "TaskRunsFailed" = {_FAILED_BEFORE},
                 "MaxRetries" = COALESCE(CAST(:allowed AS INTEGER), {_FAILED_BEFORE} + 1),
                 {_KEEP_RELATIONS}
+            WHERE NOT EXISTS (SELECT 1 FROM newer)
             RETURNING "Id"
         )
         INSERT INTO "TaskRuns" (
@@ -124,7 +130,8 @@ def start_attempt(
     superseded_message: str,
 ) -> int | None:
     """Close the task's older open attempt, upsert its row and insert the ``running`` run, in
-    one statement; the run's id, or ``None`` when a newer attempt is open already."""
+    one statement; the run's id, or ``None`` (nothing written) when an attempt of the task
+    started later, open or finished: this start reached the database late."""
     row = _START.first(
         connection,
         {
