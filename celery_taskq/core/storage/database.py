@@ -235,7 +235,7 @@ def _install_sqlite_transaction_control(engine: Engine) -> None:
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
             if engine.url.database not in (None, "", ":memory:"):
-                cursor.execute("PRAGMA journal_mode = WAL")
+                use_wal(cursor)
                 cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
@@ -244,6 +244,35 @@ def _install_sqlite_transaction_control(engine: Engine) -> None:
     def _on_begin(connection: Connection) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+WAL_RETRY_PAUSE_SECONDS = 0.05
+"""Pause between two tries of a connection's journal-mode pragmas that SQLite answered BUSY."""
+
+
+def use_wal(cursor: Any, timeout: float = SQLITE_BUSY_TIMEOUT_SECONDS) -> None:
+    """Put a SQLite database file in WAL mode, once: the mode is stored in the file, so a
+    connection to a database in WAL mode only reads it.
+
+    SQLite may answer BUSY to the journal-mode pragma without calling the busy handler (while
+    another connection recovers the WAL index, as when many processes open the file at once);
+    that is retried here for up to ``timeout`` seconds instead of failing the connection.
+    """
+    import sqlite3  # here: only SQLite connections need it
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_RETRY_PAUSE_SECONDS)
 
 
 _UNDEFINED_TABLE_SQLSTATE = "42P01"
