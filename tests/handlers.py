@@ -241,3 +241,24 @@ class Echo(TaskHandler):
         if run.data.get("fail"):
             raise TaskError(text, code="E_ECHO")
         return {"text": text}
+
+
+class SeeOwnRun(TaskHandler):
+    """Returns its run's ``Status`` as the database holds it when the handler starts, read on
+    a connection of its own to ``data["database_url"]``."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        from sqlalchemy import select
+
+        from celery_taskq.core.models import TaskRun
+        from celery_taskq.core.storage.database import Database
+
+        database = Database(str(run.data["database_url"]))
+        try:
+            with database.transaction(read_only=True) as connection:
+                status = connection.execute(
+                    select(TaskRun.status).where(TaskRun.id == run.id)
+                ).scalar_one()
+        finally:
+            database.close()
+        return {"status_at_start": str(status)}

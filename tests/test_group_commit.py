@@ -17,12 +17,14 @@ from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner import batch
 from celery_taskq.core.runner.loop import StopReason, TaskRunner
 from celery_taskq.core.settings import Settings
-from celery_taskq.core.statements import reserve
+from celery_taskq.core.statements import reserve, runners
+from celery_taskq.core.statements.claim import EVERY_QUEUE
 from celery_taskq.core.storage.database import Database
 from tests.conftest import FakeClock
 from tests.helpers import runs_of, task_row, wait_for
 
 SUCCEED = "tests.handlers.Succeed"
+SEE_OWN_RUN = "tests.handlers.SeeOwnRun"
 WINDOW_MS = 50
 
 
@@ -188,3 +190,33 @@ def test_a_resumable_task_goes_on_from_its_checkpoint(
     ]
     assert log.read_text().split() == [str(item) for item in range(7)]  # each item once
     assert all(runs_of(database, other)[0].status == RunStatus.SUCCESS for other in others)
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
+def test_a_run_whose_reserving_runner_timed_out_is_running_before_its_handler_starts(
+    database: Database, settings: Settings, clock: FakeClock
+) -> None:
+    # Given a fast runner, a run that a runner which then timed out had reserved (it may be
+    # what killed that runner), and a run never reserved before; each handler reads its run's
+    # status as the database holds it when the handler starts
+    service = TaskQueueService(
+        database, replace(settings, group_commit_ms=1000, claim_batch_max=1), clock=clock
+    )
+    data = {"database_url": settings.database_url}
+    lost, fresh = (service.add_task(SEE_OWN_RUN, data, create_run=True) for _ in range(2))
+    dead = new_runner(service)
+    with database.transaction() as connection:
+        reserve.reserve_runs(connection, dead.task_runner_id, clock(), 1, EVERY_QUEUE)
+        runners.time_out_runners(connection, [dead.task_runner_id], clock())
+    # When a fast runner drains them
+    runner = new_runner(service)
+    assert runner.run(burst=True) is StopReason.BURST
+    # Then the marked run was recorded running before its handler started; the other was
+    # still the reserved run of the fast mode; both end as plain successes
+    for task_id, seen in ((lost, RunStatus.RUNNING), (fresh, RunStatus.SCHEDULED)):
+        (run,) = runs_of(database, task_id)
+        assert run.results == {"status_at_start": seen.value}, task_id
+        assert (run.status, run.error_code) == (RunStatus.SUCCESS, None)
+        assert task_row(database, task_id).task_runs_failed == 0

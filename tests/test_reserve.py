@@ -164,8 +164,39 @@ def test_a_runners_end_hands_its_reservations_back_without_a_failure(
         else:
             assert runners.time_out_runners(connection, [runner_id], clock()) == [runner_id]
     assert_handed_back(database, ids)
+    # a runner that timed out may have died of one of them: each is marked; an end is not
+    lost = end == "time_out"
+    codes = {runs_of(database, task_id)[0].error_code for task_id in ids}
+    assert codes == {reserve.RESERVATION_LOST_CODE if lost else None}
     other = new_runner(database, clock())
-    assert len(reserve_for(database, other, clock(), 5)) == 3
+    with database.transaction() as connection:
+        again = reserve.reserve_runs(connection, other, clock(), 5, EVERY_QUEUE)
+    assert [run.reservation_lost for run in again] == [lost] * 3
+
+
+def test_a_run_marked_lost_is_an_ordinary_run_once_started(
+    service: TaskQueueService, database: Database, clock: FakeClock
+) -> None:
+    ids = [service.add_task(SUCCEED, create_run=True) for _ in range(2)]
+    dead = new_runner(database, clock())
+    reserve_for(database, dead, clock(), 2)
+    with database.transaction() as connection:
+        runners.time_out_runners(connection, [dead], clock())
+    # the fast mode starts one before it runs it; a strict claim starts the other
+    fast, strict = new_runner(database, clock()), new_runner(database, clock())
+    with database.transaction() as connection:
+        first, second = reserve.reserve_runs(connection, fast, clock(), 2, EVERY_QUEUE)
+        assert first.reservation_lost
+        assert second.reservation_lost
+        assert reserve.start_reserved_run(connection, first.run_id, fast, clock())
+        assert runners.finish_runner(connection, fast, clock())  # hands the second back
+        claimed = claim.claim_next_run(connection, strict, clock())
+    assert claimed is not None
+    assert claimed.run_id == second.run_id
+    for task_id in ids:
+        (run,) = runs_of(database, task_id)
+        assert (run.status, run.error_code) == (RunStatus.RUNNING, None)
+        assert task_row(database, task_id).task_runs_failed == 0
 
 
 def test_the_overseer_times_out_the_started_run_and_hands_back_the_rest(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -122,4 +123,15 @@ class SlowFirst(TaskHandler):
         if starts_of_task(ledger, run.task_queue_id) == 1:
             time.sleep(float(run.data["seconds"]))
         write_ledger(ledger, "end", run)
+        return None
+
+
+class KillsItsProcess(TaskHandler):
+    """A poison task: records its start in ``data["ledger"]``, then SIGKILLs its own process,
+    every time it runs."""
+
+    def handle_task_run(self, run: RunContext) -> Any:
+        write_ledger(str(run.data["ledger"]), "start", run)
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)  # never reached: the signal ends the process
         return None

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select
 
 from celery_taskq.api import enqueue_many
-from celery_taskq.core.models import RunStatus, TaskRun
+from celery_taskq.core.models import RunStatus, TaskQueue, TaskRun
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
 from celery_taskq.core.storage.database import Database
@@ -193,3 +193,101 @@ def check_the_guarantee(
         if any(execution.ended_ns is not None for execution in executed[:-1])
     ]
     assert rerun, "no kill caught a finished run waiting for its group commit"
+
+
+POISON_RETRIES = 2
+"""``max_retries`` of the poison task: it may be attempted this many times."""
+
+
+def test_a_task_that_kills_every_runner_uses_up_its_retries_and_the_rest_drains(
+    postgresql_schema_url: str, tmp_path: Path
+) -> None:
+    # Given fast runners (respawned when they die) and a queue holding a task whose handler
+    # SIGKILLs its process every time, among short ones
+    ledger = tmp_path / "ledger"
+    database = Database(postgresql_schema_url)
+    env = child_env(
+        postgresql_schema_url,
+        TASKQ_GROUP_COMMIT_MS=str(WINDOW_MS),
+        TASKQ_CLAIM_BATCH_MAX="16",
+        TASKQ_PUBSUB_URL="none",
+    )
+    items: list[dict[str, object]] = [
+        {"handler": "tests.chaos.process_handlers.Ledgered", "data": {"ledger": str(ledger)}}
+        for _ in range(40)
+    ]
+    items.insert(
+        5,
+        {
+            "handler": "tests.chaos.process_handlers.KillsItsProcess",
+            "data": {"ledger": str(ledger)},
+            "max_retries": POISON_RETRIES,
+        },
+    )
+    task_ids = enqueue_many(items, database_url=postgresql_schema_url)
+    poison = task_ids[5]
+    service = TaskQueueService(database, Settings(database_url=postgresql_schema_url))
+    groups = ProcessGroups(tmp_path)
+    deaths = 0
+    try:
+        # When they drain it, with OnProcess on a timer
+        with Overseer(service, interval=0.2):
+            fleet = [
+                groups.start([*CLI, "runner"], env=env, log_name=f"runner-{n}.log")
+                for n in range(RUNNERS)
+            ]
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while not _drained(database, poison):
+                assert time.monotonic() < deadline, (
+                    f"after {deaths} runner deaths: poison runs"
+                    f" {run_statuses(database).get(poison)},"
+                    f" {count_tasks_with(database, RunStatus.SUCCESS)} tasks done"
+                )
+                for index, process in enumerate(fleet):
+                    if process.poll() is not None:
+                        deaths += 1
+                        fleet[index] = groups.start(
+                            [*CLI, "runner"], env=env, log_name=f"runner-r{deaths}.log"
+                        )
+                time.sleep(0.05)
+    finally:
+        groups.stop_all()
+    # Then the poison task is a dead letter: each of its attempts ended timeout, and each ran
+    # at most twice (handed back once, unrecorded, then started the strict way); every other
+    # task succeeded exactly once, and nothing is left open
+    try:
+        statuses = run_statuses(database)
+        poison_runs = statuses.pop(poison)
+        assert poison_runs == [RunStatus.TIMEOUT] * (POISON_RETRIES), poison_runs
+        with database.transaction(read_only=True) as connection:
+            failed, allowed = connection.execute(
+                select(TaskQueue.task_runs_failed, TaskQueue.max_retries).where(
+                    TaskQueue.id == poison
+                )
+            ).one()
+        assert failed >= allowed
+        poison_starts = _read_lines(ledger).count(f"start {poison}")
+        assert POISON_RETRIES <= poison_starts <= 2 * POISON_RETRIES
+        for task_id, runs in statuses.items():
+            assert runs.count(RunStatus.SUCCESS) == 1, (task_id, runs)
+        assert open_runs(database) == 0
+    finally:
+        database.close()
+
+
+def _drained(database: Database, poison: int) -> bool:
+    with database.transaction(read_only=True) as connection:
+        row = connection.execute(
+            select(TaskQueue.last_status, TaskQueue.task_runs_failed, TaskQueue.max_retries).where(
+                TaskQueue.id == poison
+            )
+        ).one()
+    exhausted = row[0] == RunStatus.TIMEOUT and row[1] >= row[2]
+    return exhausted and open_runs(database) == 0
+
+
+def _read_lines(ledger: Path) -> list[str]:
+    """The ledger's lines, each cut to its event and task id."""
+    if not ledger.exists():
+        return []
+    return [" ".join(line.split()[:2]) for line in ledger.read_text().splitlines()]

@@ -15,6 +15,9 @@ without limits, a runner:
   outlives the window, or writes progress or a checkpoint. From then on it is a run of the
   strict mode: its outcome is committed on its own, and a crash records it ``timeout``.
   Outcomes other than a plain success are recorded the strict way too, after that mark.
+- **marks a run ``running`` before it starts** when an earlier runner that reserved it timed
+  out (``reservation_lost``): that run may be what killed it, and a task that kills every
+  runner that runs it must use up its retries, not be handed back for ever.
 
 What a crash (SIGKILL) may leave unrecorded is bounded by the window: the runs that finished
 within it, and the run that was executing, if it had not outlived the window. Their runner's
@@ -65,6 +68,7 @@ class BatchedRecording(RunRecording):
         self._reservation_size = 1
         self._watch: StartWatch | None = None
         self._started_on: datetime | None = None
+        self._started_before = False
         self._reservation_room: Callable[[], int] = lambda: 0
 
     @property
@@ -119,8 +123,13 @@ class BatchedRecording(RunRecording):
         if self._watch is None:
             return
         started_on = self.clock()
-        left = self._window_left() if self._pending_since is not None else self._window
         self._started_on = started_on
+        self._started_before = claimed.reservation_lost
+        if claimed.reservation_lost:
+            start = (claimed, started_on)
+            self._until_stored(f"starting run {claimed.run_id}", lambda: self._commit(start=start))
+            return
+        left = self._window_left() if self._pending_since is not None else self._window
 
         def mark_running() -> None:
             self._commit(start=(claimed, started_on), hand_back=True)
@@ -134,7 +143,8 @@ class BatchedRecording(RunRecording):
         run never marked ``running``, else recorded the strict way (marked ``running`` first)."""
         if self._watch is None:
             return self._record(claimed, outcome, backoff)
-        started = self._watch.disarm()
+        started = self._watch.disarm() or self._started_before
+        self._started_before = False
         started_on = self._started_on or self.clock()
         if not started and runs.is_plain_success(outcome):
             values = runs.success_values(claimed.run_id, self.task_runner_id, outcome, self.clock())

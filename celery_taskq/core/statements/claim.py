@@ -70,6 +70,10 @@ class ClaimedRun:
     handler: str | None = None
     data: Any = None
     checkpoint: Any = None
+    reservation_lost: bool = False
+    """A reserved run whose earlier reserving runner ended without recording it (it may be
+    what killed that runner): the fast mode marks it ``running`` before it starts, so that
+    another crash counts as a failed attempt and its retries stay bounded."""
 
 
 def claim_next_run(
@@ -176,8 +180,10 @@ _RUNNER_IS_LIVE = """EXISTS (
     SELECT 1 FROM "TaskRunners"
     WHERE "TaskRunners"."Id" = :runner_id AND "TaskRunners"."Status" = 'running'
 )"""
+# A run its reserving runner left unrecorded carries RESERVATION_LOST_CODE while it waits;
+# once started, it is a run like any other.
 _START = """UPDATE "TaskRuns" SET "Status" = 'running', "StartedOn" = :now,
-    "TaskRunnerId" = :runner_id"""
+    "TaskRunnerId" = :runner_id, "ErrorCode" = NULL"""
 _TYPED_BINDS = (
     bindparam("now", type_=UTCDateTime()),
     bindparam("runner_id", type_=Integer()),

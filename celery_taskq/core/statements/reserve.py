@@ -9,6 +9,10 @@ first marks one ``running`` when it outlives the group-commit window (:func:`sta
 Reservations are handed back, never failed: a runner's end (``runners.finish_runner``) and its
 time-out (``runners.time_out_runners``, OnProcess's overseer step) set ``TaskRunnerId`` back to
 ``NULL`` (:func:`hand_back_orphaned_reservations`): the run is claimed again, no failure counted.
+A time-out also marks the runs it hands back (``ErrorCode`` :data:`RESERVATION_LOST_CODE`): one
+of them may be what killed the runner, so the next runner to reserve one marks it ``running``
+before it starts it, and a task that kills every runner that runs it uses up its retries as in
+the strict mode instead of being handed back for ever.
 
 Every write is fenced like ``finish_run``: it touches a run only while the run is still held by
 the writing runner (``TaskRunnerId``) and open, so a runner whose reservations were handed back
@@ -33,6 +37,10 @@ from celery_taskq.core.statements.claim import ClaimedRun, ClaimScope
 
 MAX_RESERVATION = 1000
 """The most runs one reservation may take (the setting's upper bound)."""
+
+RESERVATION_LOST_CODE = "reservation_lost"
+"""``ErrorCode`` of a ``scheduled`` run handed back from a runner that timed out (died or hung)
+while holding it reserved; cleared when the run starts."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,14 @@ def reserve_runs(
         values["queues"] = list(scope.queues)
     if connection.dialect.name == "postgresql":
         return [
-            ClaimedRun(*row) if row[2] is not None else ClaimedRun(row[0], row[1])
+            ClaimedRun(
+                row[0],
+                row[1],
+                row[2],
+                row[3] if row[2] is not None else None,
+                row[4] if row[2] is not None else None,
+                reservation_lost=row[5] == RESERVATION_LOST_CODE,
+            )
             for row in connection.execute(_pg_reserve(queue_filter), values)
         ]
     rows = connection.execute(_sqlite_reserve(queue_filter), values).all()
@@ -81,12 +96,20 @@ def reserve_runs(
         for row in connection.execute(_RESERVED_INPUT, {"task_ids": [row[1] for row in rows]})
     }
     reserved = sorted(rows, key=lambda row: (-int(row[2]), int(row[0])))
-    return [
-        ClaimedRun(int(run_id), int(task_id), *inputs[int(task_id)])
-        if int(task_id) in inputs
-        else ClaimedRun(int(run_id), int(task_id))
-        for run_id, task_id, _priority in reserved
-    ]
+    claimed: list[ClaimedRun] = []
+    for run_id, task_id, _priority, code in reserved:
+        handler, data, checkpoint = inputs.get(int(task_id), (None, None, None))
+        claimed.append(
+            ClaimedRun(
+                int(run_id),
+                int(task_id),
+                handler,
+                data,
+                checkpoint,
+                reservation_lost=code == RESERVATION_LOST_CODE,
+            )
+        )
+    return claimed
 
 
 def start_reserved_run(
@@ -168,13 +191,17 @@ def hand_back_reservations(connection: Connection, runner_ids: Iterable[int]) ->
     return [int(run_id) for run_id in connection.execute(_HAND_BACK, {"runner_ids": ids}).scalars()]
 
 
-def hand_back_orphaned_reservations(connection: Connection) -> list[int]:
+def hand_back_orphaned_reservations(connection: Connection, *, lost: bool = False) -> list[int]:
     """Hand back the reservations of every runner that is no longer ``running``; their ids.
 
     Called in the transaction that ends a runner (``runners.finish_runner``) or times runners
-    out (``runners.time_out_runners``, the overseer's step of OnProcess), after the runner
-    rows changed: it takes their reservations, and any left by a runner row ended otherwise."""
-    return [int(run_id) for run_id in connection.execute(_HAND_BACK_ORPHANED).scalars()]
+    out (``runners.time_out_runners``, the overseer's step of OnProcess, with ``lost``: the
+    runs are marked :data:`RESERVATION_LOST_CODE`), after the runner rows changed: it takes
+    their reservations, and any left by a runner row ended otherwise."""
+    code = RESERVATION_LOST_CODE if lost else None
+    return [
+        int(run_id) for run_id in connection.execute(_HAND_BACK_ORPHANED, {"code": code}).scalars()
+    ]
 
 
 def reserved_runs(connection: Connection, runner_id: int) -> list[int]:
@@ -230,12 +257,13 @@ def _pg_reserve(queue_filter: str) -> TextualSelect:
         WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED), reserved AS (
             UPDATE "TaskRuns" SET "TaskRunnerId" = :runner_id
             WHERE "TaskRuns"."Id" = ANY(ARRAY(SELECT "Id" FROM picked)) AND "TaskRuns".{_HELD}
-            RETURNING "TaskRuns"."Id", "TaskRuns"."TaskQueueId", "TaskRuns"."Priority"
+            RETURNING "TaskRuns"."Id", "TaskRuns"."TaskQueueId", "TaskRuns"."Priority",
+                "TaskRuns"."ErrorCode"
         )
         SELECT reserved."Id", reserved."TaskQueueId", q."TaskHandlerClass", q."TaskData",
             (SELECT r."Checkpoint" FROM "TaskRuns" r
              WHERE r."TaskQueueId" = reserved."TaskQueueId" AND r."Checkpoint" IS NOT NULL
-             ORDER BY r."Id" DESC LIMIT 1) AS "Checkpoint"
+             ORDER BY r."Id" DESC LIMIT 1) AS "Checkpoint", reserved."ErrorCode"
         FROM reserved LEFT JOIN "TaskQueue" q ON q."Id" = reserved."TaskQueueId"
         ORDER BY reserved."Priority" DESC, reserved."Id"
     """
@@ -245,6 +273,7 @@ def _pg_reserve(queue_filter: str) -> TextualSelect:
         column("TaskHandlerClass", String()),
         column("TaskData", JsonDocument),
         column("Checkpoint", JsonDocument),
+        column("ErrorCode", String()),
     )
 
 
@@ -255,10 +284,13 @@ def _sqlite_reserve(queue_filter: str) -> TextualSelect:
     sql = f"""
         UPDATE "TaskRuns" SET "TaskRunnerId" = :runner_id
         WHERE "Id" IN ({pick}) AND {_HELD}
-        RETURNING "Id", "TaskQueueId", "Priority"
+        RETURNING "Id", "TaskQueueId", "Priority", "ErrorCode"
     """
     return _reserve_binds(text(sql), queue_filter, postgresql=False).columns(
-        column("Id", Integer()), column("TaskQueueId", Integer()), column("Priority", Integer())
+        column("Id", Integer()),
+        column("TaskQueueId", Integer()),
+        column("Priority", Integer()),
+        column("ErrorCode", String()),
     )
 
 
@@ -283,7 +315,8 @@ _RESERVED_INPUT = (
 _HELD_BY_RUNNER = """"Id" = :run_id AND "TaskRunnerId" = :runner_id
     AND "Status" IN ('scheduled', 'running')"""
 _START_RESERVED = text(
-    f"""UPDATE "TaskRuns" SET "Status" = 'running', "StartedOn" = :started_on
+    f"""UPDATE "TaskRuns" SET "Status" = 'running', "StartedOn" = :started_on,
+        "ErrorCode" = NULL
     WHERE {_HELD_BY_RUNNER} RETURNING "TaskQueueId\""""
 ).bindparams(
     bindparam("run_id", type_=Integer()),
@@ -339,7 +372,8 @@ _HAND_BACK = text(
     WHERE {RUN_RESERVED_SQL} AND "TaskRunnerId" IN :runner_ids RETURNING "Id\""""
 ).bindparams(bindparam("runner_ids", expanding=True))
 _HAND_BACK_ORPHANED = text(
-    f"""UPDATE "TaskRuns" SET "TaskRunnerId" = NULL
+    f"""UPDATE "TaskRuns" SET "TaskRunnerId" = NULL,
+        "ErrorCode" = COALESCE(CAST(:code AS VARCHAR(255)), "ErrorCode")
     WHERE {RUN_RESERVED_SQL} AND NOT EXISTS (
         SELECT 1 FROM "TaskRunners" WHERE "TaskRunners"."Id" = "TaskRuns"."TaskRunnerId"
             AND "TaskRunners".{RUNNER_RUNNING_SQL}

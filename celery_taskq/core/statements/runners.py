@@ -210,8 +210,10 @@ def time_out_runners(
         )
     if not timed_out:
         return []
-    # Reserved runs never started as far as the database knows: no failure is counted.
-    hand_back_orphaned_reservations(connection)
+    # Reserved runs never started as far as the database knows: no failure is counted, but
+    # they are marked, so that the one that may have killed the runner is started the strict
+    # way next time.
+    hand_back_orphaned_reservations(connection, lost=True)
     task_ids = connection.execute(
         update(TaskRun)
         .where(TaskRun.task_runner_id.in_(timed_out), text(RUN_RUNNING_SQL))
