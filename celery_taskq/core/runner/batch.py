@@ -126,6 +126,11 @@ class BatchedRecording(RunRecording):
         self._started_on = started_on
         self._started_before = claimed.reservation_lost
         if claimed.reservation_lost:
+            logger.warning(
+                "run %s was held by a runner that was lost: it starts the strict way",
+                claimed.run_id,
+                extra={"action": "reservation_lost_start", "run_id": claimed.run_id},
+            )
             start = (claimed, started_on)
             self._until_stored(f"starting run {claimed.run_id}", lambda: self._commit(start=start))
             return
