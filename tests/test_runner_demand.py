@@ -14,7 +14,14 @@ import pytest
 
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.settings import Settings
-from celery_taskq.core.statements.dispatch import DEMAND_COUNT_FACTOR, RunnerDemand, runner_demand
+from celery_taskq.core.statements import reserve
+from celery_taskq.core.statements.claim import EVERY_QUEUE
+from celery_taskq.core.statements.dispatch import (
+    DEMAND_COUNT_FACTOR,
+    RunnerDemand,
+    runner_demand,
+    waiting_by_queue,
+)
 from celery_taskq.core.storage.database import Database
 from tests.conftest import FakeClock
 
@@ -64,6 +71,25 @@ def test_demand_counts_scheduled_runs_and_idle_and_busy_runners(service: TaskQue
     runner.run(burst=True)
     # When the queue is drained, nothing is wanted, and the ended runner is not counted
     assert service.runner_demand() == RunnerDemand(0, 0, 0)
+
+
+def test_runs_a_runner_holds_reserved_are_taken_and_make_it_busy(
+    service: TaskQueueService, database: Database, clock: FakeClock
+) -> None:
+    # Given three due tasks, two of whose runs a runner (the fast mode) holds reserved
+    for n in range(3):
+        service.add_task("tests.handlers.Succeed", {"n": n}, create_run=True)
+    runner = service.get_task_runner()
+    assert runner is not None
+    with database.transaction() as connection:
+        held = reserve.reserve_runs(connection, runner.task_runner_id, clock(), 2, EVERY_QUEUE)
+        assert len(held) == 2
+        waiting = waiting_by_queue(connection)
+    # Then only the third run waits, and the runner working through its reservation is busy:
+    # one more runner is wanted, not two
+    assert service.runner_demand() == RunnerDemand(1, 1, 1)
+    assert service.runners_wanted() == 1
+    assert {queue: demand.scheduled_runs for queue, demand in waiting.items()} == {"default": 1}
 
 
 def test_a_task_not_yet_due_wants_no_runner(service: TaskQueueService, clock: FakeClock) -> None:

@@ -1,8 +1,9 @@
 """How much handler work waits for a runner: one read that the runner dispatch is judged by,
 and whether a task waits for a run (:func:`any_task_due`, OnProcess's probe).
 
-:func:`runner_demand` counts the ``scheduled`` runs (each is due: a run is created only when its
-task is), the live runner loops, and those of them that are running a run.
+:func:`runner_demand` counts the ``scheduled`` runs no runner holds (each is due: a run is
+created only when its task is), the live runner loops, and those of them that are running a run
+or hold reserved ones (the fast mode's batched claims: work already in a runner's hands).
 :meth:`RunnerDemand.runners_wanted` turns the counts into the number of runners to start, and
 :func:`split_by_queue` shares them out among the queues whose runs wait
 (:func:`waiting_by_queue`).
@@ -17,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import Connection, exists, func, select, text
 
 from celery_taskq.core.models import (
+    RUN_RESERVED_SQL,
     RUN_RUNNING_SQL,
     RUN_SCHEDULED_SQL,
     RUNNER_ROLE_RUNNER_SQL,
@@ -34,10 +36,14 @@ DEMAND_COUNT_FACTOR = 2
 (``idle`` of them idle, ``live < limit``) and ``2 * limit`` runs or more, the runs no idle runner
 takes are at least ``2 * limit - idle >= limit - live``, the most that may start anyway."""
 
+_UNRESERVED = TaskRun.task_runner_id.is_(None)
+"""A ``scheduled`` run no runner holds (a reserved one is already in a runner's hands)."""
+
 
 @dataclass(frozen=True)
 class RunnerDemand:
-    """Scheduled runs, live runner loops, and the live runners busy with a run."""
+    """Scheduled runs no runner holds, live runner loops, and the live runners busy with a
+    run (running it, or holding reserved ones)."""
 
     scheduled_runs: int
     live_runners: int
@@ -62,7 +68,7 @@ def runner_demand(connection: Connection, count_up_to: int | None = None) -> Run
     to that many only, so a deep backlog costs no more than a shallow one. Worker processes
     running audited native tasks are not runners and are not counted.
     """
-    scheduled_runs = select(TaskRun.id).where(text(RUN_SCHEDULED_SQL))
+    scheduled_runs = select(TaskRun.id).where(text(RUN_SCHEDULED_SQL), _UNRESERVED)
     if count_up_to is not None:
         scheduled_runs = scheduled_runs.limit(max(count_up_to, 0))
     scheduled = (
@@ -75,9 +81,13 @@ def runner_demand(connection: Connection, count_up_to: int | None = None) -> Run
         .scalar_subquery()
     )
     # Inside EXISTS the unqualified "Status" is the run's (the innermost FROM).
-    working = exists(
+    running = exists(
         select(TaskRun.id).where(TaskRun.task_runner_id == TaskRunner.id, text(RUN_RUNNING_SQL))
     )
+    holding = exists(
+        select(TaskRun.id).where(TaskRun.task_runner_id == TaskRunner.id, text(RUN_RESERVED_SQL))
+    )
+    working = running | holding
     busy = (
         select(func.count())
         .select_from(TaskRunner)
@@ -117,7 +127,7 @@ def waiting_by_queue(connection: Connection) -> dict[str, QueueDemand]:
     partial index of scheduled runs), and the room its concurrency limit leaves, if it has one."""
     rows = connection.execute(
         select(TaskRun.queue, func.count(), func.max(TaskRun.priority))
-        .where(text(RUN_SCHEDULED_SQL))
+        .where(text(RUN_SCHEDULED_SQL), _UNRESERVED)
         .group_by(TaskRun.queue)
     ).all()
     room = {
