@@ -94,6 +94,13 @@ class CeleryStack:
     def log(self, name: str) -> str:
         return (self.directory / name).read_text(errors="replace")
 
+    def log_tails(self, chars: int = 6000) -> list[tuple[str, str]]:
+        """The end of each process's log (shown with a failed test's report)."""
+        return [
+            (path.name, path.read_text(errors="replace")[-chars:])
+            for path in sorted(self.directory.glob("*.log"))
+        ]
+
     def stop_all(self) -> None:
         for process in self.processes:
             if process.poll() is None:

@@ -46,6 +46,20 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test's report ends with the logs of the processes its fixtures started (any
+    fixture value with a ``log_tails()`` method), so that a failure in CI can be read."""
+    report = yield
+    if report.when == "call" and report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            log_tails = getattr(value, "log_tails", None)
+            if callable(log_tails):
+                for name, tail in log_tails():
+                    report.sections.append((f"log {name} (end)", tail))
+    return report
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file migrated once per session; tests get copies."""
