@@ -3,8 +3,6 @@ under the runner, hangs past the time limit, and a leak past the memory limit.""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 from dataclasses import replace
@@ -17,6 +15,9 @@ from celery_taskq.api import enqueue
 from celery_taskq.core.models import RunnerStatus, RunStatus
 from celery_taskq.core.queue import TaskQueueService
 from celery_taskq.core.runner.capture import TRUNCATION_MARKER
+from celery_taskq.core.runner.liveness import (
+    PROCESS_START_TOLERANCE_SECONDS as PROCESS_START_TOLERANCE,
+)
 from celery_taskq.core.runner.time_limit import (
     TIME_LIMIT_CODE,
     UNSTOPPABLE_EXIT_CODE,
@@ -254,10 +255,21 @@ def test_time_limit_in_celery_worker_processes(stack: CeleryStack) -> None:
 
 
 def _reap_runners(database: Database) -> None:
-    """End runner processes a test's create-runners started (detached, so not our children)."""
+    """End runner processes a test's create-runners started (detached, so not our children).
+
+    Only a PID that still names the runner's process (its start time matches the row's) is
+    signalled: a runner that already died may have left its PID to another test's process,
+    which a SIGTERM would shut down (this machine's PIDs wrap at 32,768)."""
     for row in runners(database):
-        if row.status is RunnerStatus.RUNNING and psutil.pid_exists(row.process_id):
-            os.kill(row.process_id, signal.SIGTERM)
+        if row.status is not RunnerStatus.RUNNING or row.process_create_time is None:
+            continue
+        try:
+            process = psutil.Process(row.process_id)
+            if abs(process.create_time() - row.process_create_time) > PROCESS_START_TOLERANCE:
+                continue
+            process.terminate()  # psutil checks again that the PID names the same process
+        except psutil.NoSuchProcess:
+            continue
 
 
 @pytest.mark.slow
