@@ -49,6 +49,17 @@ WINDOW_MS = 50
 DEADLINE_SECONDS = 120
 
 
+def fast_runner_env(database_url: str, **extra: str) -> dict[str, str]:
+    """Runner processes in the fast mode (window WINDOW_MS, reservations of up to 16)."""
+    return child_env(
+        database_url,
+        TASKQ_GROUP_COMMIT_MS=str(WINDOW_MS),
+        TASKQ_CLAIM_BATCH_MAX="16",
+        TASKQ_PUBSUB_URL="none",
+        **extra,
+    )
+
+
 def executions(ledger: Path) -> list[Execution]:
     """The ledger's executions, keyed by run and process."""
     starts: dict[tuple[int, int], tuple[int, int]] = {}
@@ -95,13 +106,7 @@ def test_sigkills_mid_batch_lose_no_run_and_never_fail_a_finished_one(
 ) -> None:
     ledger = tmp_path / "ledger"
     database = Database(postgresql_schema_url)
-    env = child_env(
-        postgresql_schema_url,
-        TASKQ_GROUP_COMMIT_MS=str(WINDOW_MS),
-        TASKQ_CLAIM_BATCH_MAX="16",
-        TASKQ_TASK_RUNNER_LIMIT="8",
-        TASKQ_PUBSUB_URL="none",
-    )
+    env = fast_runner_env(postgresql_schema_url, TASKQ_TASK_RUNNER_LIMIT="8")
     task_ids = enqueue_many(
         [
             {
@@ -229,12 +234,7 @@ def test_a_task_that_kills_every_runner_uses_up_its_retries_and_the_rest_drains(
     # SIGKILLs its process every time, among short ones
     ledger = tmp_path / "ledger"
     database = Database(postgresql_schema_url)
-    env = child_env(
-        postgresql_schema_url,
-        TASKQ_GROUP_COMMIT_MS=str(WINDOW_MS),
-        TASKQ_CLAIM_BATCH_MAX="16",
-        TASKQ_PUBSUB_URL="none",
-    )
+    env = fast_runner_env(postgresql_schema_url)
     items: list[dict[str, object]] = [
         {"handler": "tests.chaos.process_handlers.Ledgered", "data": {"ledger": str(ledger)}}
         for _ in range(40)

@@ -68,7 +68,6 @@ class BatchedRecording(RunRecording):
         self._reservation_size = 1
         self._watch: StartWatch | None = None
         self._started_on: datetime | None = None
-        self._started_before = False
         self._reservation_room: Callable[[], int] = lambda: 0
 
     @property
@@ -124,7 +123,6 @@ class BatchedRecording(RunRecording):
             return
         started_on = self.clock()
         self._started_on = started_on
-        self._started_before = claimed.reservation_lost
         if claimed.reservation_lost:
             logger.warning(
                 "run %s was held by a runner that was lost: it starts the strict way",
@@ -148,8 +146,8 @@ class BatchedRecording(RunRecording):
         run never marked ``running``, else recorded the strict way (marked ``running`` first)."""
         if self._watch is None:
             return self._record(claimed, outcome, backoff)
-        started = self._watch.disarm() or self._started_before
-        self._started_before = False
+        # A run reserved again after a lost runner was marked running before it started
+        started = self._watch.disarm() or claimed.reservation_lost
         started_on = self._started_on or self.clock()
         if not started and runs.is_plain_success(outcome):
             values = runs.success_values(claimed.run_id, self.task_runner_id, outcome, self.clock())

@@ -78,14 +78,7 @@ def reserve_runs(
         values["queues"] = list(scope.queues)
     if connection.dialect.name == "postgresql":
         return [
-            ClaimedRun(
-                row[0],
-                row[1],
-                row[2],
-                row[3] if row[2] is not None else None,
-                row[4] if row[2] is not None else None,
-                reservation_lost=row[5] == RESERVATION_LOST_CODE,
-            )
+            ClaimedRun(row[0], row[1], row[2], row[3], row[4], row[5] == RESERVATION_LOST_CODE)
             for row in connection.execute(_pg_reserve(queue_filter), values)
         ]
     rows = connection.execute(_sqlite_reserve(queue_filter), values).all()
